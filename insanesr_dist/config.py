@@ -1,0 +1,144 @@
+"""`TrainConfig`: every training setting in one typed, validated dataclass.
+
+The training CLI is generated from these fields (name -> `--kebab-case` option, help from the
+field's `help`), so a setting is declared once. A YAML or JSON file (`--config FILE`) with the same
+keys fills the fields the command line leaves unset; the resolved config is saved in each run.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+from .model import ModelConfig
+
+Precision = Literal["no", "fp16", "bf16"]
+Loss = Literal["mse", "l1", "charbonnier"]
+Schedule = Literal["constant", "cosine"]
+
+
+def setting(default: Any, help: str) -> Any:
+    """A config field with its one-line help (shown by `--help` and kept beside the value)."""
+    return field(default=default, metadata={"help": help})
+
+
+@dataclass
+class TrainConfig:
+    # data
+    data: str | None = setting(None, "Dataset: a DIR with train/LR, train/HR (and test/LR), a save_to_disk "
+                                     "folder, or a hub dataset id. Default: the embedded demo data.")
+    val_fraction: float = setting(0.1, "Share of the training pairs held out for validation (seeded split).")
+    patch_size: int = setting(32, "LR crop edge for training (HR crop is 4x); 0 trains on full images.")
+    streaming: bool = setting(False, "Stream the training pairs as an IterableDataset, sharded per rank; "
+                                     "needs --max-steps.")
+    num_workers: int = setting(1, "DataLoader worker processes per rank (image decoding happens there).")
+    cpu_threads: int | None = setting(None, "Torch threads per process on CPU. Default: this machine's cores "
+                                            "shared among the local processes (accelerate launch pins 1).")
+    # optimisation
+    epochs: int = setting(10, "Passes over the training pairs (with --streaming: evaluation rounds).")
+    max_steps: int | None = setting(None, "Stop after this many optimizer steps (overrides --epochs).")
+    batch_size: int = setting(16, "Samples per rank per forward pass.")
+    grad_accum: int = setting(1, "Forward passes accumulated into one optimizer step.")
+    lr: float = setting(1e-4, "Peak learning rate of Adam (the seed report's 1e-4).")
+    schedule: Schedule = setting("constant", "Learning-rate schedule after warmup: constant (seed) or cosine.")
+    warmup_steps: int = setting(0, "Linear warmup from 0 over this many optimizer steps.")
+    loss: Loss = setting("mse", "Pixel loss: mse (seed), l1 or charbonnier.")
+    max_grad_norm: float = setting(0.0, "Clip the gradient norm to this value; 0 disables clipping (seed).")
+    mixed_precision: Precision | None = setting(None, "no, fp16 (CUDA, with gradient scaling) or bf16. "
+                                                     "Default: the accelerate config's choice.")
+    seed: int = setting(0, "Seed for the split, the shuffling, the crops and the initial weights.")
+    # model
+    num_rrdb: int = setting(5, "RRDB blocks in the trunk.")
+    channels: int = setting(64, "Feature channels of the trunk.")
+    growth: int = setting(32, "Growth channels inside each dense block.")
+    layers_per_block: int = setting(5, "Conv layers per dense block.")
+    # outputs
+    output_dir: str | None = setting(None, "Run directory. Default: runs/<timestamp>.")
+    log_every: int = setting(10, "Optimizer steps between loss readings (progress bar, TensorBoard).")
+    panel_images: int = setting(4, "Fixed validation images shown as LR|SR|HR panels in TensorBoard.")
+
+    scale: typing.ClassVar[int] = 4  # the competition's factor; the data checks HR == 4 x LR
+
+    def __post_init__(self) -> None:
+        checks = [
+            (0 < self.val_fraction < 1, "val_fraction must be between 0 and 1"),
+            (self.patch_size >= 0, "patch_size must be >= 0"),
+            (self.num_workers >= 0, "num_workers must be >= 0"),
+            (self.cpu_threads is None or self.cpu_threads >= 1, "cpu_threads must be >= 1"),
+            (self.epochs >= 1, "epochs must be >= 1"),
+            (self.max_steps is None or self.max_steps >= 1, "max_steps must be >= 1"),
+            (self.batch_size >= 1, "batch_size must be >= 1"),
+            (self.grad_accum >= 1, "grad_accum must be >= 1"),
+            (self.lr > 0, "lr must be > 0"),
+            (self.warmup_steps >= 0, "warmup_steps must be >= 0"),
+            (self.max_grad_norm >= 0, "max_grad_norm must be >= 0"),
+            (min(self.num_rrdb, self.channels, self.growth, self.layers_per_block) >= 1,
+             "model sizes must be >= 1"),
+            (self.log_every >= 1, "log_every must be >= 1"),
+            (self.panel_images >= 0, "panel_images must be >= 0"),
+            (not self.streaming or self.max_steps is not None, "streaming trains by steps: give max_steps"),
+        ]
+        for ok, message in checks:
+            if not ok:
+                raise ValueError(message)
+        for f in dataclasses.fields(self):
+            choices = typing.get_args(_field_type(f.name))
+            value = getattr(self, f.name)
+            if choices and value is not None and value not in choices:
+                raise ValueError(f"{f.name} must be one of {', '.join(choices)}, got {value!r}")
+
+    @property
+    def model(self) -> ModelConfig:
+        return ModelConfig(self.num_rrdb, self.channels, self.growth, self.layers_per_block, self.scale)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def hparams(self) -> dict[str, int | float | str | bool]:
+        """Flat scalar dict for TensorBoard's hparams plugin (None shown as 'default')."""
+        return {k: ("default" if v is None else v) for k, v in self.to_dict().items()}
+
+
+def _field_type(name: str) -> Any:
+    """The field's type with `X | None` reduced to X (Literal types keep their choices)."""
+    hint = typing.get_type_hints(TrainConfig)[name]
+    args = [a for a in typing.get_args(hint) if a is not type(None)]
+    if typing.get_origin(hint) in (typing.Union, types.UnionType) and len(args) == 1:
+        return args[0]
+    return hint
+
+
+def field_specs() -> list[tuple[str, Any, Any, str]]:
+    """(name, type, default, help) of each setting, for building the CLI."""
+    return [(f.name, _field_type(f.name), f.default, f.metadata["help"]) for f in dataclasses.fields(TrainConfig)]
+
+
+def read_config_file(path: str | Path) -> dict[str, Any]:
+    """Settings from a YAML or JSON file; keys may use dashes or underscores. Raises ValueError."""
+    path = Path(path)
+    text = path.read_text(encoding="utf-8")
+    if path.suffix.lower() == ".json":
+        values = json.loads(text)
+    else:
+        import yaml
+
+        values = yaml.safe_load(text) or {}
+    if not isinstance(values, dict):
+        raise ValueError("expected a mapping of setting names to values")
+    values = {str(k).replace("-", "_"): v for k, v in values.items()}
+    known = {f.name for f in dataclasses.fields(TrainConfig)}
+    unknown = sorted(set(values) - known)
+    if unknown:
+        raise ValueError(f"unknown setting(s): {', '.join(unknown)}")
+    return values
+
+
+def save_config(cfg: TrainConfig, path: str | Path) -> None:
+    from .atomic import write_text_atomic
+
+    write_text_atomic(path, json.dumps(cfg.to_dict(), indent=2) + "\n")

@@ -1,0 +1,327 @@
+"""LR/HR pairs as Hugging Face datasets: loading, checking, splitting, cropping, and DataLoaders.
+
+Every source becomes the same table: `id` (string), `lr` and `hr` (`datasets.Image(decode=False)`,
+i.e. the encoded file bytes, left undecoded in Arrow). Decoding, cropping and augmentation happen
+per sample in DataLoader workers, so the main process only ever moves encoded bytes.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import zlib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import cv2
+import datasets
+import numpy as np
+import torch
+from torch.utils.data import DataLoader
+
+from .errors import UserError
+
+IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".webp", ".tif", ".tiff"}
+SSIM_MIN_EDGE = 7  # the grader's SSIM window: smaller HR images cannot be scored
+
+
+@dataclass
+class Splits:
+    """Training pairs, held-out validation pairs and (optionally) LR-only test images."""
+
+    train: datasets.Dataset | datasets.IterableDataset
+    val: datasets.Dataset
+    test: datasets.Dataset | None
+    source: str
+
+
+# ---------------------------------------------------------------------------------------------
+# Decoding
+
+
+def decode_rgb(image: dict[str, Any] | bytes, name: str) -> np.ndarray:
+    """Encoded image (an `Image(decode=False)` cell or raw bytes) -> HxWx3 uint8 RGB.
+
+    OpenCV's IMREAD_COLOR makes gray and palette images 3-channel, drops alpha and scales 16-bit
+    images to 8-bit, so every accepted file reaches the model the same way.
+    """
+    data = image.get("bytes") if isinstance(image, dict) else image
+    if data is None and isinstance(image, dict) and image.get("path"):
+        data = Path(image["path"]).read_bytes()
+    array = cv2.imdecode(np.frombuffer(data or b"", np.uint8), cv2.IMREAD_COLOR) if data else None
+    if array is None:
+        raise UserError(f"{name}: cannot be decoded as an image")
+    return cv2.cvtColor(array, cv2.COLOR_BGR2RGB)
+
+
+def _name(row: dict[str, Any], column: str) -> str:
+    """The file a cell came from (its path when known), for error messages."""
+    cell = row[column]
+    return (cell.get("path") if isinstance(cell, dict) else None) or f"{column} of {row['id']}"
+
+
+def _probe_pair(row: dict[str, Any], scale: int) -> dict[str, Any]:
+    lr = decode_rgb(row["lr"], _name(row, "lr"))
+    hr = decode_rgb(row["hr"], _name(row, "hr"))
+    if hr.shape[:2] != (lr.shape[0] * scale, lr.shape[1] * scale):
+        raise UserError(
+            f"{_name(row, 'hr')}: HR is {hr.shape[1]}x{hr.shape[0]} but its LR is {lr.shape[1]}x{lr.shape[0]}; "
+            f"HR must be exactly {scale}x the LR"
+        )
+    if min(hr.shape[:2]) < SSIM_MIN_EDGE:
+        raise UserError(f"{_name(row, 'hr')}: smaller than the {SSIM_MIN_EDGE}px SSIM window")
+    return {"lr_height": lr.shape[0], "lr_width": lr.shape[1]}
+
+
+def _probe_lr(row: dict[str, Any]) -> dict[str, Any]:
+    lr = decode_rgb(row["lr"], _name(row, "lr"))
+    return {"lr_height": lr.shape[0], "lr_width": lr.shape[1]}
+
+
+# ---------------------------------------------------------------------------------------------
+# Sources
+
+
+def _image_files(folder: Path) -> dict[str, Path]:
+    return {p.name: p for p in sorted(folder.iterdir()) if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES}
+
+
+def _rows_from_files(pairs: list[tuple[str, str, str | None]]):
+    """Generator for `Dataset.from_generator`: one row per (id, lr_path, hr_path or None)."""
+    for image_id, lr_path, hr_path in pairs:
+        row = {"id": image_id, "lr": {"path": lr_path, "bytes": Path(lr_path).read_bytes()}}
+        if hr_path is not None:
+            row["hr"] = {"path": hr_path, "bytes": Path(hr_path).read_bytes()}
+        yield row
+
+
+def _table_from_files(pairs: list[tuple[str, str, str | None]]) -> datasets.Dataset:
+    """An Arrow table holding the files' bytes (cached by Hugging Face datasets between runs)."""
+    columns = ("lr", "hr") if pairs[0][2] is not None else ("lr",)
+    # Cells are written as plain {bytes, path} structs, then cast to Image: written directly as
+    # Image cells, `datasets` would store only the path of a local file and drop the bytes.
+    cell = {"bytes": datasets.Value("binary"), "path": datasets.Value("string")}
+    features = datasets.Features({"id": datasets.Value("string"), **{c: cell for c in columns}})
+    # Our own fingerprint (paths, sizes, mtimes) so a changed file rebuilds the cached table.
+    stats = [(pair, [(os.stat(p).st_size, os.stat(p).st_mtime_ns) for p in pair[1:] if p]) for pair in pairs]
+    fingerprint = hashlib.sha256(repr(stats).encode()).hexdigest()[:32]
+    table = datasets.Dataset.from_generator(
+        _rows_from_files, features=features, gen_kwargs={"pairs": pairs}, fingerprint=fingerprint
+    )
+    for column in columns:
+        table = table.cast_column(column, datasets.Image(decode=False))
+    return table
+
+
+def _load_folder(root: Path) -> tuple[datasets.Dataset, datasets.Dataset | None]:
+    lr_dir, hr_dir = root / "train" / "LR", root / "train" / "HR"
+    for d in (lr_dir, hr_dir):
+        if not d.is_dir():
+            raise UserError(f"{d}: missing; a data folder needs train/LR and train/HR (and optionally test/LR)")
+    lr_files, hr_files = _image_files(lr_dir), _image_files(hr_dir)
+    for name in sorted(set(lr_files) ^ set(hr_files)):
+        missing = hr_dir if name in lr_files else lr_dir
+        present = lr_files.get(name) or hr_files[name]
+        raise UserError(f"{present}: has no partner of the same name in {missing}")
+    if not lr_files:
+        raise UserError(f"{lr_dir}: no images found")
+    train = _table_from_files([(n, str(lr_files[n]), str(hr_files[n])) for n in lr_files])
+    test_dir = root / "test" / "LR"
+    test = None
+    if test_dir.is_dir():
+        test_files = _image_files(test_dir)
+        if not test_files:
+            raise UserError(f"{test_dir}: no images found")
+        test = _table_from_files([(n, str(p), None) for n, p in test_files.items()])
+    return train, test
+
+
+def _with_ids_and_images(table: datasets.Dataset, columns: tuple[str, ...], where: str) -> datasets.Dataset:
+    """Normalise a user's table: `id` column (made from the row index when absent), undecoded images."""
+    missing = [c for c in columns if c not in table.column_names]
+    if missing:
+        raise UserError(f"{where}: needs image columns {', '.join(columns)}; missing {', '.join(missing)}")
+    if "id" not in table.column_names:
+        table = table.add_column("id", [f"{i:05d}.png" for i in range(len(table))])
+    table = table.select_columns(["id", *columns])
+    for column in columns:
+        table = table.cast_column(column, datasets.Image(decode=False))
+    return table
+
+
+def _load_table(source: str, path: Path | None) -> tuple[datasets.Dataset, datasets.Dataset | None]:
+    try:
+        loaded = datasets.load_from_disk(str(path)) if path else datasets.load_dataset(source)
+    except Exception as e:  # the hub and disk loaders raise many types; the user needs one line
+        raise UserError(f"{source}: cannot be loaded as a dataset ({type(e).__name__}: {e})") from None
+    if isinstance(loaded, datasets.DatasetDict):
+        if "train" not in loaded:
+            raise UserError(f"{source}: has splits {', '.join(loaded)}; a 'train' split is needed")
+        train, test = loaded["train"], loaded.get("test")
+    else:
+        train, test = loaded, None
+    train = _with_ids_and_images(train, ("lr", "hr"), f"{source} (train)")
+    test = _with_ids_and_images(test, ("lr",), f"{source} (test)") if test is not None else None
+    return train, test
+
+
+def load_splits(data: str | os.PathLike, *, val_fraction: float, seed: int, scale: int = 4) -> Splits:
+    """Load a data source, check every pair once (cached), and split off validation pairs.
+
+    `data` is a folder with train/LR + train/HR (+ test/LR), a `save_to_disk` folder, or a hub id.
+    Call under `accelerator.main_process_first()` so one rank builds the caches the others reuse.
+    """
+    source = os.fspath(data)
+    path = Path(source).expanduser()
+    if (path / "dataset_info.json").is_file() or (path / "dataset_dict.json").is_file():
+        train, test = _load_table(source, path)
+    elif (path / "train").is_dir():
+        train, test = _load_folder(path)
+    elif path.exists():
+        raise UserError(f"{source}: not a data folder (needs train/LR and train/HR) nor a saved dataset")
+    elif source.startswith((".", "/", "~")) or source.count("/") > 1:  # a path, not a hub id
+        raise UserError(f"{source}: no such folder")
+    else:
+        train, test = _load_table(source, None)
+
+    if len(train) < 2:
+        raise UserError(f"{source}: needs at least 2 training pairs to hold out a validation pair")
+    # Decode every pair once: bad files fail now, naming the file, instead of in a worker mid-epoch.
+    train = train.map(_probe_pair, fn_kwargs={"scale": scale}, desc="Checking pairs")
+    if test is not None:
+        test = test.map(_probe_lr, desc="Checking test images")
+    parts = train.train_test_split(test_size=val_fraction, seed=seed, shuffle=True)
+    return Splits(train=parts["train"], val=parts["test"], test=test, source=source)
+
+
+def streaming_train(train: datasets.Dataset, *, seed: int, rank: int, world_size: int, workers: int):
+    """The training pairs as a sharded, shuffled `IterableDataset` holding only this rank's share."""
+    from datasets.distributed import split_dataset_by_node
+
+    # Shard counts divisible by ranks x workers give every reader whole shards, not every n-th row.
+    shards = world_size * max(1, workers)
+    shards *= max(1, min(len(train) // shards, 8))
+    stream = train.to_iterable_dataset(num_shards=min(shards, len(train)))
+    stream = split_dataset_by_node(stream, rank=rank, world_size=world_size)
+    return stream.shuffle(seed=seed, buffer_size=256)
+
+
+# ---------------------------------------------------------------------------------------------
+# Samples
+
+
+def random_pair_crop(
+    lr: np.ndarray, hr: np.ndarray, patch: int, scale: int, rng: np.random.Generator
+) -> tuple[np.ndarray, np.ndarray]:
+    """Aligned random crop (LR edge `patch`, HR edge `scale*patch`; 0 keeps the whole image),
+    then one of the 8 flips/90-degree rotations, applied identically to both."""
+    if patch:
+        y = int(rng.integers(0, lr.shape[0] - patch + 1))
+        x = int(rng.integers(0, lr.shape[1] - patch + 1))
+        lr = lr[y : y + patch, x : x + patch]
+        hr = hr[y * scale : (y + patch) * scale, x * scale : (x + patch) * scale]
+    turns, flip = int(rng.integers(0, 4)), bool(rng.integers(0, 2))
+    lr, hr = np.rot90(lr, turns), np.rot90(hr, turns)
+    if flip:
+        lr, hr = lr[:, ::-1], hr[:, ::-1]
+    return lr, hr
+
+
+def to_chw(image: np.ndarray) -> torch.Tensor:
+    """HxWx3 uint8 -> 3xHxW uint8 tensor (floats are made on the device, 4x less to copy)."""
+    return torch.from_numpy(np.ascontiguousarray(image.transpose(2, 0, 1)))
+
+
+def sample_rng(seed: int, epoch: int, key: int) -> np.random.Generator:
+    """The crop/augment randomness of one sample: a pure function of (seed, epoch, sample), so it
+    does not depend on worker count, process count or iteration order."""
+    return np.random.default_rng([seed, epoch, key])
+
+
+class TrainPairs(torch.utils.data.Dataset):
+    """Map-style training samples: decode, crop and augment one pair per index."""
+
+    def __init__(self, table: datasets.Dataset, *, patch_size: int, scale: int, seed: int) -> None:
+        self.table, self.patch_size, self.scale, self.seed = table, patch_size, scale, seed
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch  # read by freshly started workers at the next epoch
+
+    def __len__(self) -> int:
+        return len(self.table)
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
+        row = self.table[index]
+        lr, hr = decode_rgb(row["lr"], _name(row, "lr")), decode_rgb(row["hr"], _name(row, "hr"))
+        lr, hr = random_pair_crop(lr, hr, self.patch_size, self.scale, sample_rng(self.seed, self.epoch, index))
+        return to_chw(lr), to_chw(hr)
+
+
+class StreamedPairs(torch.utils.data.IterableDataset):
+    """Iterable training samples from a (rank-sharded) streaming dataset; workers split its shards."""
+
+    def __init__(self, stream: datasets.IterableDataset, *, patch_size: int, scale: int, seed: int) -> None:
+        self.stream, self.patch_size, self.scale, self.seed = stream, patch_size, scale, seed
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+        self.stream.set_epoch(epoch)  # reshuffles the shard order and the buffer
+
+    def __iter__(self):
+        for row in self.stream:
+            lr, hr = decode_rgb(row["lr"], _name(row, "lr")), decode_rgb(row["hr"], _name(row, "hr"))
+            rng = sample_rng(self.seed, self.epoch, zlib.crc32(row["id"].encode()))
+            lr, hr = random_pair_crop(lr, hr, self.patch_size, self.scale, rng)
+            yield to_chw(lr), to_chw(hr)
+
+
+class EvalImages(torch.utils.data.Dataset):
+    """Whole images for validation or prediction: (index, LR) or (index, LR, HR), uint8 CHW."""
+
+    def __init__(self, table: datasets.Dataset, *, with_hr: bool) -> None:
+        self.table, self.with_hr = table, with_hr
+
+    def __len__(self) -> int:
+        return len(self.table)
+
+    def __getitem__(self, index: int):
+        row = self.table[index]
+        lr = to_chw(decode_rgb(row["lr"], _name(row, "lr")))
+        if not self.with_hr:
+            return index, lr
+        return index, lr, to_chw(decode_rgb(row["hr"], _name(row, "hr")))
+
+
+def check_patch_size(table: datasets.Dataset, patch_size: int, batch_size: int, source: str) -> None:
+    """Fail before training when crops cannot be taken or full images cannot be batched."""
+    heights, widths = table["lr_height"], table["lr_width"]
+    if patch_size:
+        smallest = min(zip(heights, widths), key=min)
+        if min(smallest) < patch_size:
+            raise UserError(
+                f"{source}: --patch-size {patch_size} is larger than the smallest LR image "
+                f"({smallest[1]}x{smallest[0]}); use --patch-size {min(smallest)} or less"
+            )
+    elif batch_size > 1 and len(set(zip(heights, widths))) > 1:
+        raise UserError(f"{source}: full-image training (--patch-size 0) with images of different sizes "
+                        "needs --batch-size 1")
+
+
+def loader_kwargs(num_workers: int) -> dict[str, Any]:
+    return {"num_workers": num_workers, "pin_memory": torch.cuda.is_available()}
+
+
+def train_loader(table: datasets.Dataset, *, batch_size: int, patch_size: int, scale: int, seed: int,
+                 num_workers: int) -> DataLoader:
+    samples = TrainPairs(table, patch_size=patch_size, scale=scale, seed=seed)
+    # drop_last: every step sees a full batch, so the loss scale does not change at epoch ends.
+    return DataLoader(samples, batch_size=batch_size, shuffle=True, drop_last=len(samples) >= batch_size,
+                      **loader_kwargs(num_workers))
+
+
+def eval_loader(table: datasets.Dataset, *, with_hr: bool, num_workers: int) -> DataLoader:
+    # Batch of one: validation and test images may all differ in size.
+    return DataLoader(EvalImages(table, with_hr=with_hr), batch_size=1, shuffle=False, **loader_kwargs(num_workers))

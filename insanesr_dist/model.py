@@ -1,0 +1,160 @@
+"""InsaneSRNet, the seed report's x4 super-resolution network, and its safetensors weights files.
+
+The layer structure and parameter names follow the report's listing, so its `state_dict` keys
+(`head.weight`, `trunk.0.rdb1.layers.0.weight`, ...) load unchanged.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import asdict, dataclass, fields
+
+import torch
+import torch.nn.functional as F
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from .atomic import atomic_path
+from .errors import UserError
+
+
+class ResidualDenseBlock(nn.Module):
+    """`layers` densely connected 3x3 convs, a 1x1 fusion back to `channels`, residual scaled by 0.2."""
+
+    def __init__(self, *, channels: int, growth: int, layers: int) -> None:
+        super().__init__()
+        self.layers = nn.ModuleList(
+            nn.Conv2d(channels + i * growth, growth, kernel_size=3, padding=1) for i in range(layers)
+        )
+        self.lrelu = nn.LeakyReLU(negative_slope=0.2, inplace=True)
+        self.conv_1x1 = nn.Conv2d(channels + layers * growth, channels, kernel_size=1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        features = [x]
+        for conv in self.layers:
+            features.append(self.lrelu(conv(torch.cat(features, 1))))
+        return self.conv_1x1(torch.cat(features, 1)) * 0.2 + x
+
+
+class RRDB(nn.Module):
+    """Residual-in-residual: three dense blocks in sequence, the whole again residual scaled by 0.2."""
+
+    def __init__(self, *, channels: int, growth: int, layers: int) -> None:
+        super().__init__()
+        self.rdb1 = ResidualDenseBlock(channels=channels, growth=growth, layers=layers)
+        self.rdb2 = ResidualDenseBlock(channels=channels, growth=growth, layers=layers)
+        self.rdb3 = ResidualDenseBlock(channels=channels, growth=growth, layers=layers)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.rdb3(self.rdb2(self.rdb1(x))) * 0.2 + x
+
+
+class UpscaleBlock(nn.Module):
+    """conv to 4x the channels -> PixelShuffle(2) -> LeakyReLU: doubles height and width."""
+
+    def __init__(self, *, channels: int) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(channels, channels * 4, kernel_size=3, padding=1)
+        self.pixel_shuffle = nn.PixelShuffle(2)
+        self.lrelu = nn.LeakyReLU(negative_slope=0.2, inplace=True)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.lrelu(self.pixel_shuffle(self.conv(x)))
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """Everything needed to rebuild an InsaneSRNet; stored in every weights file's metadata."""
+
+    num_rrdb: int = 5
+    channels: int = 64
+    growth: int = 32
+    layers_per_block: int = 5
+    scale: int = 4
+
+
+class InsaneSRNet(nn.Module):
+    """head conv -> RRDB trunk -> trunk conv -> PixelShuffle x2 blocks -> tail conv, plus a bilinear skip, sigmoid.
+
+    Input and output are RGB in [0, 1]; the output is `scale` times larger in each direction.
+    """
+
+    def __init__(
+        self,
+        *,
+        num_rrdb: int = 5,
+        channels: int = 64,
+        growth: int = 32,
+        layers_per_block: int = 5,
+        scale: int = 4,
+    ) -> None:
+        super().__init__()
+        if scale < 2 or scale & (scale - 1):
+            raise ValueError(f"scale must be a power of two >= 2, got {scale}")
+        self.config = ModelConfig(num_rrdb, channels, growth, layers_per_block, scale)
+        block = dict(channels=channels, growth=growth, layers=layers_per_block)
+        self.head = nn.Conv2d(3, channels, kernel_size=3, padding=1)
+        self.trunk = nn.Sequential(*(RRDB(**block) for _ in range(num_rrdb)))
+        self.trunk_conv = nn.Conv2d(channels, channels, kernel_size=3, padding=1)
+        # The seed has exactly two x2 blocks named upscale1/upscale2; other scales add more.
+        for i in range(scale.bit_length() - 1):
+            self.add_module(f"upscale{i + 1}", UpscaleBlock(channels=channels))
+        self.tail = nn.Conv2d(channels, 3, kernel_size=3, padding=1)
+
+    def upscalers(self) -> list[nn.Module]:
+        return [module for name, module in self.named_children() if name.startswith("upscale")]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        skip = F.interpolate(x, scale_factor=self.config.scale, mode="bilinear", align_corners=False)
+        out = self.trunk_conv(self.trunk(self.head(x)))
+        for upscale in self.upscalers():
+            out = upscale(out)
+        return torch.sigmoid(self.tail(out) + skip)
+
+
+def count_parameters(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
+def save_weights(model: InsaneSRNet, path: str | os.PathLike, **metadata: object) -> None:
+    """Write the model's weights and config to one safetensors file, atomically.
+
+    `metadata` (epoch, step, jm, ...) is stored as JSON strings beside the config.
+    """
+    state = {k: v.detach().to("cpu").contiguous() for k, v in model.state_dict().items()}
+    header = {"insanesr_config": json.dumps(asdict(model.config))}
+    header.update({k: json.dumps(v) for k, v in metadata.items()})
+    with atomic_path(path) as tmp:
+        save_file(state, tmp, metadata=header)
+
+
+def read_metadata(path: str | os.PathLike) -> dict[str, object]:
+    """The JSON metadata of a weights file (config under `insanesr_config`), without loading tensors."""
+    from safetensors import safe_open
+
+    try:
+        with safe_open(os.fspath(path), framework="pt") as f:
+            raw = f.metadata() or {}
+    except (SafetensorError, OSError) as e:
+        raise UserError(f"{path}: not a readable safetensors weights file ({e})") from None
+    return {k: json.loads(v) for k, v in raw.items()}
+
+
+def load_model(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> InsaneSRNet:
+    """Rebuild an InsaneSRNet from one weights file written by `save_weights`."""
+    if not os.path.isfile(path):
+        raise UserError(f"{path}: weights file not found")
+    config = read_metadata(path).get("insanesr_config")
+    if not isinstance(config, dict):
+        raise UserError(f"{path}: no InsaneSRNet config in the file's metadata")
+    known = {f.name for f in fields(ModelConfig)}
+    model = InsaneSRNet(**{k: v for k, v in config.items() if k in known})
+    try:
+        state = load_file(os.fspath(path), device=str(map_location))
+        model.load_state_dict(state)
+    except (SafetensorError, RuntimeError) as e:
+        first_line = str(e).strip().splitlines()[0]
+        raise UserError(f"{path}: weights do not fit the stored config ({first_line})") from None
+    return model

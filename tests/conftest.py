@@ -1,0 +1,101 @@
+"""Shared fixtures: an isolated cache, small real datasets on disk, and a runner for real CLI processes."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+
+# A tiny InsaneSRNet and short runs: the end-to-end tests exercise every file the toolkit writes,
+# not the model's quality.
+TINY = ["--num-rrdb", "1", "--channels", "8", "--growth", "8", "--layers-per-block", "2",
+        "--patch-size", "8", "--batch-size", "4", "--panel-images", "2"]
+
+
+@pytest.fixture(autouse=True, scope="session")
+def isolated_caches(tmp_path_factory):
+    """Keep Hugging Face and demo-data caches out of the user's home, for this process and children."""
+    root = tmp_path_factory.mktemp("caches")
+    os.environ["HF_HOME"] = str(root / "hf")
+    os.environ["XDG_CACHE_HOME"] = str(root / "xdg")
+    os.environ["HF_HUB_OFFLINE"] = "1"
+    yield root
+
+
+def write_png(path: Path, rgb: np.ndarray) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    assert cv2.imwrite(str(path), cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR))
+    return path
+
+
+def make_pair_folder(root: Path, *, num_train: int, num_test: int, lr_size=(16, 20), seed: int = 0) -> Path:
+    """A DIR-layout dataset of textured images whose HR is exactly 4x its LR (bicubic-downscaled)."""
+    rng = np.random.default_rng(seed)
+    h, w = lr_size
+    for i in range(num_train + num_test):
+        base = rng.integers(0, 256, (h, w, 3), dtype=np.uint8)
+        hr = cv2.resize(base, (4 * w, 4 * h), interpolation=cv2.INTER_LINEAR)
+        lr = cv2.resize(hr, (w, h), interpolation=cv2.INTER_CUBIC)
+        name = f"img_{i:03d}.png"
+        if i < num_train:
+            write_png(root / "train" / "HR" / name, hr)
+            write_png(root / "train" / "LR" / name, lr)
+        else:
+            write_png(root / "test" / "LR" / name, lr)
+    return root
+
+
+@pytest.fixture(scope="session")
+def pair_folder(tmp_path_factory) -> Path:
+    return make_pair_folder(tmp_path_factory.mktemp("pairs"), num_train=23, num_test=3)
+
+
+def read_rgb(path: Path) -> np.ndarray:
+    return cv2.cvtColor(cv2.imread(str(path)), cv2.COLOR_BGR2RGB)
+
+
+def upscale(model, lr: np.ndarray) -> np.ndarray:
+    """A plain float32 forward of one HxWx3 uint8 image, quantized as the submission stores it."""
+    import torch
+
+    with torch.no_grad():
+        sr = model(torch.from_numpy(lr).permute(2, 0, 1)[None].float() / 255)
+    return (sr.clamp(0, 1) * 255).round().to(torch.uint8)[0].permute(1, 2, 0).numpy()
+
+
+def independent_val_jm(weights: Path, data: Path, *, val_fraction: float = 0.1, seed: int = 0) -> float:
+    """Mean JM of a weights file on the validation split, computed in this process from the files."""
+    import torch
+
+    from insanesr_dist.data import load_splits
+    from insanesr_dist.metrics import joint_metric, psnr_ssim
+    from insanesr_dist.model import load_model
+
+    model = load_model(weights).eval()
+    val = load_splits(data, val_fraction=val_fraction, seed=seed).val
+    scores = [psnr_ssim(upscale(model, read_rgb(Path(row["lr"]["path"]))), read_rgb(Path(row["hr"]["path"])))[0]
+              for row in val]
+    psnr, ssim = torch.stack(scores).mean(0).tolist()
+    return joint_metric(psnr, ssim)
+
+
+def run_cli(*args: str, cwd: Path | None = None, timeout: float = 600) -> subprocess.CompletedProcess:
+    """Run a real command (a console script from this venv, or python -m ...) and capture its output."""
+    exe = Path(sys.executable).parent
+    cmd = [str(exe / args[0]) if (exe / args[0]).exists() else args[0], *args[1:]]
+    return subprocess.run(cmd, cwd=cwd, capture_output=True, text=True, timeout=timeout, env=os.environ.copy())
+
+
+def assert_one_line_error(result: subprocess.CompletedProcess, *needles: str) -> None:
+    """A user error: non-zero exit, no traceback, one `Error:` line naming the problem."""
+    assert result.returncode != 0, result.stdout + result.stderr
+    assert "Traceback" not in result.stderr, result.stderr
+    errors = [line for line in result.stderr.splitlines() if line.startswith("Error:")]
+    assert len(errors) == 1, result.stderr
+    for needle in needles:
+        assert needle in errors[0], errors[0]

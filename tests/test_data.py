@@ -1,0 +1,146 @@
+from pathlib import Path
+
+import cv2
+import datasets
+import numpy as np
+import pytest
+import torch
+from torch.utils.data import DataLoader
+
+from insanesr_dist import data as D
+from insanesr_dist.errors import UserError
+
+from conftest import make_pair_folder, write_png
+
+
+def test_folder_pairs_by_file_name_and_keeps_bytes_undecoded(pair_folder):
+    splits = D.load_splits(pair_folder, val_fraction=0.1, seed=0)
+    assert len(splits.train) + len(splits.val) == 23 and len(splits.val) == 3
+    assert sorted(splits.test["id"]) == ["img_023.png", "img_024.png", "img_025.png"]
+    row = splits.train[0]
+    assert isinstance(row["lr"]["bytes"], bytes) and row["lr"]["path"].endswith(f"train/LR/{row['id']}")
+    assert row["hr"]["path"].endswith(f"train/HR/{row['id']}")
+    assert (row["lr_height"], row["lr_width"]) == (16, 20)
+    # The pairing is right: the HR on disk with the same name is the one stored with this LR.
+    assert row["hr"]["bytes"] == (pair_folder / "train" / "HR" / row["id"]).read_bytes()
+
+
+def test_split_is_deterministic_by_seed(pair_folder):
+    ids = lambda seed: sorted(D.load_splits(pair_folder, val_fraction=0.2, seed=seed).val["id"])  # noqa: E731
+    assert ids(1) == ids(1)
+    assert ids(1) != ids(2)
+    assert len(ids(1)) == 5
+
+
+def test_changed_files_are_read_again_not_served_from_the_cache(tmp_path):
+    root = make_pair_folder(tmp_path / "d", num_train=4, num_test=0)
+    first = D.load_splits(root, val_fraction=0.25, seed=0)
+    hr = root / "train" / "HR" / "img_000.png"
+    write_png(hr, np.zeros((64, 80, 3), np.uint8))
+    second = D.load_splits(root, val_fraction=0.25, seed=0)
+    stored = {r["id"]: r["hr"]["bytes"] for s in (second.train, second.val) for r in s}
+    assert stored["img_000.png"] == hr.read_bytes()
+    assert first.test is None
+
+
+def _break(root: Path, name: str, data: bytes | np.ndarray) -> Path:
+    path = root / "train" / name
+    if isinstance(data, bytes):
+        path.write_bytes(data)
+    else:
+        write_png(path, data)
+    return path
+
+
+@pytest.mark.parametrize(
+    "name,data,message",
+    [
+        ("HR/img_001.png", np.zeros((63, 80, 3), np.uint8), "must be exactly 4x"),
+        ("LR/img_002.png", b"this is not a png", "cannot be decoded"),
+        ("HR/extra.png", np.zeros((64, 80, 3), np.uint8), "has no partner"),
+    ],
+)
+def test_bad_pairs_name_the_file(tmp_path, name, data, message):
+    root = make_pair_folder(tmp_path / "d", num_train=4, num_test=0)
+    path = _break(root, name, data)
+    with pytest.raises(UserError, match=message) as e:
+        D.load_splits(root, val_fraction=0.25, seed=0)
+    assert path.name in str(e.value)
+
+
+def test_missing_sources_are_one_line_errors(tmp_path):
+    with pytest.raises(UserError, match="no such folder"):
+        D.load_splits(str(tmp_path / "nope" / "x" / "y"), val_fraction=0.1, seed=0)
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(UserError, match="not a data folder"):
+        D.load_splits(tmp_path / "empty", val_fraction=0.1, seed=0)
+    (tmp_path / "half" / "train" / "LR").mkdir(parents=True)
+    with pytest.raises(UserError, match="train/HR: missing"):
+        D.load_splits(tmp_path / "half", val_fraction=0.1, seed=0)
+
+
+def test_saved_dataset_with_image_columns(tmp_path, pair_folder):
+    rng = np.random.default_rng(0)
+    def png(a):  # noqa: E306
+        return {"bytes": cv2.imencode(".png", a)[1].tobytes(), "path": None}
+    lrs = [rng.integers(0, 256, (8, 8, 3), np.uint8) for _ in range(5)]
+    hrs = [cv2.resize(a, (32, 32), interpolation=cv2.INTER_NEAREST) for a in lrs]
+    features = datasets.Features({"lr": datasets.Image(), "hr": datasets.Image()})
+    table = datasets.Dataset.from_dict({"lr": [png(a) for a in lrs], "hr": [png(a) for a in hrs]}, features=features)
+    datasets.DatasetDict({"train": table, "test": table.remove_columns("hr")}).save_to_disk(tmp_path / "saved")
+    splits = D.load_splits(tmp_path / "saved", val_fraction=0.2, seed=0)
+    assert len(splits.train) == 4 and len(splits.val) == 1
+    assert splits.test["id"] == [f"{i:05d}.png" for i in range(5)]  # ids made from row numbers
+    sample = D.EvalImages(splits.val, with_hr=True)[0]
+    assert sample[1].shape == (3, 8, 8) and sample[2].shape == (3, 32, 32)
+
+
+def test_crops_stay_aligned_through_every_flip_and_rotation():
+    rng = np.random.default_rng(0)
+    lr = rng.integers(0, 256, (12, 17, 3), np.uint8)
+    hr = np.repeat(np.repeat(lr, 4, 0), 4, 1)  # nearest x4: HR blocks must stay on their LR pixel
+    seen = set()
+    for i in range(64):
+        a, b = D.random_pair_crop(lr, hr, 5, 4, D.sample_rng(0, 0, i))
+        assert a.shape == (5, 5, 3) and b.shape == (20, 20, 3)
+        assert np.array_equal(np.repeat(np.repeat(a, 4, 0), 4, 1), b)
+        seen.add(a.tobytes())
+    assert len(seen) > 32
+    full_lr, full_hr = D.random_pair_crop(lr, hr, 0, 4, D.sample_rng(0, 1, 0))
+    assert sorted(full_lr.shape[:2]) == [12, 17] and np.array_equal(np.repeat(np.repeat(full_lr, 4, 0), 4, 1), full_hr)
+
+
+def test_training_samples_depend_on_seed_epoch_and_index_only(pair_folder):
+    splits = D.load_splits(pair_folder, val_fraction=0.1, seed=0)
+    samples = D.TrainPairs(splits.train, patch_size=4, scale=4, seed=7)
+    lr0, hr0 = samples[3]
+    assert lr0.dtype == torch.uint8 and lr0.shape == (3, 4, 4) and hr0.shape == (3, 16, 16)
+    assert torch.equal(samples[3][0], lr0)
+    samples.set_epoch(1)
+    assert not torch.equal(samples[3][0], lr0)
+    # Workers see the same samples as the main process.
+    samples.set_epoch(0)
+    loader = DataLoader(samples, batch_size=4, num_workers=2)
+    first = next(iter(loader))[0]
+    assert torch.equal(first[3], lr0)
+
+
+def test_patch_size_and_batching_are_checked_before_training(pair_folder):
+    splits = D.load_splits(pair_folder, val_fraction=0.1, seed=0)
+    D.check_patch_size(splits.train, 16, 4, "data")
+    with pytest.raises(UserError, match="larger than the smallest LR image"):
+        D.check_patch_size(splits.train, 17, 4, "data")
+    D.check_patch_size(splits.train, 0, 4, "data")  # all images the same size: full images batch fine
+
+
+def test_streaming_shards_cover_every_pair_once_across_ranks(pair_folder):
+    splits = D.load_splits(pair_folder, val_fraction=0.1, seed=0)
+    seen = []
+    for rank in range(2):
+        stream = D.streaming_train(splits.train, seed=0, rank=rank, world_size=2, workers=2)
+        ids = [row["id"] for row in stream]
+        assert ids, f"rank {rank} got nothing"
+        seen.extend(ids)
+        loader = DataLoader(D.StreamedPairs(stream, patch_size=4, scale=4, seed=0), batch_size=1, num_workers=2)
+        assert sum(1 for _ in loader) == len(ids)  # the two workers split the shards, no repeats
+    assert sorted(seen) == sorted(splits.train["id"])

@@ -1,0 +1,69 @@
+import pytest
+import torch
+
+from insanesr_dist.errors import UserError
+from insanesr_dist.model import InsaneSRNet, ModelConfig, count_parameters, load_model, read_metadata, save_weights
+
+
+def test_default_parameter_count_matches_the_seed():
+    assert count_parameters(InsaneSRNet()) == 3_319_075
+
+
+def test_state_dict_keys_follow_the_seed_listing():
+    keys = set(InsaneSRNet().state_dict())
+    for key in ["head.weight", "trunk.4.rdb3.layers.4.weight", "trunk.0.rdb1.conv_1x1.bias",
+                "trunk_conv.weight", "upscale1.conv.weight", "upscale2.conv.bias", "tail.weight"]:
+        assert key in keys
+    assert len(keys) == 2 * (1 + 5 * 3 * 6 + 1 + 2 + 1)  # weight+bias per conv
+
+
+def test_output_is_4x_in_unit_range_and_starts_near_the_bilinear_skip():
+    torch.manual_seed(0)
+    model = InsaneSRNet(num_rrdb=1, channels=8, growth=4).eval()
+    x = torch.rand(2, 3, 7, 11)
+    with torch.no_grad():
+        y = model(x)
+    assert y.shape == (2, 3, 28, 44)
+    assert 0 <= y.min() and y.max() <= 1
+    skip = torch.sigmoid(torch.nn.functional.interpolate(x, scale_factor=4, mode="bilinear", align_corners=False))
+    assert torch.corrcoef(torch.stack([y.flatten(), skip.flatten()]))[0, 1] > 0.5
+
+
+def test_constructor_is_keyword_only_and_checks_scale():
+    with pytest.raises(TypeError):
+        InsaneSRNet(5)  # noqa
+    with pytest.raises(ValueError):
+        InsaneSRNet(scale=3)
+    assert len(InsaneSRNet(num_rrdb=1, channels=8, growth=4, scale=8).upscalers()) == 3
+
+
+def test_one_safetensors_file_rebuilds_the_model(tmp_path):
+    torch.manual_seed(0)
+    model = InsaneSRNet(num_rrdb=2, channels=16, growth=8, layers_per_block=3).eval()
+    save_weights(model, tmp_path / "w.safetensors", epoch=3, jm=51.5)
+    meta = read_metadata(tmp_path / "w.safetensors")
+    assert meta["epoch"] == 3 and meta["jm"] == 51.5
+    loaded = load_model(tmp_path / "w.safetensors").eval()
+    assert loaded.config == ModelConfig(num_rrdb=2, channels=16, growth=8, layers_per_block=3, scale=4)
+    x = torch.rand(1, 3, 9, 9)
+    with torch.no_grad():
+        assert torch.equal(model(x), loaded(x))
+    assert [p.name for p in tmp_path.iterdir()] == ["w.safetensors"]  # no temp file left behind
+
+
+def test_bad_weights_files_give_one_clear_error(tmp_path):
+    with pytest.raises(UserError, match="not found"):
+        load_model(tmp_path / "missing.safetensors")
+    junk = tmp_path / "junk.safetensors"
+    junk.write_bytes(b"\x00" * 100)
+    with pytest.raises(UserError, match="not a readable safetensors"):
+        load_model(junk)
+    # Shapes that do not fit the stored config: a file whose metadata lies about the width.
+    from safetensors.torch import save_file
+
+    small = InsaneSRNet(num_rrdb=1, channels=8, growth=4)
+    state = {k: v.contiguous() for k, v in small.state_dict().items()}
+    save_file(state, tmp_path / "lie.safetensors",
+              metadata={"insanesr_config": '{"num_rrdb": 1, "channels": 16, "growth": 4}'})
+    with pytest.raises(UserError, match="do not fit"):
+        load_model(tmp_path / "lie.safetensors")

@@ -1,0 +1,185 @@
+"""End to end through the real command line: every file a run leaves, read back as a user would."""
+
+import json
+import math
+
+import cv2
+import numpy as np
+import pytest
+import torch
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+from insanesr_dist.evaluate import evaluate_predictions
+from insanesr_dist.metrics import joint_metric
+from insanesr_dist.model import load_model, read_metadata
+from insanesr_dist.submission import read_submission
+from insanesr_dist.train import lr_at, resolve_precision
+
+from conftest import (TINY, assert_one_line_error, independent_val_jm, make_pair_folder, read_rgb, run_cli, upscale,
+                      write_png)
+
+
+def test_lr_schedule_is_a_pure_function_of_the_step():
+    flat = [lr_at(s, peak=1e-4, warmup=0, total=10, schedule="constant") for s in range(10)]
+    assert flat == [1e-4] * 10
+    warm = [lr_at(s, peak=1.0, warmup=4, total=12, schedule="cosine") for s in range(12)]
+    assert warm[:4] == [0.25, 0.5, 0.75, 1.0]
+    assert warm[4] == pytest.approx(1.0) and warm[8] == pytest.approx(0.5) and warm[-1] > 0
+    assert all(a >= b for a, b in zip(warm[3:], warm[4:]))
+    assert lr_at(12, peak=1.0, warmup=4, total=12, schedule="cosine") == pytest.approx(0.0)
+
+
+def test_fp16_on_a_cpu_becomes_bf16_with_a_note(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert resolve_precision("fp16")[0] == "bf16" and "CUDA" in resolve_precision("fp16")[1]
+    monkeypatch.setenv("ACCELERATE_MIXED_PRECISION", "bf16")
+    assert resolve_precision(None) == ("bf16", None)
+    assert resolve_precision("no") == ("no", None)
+
+
+@pytest.fixture(scope="module")
+def finished_run(pair_folder, tmp_path_factory):
+    out = tmp_path_factory.mktemp("run") / "out"
+    result = run_cli("accelerate", "launch", "--num_processes", "1", "-m", "insanesr_dist.train",
+                     "--data", str(pair_folder), "--epochs", "2", "--output-dir", str(out), "--log-every", "1", *TINY)
+    assert result.returncode == 0, result.stderr[-3000:]
+    return out, result
+
+
+def test_run_leaves_every_file(finished_run):
+    out, result = finished_run
+    names = {p.relative_to(out).as_posix() for p in out.rglob("*") if p.is_file()}
+    assert {"config.json", "latest.safetensors", "best.safetensors", "metrics.jsonl",
+            "submissions/epoch_001.csv", "submissions/epoch_002.csv"} <= names
+    assert not [n for n in names if ".tmp" in n]  # atomic writes leave no temp files
+    config = json.loads((out / "config.json").read_text())
+    assert config["epochs"] == 2 and config["channels"] == 8
+    # One summary line per epoch on the console.
+    assert len([line for line in result.stdout.splitlines() if line.startswith("epoch ")]) == 2
+
+
+def test_metrics_and_weights_agree_with_an_independent_evaluation(finished_run, pair_folder):
+    out, _ = finished_run
+    records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in records] == [1, 2]
+    for r in records:
+        assert r["jm"] == pytest.approx(joint_metric(r["psnr"], r["ssim"]), abs=1e-9)
+        assert r["images"] == 3 and r["train_loss"] > 0 and r["samples_per_s"] > 0
+    # latest.safetensors rebuilds the model, and scoring it from scratch gives the logged JM.
+    assert read_metadata(out / "latest.safetensors")["epoch"] == 2
+    assert independent_val_jm(out / "latest.safetensors", pair_folder) == pytest.approx(records[-1]["jm"], abs=1e-9)
+    best_epoch = max(records, key=lambda r: r["jm"])["epoch"]
+    assert read_metadata(out / "best.safetensors")["epoch"] == best_epoch
+
+
+def test_every_submission_row_is_a_lossless_4x_png_of_a_test_image(finished_run, pair_folder):
+    out, _ = finished_run
+    test_ids = sorted(p.name for p in (pair_folder / "test" / "LR").iterdir())
+    model = load_model(out / "latest.safetensors").eval()
+    for csv_path in sorted((out / "submissions").iterdir()):
+        images = read_submission(csv_path)
+        assert sorted(images) == test_ids
+        for image_id, image in images.items():
+            lr = read_rgb(pair_folder / "test" / "LR" / image_id)
+            assert image.shape == (lr.shape[0] * 4, lr.shape[1] * 4, 3) and image.dtype == np.uint8
+    # The last CSV holds exactly the quantized prediction of the last weights: PNG is lossless.
+    for image_id, image in read_submission(out / "submissions" / "epoch_002.csv").items():
+        assert np.array_equal(image, upscale(model, read_rgb(pair_folder / "test" / "LR" / image_id)))
+
+
+def test_tensorboard_events_hold_the_scalars_and_panels(finished_run, pair_folder):
+    out, _ = finished_run
+    events = EventAccumulator(str(out / "logs"), size_guidance={"images": 0, "scalars": 0})
+    events.Reload()
+    tags = events.Tags()
+    for tag in ["train/loss", "train/lr", "val/psnr", "val/ssim", "val/jm", "val/psnr_piq", "val/ssim_piq",
+                "perf/samples_per_s"]:
+        assert tag in tags["scalars"], tags
+    records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    logged = [(e.step, e.value) for e in events.Scalars("val/jm")]
+    assert [s for s, _ in logged] == [r["step"] for r in records]
+    assert all(math.isclose(v, r["jm"], rel_tol=1e-6) for (_, v), r in zip(logged, records))
+    assert len(events.Scalars("train/loss")) == records[-1]["step"]  # --log-every 1
+    panels = [t for t in tags["images"] if t.startswith("panels/")]
+    assert len(panels) == 2
+    panel = events.Images(panels[0])[-1]
+    assert panel.step == records[-1]["step"]
+    # LR (bilinear) | SR | HR side by side; the right third is the HR image itself.
+    image = cv2.cvtColor(cv2.imdecode(np.frombuffer(panel.encoded_image_string, np.uint8), cv2.IMREAD_COLOR),
+                         cv2.COLOR_BGR2RGB)
+    hr = read_rgb(pair_folder / "train" / "HR" / panels[0].removeprefix("panels/"))
+    assert image.shape == (hr.shape[0], 3 * hr.shape[1], 3)
+    assert np.array_equal(image[:, 2 * hr.shape[1]:], hr)
+
+
+def test_evaluate_command_agrees_with_the_grader(finished_run, tmp_path):
+    out, _ = finished_run
+    from skimage.metrics import peak_signal_noise_ratio, structural_similarity
+
+    rng = np.random.default_rng(0)
+    predictions = read_submission(out / "submissions" / "epoch_002.csv")
+    grader = []
+    for image_id, image in predictions.items():
+        truth = np.clip(image.astype(int) + rng.integers(-12, 13, image.shape), 0, 255).astype(np.uint8)
+        write_png(tmp_path / "hr" / image_id, truth)
+        write_png(tmp_path / "pred" / image_id, image)
+        grader.append(40 * structural_similarity(image, truth, channel_axis=-1, data_range=255)
+                      + peak_signal_noise_ratio(truth, image, data_range=255))
+    expected = float(np.mean(grader))
+    for pred in [out / "submissions" / "epoch_002.csv", tmp_path / "pred"]:
+        assert evaluate_predictions(pred, tmp_path / "hr")["jm"] == pytest.approx(expected, abs=1e-6)
+        result = run_cli("insanesr-dist", "evaluate", "--pred", str(pred), "--hr", str(tmp_path / "hr"))
+        assert result.returncode == 0, result.stderr
+        assert float(result.stdout.split("JM ")[1]) == pytest.approx(expected, abs=1e-6)
+
+
+def test_config_file_fills_what_the_command_line_leaves(pair_folder, tmp_path):
+    config = tmp_path / "c.yaml"
+    config.write_text("epochs: 1\nmax-steps: 2\nbatch_size: 2\nlr: 0.001\n")
+    out = tmp_path / "out"
+    result = run_cli("insanesr-dist", "train", "--config", str(config), "--data", str(pair_folder),
+                     "--output-dir", str(out), *TINY)
+    assert result.returncode == 0, result.stderr[-3000:]
+    saved = json.loads((out / "config.json").read_text())
+    assert saved["lr"] == 0.001 and saved["max_steps"] == 2
+    assert saved["batch_size"] == 4  # the command line (TINY) wins over the file
+    assert json.loads((out / "metrics.jsonl").read_text())["step"] == 2
+
+
+@pytest.mark.parametrize(
+    "setup,args,needles",
+    [
+        ("none", ["--data", "{tmp}/does/not/exist"], ["does/not/exist", "no such folder"]),
+        ("no-hr", ["--data", "{tmp}/d"], ["train/HR", "missing"]),
+        ("not-4x", ["--data", "{tmp}/d"], ["img_001.png", "exactly 4x"]),
+        ("garbage", ["--data", "{tmp}/d"], ["img_002.png", "cannot be decoded"]),
+        ("ok", ["--data", "{tmp}/d", "--batch-size", "0"], ["batch_size must be >= 1"]),
+        ("ok", ["--data", "{tmp}/d", "--config", "{tmp}/bad.yaml"], ["unknown setting", "epoch_count"]),
+        ("ok", ["--data", "{tmp}/d", "--patch-size", "50"], ["--patch-size 50 is larger"]),
+        ("ok", ["--data", "{tmp}/d", "--streaming"], ["max_steps"]),
+    ],
+)
+def test_bad_input_is_one_line_and_a_nonzero_exit(tmp_path, setup, args, needles):
+    if setup != "none":
+        make_pair_folder(tmp_path / "d", num_train=4, num_test=1)
+    if setup == "no-hr":
+        for p in (tmp_path / "d" / "train" / "HR").iterdir():
+            p.unlink()
+        (tmp_path / "d" / "train" / "HR").rmdir()
+    if setup == "not-4x":
+        write_png(tmp_path / "d" / "train" / "HR" / "img_001.png", np.zeros((60, 80, 3), np.uint8))
+    if setup == "garbage":
+        (tmp_path / "d" / "train" / "LR" / "img_002.png").write_bytes(b"\x89PNG truncated")
+    (tmp_path / "bad.yaml").write_text("epoch_count: 3\n")
+    args = [a.replace("{tmp}", str(tmp_path)) for a in args]
+    result = run_cli("insanesr-dist", "train", "--output-dir", str(tmp_path / "out"), *TINY, *args)
+    assert_one_line_error(result, *needles)
+    assert not (tmp_path / "out" / "metrics.jsonl").exists()
+
+
+def test_a_finished_run_is_never_overwritten(finished_run, pair_folder):
+    out, _ = finished_run
+    before = (out / "best.safetensors").read_bytes()
+    result = run_cli("insanesr-dist", "train", "--data", str(pair_folder), "--output-dir", str(out), *TINY)
+    assert_one_line_error(result, "already holds a run")
+    assert (out / "best.safetensors").read_bytes() == before
