@@ -27,6 +27,8 @@ def atomic_path(path: str | os.PathLike) -> Iterator[str]:
     os.chmod(tmp, 0o666 & ~_UMASK)
     try:
         yield tmp
+        # Again: a writer may have replaced the file (safetensors' save_file leaves it 0600).
+        os.chmod(tmp, 0o666 & ~_UMASK)
         with open(tmp, "rb+") as f:
             os.fsync(f.fileno())
         os.replace(tmp, path)

@@ -1,25 +1,76 @@
-"""`insanesr-dist`: one command group for everything a user runs besides `accelerate launch`."""
+"""`insanesr-dist`: one command group for everything a user runs besides `accelerate launch`.
+
+Subcommands are imported only when run (or asked for their --help): torch, accelerate and datasets take
+over a second to import, which `insanesr-dist --help` and `--version` should not pay.
+"""
 
 from __future__ import annotations
 
+import importlib
 from pathlib import Path
 
 import click
 
 from . import __version__
 
+# name -> (module:attribute of the click command, the one line `insanesr-dist --help` shows for it)
+LAZY_COMMANDS = {
+    "train": ("insanesr_dist.train:main", "Train InsaneSRNet (one process; accelerate launch for more)."),
+    "predict": ("insanesr_dist.predict:main", "Upscale LR images x4: PNG files and/or a submission CSV."),
+    "evaluate": ("insanesr_dist.evaluate:evaluate_command", "Score predictions against HR images (grader-exact JM)."),
+    "check-submission": ("insanesr_dist.submission:check_submission_command",
+                         "Check a submission CSV before uploading it."),
+    "visualize": ("insanesr_dist.visualize:visualize_command", "Draw LR | prediction | ground truth panels."),
+    "export": ("insanesr_dist.export:export_command",
+               "Write a model folder to share (config.json, model.safetensors, model card; --onnx)."),
+    "bench": ("insanesr_dist.bench:bench", "Measure speed and peak memory."),
+    "check-data": ("insanesr_dist.check_data:check_data_command",
+                   "List every problem of a dataset (one line per file) before training on it."),
+    "study": ("insanesr_dist.study:study_command",
+              "Model-quality grid: each recipe lever alone and the default preset, at one step budget."),
+}
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 110})
+
+class LazyGroup(click.Group):
+    """A click group whose LAZY_COMMANDS are imported on first use."""
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted({*super().list_commands(ctx), *LAZY_COMMANDS})
+
+    def get_command(self, ctx: click.Context, name: str) -> click.Command | None:
+        if name not in self.commands and name in LAZY_COMMANDS:
+            module, attribute = LAZY_COMMANDS[name][0].split(":")
+            self.add_command(getattr(importlib.import_module(module), attribute), name)
+        return super().get_command(ctx, name)
+
+    def format_commands(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
+        # The listing uses the stored one-liners, so it imports nothing.
+        rows = [(name, LAZY_COMMANDS[name][1] if name in LAZY_COMMANDS and name not in self.commands
+                 else self.commands[name].get_short_help_str(formatter.width)) for name in self.list_commands(ctx)]
+        with formatter.section("Commands"):
+            formatter.write_dl(rows)
+
+
+@click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 110})
 @click.version_option(__version__, prog_name="insanesr-dist")
 def cli() -> None:
     """Distributed training toolkit for x4 super-resolution of gaming images (InsaneSRNet).
 
+    `insanesr-dist COMMAND --help` shows each command's options and examples.
+
     \b
-    Train (one process, or many with accelerate):
-      insanesr-dist train --epochs 2
-      accelerate launch --multi_gpu --num_processes 2 -m insanesr_dist.train
+    Train (one process, or many with accelerate), watch it:
+      insanesr-dist train --epochs 2 --output-dir runs/x
+      accelerate launch --multi_gpu --num_processes 2 -m insanesr_dist.train --output-dir runs/x
+      tensorboard --logdir runs/
     Score a submission:
       insanesr-dist evaluate --pred runs/x/submissions/epoch_002.csv --hr DIR/HR
+    Predict, check and look:
+      insanesr-dist predict --checkpoint runs/x/best.safetensors --input DIR/test/LR --csv submission.csv
+      insanesr-dist check-submission submission.csv --lr DIR/test/LR
+      insanesr-dist visualize --checkpoint runs/x/best.safetensors --lr DIR/LR --hr DIR/HR --output-dir panels
+    Share the model (Hugging Face-style folder; ONNX for game engines and chaiNNer):
+      insanesr-dist export runs/x models/x --onnx
     """
 
 
@@ -30,7 +81,16 @@ def cli() -> None:
 @click.option("--hr-size", default=256, show_default=True, type=click.IntRange(16), help="HR edge (multiple of 4).")
 @click.option("--seed", default=0, show_default=True, type=int, help="Generator seed.")
 def make_demo_data(out_dir: Path, num_train: int, num_test: int, hr_size: int, seed: int) -> None:
-    """Write the embedded procedural demo dataset (train/LR, train/HR, test/LR) to OUT_DIR."""
+    """Write the embedded procedural demo dataset (train/LR, train/HR, test/LR) to OUT_DIR.
+
+    Training without --data uses the same data (generated once into ~/.cache/insanesr-dist).
+
+    \b
+    Examples:
+      insanesr-dist make-demo-data demo/
+      insanesr-dist make-demo-data demo-small/ --num-train 40 --num-test 5 --hr-size 128
+      insanesr-dist train --data demo-small/ --epochs 2
+    """
     from .demo_data import write_demo_data
 
     if hr_size % 4:
@@ -41,16 +101,6 @@ def make_demo_data(out_dir: Path, num_train: int, num_test: int, hr_size: int, s
         raise click.ClickException(str(e)) from None
     click.echo(f"wrote {num_train} training pairs and {num_test} test images to {out_dir}")
 
-
-def _register() -> None:
-    from .evaluate import evaluate_command
-    from .train import main as train_command
-
-    cli.add_command(train_command, "train")
-    cli.add_command(evaluate_command, "evaluate")
-
-
-_register()
 
 if __name__ == "__main__":
     cli()

@@ -20,10 +20,9 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
+from . import samples
 from .errors import UserError
-
-IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".webp", ".tif", ".tiff"}
-SSIM_MIN_EDGE = 7  # the grader's SSIM window: smaller HR images cannot be scored
+from .samples import IMAGE_SUFFIXES, SSIM_MIN_EDGE  # noqa: F401  (the rules live in samples.py)
 
 
 @dataclass
@@ -34,6 +33,7 @@ class Splits:
     val: datasets.Dataset
     test: datasets.Dataset | None
     source: str
+    skipped: int = 0  # bad files or pairs left out with --on-bad-sample skip
 
 
 # ---------------------------------------------------------------------------------------------
@@ -41,18 +41,13 @@ class Splits:
 
 
 def decode_rgb(image: dict[str, Any] | bytes, name: str) -> np.ndarray:
-    """Encoded image (an `Image(decode=False)` cell or raw bytes) -> HxWx3 uint8 RGB.
-
-    OpenCV's IMREAD_COLOR makes gray and palette images 3-channel, drops alpha and scales 16-bit
-    images to 8-bit, so every accepted file reaches the model the same way.
-    """
+    """Encoded image (an `Image(decode=False)` cell or raw bytes) -> HxWx3 uint8 RGB, by the rules
+    of `samples.decode_image` (gray/palette -> RGB, 16-bit -> 8-bit, alpha dropped; the rest refused),
+    so every accepted file reaches the model the same way, in training, check-data and predict."""
     data = image.get("bytes") if isinstance(image, dict) else image
     if data is None and isinstance(image, dict) and image.get("path"):
         data = Path(image["path"]).read_bytes()
-    array = cv2.imdecode(np.frombuffer(data or b"", np.uint8), cv2.IMREAD_COLOR) if data else None
-    if array is None:
-        raise UserError(f"{name}: cannot be decoded as an image")
-    return cv2.cvtColor(array, cv2.COLOR_BGR2RGB)
+    return samples.decode_image(data or b"", name)
 
 
 def _name(row: dict[str, Any], column: str) -> str:
@@ -62,29 +57,29 @@ def _name(row: dict[str, Any], column: str) -> str:
 
 
 def _probe_pair(row: dict[str, Any], scale: int) -> dict[str, Any]:
-    lr = decode_rgb(row["lr"], _name(row, "lr"))
-    hr = decode_rgb(row["hr"], _name(row, "hr"))
-    if hr.shape[:2] != (lr.shape[0] * scale, lr.shape[1] * scale):
-        raise UserError(
-            f"{_name(row, 'hr')}: HR is {hr.shape[1]}x{hr.shape[0]} but its LR is {lr.shape[1]}x{lr.shape[0]}; "
-            f"HR must be exactly {scale}x the LR"
-        )
-    if min(hr.shape[:2]) < SSIM_MIN_EDGE:
-        raise UserError(f"{_name(row, 'hr')}: smaller than the {SSIM_MIN_EDGE}px SSIM window")
-    return {"lr_height": lr.shape[0], "lr_width": lr.shape[1]}
+    """Sizes of a pair and, in `problem`, the one-line reason it is unusable ('' when it is fine)."""
+    for column in ("lr", "hr"):
+        try:
+            image = decode_rgb(row[column], "")
+        except UserError as e:
+            return {"lr_height": 0, "lr_width": 0, "problem": e.message[2:], "problem_file": _name(row, column)}
+        lr = image if column == "lr" else lr
+    problem = samples.pair_problem(lr.shape, image.shape, scale)
+    return {"lr_height": lr.shape[0], "lr_width": lr.shape[1], "problem": problem or "",
+            "problem_file": _name(row, "hr")}
 
 
 def _probe_lr(row: dict[str, Any]) -> dict[str, Any]:
-    lr = decode_rgb(row["lr"], _name(row, "lr"))
-    return {"lr_height": lr.shape[0], "lr_width": lr.shape[1]}
+    try:
+        lr = decode_rgb(row["lr"], "")
+    except UserError as e:
+        return {"lr_height": 0, "lr_width": 0, "problem": e.message[2:], "problem_file": _name(row, "lr")}
+    return {"lr_height": lr.shape[0], "lr_width": lr.shape[1], "problem": "", "problem_file": ""}
 
 
 # ---------------------------------------------------------------------------------------------
 # Sources
 
-
-def _image_files(folder: Path) -> dict[str, Path]:
-    return {p.name: p for p in sorted(folder.iterdir()) if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES}
 
 
 def _rows_from_files(pairs: list[tuple[str, str, str | None]]):
@@ -114,27 +109,56 @@ def _table_from_files(pairs: list[tuple[str, str, str | None]]) -> datasets.Data
     return table
 
 
-def _load_folder(root: Path) -> tuple[datasets.Dataset, datasets.Dataset | None]:
+def _load_folder(root: Path, bad: list[samples.Finding]) -> tuple[datasets.Dataset, datasets.Dataset | None]:
+    """Tables of a DIR-layout folder; unusable files (no partner, undecodable names, ambiguous ids)
+    are left out and reported in `bad`, for `_settle` to stop on or to log."""
     lr_dir, hr_dir = root / "train" / "LR", root / "train" / "HR"
     for d in (lr_dir, hr_dir):
         if not d.is_dir():
             raise UserError(f"{d}: missing; a data folder needs train/LR and train/HR (and optionally test/LR)")
-    lr_files, hr_files = _image_files(lr_dir), _image_files(hr_dir)
-    for name in sorted(set(lr_files) ^ set(hr_files)):
-        missing = hr_dir if name in lr_files else lr_dir
-        present = lr_files.get(name) or hr_files[name]
-        raise UserError(f"{present}: has no partner of the same name in {missing}")
-    if not lr_files:
+    (lr_files, lr_findings), (hr_files, hr_findings) = samples.scan_folder(lr_dir), samples.scan_folder(hr_dir)
+    names, orphans = samples.pair_names(lr_files, hr_files)
+    bad += [f for f in lr_findings + hr_findings + orphans if f.kind == "bad"]
+    if not lr_files and not hr_files:
         raise UserError(f"{lr_dir}: no images found")
-    train = _table_from_files([(n, str(lr_files[n]), str(hr_files[n])) for n in lr_files])
+    train = _table_from_files([(n, str(lr_files[n]), str(hr_files[n])) for n in names]) if names else None
     test_dir = root / "test" / "LR"
     test = None
     if test_dir.is_dir():
-        test_files = _image_files(test_dir)
-        if not test_files:
+        test_files, findings = samples.scan_folder(test_dir)
+        bad += [f for f in findings if f.kind == "bad"]
+        if not test_files and not findings:
             raise UserError(f"{test_dir}: no images found")
-        test = _table_from_files([(n, str(p), None) for n, p in test_files.items()])
+        test = _table_from_files([(n, str(p), None) for n, p in test_files.items()]) if test_files else None
     return train, test
+
+
+def _settle(bad: list[samples.Finding], on_bad_sample: str, say, source: str) -> int:
+    """--on-bad-sample: `error` stops at the first bad file, naming it (and counting the rest);
+    `skip` logs each one once. Returns how many were skipped."""
+    if bad and on_bad_sample == "error":
+        more = (f" (and more: `insanesr-dist check-data {source}` lists every problem; "
+                "--on-bad-sample skip trains without them)" if len(bad) > 1 else "")
+        raise UserError(f"{samples.show(bad[0].path)}: {bad[0].problem}{more}")
+    for finding in bad:
+        say(f"skipping {samples.show(finding.path)}: {finding.problem}")
+    return len(bad)
+
+
+def _drop_problems(table: datasets.Dataset, bad: list[samples.Finding], patch_size: int = 0) -> datasets.Dataset:
+    """Keep the rows whose probe found no problem (and, when given, that fit a `patch_size` crop);
+    the others go to `bad`, named by the probe's message."""
+    keep = []
+    rows = zip(table["problem"], table["problem_file"], table["lr_height"], table["lr_width"])
+    for i, (problem, path, h, w) in enumerate(rows):
+        if not problem and patch_size and min(h, w) < patch_size:
+            problem, path = samples.patch_problem((h, w), patch_size), _name(table[i], "lr")
+        if problem:
+            bad.append(samples.Finding(path, problem))
+        else:
+            keep.append(i)
+    table = table.select(keep) if len(keep) < len(table) else table
+    return table.remove_columns(["problem", "problem_file"])
 
 
 def _with_ids_and_images(table: datasets.Dataset, columns: tuple[str, ...], where: str) -> datasets.Dataset:
@@ -166,18 +190,34 @@ def _load_table(source: str, path: Path | None) -> tuple[datasets.Dataset, datas
     return train, test
 
 
-def load_splits(data: str | os.PathLike, *, val_fraction: float, seed: int, scale: int = 4) -> Splits:
+def _code_fingerprint(table: datasets.Dataset, function, *args) -> str:
+    """Cache key of `table.map(function)`. datasets hashes a module-level function by its name only,
+    so after an upgrade that changed the checks it would reuse the old version's cached results;
+    this key changes with the function's code (and the rules module it calls)."""
+    import inspect
+
+    code = inspect.getsource(function) + Path(samples.__file__).read_text(encoding="utf-8")
+    return hashlib.sha256(repr((table._fingerprint, code, args)).encode()).hexdigest()[:32]
+
+
+def load_splits(data: str | os.PathLike, *, val_fraction: float, seed: int, scale: int = 4,
+                on_bad_sample: str = "error", patch_size: int = 0, say=print) -> Splits:
     """Load a data source, check every pair once (cached), and split off validation pairs.
 
     `data` is a folder with train/LR + train/HR (+ test/LR), a `save_to_disk` folder, or a hub id.
     Call under `accelerator.main_process_first()` so one rank builds the caches the others reuse.
+    Bad files or pairs (the rules of `samples`, the same ones `check-data` applies) stop the run with
+    one line naming the first, or with `on_bad_sample="skip"` are left out and each logged once through
+    `say` (so are, then, pairs too small for a `patch_size` crop).
     """
     source = os.fspath(data)
     path = Path(source).expanduser()
+    bad: list[samples.Finding] = []
     if (path / "dataset_info.json").is_file() or (path / "dataset_dict.json").is_file():
         train, test = _load_table(source, path)
     elif (path / "train").is_dir():
-        train, test = _load_folder(path)
+        train, test = _load_folder(path, bad)
+        _settle(bad, on_bad_sample, say, source)  # before decoding anything
     elif path.exists():
         raise UserError(f"{source}: not a data folder (needs train/LR and train/HR) nor a saved dataset")
     elif source.startswith((".", "/", "~")) or source.count("/") > 1:  # a path, not a hub id
@@ -185,14 +225,24 @@ def load_splits(data: str | os.PathLike, *, val_fraction: float, seed: int, scal
     else:
         train, test = _load_table(source, None)
 
-    if len(train) < 2:
-        raise UserError(f"{source}: needs at least 2 training pairs to hold out a validation pair")
     # Decode every pair once: bad files fail now, naming the file, instead of in a worker mid-epoch.
-    train = train.map(_probe_pair, fn_kwargs={"scale": scale}, desc="Checking pairs")
+    found = []
+    if train is not None:
+        train = train.map(_probe_pair, fn_kwargs={"scale": scale}, desc="Checking pairs",
+                          new_fingerprint=_code_fingerprint(train, _probe_pair, scale))
+        train = _drop_problems(train, found, patch_size if on_bad_sample == "skip" else 0)
     if test is not None:
-        test = test.map(_probe_lr, desc="Checking test images")
+        test = test.map(_probe_lr, desc="Checking test images", new_fingerprint=_code_fingerprint(test, _probe_lr))
+        test = _drop_problems(test, found)
+    skipped = len(bad) + _settle(found, on_bad_sample, say, source)
+    if skipped:
+        say(f"--on-bad-sample skip: left out {skipped} bad file(s) or pair(s), listed above")
+    if train is None or len(train) < 2:
+        raise UserError(f"{source}: needs at least 2 usable training pairs to hold out a validation pair")
+    if test is not None and not len(test):
+        test = None
     parts = train.train_test_split(test_size=val_fraction, seed=seed, shuffle=True)
-    return Splits(train=parts["train"], val=parts["test"], test=test, source=source)
+    return Splits(train=parts["train"], val=parts["test"], test=test, source=source, skipped=skipped)
 
 
 def streaming_train(train: datasets.Dataset, *, seed: int, rank: int, world_size: int, workers: int):
@@ -215,13 +265,16 @@ def random_pair_crop(
     lr: np.ndarray, hr: np.ndarray, patch: int, scale: int, rng: np.random.Generator
 ) -> tuple[np.ndarray, np.ndarray]:
     """Aligned random crop (LR edge `patch`, HR edge `scale*patch`; 0 keeps the whole image),
-    then one of the 8 flips/90-degree rotations, applied identically to both."""
+    then one of the 8 flips/90-degree rotations (of the 4 that keep a non-square image's shape),
+    applied identically to both."""
     if patch:
         y = int(rng.integers(0, lr.shape[0] - patch + 1))
         x = int(rng.integers(0, lr.shape[1] - patch + 1))
         lr = lr[y : y + patch, x : x + patch]
         hr = hr[y * scale : (y + patch) * scale, x * scale : (x + patch) * scale]
     turns, flip = int(rng.integers(0, 4)), bool(rng.integers(0, 2))
+    if lr.shape[0] != lr.shape[1]:
+        turns &= 2  # a quarter turn would swap height and width: whole non-square images keep their shape
     lr, hr = np.rot90(lr, turns), np.rot90(hr, turns)
     if flip:
         lr, hr = lr[:, ::-1], hr[:, ::-1]
@@ -240,22 +293,44 @@ def sample_rng(seed: int, epoch: int, key: int) -> np.random.Generator:
 
 
 class TrainPairs(torch.utils.data.Dataset):
-    """Map-style training samples: decode, crop and augment one pair per index."""
+    """Map-style training samples: decode, crop and augment one pair per index.
 
-    def __init__(self, table: datasets.Dataset, *, patch_size: int, scale: int, seed: int) -> None:
+    Decoding a PNG costs far more than cropping it, so each worker keeps the pairs it decoded, up to
+    `cache_mb`, and later epochs only crop: with persistent workers, epoch 2 on decodes nothing
+    (a 256x256 HR pair is 0.2 MB decoded; the demo data is 40 MB).
+    """
+
+    def __init__(self, table: datasets.Dataset, *, patch_size: int, scale: int, seed: int,
+                 cache_mb: int = 0) -> None:
         self.table, self.patch_size, self.scale, self.seed = table, patch_size, scale, seed
-        self.epoch = 0
+        # In shared memory: persistent workers, started once, must see each new epoch's value.
+        self._epoch = torch.zeros((), dtype=torch.int64).share_memory_()
+        self._cache: dict[int, tuple[np.ndarray, np.ndarray]] = {}  # per worker process
+        self._cache_room = cache_mb * 2**20
+
+    @property
+    def epoch(self) -> int:
+        return int(self._epoch)
 
     def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch  # read by freshly started workers at the next epoch
+        self._epoch.fill_(epoch)
 
     def __len__(self) -> int:
         return len(self.table)
 
+    def _decoded(self, index: int) -> tuple[np.ndarray, np.ndarray]:
+        pair = self._cache.get(index)
+        if pair is None:
+            row = self.table[index]
+            pair = decode_rgb(row["lr"], _name(row, "lr")), decode_rgb(row["hr"], _name(row, "hr"))
+            size = pair[0].nbytes + pair[1].nbytes
+            if size <= self._cache_room:
+                self._cache[index], self._cache_room = pair, self._cache_room - size
+        return pair
+
     def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
-        row = self.table[index]
-        lr, hr = decode_rgb(row["lr"], _name(row, "lr")), decode_rgb(row["hr"], _name(row, "hr"))
-        lr, hr = random_pair_crop(lr, hr, self.patch_size, self.scale, sample_rng(self.seed, self.epoch, index))
+        lr, hr = random_pair_crop(*self._decoded(index), self.patch_size, self.scale,
+                                  sample_rng(self.seed, self.epoch, index))
         return to_chw(lr), to_chw(hr)
 
 
@@ -310,13 +385,16 @@ def check_patch_size(table: datasets.Dataset, patch_size: int, batch_size: int, 
                         "needs --batch-size 1")
 
 
-def loader_kwargs(num_workers: int) -> dict[str, Any]:
-    return {"num_workers": num_workers, "pin_memory": torch.cuda.is_available()}
+def loader_kwargs(num_workers: int, persistent: bool = True) -> dict[str, Any]:
+    """Persistent workers start once per run, not once per epoch (seconds each on a small CPU), and keep
+    their decoded-image caches; a streaming dataset's workers must restart to see its new epoch."""
+    return {"num_workers": num_workers, "pin_memory": torch.cuda.is_available(),
+            "persistent_workers": persistent and num_workers > 0}
 
 
 def train_loader(table: datasets.Dataset, *, batch_size: int, patch_size: int, scale: int, seed: int,
-                 num_workers: int) -> DataLoader:
-    samples = TrainPairs(table, patch_size=patch_size, scale=scale, seed=seed)
+                 num_workers: int, cache_mb: int = 0) -> DataLoader:
+    samples = TrainPairs(table, patch_size=patch_size, scale=scale, seed=seed, cache_mb=cache_mb)
     # drop_last: every step sees a full batch, so the loss scale does not change at epoch ends.
     return DataLoader(samples, batch_size=batch_size, shuffle=True, drop_last=len(samples) >= batch_size,
                       **loader_kwargs(num_workers))

@@ -1,17 +1,24 @@
-"""Scoring: sharded validation inside training, and the `evaluate` command on PNG folders or CSVs."""
+"""Scoring: sharded validation inside training, and the `evaluate` command on PNG folders or CSVs, with a
+per-image report and bilinear/bicubic baselines."""
 
 from __future__ import annotations
 
+import csv
 from pathlib import Path
 
 import click
+import cv2
+import numpy as np
 import torch
 from accelerate import Accelerator
 from torch.utils.data import DataLoader
 
+from .atomic import atomic_path
 from .errors import UserError
 from .metrics import joint_metric, piq_psnr_ssim, psnr_ssim, to_uint8
 from .predict import Forward
+
+BASELINES = {"bilinear": cv2.INTER_LINEAR, "bicubic": cv2.INTER_CUBIC}
 
 
 @torch.no_grad()
@@ -51,23 +58,90 @@ def read_predictions(path: Path) -> dict[str, object]:
     raise UserError(f"{path}: not a folder of images nor a .csv submission")
 
 
-def evaluate_predictions(pred: Path, hr: Path) -> dict[str, float]:
-    """Grader-exact mean PSNR, SSIM and JM of predictions against same-named HR images."""
-    from .data import decode_rgb
+class Partners:
+    """Finds the file in `folder` that belongs to a prediction id: the same name, else the one image with
+    the same stem (`predict --output-dir` writes `a.jpg`'s prediction as `a.png`)."""
 
+    def __init__(self, folder: Path, what: str) -> None:
+        from .data import IMAGE_SUFFIXES
+
+        self.folder, self.what, self.by_stem = folder, what, {}
+        for p in sorted(folder.iterdir()):
+            if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES:
+                self.by_stem.setdefault(p.stem, []).append(p)
+
+    def path(self, image_id: str) -> Path:
+        path = self.folder / image_id
+        if not path.is_file():
+            same_stem = self.by_stem.get(Path(image_id).stem, [])
+            if len(same_stem) != 1:
+                raise UserError(f"{path}: no {self.what} image for prediction {image_id}")
+            path = same_stem[0]
+        return path
+
+    def image(self, image_id: str) -> np.ndarray:
+        from .data import decode_rgb
+
+        path = self.path(image_id)
+        return decode_rgb(path.read_bytes(), str(path))
+
+
+def baseline(lr: np.ndarray, kind: str, scale: int = 4) -> np.ndarray:
+    """The LR image enlarged by OpenCV's bilinear or bicubic resize, uint8 as a submission would store it."""
+    return cv2.resize(lr, (lr.shape[1] * scale, lr.shape[0] * scale), interpolation=BASELINES[kind])
+
+
+def _scores(image: np.ndarray, truth: np.ndarray, prefix: str = "", name: str = "") -> dict[str, float]:
+    try:
+        psnr, ssim = psnr_ssim(image, truth)[0].tolist()
+    except ValueError as e:  # smaller than the SSIM window
+        raise UserError(f"{name}: cannot be scored ({e})") from None
+    return {f"{prefix}psnr": psnr, f"{prefix}ssim": ssim, f"{prefix}jm": joint_metric(psnr, ssim)}
+
+
+def score_predictions(pred: Path, hr: Path, lr: Path | None = None) -> list[dict[str, object]]:
+    """Grader-exact PSNR, SSIM and JM of every prediction against its HR image, sorted by id; with `lr`,
+    also those of the bilinear and bicubic x4 enlargements of the same LR image."""
     predictions = read_predictions(pred)
-    results = []
-    for image_id, image in predictions.items():
-        target = hr / image_id
-        if not target.is_file():
-            raise UserError(f"{target}: no HR image for prediction {image_id}")
-        truth = decode_rgb(target.read_bytes(), str(target))
+    targets = Partners(hr, "HR")
+    sources = Partners(lr, "LR") if lr else None
+    rows = []
+    for image_id in sorted(predictions):
+        image, truth = predictions[image_id], targets.image(image_id)
         if truth.shape != image.shape:
             raise UserError(f"{pred} ({image_id}): prediction is {image.shape[1]}x{image.shape[0]}, "
                             f"HR is {truth.shape[1]}x{truth.shape[0]}")
-        results.append(psnr_ssim(image, truth)[0])
-    psnr, ssim = torch.stack(results).mean(0).tolist()
-    return {"psnr": psnr, "ssim": ssim, "jm": joint_metric(psnr, ssim), "images": len(results)}
+        row = {"id": image_id, **_scores(image, truth, name=f"{pred} ({image_id})")}
+        if sources:
+            small = sources.image(image_id)
+            if (small.shape[0] * 4, small.shape[1] * 4) != truth.shape[:2]:
+                raise UserError(f"{sources.path(image_id)}: LR is {small.shape[1]}x{small.shape[0]}, "
+                                f"HR is {truth.shape[1]}x{truth.shape[0]}; HR must be exactly 4x the LR")
+            for kind in BASELINES:
+                row.update(_scores(baseline(small, kind), truth, f"{kind}_"))
+        rows.append(row)
+    return rows
+
+
+def mean_scores(rows: list[dict[str, object]]) -> dict[str, float]:
+    """Column means over images (JM averaged per image, as the grader does) plus the image count."""
+    columns = [k for k in rows[0] if k != "id"]
+    means = {k: float(np.mean([row[k] for row in rows])) for k in columns}
+    return {**means, "images": len(rows)}
+
+
+def evaluate_predictions(pred: Path, hr: Path) -> dict[str, float]:
+    """Grader-exact mean PSNR, SSIM and JM of predictions against same-named HR images."""
+    return mean_scores(score_predictions(pred, hr))
+
+
+def write_report(path: Path, rows: list[dict[str, object]]) -> None:
+    """One CSV line per image: id and every score, full precision (inf for identical images)."""
+    with atomic_path(path) as tmp, open(tmp, "w", newline="", encoding="utf-8") as f:
+        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
+        writer.writeheader()
+        for row in rows:
+            writer.writerow({k: v if k == "id" else repr(float(v)) for k, v in row.items()})
 
 
 @click.command("evaluate")
@@ -75,14 +149,26 @@ def evaluate_predictions(pred: Path, hr: Path) -> dict[str, float]:
               help="Predictions: a folder of PNGs or a submission CSV.")
 @click.option("--hr", "hr", required=True, type=click.Path(exists=True, file_okay=False, path_type=Path),
               help="Folder of ground-truth HR images with the same file names.")
-def evaluate_command(pred: Path, hr: Path) -> None:
+@click.option("--lr", "lr", type=click.Path(exists=True, file_okay=False, path_type=Path),
+              help="Folder of the LR images: also score their bilinear and bicubic x4 enlargements, as baselines.")
+@click.option("--report", type=click.Path(dir_okay=False, path_type=Path),
+              help="Write per-image scores to this CSV (id, psnr, ssim, jm, and the baselines' with --lr).")
+def evaluate_command(pred: Path, hr: Path, lr: Path | None, report: Path | None) -> None:
     """Score predictions against HR images with the competition's metric (grader-exact).
 
     \b
-    Example:
+    Examples:
       insanesr-dist evaluate --pred runs/x/submissions/epoch_010.csv --hr data/val/HR
+      insanesr-dist evaluate --pred pred/ --hr data/val/HR --lr data/val/LR --report scores.csv
     """
-    r = evaluate_predictions(pred, hr)
+    rows = score_predictions(pred, hr, lr)
+    r = mean_scores(rows)
     click.echo(f"images {r['images']}  PSNR {r['psnr']:.6f}  SSIM {r['ssim']:.6f}  JM {r['jm']:.6f}")
-
-
+    for kind in BASELINES if lr else ():
+        b = {k: r[f"{kind}_{k}"] for k in ("psnr", "ssim", "jm")}
+        click.echo(f"{kind:<8} PSNR {b['psnr']:.6f}  SSIM {b['ssim']:.6f}  JM {b['jm']:.6f}  "
+                   f"gain: JM {r['jm'] - b['jm']:+.4f}  PSNR {r['psnr'] - b['psnr']:+.4f}  "
+                   f"SSIM {r['ssim'] - b['ssim']:+.5f}")
+    if report:
+        write_report(report, rows)
+        click.echo(f"per-image scores: {report}")

@@ -8,14 +8,21 @@ the same uint8 values, in torch so a batch is scored where it already lives (CPU
 
 Why not the 7x7 filter's border handling: the grader filters with reflected borders and then crops
 3 pixels, exactly the pixels whose window touches the border, so only fully-inside ("valid")
-windows count; `avg_pool2d` with stride 1 yields exactly those.
+windows count; sums over those windows only ("valid") are exactly them.
+
+Why it is fast and still exact: the inputs are integers, so the local moments are integer window
+sums, and integer sums below 2^24 are exact in float32 whatever the order of addition (the largest,
+49 * 255^2, is 3.2e6). So on a CPU the window sums are float32 shifted adds, the fast path;
+everything after that is float64. The SSIM terms are formed from the sums S directly, with
+the window size N folded into the constants (u = S/N cancels out of the ratio), so the remaining
+products (up to (49 * 255)^2) are exact integers in float64 too: only the final ratio rounds. One
+thread scores a 256x256 image about as fast as scikit-image does (`insanesr-dist bench metric`).
 """
 
 from __future__ import annotations
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 SSIM_WEIGHT = 40.0
 _WINDOW = 7
@@ -34,12 +41,18 @@ def to_uint8(images: torch.Tensor) -> torch.Tensor:
 
 
 def _as_batch(images: torch.Tensor | np.ndarray) -> torch.Tensor:
-    """uint8 (B,3,H,W) tensor, or one HxWxC uint8 array as the grader takes it -> float64 (B,C,H,W)."""
+    """uint8 (B,3,H,W) tensor, or one HxWxC uint8 array as the grader takes it -> integer-valued floats
+    (B,C,H,W): float32 on CPUs, where integers up to 2^24 are exact and fast (module docstring), else float64."""
     if isinstance(images, np.ndarray):
         images = torch.from_numpy(np.ascontiguousarray(images)).permute(2, 0, 1)[None]
     if images.dtype != torch.uint8:
         raise TypeError(f"metrics are defined on uint8 images, got {images.dtype}")
-    return images.to(torch.float64)
+    return images.to(_exact_dtype(images.device))
+
+
+def _exact_dtype(device: torch.device) -> torch.dtype:
+    # GPUs may run float32 convolutions in TF32 (10-bit mantissa): float64 there.
+    return torch.float32 if device.type == "cpu" else torch.float64
 
 
 def psnr_ssim(pred: torch.Tensor | np.ndarray, target: torch.Tensor | np.ndarray) -> torch.Tensor:
@@ -54,19 +67,37 @@ def psnr_ssim(pred: torch.Tensor | np.ndarray, target: torch.Tensor | np.ndarray
     if min(x.shape[-2:]) < _WINDOW:
         raise ValueError(f"images must be at least {_WINDOW}x{_WINDOW} for SSIM, got {tuple(x.shape[-2:])}")
 
-    mse = (x - y).square().flatten(1).mean(1)
+    mse = (x - y).square().flatten(1).sum(1, dtype=torch.float64) / x[0].numel()
     psnr = 10 * torch.log10(255.0**2 / mse)
 
     b, c = x.shape[:2]
-    # One pooling call for the five local moments of every channel of every image.
-    moments = F.avg_pool2d(torch.cat([x, y, x * x, y * y, x * y], 1), _WINDOW, stride=1)
-    ux, uy, uxx, uyy, uxy = moments.split(c, 1)
-    vx = _COV_NORM * (uxx - ux * ux)
-    vy = _COV_NORM * (uyy - uy * uy)
-    vxy = _COV_NORM * (uxy - ux * uy)
-    s = ((2 * ux * uy + _C1) * (2 * vxy + _C2)) / ((ux * ux + uy * uy + _C1) * (vx + vy + _C2))
-    ssim = s.flatten(2).mean(2).mean(1)  # mean over pixels per channel, then over channels
+    moments = torch.empty((b, 5 * c, *x.shape[2:]), dtype=x.dtype, device=x.device)  # written in place
+    mx, my, mxx, myy, mxy = moments.split(c, 1)
+    mx.copy_(x), my.copy_(y), torch.mul(x, x, out=mxx), torch.mul(y, y, out=myy), torch.mul(x, y, out=mxy)
+    sx, sy, sxx, syy, sxy = _window_sums(moments).split(c, 1)
+    n = _WINDOW**2
+    # u = S/n, v = cov_norm * (Sqq/n - u^2), ...; multiplied through by n^2 (it cancels in the ratio).
+    # In place where the sums allow: every fresh large array costs page faults (glibc returns big blocks).
+    sxsy, sx2, sy2 = sx * sy, sx.square(), sy.square()
+    numerator = (2 * sxsy).add_(_C1 * n * n).mul_(sxy.mul_(n).sub_(sxsy).mul_(2 * _COV_NORM).add_(_C2 * n * n))
+    denominator = (sx2 + sy2).add_(_C1 * n * n).mul_(
+        sxx.add_(syy).mul_(n).sub_(sx2).sub_(sy2).mul_(_COV_NORM).add_(_C2 * n * n))
+    ssim = numerator.div_(denominator).flatten(2).mean(2).mean(1)  # mean over pixels per channel, then channels
     return torch.stack([psnr, ssim], 1).reshape(b, 2)
+
+
+def _window_sums(moments: torch.Tensor) -> torch.Tensor:
+    """Sums over every fully-inside 7x7 window of integer-valued maps (exact), as float64: shifted
+    adds along W, then along H (on one CPU thread faster than a ones-kernel convolution)."""
+    w = moments.shape[-1] - _WINDOW + 1
+    rows = moments[..., :w] + moments[..., 1 : w + 1]
+    for i in range(2, _WINDOW):
+        rows += moments[..., i : w + i]
+    h = rows.shape[-2] - _WINDOW + 1
+    sums = rows[..., :h, :] + rows[..., 1 : h + 1, :]
+    for i in range(2, _WINDOW):
+        sums += rows[..., i : h + i, :]
+    return sums.to(torch.float64)
 
 
 def piq_psnr_ssim(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:

@@ -73,10 +73,17 @@ class ModelConfig:
     growth: int = 32
     layers_per_block: int = 5
     scale: int = 4
+    # "sigmoid": the seed's sigmoid(tail + skip); "residual": clamp(tail + skip, 0, 1) with a zero-initialised
+    # tail, so an untrained model is exactly the bilinear skip. Files written before this field load as "sigmoid".
+    output_head: str = "sigmoid"
+
+
+OUTPUT_HEADS = ("sigmoid", "residual")
 
 
 class InsaneSRNet(nn.Module):
-    """head conv -> RRDB trunk -> trunk conv -> PixelShuffle x2 blocks -> tail conv, plus a bilinear skip, sigmoid.
+    """head conv -> RRDB trunk -> trunk conv -> PixelShuffle x2 blocks -> tail conv, plus a bilinear skip, then
+    the seed's sigmoid or (output_head="residual") a clamp to [0, 1].
 
     Input and output are RGB in [0, 1]; the output is `scale` times larger in each direction.
     """
@@ -89,11 +96,14 @@ class InsaneSRNet(nn.Module):
         growth: int = 32,
         layers_per_block: int = 5,
         scale: int = 4,
+        output_head: str = "sigmoid",
     ) -> None:
         super().__init__()
         if scale < 2 or scale & (scale - 1):
             raise ValueError(f"scale must be a power of two >= 2, got {scale}")
-        self.config = ModelConfig(num_rrdb, channels, growth, layers_per_block, scale)
+        if output_head not in OUTPUT_HEADS:
+            raise ValueError(f"output_head must be one of {', '.join(OUTPUT_HEADS)}, got {output_head!r}")
+        self.config = ModelConfig(num_rrdb, channels, growth, layers_per_block, scale, output_head)
         block = dict(channels=channels, growth=growth, layers=layers_per_block)
         self.head = nn.Conv2d(3, channels, kernel_size=3, padding=1)
         self.trunk = nn.Sequential(*(RRDB(**block) for _ in range(num_rrdb)))
@@ -102,6 +112,10 @@ class InsaneSRNet(nn.Module):
         for i in range(scale.bit_length() - 1):
             self.add_module(f"upscale{i + 1}", UpscaleBlock(channels=channels))
         self.tail = nn.Conv2d(channels, 3, kernel_size=3, padding=1)
+        if output_head == "residual":
+            # The output starts as the bilinear skip itself; the trunk only learns the correction.
+            nn.init.zeros_(self.tail.weight)
+            nn.init.zeros_(self.tail.bias)
 
     def upscalers(self) -> list[nn.Module]:
         return [module for name, module in self.named_children() if name.startswith("upscale")]
@@ -111,7 +125,24 @@ class InsaneSRNet(nn.Module):
         out = self.trunk_conv(self.trunk(self.head(x)))
         for upscale in self.upscalers():
             out = upscale(out)
+        if self.config.output_head == "residual":
+            return (self.tail(out) + skip).clamp(0, 1)
         return torch.sigmoid(self.tail(out) + skip)
+
+    # Hugging Face-style model folders (config.json + model.safetensors + README.md): see export.py.
+    @classmethod
+    def from_pretrained(cls, folder: str | os.PathLike) -> "InsaneSRNet":
+        """Load a folder written by `save_pretrained` / `insanesr-dist export`, or a Hub repo id holding one;
+        in eval mode, on the CPU."""
+        from .export import load_folder
+
+        return load_folder(folder)
+
+    def save_pretrained(self, folder: str | os.PathLike, **metadata: object) -> None:
+        """Write config.json and model.safetensors into `folder` (`metadata` as for `save_weights`)."""
+        from .export import save_folder
+
+        save_folder(self, folder, **metadata)
 
 
 def count_parameters(model: nn.Module) -> int:
@@ -142,19 +173,48 @@ def read_metadata(path: str | os.PathLike) -> dict[str, object]:
     return {k: json.loads(v) for k, v in raw.items()}
 
 
-def load_model(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> InsaneSRNet:
-    """Rebuild an InsaneSRNet from one weights file written by `save_weights`."""
+def _hub_id(path: str | os.PathLike) -> bool:
+    """`owner/name` that is no local path: a model folder on the Hugging Face Hub."""
+    text = os.fspath(path)
+    return (not os.path.exists(text) and text.count("/") == 1 and not text.startswith((".", "/", "~"))
+            and not text.endswith(".safetensors"))
+
+
+def load_model(path: str | os.PathLike, map_location: str | torch.device = "cpu", *,
+               allow_pickle: bool = False) -> InsaneSRNet:
+    """Rebuild an InsaneSRNet from one weights file written by `save_weights`, or from an exported folder.
+
+    A pickle (`torch.save`) state_dict is refused unless `allow_pickle` (see weights.py); its sizes are
+    then read off the tensors' shapes."""
+    from . import weights
+
+    if os.path.isdir(path) or _hub_id(path):
+        return InsaneSRNet.from_pretrained(path).to(map_location)
     if not os.path.isfile(path):
         raise UserError(f"{path}: weights file not found")
+    if weights.is_pickle(path):
+        state = weights.load_pickled_state(path, allow_pickle, map_location)
+        model = InsaneSRNet(**weights.config_from_state(state, path))
+        problem = weights.mismatch(model, state)
+        if problem:
+            raise UserError(f"{path}: not InsaneSRNet weights ({problem})")
+        model.load_state_dict(state)
+        return model.to(map_location)
     config = read_metadata(path).get("insanesr_config")
     if not isinstance(config, dict):
         raise UserError(f"{path}: no InsaneSRNet config in the file's metadata")
     known = {f.name for f in fields(ModelConfig)}
-    model = InsaneSRNet(**{k: v for k, v in config.items() if k in known})
+    try:
+        model = InsaneSRNet(**{k: v for k, v in config.items() if k in known})
+    except ValueError as e:
+        raise UserError(f"{path}: unusable model config in the file's metadata ({e})") from None
     try:
         state = load_file(os.fspath(path), device=str(map_location))
-        model.load_state_dict(state)
-    except (SafetensorError, RuntimeError) as e:
+    except (SafetensorError, RuntimeError, OSError) as e:
         first_line = str(e).strip().splitlines()[0]
-        raise UserError(f"{path}: weights do not fit the stored config ({first_line})") from None
+        raise UserError(f"{path}: not a readable safetensors weights file ({first_line})") from None
+    problem = weights.mismatch(model, state)
+    if problem:
+        raise UserError(f"{path}: weights do not fit the model config stored in the file: {problem}")
+    model.load_state_dict(state)
     return model

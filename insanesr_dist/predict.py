@@ -1,19 +1,35 @@
-"""Whole-image prediction, sharded over processes, and the float32 forward used for scores."""
+"""Prediction: `insanesr-dist predict` (also `accelerate launch -m insanesr_dist.predict`), and the
+float32 forward and sharded PNG prediction that training uses for its submissions.
+
+Every rank upscales its share of the images (tiled, optionally x8 self-ensembled), one image per rank per
+round; each round's PNGs are gathered and the main process writes them, so no image is missing or
+duplicated and host memory holds at most one round of encoded images.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import os
+import sys
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
 
+import click
 import numpy as np
 import torch
-from accelerate import Accelerator
+from accelerate import Accelerator, PartialState
+from accelerate.utils import gather_object
 from torch import nn
 from torch.utils.data import DataLoader
+from tqdm.auto import tqdm
 
-from .metrics import to_uint8
-from .submission import encode_png
+from .atomic import atomic_path
+from .errors import UserError
+from .submission import encode_png, write_submission
+from .tiles import Forward, exact_overlap, self_ensemble, upscale_image
 
-Forward = Callable[[torch.Tensor], torch.Tensor]
+PRECISIONS = {"no": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
 def float32_forward(accelerator: Accelerator, model: nn.Module) -> Forward:
@@ -27,12 +43,239 @@ def float32_forward(accelerator: Accelerator, model: nn.Module) -> Forward:
 def predict_pngs(forward: Forward, loader: DataLoader, accelerator: Accelerator) -> dict[int, bytes]:
     """PNG bytes of the prediction for every image of an (index, LR) loader, on every rank.
 
-    Each rank predicts its shard and encodes its PNGs (the encoding is parallel work too), then the
+    Images are upscaled whole (training's are small, and its submissions must match its scores). Each rank
+    predicts its shard and encodes its PNGs (the encoding is parallel work too), then the
     encoded images are gathered; `gather_for_metrics` drops the padding samples of uneven shards.
     """
     pngs: dict[int, bytes] = {}
     for index, lr in loader:
-        sr = to_uint8(forward(lr.float() / 255)).permute(0, 2, 3, 1).cpu().numpy()
-        local = [(int(i), encode_png(np.ascontiguousarray(img))) for i, img in zip(index, sr)]
+        local = [(int(i), encode_png(_hwc(upscale_image(forward, image)))) for i, image in zip(index, lr)]
         pngs.update(accelerator.gather_for_metrics(local, use_gather_object=True))
     return pngs
+
+
+def model_forward(model: nn.Module, device: torch.device, precision: str) -> Forward:
+    """Batches in, float32 batches out; `bf16`/`fp16` run the convolutions under autocast.
+    channels_last: oneDNN's and cuDNN's fast convolution kernels want NHWC (over 3x faster on this project's CPU)."""
+    dtype = PRECISIONS[precision]
+
+    def forward(x: torch.Tensor) -> torch.Tensor:
+        x = x.to(device).contiguous(memory_format=torch.channels_last)
+        with torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
+            return model(x).float()
+
+    return forward
+
+
+def _hwc(image: torch.Tensor) -> np.ndarray:
+    return np.ascontiguousarray(image.permute(1, 2, 0).numpy())
+
+
+# ---------------------------------------------------------------------------------------------
+# Inputs: a folder of images or a `save_to_disk` dataset with an `lr` column
+
+
+@dataclass(frozen=True)
+class Source:
+    """One input image: its id (the file name, the CSV's `id`), where it is (for messages), its bytes."""
+
+    id: str
+    name: str
+    read: Callable[[], object]
+
+    def decode(self) -> torch.Tensor:
+        from .data import decode_rgb
+
+        return torch.from_numpy(np.ascontiguousarray(decode_rgb(self.read(), self.name).transpose(2, 0, 1)))
+
+
+def list_inputs(path: Path, split: str | None) -> list[Source]:
+    from .data import IMAGE_SUFFIXES
+
+    if (path / "dataset_info.json").is_file() or (path / "dataset_dict.json").is_file():
+        return _dataset_inputs(path, split)
+    if path.is_file() and path.suffix.lower() in IMAGE_SUFFIXES:
+        return [Source(path.name, str(path), path.read_bytes)]
+    if not path.is_dir():
+        raise UserError(f"{path}: not an image, a folder of images nor a saved dataset")
+    files = sorted(p for p in path.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+    if not files:
+        raise UserError(f"{path}: no images found (looked for {', '.join(sorted(IMAGE_SUFFIXES))})")
+    return [Source(p.name, str(p), p.read_bytes) for p in files]
+
+
+def _dataset_inputs(path: Path, split: str | None) -> list[Source]:
+    import datasets
+
+    try:
+        table = datasets.load_from_disk(str(path))
+    except Exception as e:  # datasets raises many types for damaged folders; the user needs one line
+        raise UserError(f"{path}: cannot be loaded as a dataset ({type(e).__name__}: {e})") from None
+    if isinstance(table, datasets.DatasetDict):
+        split = split or ("test" if "test" in table else next(iter(table)) if len(table) == 1 else None)
+        if split not in table:
+            raise UserError(f"{path}: has splits {', '.join(table)}; choose one with --split")
+        table, where = table[split], f"{path} ({split})"
+    else:
+        where = str(path)
+    if "lr" not in table.column_names:
+        raise UserError(f"{where}: needs an image column 'lr'; has {', '.join(table.column_names)}")
+    try:
+        table = table.cast_column("lr", datasets.Image(decode=False))
+    except (TypeError, ValueError) as e:
+        raise UserError(f"{where}: column 'lr' does not hold images ({e})") from None
+    ids = list(table["id"]) if "id" in table.column_names else [f"{i:05d}.png" for i in range(len(table))]
+    if not ids:
+        raise UserError(f"{where}: no rows")
+    seen = set()
+    for image_id in ids:
+        if image_id in seen:
+            raise UserError(f"{where}: id {image_id} appears more than once; a submission needs unique ids")
+        seen.add(image_id)
+    return [Source(str(i), f"{where} row {n} ({i})", lambda n=n: table[n]["lr"]) for n, i in enumerate(ids)]
+
+
+def output_names(sources: list[Source]) -> list[str]:
+    """The PNG file each prediction is written to: the input's name with a .png suffix."""
+    names, seen = [], {}
+    for source in sources:
+        if Path(source.id).name != source.id or source.id in ("", ".", ".."):
+            raise UserError(f"{source.name}: id {source.id!r} is not a plain file name")
+        name = Path(source.id).stem + ".png"
+        if name in seen:
+            raise UserError(f"{source.name}: its prediction {name} would overwrite that of {seen[name]}")
+        seen[name] = source.id
+        names.append(name)
+    return names
+
+
+# ---------------------------------------------------------------------------------------------
+# Sharded prediction
+
+
+def predicted_rows(sources: list[Source], upscale: Callable[[torch.Tensor], torch.Tensor],
+                   accelerator: Accelerator) -> Iterator[tuple[int, bytes]]:
+    """(index, PNG bytes) of every source, in order, on every rank; rank r predicts r, r+P, r+2P, ...
+
+    Every rank must iterate to the end: each round is a collective. A bad image fails on its rank and is
+    reported through the same gather, so every rank stops with the same error instead of hanging.
+    """
+    world, rank = accelerator.num_processes, accelerator.process_index
+    # Only on a terminal: in a log, a bar's carriage returns would glue an error onto its last line.
+    with tqdm(total=len(sources), desc="predict", leave=False, dynamic_ncols=True,
+              disable=not (accelerator.is_local_main_process and sys.stderr.isatty())) as bar:
+        for first in range(0, len(sources), world):
+            local = []
+            if first + rank < len(sources):
+                try:
+                    local = [(first + rank, encode_png(_hwc(upscale(sources[first + rank].decode()))), None)]
+                except UserError as e:
+                    local = [(first + rank, None, e.message)]
+            got = gather_object(local) if world > 1 else local
+            for index, png, problem in sorted(got, key=lambda row: row[0]):
+                if problem:
+                    raise UserError(problem)
+                yield index, png
+            bar.update(len(got))
+
+
+def predict(*, checkpoint: Path, inputs: Path, output_dir: Path | None, csv: Path | None, split: str | None,
+            tile: int, overlap: int, batch_size: int, tta: bool, precision: str, allow_pickle: bool = False) -> None:
+    """Upscale every input, write the PNGs and/or the CSV (main process), print a one-line summary."""
+    from .model import load_model
+
+    started = time.perf_counter()
+    cpu = not torch.cuda.is_available()
+    accelerator = Accelerator(cpu=cpu, mixed_precision="no")  # autocast is ours: --mixed-precision
+    note = ""
+    if precision == "fp16" and cpu:
+        precision, note = "bf16", " (fp16 needs a CUDA GPU: bf16 autocast on this CPU instead)"
+    if cpu:  # `accelerate launch` sets OMP_NUM_THREADS=1; share the cores among this machine's processes
+        local = int(os.environ.get("LOCAL_WORLD_SIZE", accelerator.num_processes))
+        torch.set_num_threads(max(1, len(os.sched_getaffinity(0)) // max(1, local)))
+    model = load_model(checkpoint, allow_pickle=allow_pickle)
+    model = model.to(accelerator.device, memory_format=torch.channels_last).eval()
+    sources = list_inputs(inputs, split)
+    names = output_names(sources) if output_dir else []
+
+    forward = model_forward(model, accelerator.device, precision)
+    forward = self_ensemble(forward) if tta else forward
+
+    def upscale(lr: torch.Tensor) -> torch.Tensor:
+        return upscale_image(forward, lr, tile=tile, overlap=overlap, batch_size=batch_size,
+                             device=accelerator.device)
+
+    main = accelerator.is_main_process
+    rows = predicted_rows(sources, upscale, accelerator)
+
+    def written(rows):  # the main process writes each PNG as its round arrives
+        for index, png in rows:
+            if output_dir and main:
+                with atomic_path(output_dir / names[index]) as tmp:
+                    Path(tmp).write_bytes(png)
+            yield sources[index].id, png
+
+    if csv and main:
+        write_submission(csv, written(rows))
+    else:
+        for _ in written(rows):
+            pass
+    tiling = f"tile {tile} overlap {overlap} (exact from {exact_overlap(model.config)})" if tile else "tile off"
+    accelerator.print(
+        f"predicted {len(sources)} images -> {' and '.join(str(p) for p in (output_dir, csv) if p)} in "
+        f"{time.perf_counter() - started:.1f}s ({accelerator.num_processes} process(es) on {accelerator.device.type}, "
+        f"precision {precision}{note}, {tiling}, TTA {'x8' if tta else 'off'})")
+    accelerator.wait_for_everyone()
+    accelerator.end_training()  # leaves the process group cleanly, so every rank exits 0
+
+
+@click.command("predict", context_settings={"max_content_width": 110})
+@click.option("--checkpoint", required=True, type=click.Path(path_type=Path),
+              help="A .safetensors weights file (best.safetensors or latest.safetensors; the model config is in it), "
+                   "or a model folder written by `insanesr-dist export`.")
+@click.option("--input", "inputs", required=True, type=click.Path(exists=True, path_type=Path),
+              help="A folder of LR images (or one image), or a save_to_disk dataset with an 'lr' image column "
+                   "(and optionally 'id').")
+@click.option("--output-dir", type=click.Path(file_okay=False, path_type=Path),
+              help="Write one PNG per input here, named like the input with a .png suffix.")
+@click.option("--csv", type=click.Path(dir_okay=False, path_type=Path),
+              help="Write a submission CSV (id = the input file name, Encoded Image = base64 PNG).")
+@click.option("--split", help="Which split of a saved DatasetDict to predict. [default: test, if present]")
+@click.option("--tile", default=128, show_default=True, type=click.IntRange(0),
+              help="Tile edge in LR pixels; 0 upscales each image whole.")
+@click.option("--tile-overlap", "overlap", default=16, show_default=True, type=click.IntRange(0),
+              help="LR pixels of context each tile reads beyond its share on every side; seams are blended over "
+                   "half of it. From 106 (default model; 4/3 of its receptive radius of 79) tiles give the untiled "
+                   "result exactly; 16 stays within 1/255 in practice.")
+@click.option("--batch-size", default=4, show_default=True, type=click.IntRange(1),
+              help="Tiles per forward pass (per process).")
+@click.option("--tta/--no-tta", default=False, show_default=True,
+              help="x8 self-ensemble: average over the 4 rotations of the image and of its mirror (8x slower).")
+@click.option("--mixed-precision", "precision", default="no", show_default=True, type=click.Choice(list(PRECISIONS)),
+              help="no = float32 forward; bf16/fp16 autocast (fp16 needs CUDA; on a CPU it becomes bf16).")
+@click.option("--allow-pickle", is_flag=True,
+              help="Also accept a PyTorch pickle state_dict (.pth/.pt): pickles can run code, so only trusted files.")
+def main(checkpoint: Path, inputs: Path, output_dir: Path | None, csv: Path | None, split: str | None, tile: int,
+         overlap: int, batch_size: int, tta: bool, precision: str, allow_pickle: bool) -> None:
+    """Upscale LR images x4 with a trained InsaneSRNet: PNG files and/or a submission CSV.
+
+    \b
+    Examples:
+      insanesr-dist predict --checkpoint runs/a/best.safetensors --input data/test/LR --csv submission.csv
+      insanesr-dist predict --checkpoint best.safetensors --input LR/ --output-dir pred/ --tta --tile 256
+      insanesr-dist predict --checkpoint models/insanesr-a --input LR/ --output-dir pred/   # an exported folder
+      accelerate launch --multi_gpu --num_processes 2 -m insanesr_dist.predict --checkpoint W --input LR/ --csv s.csv
+    """
+    if not output_dir and not csv:
+        raise click.UsageError("nothing to write: give --output-dir, --csv or both")
+    try:
+        predict(checkpoint=checkpoint, inputs=inputs, output_dir=output_dir, csv=csv, split=split, tile=tile,
+                overlap=overlap, batch_size=batch_size, tta=tta, precision=precision, allow_pickle=allow_pickle)
+    except UserError:
+        if not PartialState().is_main_process:
+            raise SystemExit(1) from None  # the main process prints the one error line
+        raise
+
+
+if __name__ == "__main__":
+    main()

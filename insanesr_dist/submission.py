@@ -1,4 +1,4 @@
-"""Submission CSVs: `id` (the test file name) and `Encoded Image` (base64 of a lossless PNG)."""
+"""Submission CSVs: `id` (the test file name) and `Encoded Image` (base64 of a lossless PNG); write, read, check."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ import os
 from collections.abc import Iterable
 from pathlib import Path
 
+import click
 import cv2
 import numpy as np
 
@@ -64,3 +65,99 @@ def read_submission(path: str | os.PathLike) -> dict[str, np.ndarray]:
     except (OSError, UnicodeDecodeError, csv.Error) as e:
         raise UserError(f"{path}: cannot be read as a submission CSV ({e})") from None
     return images
+
+
+# ---------------------------------------------------------------------------------------------
+# Checking a submission before uploading it
+
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+
+
+def _row_problem(cells: list[str], lr_sizes: dict[str, tuple[int, int]], scale: int) -> str | None:
+    """What is wrong with one data row (id already known to be an LR file), or None."""
+    if len(cells) != len(COLUMNS):
+        return f"has {len(cells)} columns, expected {len(COLUMNS)}"
+    try:
+        data = base64.b64decode(cells[1], validate=True)
+    except ValueError:
+        return "Encoded Image is not valid base64"
+    if not data.startswith(PNG_SIGNATURE):
+        return "Encoded Image is not a PNG (no PNG signature)"
+    image = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED)
+    if image is None:
+        return "Encoded Image is a damaged PNG (cannot be decoded)"
+    channels = 1 if image.ndim == 2 else image.shape[2]
+    if channels != 3 or image.dtype != np.uint8:
+        return f"PNG has {channels} channel(s) of {image.dtype}, expected 3 (RGB) of uint8"
+    height, width = lr_sizes[cells[0]]
+    if image.shape[:2] != (height * scale, width * scale):
+        return (f"PNG is {image.shape[1]}x{image.shape[0]}, expected {width * scale}x{height * scale} "
+                f"({scale}x the {width}x{height} LR)")
+    return None
+
+
+def check_submission(path: str | os.PathLike, lr_dir: str | os.PathLike, scale: int = 4) -> tuple[list[str], int]:
+    """Every problem of a submission CSV against its LR folder, one line each, and the number of rows.
+
+    Rows are read and decoded one at a time, so a CSV of any size is checked in constant memory.
+    """
+    from .data import IMAGE_SUFFIXES, decode_rgb
+
+    path, lr_dir = Path(path), Path(lr_dir)
+    lr_files = sorted(p for p in lr_dir.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+    if not lr_files:
+        raise UserError(f"{lr_dir}: no LR images found")
+    lr_sizes = {p.name: decode_rgb(p.read_bytes(), str(p)).shape[:2] for p in lr_files}
+    problems, first_line, rows = [], {}, 0
+    try:
+        with open(path, newline="", encoding="utf-8") as f:
+            reader = csv.reader(f)
+            header = next(reader, None)
+            if header is None:
+                raise UserError(f"{path}: empty file (expected the header {','.join(COLUMNS)})")
+            if tuple(header) != COLUMNS:
+                problems.append(f"{path}:1: header is {','.join(header)}, expected {','.join(COLUMNS)}")
+            for line, cells in enumerate(reader, start=2):
+                rows += 1
+                where = f"{path}:{line}"
+                if not cells or not cells[0]:
+                    problems.append(f"{where}: row has no id")
+                    continue
+                where += f" (id {cells[0]})"
+                if cells[0] in first_line:
+                    problems.append(f"{where}: duplicate row, id already on line {first_line[cells[0]]}")
+                    continue
+                first_line[cells[0]] = line
+                if cells[0] not in lr_sizes:
+                    problems.append(f"{where}: extra row, no LR image {cells[0]} in {lr_dir}")
+                    continue
+                problem = _row_problem(cells, lr_sizes, scale)
+                if problem:
+                    problems.append(f"{where}: {problem}")
+    except (OSError, UnicodeDecodeError, csv.Error) as e:
+        raise UserError(f"{path}: cannot be read as a CSV ({e})") from None
+    problems += [f"{path}: missing row for {lr_dir / name}" for name in lr_sizes if name not in first_line]
+    return problems, rows
+
+
+@click.command("check-submission")
+@click.argument("csv_path", metavar="CSV", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option("--lr", "lr_dir", required=True, type=click.Path(exists=True, file_okay=False, path_type=Path),
+              help="The folder of LR test images the CSV predicts.")
+@click.option("--scale", default=4, show_default=True, type=click.IntRange(1), help="Upscaling factor.")
+def check_submission_command(csv_path: Path, lr_dir: Path, scale: int) -> None:
+    """Check a submission CSV before uploading it: one row per LR image (id = file name), every row a
+    base64 PNG of 3-channel uint8 pixels exactly SCALE x the LR size, no extra rows or columns.
+
+    Prints one line per problem and exits 1 if there is any; otherwise a one-line OK summary.
+
+    \b
+    Example:
+      insanesr-dist check-submission runs/a/submissions/epoch_010.csv --lr data/test/LR
+    """
+    problems, rows = check_submission(csv_path, lr_dir, scale)
+    for problem in problems:
+        click.echo(problem, err=True)
+    if problems:
+        raise UserError(f"{csv_path}: {len(problems)} problem(s); fix them before uploading")
+    click.echo(f"OK: {csv_path}: {rows} rows, one {scale}x RGB PNG for each LR image in {lr_dir}")

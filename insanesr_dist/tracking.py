@@ -11,11 +11,29 @@ import torch
 import torch.nn.functional as F
 from accelerate import Accelerator
 
-from .atomic import append_line_atomic
+from .atomic import append_line_atomic, write_text_atomic
 from .metrics import to_uint8
 from .predict import Forward
 
 VAL_SCALARS = ("psnr", "ssim", "jm", "psnr_piq", "ssim_piq")
+
+
+def peak_memory_mb() -> dict[str, float]:
+    """This process's peak host memory (and peak CUDA memory allocated by torch, on a GPU), in MiB.
+
+    VmHWM rather than ru_maxrss: under `accelerate launch`, a child's ru_maxrss starts from its launcher's RSS.
+    """
+    peaks = {}
+    try:
+        with open("/proc/self/status", encoding="ascii") as f:
+            peaks["peak_cpu_mb"] = next(int(line.split()[1]) for line in f if line.startswith("VmHWM:")) / 1024
+    except (OSError, StopIteration):  # not Linux
+        import resource
+
+        peaks["peak_cpu_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    if torch.cuda.is_available():
+        peaks["peak_gpu_mb"] = torch.cuda.max_memory_allocated() / 2**20
+    return peaks
 
 
 def epoch_line(record: dict, epochs: int, improved: bool) -> str:
@@ -30,12 +48,14 @@ def log_epoch(accelerator: Accelerator, out_dir: Path, record: dict, epochs: int
     """Main process: one metrics.jsonl line, the epoch's TensorBoard scalars and a summary line."""
     if not accelerator.is_main_process:
         return
+    record = {**record, **peak_memory_mb()}
     # JSON has no infinity: a perfect image's PSNR is written as null.
     clean = {k: (None if isinstance(v, float) and math.isinf(v) else v) for k, v in record.items()}
     append_line_atomic(out_dir / "metrics.jsonl", json.dumps(clean))
     scalars = {f"val/{k}": record[k] for k in VAL_SCALARS}
     scalars["perf/samples_per_s"] = record["samples_per_s"]
     scalars["perf/epoch_seconds"] = record["seconds"]
+    scalars.update({f"perf/{k}": v for k, v in record.items() if k.startswith("peak_")})
     accelerator.log(scalars, step=record["step"])
     accelerator.print(epoch_line(record, epochs, improved))
 
@@ -51,4 +71,42 @@ def log_panels(accelerator: Accelerator, forward: Forward, images: list, step: i
         upsampled = F.interpolate(lr, size=hr.shape[-2:], mode="bilinear", align_corners=False)
         panel = torch.cat([to_uint8(upsampled), to_uint8(forward(lr)), hr[None].to(accelerator.device)], -1)
         writer.add_image(f"panels/{image_id}", np.ascontiguousarray(panel[0].cpu().numpy()), step, dataformats="CHW")
+    writer.flush()
+
+
+def keep_epoch_records(path: Path, *, before: int) -> None:
+    """Drop metrics.jsonl lines of epochs >= `before`: a resumed run records them again."""
+    if path.is_file():
+        lines = path.read_text(encoding="utf-8").splitlines()
+        write_text_atomic(path, "".join(f"{line}\n" for line in lines if json.loads(line)["epoch"] < before))
+
+
+# The hparams dashboard shows, beside each run's settings, the latest value of these scalars of the same run.
+HPARAM_METRICS = ("val/jm", "val/psnr", "val/ssim", "perf/samples_per_s", "perf/peak_cpu_mb", "perf/peak_gpu_mb")
+
+
+def start_hparams(accelerator: Accelerator, hparams: dict) -> None:
+    """Main process: the run's settings for TensorBoard's hparams plugin, written into the run's own event
+    files (not a sub-run, as `add_hparams` would), so the dashboard reads the final val JM, throughput and
+    memory straight from the run's scalars, also while it trains or after a preemption."""
+    if not accelerator.is_main_process:
+        return
+    from torch.utils.tensorboard.summary import hparams as hparams_summaries
+
+    metrics = [tag for tag in HPARAM_METRICS if tag != "perf/peak_gpu_mb" or torch.cuda.is_available()]
+    experiment, session_start, _ = hparams_summaries(hparams, dict.fromkeys(metrics, 0.0))
+    writer = accelerator.get_tracker("tensorboard", unwrap=True)
+    writer.file_writer.add_summary(experiment)
+    writer.file_writer.add_summary(session_start)
+    writer.flush()
+
+
+def end_hparams(accelerator: Accelerator) -> None:
+    """Main process: mark the run finished (status success) in the hparams dashboard."""
+    if not accelerator.is_main_process:
+        return
+    from torch.utils.tensorboard.summary import hparams as hparams_summaries
+
+    writer = accelerator.get_tracker("tensorboard", unwrap=True)
+    writer.file_writer.add_summary(hparams_summaries({}, {})[2])
     writer.flush()

@@ -99,3 +99,13 @@ def assert_one_line_error(result: subprocess.CompletedProcess, *needles: str) ->
     assert len(errors) == 1, result.stderr
     for needle in needles:
         assert needle in errors[0], errors[0]
+
+
+@pytest.fixture(scope="session")
+def finished_run(pair_folder, tmp_path_factory):
+    """One short real training run (2 epochs, tiny model) that several test files read but never change."""
+    out = tmp_path_factory.mktemp("run") / "out"
+    result = run_cli("accelerate", "launch", "--num_processes", "1", "-m", "insanesr_dist.train",
+                     "--data", str(pair_folder), "--epochs", "2", "--output-dir", str(out), "--log-every", "1", *TINY)
+    assert result.returncode == 0, result.stderr[-3000:]
+    return out, result

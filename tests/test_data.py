@@ -106,8 +106,10 @@ def test_crops_stay_aligned_through_every_flip_and_rotation():
         assert np.array_equal(np.repeat(np.repeat(a, 4, 0), 4, 1), b)
         seen.add(a.tobytes())
     assert len(seen) > 32
-    full_lr, full_hr = D.random_pair_crop(lr, hr, 0, 4, D.sample_rng(0, 1, 0))
-    assert sorted(full_lr.shape[:2]) == [12, 17] and np.array_equal(np.repeat(np.repeat(full_lr, 4, 0), 4, 1), full_hr)
+    # Whole non-square images keep their shape (so they still batch), through flips and half turns only.
+    whole = [D.random_pair_crop(lr, hr, 0, 4, D.sample_rng(0, 1, i)) for i in range(32)]
+    assert all(a.shape == lr.shape and np.array_equal(np.repeat(np.repeat(a, 4, 0), 4, 1), b) for a, b in whole)
+    assert len({a.tobytes() for a, _ in whole}) == 4
 
 
 def test_training_samples_depend_on_seed_epoch_and_index_only(pair_folder):
@@ -144,3 +146,38 @@ def test_streaming_shards_cover_every_pair_once_across_ranks(pair_folder):
         loader = DataLoader(D.StreamedPairs(stream, patch_size=4, scale=4, seed=0), batch_size=1, num_workers=2)
         assert sum(1 for _ in loader) == len(ids)  # the two workers split the shards, no repeats
     assert sorted(seen) == sorted(splits.train["id"])
+
+
+def test_decoded_cache_serves_later_epochs_without_decoding(pair_folder, monkeypatch):
+    train = D.load_splits(pair_folder, val_fraction=0.1, seed=0).train
+    decoded = []
+    real_decode = D.decode_rgb
+    monkeypatch.setattr(D, "decode_rgb", lambda image, name: decoded.append(name) or real_decode(image, name))
+    cached = D.TrainPairs(train, patch_size=8, scale=4, seed=0, cache_mb=64)
+    uncached = D.TrainPairs(train, patch_size=8, scale=4, seed=0, cache_mb=0)
+    for epoch in (1, 2):
+        cached.set_epoch(epoch), uncached.set_epoch(epoch)
+        for i in range(len(train)):
+            a, b = cached[i], uncached[i]
+            assert torch.equal(a[0], b[0]) and torch.equal(a[1], b[1])
+    assert len(decoded) == 2 * len(train) * 3  # LR + HR: once for the cached set, every epoch for the other
+    tight = D.TrainPairs(train, patch_size=8, scale=4, seed=0, cache_mb=0)
+    tight._cache_room = 3 * (16 * 20 + 64 * 80) * 3  # room for three pairs: the rest is decoded every time
+    decoded.clear()
+    for _ in range(2):
+        [tight[i] for i in range(len(train))]
+    assert len(tight._cache) == 3 and len(decoded) == 2 * (2 * len(train) - 3)
+
+
+def test_persistent_workers_follow_the_epoch(pair_folder):
+    """Workers started once must still crop by each new epoch (the epoch lives in shared memory)."""
+    train = D.load_splits(pair_folder, val_fraction=0.1, seed=0).train
+    samples = D.TrainPairs(train, patch_size=8, scale=4, seed=0, cache_mb=64)
+    loader = DataLoader(samples, batch_size=4, **D.loader_kwargs(num_workers=1))
+    assert loader.persistent_workers
+    reference = D.TrainPairs(train, patch_size=8, scale=4, seed=0)  # in this process, no workers
+    for epoch in (1, 2, 3):
+        samples.set_epoch(epoch)
+        reference.set_epoch(epoch)
+        crops = torch.cat([lr for lr, _ in loader])
+        assert torch.equal(crops, torch.stack([reference[i][0] for i in range(len(train))]))

@@ -2,6 +2,8 @@
 
 import json
 import math
+import subprocess
+import sys
 
 import cv2
 import numpy as np
@@ -33,17 +35,23 @@ def test_fp16_on_a_cpu_becomes_bf16_with_a_note(monkeypatch):
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     assert resolve_precision("fp16")[0] == "bf16" and "CUDA" in resolve_precision("fp16")[1]
     monkeypatch.setenv("ACCELERATE_MIXED_PRECISION", "bf16")
-    assert resolve_precision(None) == ("bf16", None)
+    assert resolve_precision("auto") == ("bf16", None)  # the accelerate config's choice stands
     assert resolve_precision("no") == ("no", None)
 
 
-@pytest.fixture(scope="module")
-def finished_run(pair_folder, tmp_path_factory):
-    out = tmp_path_factory.mktemp("run") / "out"
-    result = run_cli("accelerate", "launch", "--num_processes", "1", "-m", "insanesr_dist.train",
-                     "--data", str(pair_folder), "--epochs", "2", "--output-dir", str(out), "--log-every", "1", *TINY)
-    assert result.returncode == 0, result.stderr[-3000:]
-    return out, result
+@pytest.mark.parametrize("native", [True, False])
+def test_auto_precision_is_bf16_only_where_it_is_native(monkeypatch, native):
+    import insanesr_dist.train as train_module
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.setattr(train_module, "native_bf16", lambda: native)
+    monkeypatch.setenv("ACCELERATE_MIXED_PRECISION", "no")  # what `accelerate launch` sets by default
+    precision, note = resolve_precision("auto")
+    assert precision == ("bf16" if native else "no") and (note is not None) == native
+    assert resolve_precision("no") == ("no", None)
+
+
+# `finished_run` (conftest.py): one short real run, shared with test_tracking.py and test_export.py.
 
 
 def test_run_leaves_every_file(finished_run):
@@ -179,7 +187,35 @@ def test_bad_input_is_one_line_and_a_nonzero_exit(tmp_path, setup, args, needles
 
 def test_a_finished_run_is_never_overwritten(finished_run, pair_folder):
     out, _ = finished_run
-    before = (out / "best.safetensors").read_bytes()
-    result = run_cli("insanesr-dist", "train", "--data", str(pair_folder), "--output-dir", str(out), *TINY)
-    assert_one_line_error(result, "already holds a run")
-    assert (out / "best.safetensors").read_bytes() == before
+    before = {p: p.read_bytes() for p in out.glob("*.safetensors")}
+    again = run_cli("insanesr-dist", "train", "--data", str(pair_folder), "--output-dir", str(out), *TINY)
+    assert again.returncode == 0 and "already finished" in again.stdout, again.stderr
+    fresh = run_cli("insanesr-dist", "train", "--data", str(pair_folder), "--output-dir", str(out), *TINY,
+                    "--resume", "none")
+    assert_one_line_error(fresh, "already holds a run")
+    # The checkpoint holds an EMA state (the default recipe): continuing without one is refused, not a traceback.
+    no_ema = run_cli("insanesr-dist", "train", "--data", str(pair_folder), "--output-dir", str(out), *TINY,
+                     "--ema-decay", "0")
+    assert_one_line_error(no_ema, "cannot resume with --ema-decay 0", "--ema-decay 0.999")
+    assert {p: p.read_bytes() for p in out.glob("*.safetensors")} == before
+
+
+BUG_AT_STEP_3 = """
+import sys
+import insanesr_dist.train as T
+real, calls = T.training_loss, [0]
+def buggy(*a):  # a genuine bug mid-epoch, with the DataLoader workers (SIGTERM blocked) running
+    calls[0] += 1
+    if calls[0] == 3:
+        raise RuntimeError("a bug at step 3")
+    return real(*a)
+T.training_loss = buggy
+sys.argv = ["train", *sys.argv[1:]]
+T.main()
+"""
+
+
+def test_a_bug_mid_epoch_exits_with_its_traceback_instead_of_hanging(pair_folder, tmp_path):
+    args = ["--data", str(pair_folder), *TINY, "--num-workers", "2", "--output-dir", str(tmp_path / "run")]
+    result = subprocess.run([sys.executable, "-c", BUG_AT_STEP_3, *args], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 1 and "RuntimeError: a bug at step 3" in result.stderr, result.stderr[-2000:]

@@ -1,0 +1,201 @@
+"""`insanesr-dist check-data DIR_OR_DATASET`: read every file once and list every problem.
+
+One line per finding (file, problem, what training will do), then a summary; exit 1 when training
+would stop. The rules are those of `samples` — the same functions the trainer's loader applies.
+"""
+
+from __future__ import annotations
+
+import collections
+from pathlib import Path
+
+import click
+
+from . import samples
+from .errors import UserError
+from .samples import Finding
+
+SHOWN_PER_KIND = 10  # conversions and notes repeat per file; bad files are always all listed
+
+
+class Report:
+    def __init__(self) -> None:
+        self.findings: list[Finding] = []
+        self.fatal: list[str] = []  # problems no option works around
+        self.pairs = self.usable = self.test = 0
+
+    def add(self, path, problem: str, kind: str = "bad") -> None:
+        self.findings.append(Finding(str(path), problem, kind))
+
+
+def _decode(data: bytes, name: str, report: Report) -> tuple[int, ...] | None:
+    """The decoded shape, recording conversions; None (recorded as bad) when the file is unusable."""
+    notes: list[str] = []
+    try:
+        shape = samples.decode_image(data, name, notes).shape
+    except UserError as e:
+        report.add(name, e.message[len(name) + 2:])
+        return None
+    for note in notes:
+        report.add(name, note, "converted")
+    return shape
+
+
+def _name_notes(path: Path, report: Report) -> None:
+    name = path.name
+    if " " in name or not name.isascii():
+        what = " and ".join(w for w, bad in (("spaces", " " in name), ("non-ASCII characters", not name.isascii())) if bad)
+        report.add(path, f"file name has {what}; accepted, the id keeps the exact name", "note")
+
+
+def _format_notes(files: dict[str, Path], data: dict[Path, bytes], report: Report) -> None:
+    kinds = {p: samples.sniff_format(data[p]) for p in files.values() if p in data}
+    counts = collections.Counter(k for k in kinds.values() if k)
+    for path, kind in kinds.items():
+        suffix = {"JPG": "JPEG", "TIF": "TIFF"}.get(path.suffix[1:].upper(), path.suffix[1:].upper())
+        if kind and kind != suffix:
+            report.add(path, f"is a {kind} file named {path.suffix}; read by its content", "note")
+        if kind == "JPEG" and counts["PNG"] > counts["JPEG"]:
+            report.add(path, "JPEG among PNGs: lossy, its compression artefacts are learnt as if they were detail",
+                       "note")
+
+
+def _read_all(files: dict[str, Path], report: Report) -> dict[Path, bytes]:
+    data = {}
+    for path in files.values():
+        try:
+            data[path] = path.read_bytes()
+        except OSError as e:
+            report.add(path, f"cannot be read ({e.strerror})")
+    return data
+
+
+def check_folder(root: Path, patch_size: int, scale: int, report: Report) -> None:
+    lr_dir, hr_dir, test_dir = root / "train" / "LR", root / "train" / "HR", root / "test" / "LR"
+    missing = [d for d in (lr_dir, hr_dir) if not d.is_dir()]
+    if missing:
+        for d in missing:
+            report.fatal.append(f"{samples.show(d)}: missing; a data folder needs train/LR and train/HR")
+        return
+    scanned = {}
+    for d in (lr_dir, hr_dir) + ((test_dir,) if test_dir.is_dir() else ()):
+        files, findings = samples.scan_folder(d)
+        report.findings += findings
+        if not files and not [f for f in findings if f.kind == "bad"]:
+            report.fatal.append(f"{samples.show(d)}: empty folder (no images)")
+        scanned[d] = files
+    names, orphans = samples.pair_names(scanned[lr_dir], scanned[hr_dir])
+    report.findings += orphans
+    report.pairs = len(names) + len(orphans)
+    shapes = {}
+    for d, files in scanned.items():
+        data = _read_all(files, report)
+        _format_notes(files, data, report)
+        for path in files.values():
+            _name_notes(path, report)
+            if path in data:
+                shapes[path] = _decode(data[path], samples.show(path), report)
+    for name in names:
+        lr, hr = shapes.get(scanned[lr_dir][name]), shapes.get(scanned[hr_dir][name])
+        if lr is None or hr is None:
+            continue
+        problem = samples.pair_problem(lr, hr, scale) or None
+        if problem:
+            report.add(scanned[hr_dir][name], problem)
+        elif samples.patch_problem(lr, patch_size):
+            report.add(scanned[lr_dir][name], samples.patch_problem(lr, patch_size) + " (set a smaller --patch-size)")
+        else:
+            report.usable += 1
+    report.test = len(scanned.get(test_dir, {}))
+
+
+def check_table(source: str, path: Path | None, patch_size: int, scale: int, report: Report) -> None:
+    from .data import _load_table, _name
+
+    train, test = _load_table(source, path)
+    for split, table, columns in (("train", train, ("lr", "hr")), ("test", test, ("lr",))):
+        if table is None:
+            continue
+        seen: dict[str, str] = {}
+        for row in table:
+            key = Path(row["id"]).stem.casefold()
+            if key in seen:
+                report.add(f"{source} ({split}) id {row['id']}", f"same id as {seen[key]} up to case or extension")
+                continue
+            seen[key] = row["id"]
+            found = []
+            for column in columns:
+                cell = row[column] or {}
+                data = cell.get("bytes") or (Path(cell["path"]).read_bytes() if cell.get("path") else b"")
+                found.append(_decode(data, _name(row, column), report))
+            if split == "test":
+                report.test += 1
+                continue
+            report.pairs += 1
+            if None in found:
+                continue
+            problem = samples.pair_problem(found[0], found[1], scale)
+            if problem:
+                report.add(_name(row, "hr"), problem)
+            elif samples.patch_problem(found[0], patch_size):
+                report.add(_name(row, "lr"), samples.patch_problem(found[0], patch_size) + " (set a smaller --patch-size)")
+            else:
+                report.usable += 1
+
+
+def run_check(source: str, *, patch_size: int, on_bad_sample: str, scale: int = 4, echo=click.echo) -> bool:
+    """Print every finding and a summary; True when training would run."""
+    path = Path(source).expanduser()
+    report = Report()
+    if (path / "dataset_info.json").is_file() or (path / "dataset_dict.json").is_file():
+        check_table(source, path, patch_size, scale, report)
+    elif path.is_dir():
+        check_folder(path, patch_size, scale, report)
+    elif path.exists() or source.startswith((".", "/", "~")) or source.count("/") > 1:
+        raise UserError(f"{source}: not a data folder (needs train/LR and train/HR) nor a saved dataset")
+    else:
+        check_table(source, None, patch_size, scale, report)
+
+    shown = collections.Counter()
+    for finding in report.findings:
+        shown[finding.kind, finding.problem] += 1
+        if finding.kind == "bad" or shown[finding.kind, finding.problem] <= SHOWN_PER_KIND:
+            echo(finding.line(on_bad_sample))
+    for (kind, problem), n in shown.items():
+        if kind != "bad" and n > SHOWN_PER_KIND:
+            echo(f"... and {n - SHOWN_PER_KIND} more file(s): {problem} -> {Finding('', '', kind).action(on_bad_sample)}")
+    for line in report.fatal:
+        echo(f"{line} -> training stops")
+    counts = collections.Counter(f.kind for f in report.findings)
+    bad = counts["bad"]
+    fails = bool(report.fatal) or report.usable < 2 or (bad and on_bad_sample == "error")
+    echo(f"check-data: {source}: {report.pairs} training pair(s), {report.usable} usable; {report.test} test image(s); "
+         f"{bad} bad, {counts['converted']} conversion(s), {counts['note']} note(s), {counts['ignored']} ignored "
+         f"-> training {'would stop' if fails else 'would run'} (--on-bad-sample {on_bad_sample}"
+         f"{f', --patch-size {patch_size}' if patch_size else ''})")
+    return not fails
+
+
+@click.command("check-data", context_settings={"max_content_width": 110})
+@click.argument("source")
+@click.option("--on-bad-sample", type=click.Choice(["error", "skip"]), default="error", show_default=True,
+              help="As for training: error stops at a bad file, skip trains without it.")
+@click.option("--patch-size", type=click.IntRange(0), default=None,
+              help="As for training: LR images smaller than this cannot give a crop. [default: training's default]")
+def check_data_command(source: str, on_bad_sample: str, patch_size: int | None) -> None:
+    """Read every image of a dataset once and list every problem: one line per file (the problem and what
+    training will do), then a summary. Exit status 1 when training would stop.
+
+    SOURCE is what `--data` takes: a DIR with train/LR, train/HR (and test/LR), a save_to_disk folder or a hub id.
+
+    \b
+    Examples:
+      insanesr-dist check-data data/
+      insanesr-dist check-data data/ --on-bad-sample skip --patch-size 48
+    """
+    if patch_size is None:
+        from .config import TrainConfig
+
+        patch_size = TrainConfig().patch_size
+    if not run_check(source, patch_size=patch_size, on_bad_sample=on_bad_sample):
+        raise UserError(f"{source}: training would stop on this data (see the lines above)")

@@ -1,0 +1,185 @@
+"""Full training state on disk: save, find the newest complete checkpoint, resume, prune, preempt.
+
+A checkpoint is `OUT/checkpoints/step_NNNNNNNN/`: accelerate's `save_state` files (model, optimizer,
+grad scaler, every rank's RNG states, sampler), our `train_state.json` (epoch, step, position in the
+epoch's batches, best JM, the epoch's running loss), and `COMPLETE`, written last by the main process
+once every rank has saved. `COMPLETE` lists each file's size, so a truncated file is noticed too.
+Anything without a valid `COMPLETE` is ignored with a warning.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import shutil
+import signal
+import subprocess
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from accelerate import Accelerator
+
+from .atomic import write_text_atomic
+from .errors import UserError
+
+MARKER = "COMPLETE"
+STATE_FILE = "train_state.json"
+PREEMPTED_EXIT_CODE = 75  # EX_TEMPFAIL: "try again later", which is what a requeue does
+
+
+@dataclass
+class TrainState:
+    """Where the loop stands; with accelerate's state it is enough to continue bit-for-bit."""
+
+    epoch: int = 1  # the epoch in progress (1-based)
+    batches_done: int = 0  # batches of that epoch already trained on
+    step: int = 0  # optimizer steps taken
+    best_jm: float = float("-inf")
+    loss_sum: float = 0.0  # this rank's running sum of the epoch's batch losses
+    passes: int = 0  # batches summed in loss_sum
+    finished: bool = False
+
+
+def checkpoint_dir(out_dir: Path, step: int) -> Path:
+    return out_dir / "checkpoints" / f"step_{step:08d}"
+
+
+def _is_complete(path: Path) -> str | None:
+    """None when `path` is a complete checkpoint, else why not."""
+    marker = path / MARKER
+    if not marker.is_file():
+        return "no COMPLETE marker (the save was interrupted)"
+    try:
+        sizes = json.loads(marker.read_text())
+        json.loads((path / STATE_FILE).read_text())
+    except (OSError, ValueError) as e:
+        return f"unreadable ({e})"
+    for name, size in sizes.items():
+        actual = (path / name).stat().st_size if (path / name).is_file() else None
+        if actual != size:
+            return f"{name} is {'missing' if actual is None else f'{actual} bytes, expected {size}'}"
+    return None
+
+
+def complete_checkpoints(out_dir: Path, warn=print) -> list[Path]:
+    """Complete checkpoints under OUT/checkpoints, oldest first; incomplete ones are reported."""
+    root = out_dir / "checkpoints"
+    found = []
+    for path in sorted(root.glob("step_*")) if root.is_dir() else []:
+        problem = _is_complete(path)
+        if problem:
+            warn(f"warning: skipping checkpoint {path}: {problem}")
+        else:
+            found.append(path)
+    return found
+
+
+def find_resume(resume: str, out_dir: Path, warn=print) -> Path | None:
+    """The checkpoint to resume from: `auto` = newest complete one in OUT, `none`, or a path."""
+    if resume == "none":
+        return None
+    if resume == "auto":
+        found = complete_checkpoints(out_dir, warn)
+        return found[-1] if found else None
+    path = Path(resume)
+    problem = _is_complete(path) if path.is_dir() else "not a directory"
+    if problem:
+        raise UserError(f"{path}: cannot resume from it: {problem}")
+    return path
+
+
+def read_state(path: Path) -> TrainState:
+    return TrainState(**json.loads((path / STATE_FILE).read_text()))
+
+
+def save_checkpoint(accelerator: Accelerator, out_dir: Path, state: TrainState, keep: int) -> Path:
+    """Every rank saves its part; the main process then marks the checkpoint complete and prunes.
+
+    A rerun of an interrupted save starts the directory afresh, so stale files never mix in.
+    """
+    path = checkpoint_dir(out_dir, state.step)
+    if accelerator.is_main_process and path.exists():
+        shutil.rmtree(path)
+    accelerator.wait_for_everyone()
+    accelerator.save_state(str(path))
+    accelerator.wait_for_everyone()  # every rank's files are on disk before the marker
+    if accelerator.is_main_process:
+        write_text_atomic(path / STATE_FILE, json.dumps(dataclasses.asdict(state)))
+        sizes = {p.name: p.stat().st_size for p in sorted(path.iterdir()) if p.is_file()}
+        write_text_atomic(path / MARKER, json.dumps(sizes, indent=1))
+        _prune(out_dir, keep)
+    accelerator.wait_for_everyone()
+    return path
+
+
+def _prune(out_dir: Path, keep: int) -> None:
+    """Keep the newest `keep` complete checkpoints (never fewer than one); drop older leftovers."""
+    complete = complete_checkpoints(out_dir, warn=lambda _: None)
+    for path in complete[:-max(1, keep)]:
+        shutil.rmtree(path, ignore_errors=True)
+    newest = complete[-1].name if complete else ""
+    for path in (out_dir / "checkpoints").glob("step_*"):
+        if path.name < newest and not (path / MARKER).is_file():
+            shutil.rmtree(path, ignore_errors=True)  # an interrupted save older than a complete one
+
+
+class PreemptionFlag:
+    """Notices SIGUSR1 (SLURM's advance warning) or SIGTERM (the launcher's stop) on any rank.
+
+    The signals are blocked in this process, so DataLoader workers forked from it inherit the
+    block: torchrun and SLURM signal a rank's whole process group, and torch's own SIGTERM handler
+    in a worker would kill it while the rank still needs it. A handler also records the signal in
+    case another thread takes it. The loop asks `requested()` at step boundaries, where every rank
+    joins one reduction so that all of them stop at the same step. `close()` restores everything.
+    """
+
+    SIGNALS = (signal.SIGUSR1, signal.SIGTERM)
+
+    def __init__(self) -> None:
+        self.received: int | None = None
+        self._previous = {sig: signal.signal(sig, self._handle) for sig in self.SIGNALS}
+        signal.pthread_sigmask(signal.SIG_BLOCK, self.SIGNALS)
+
+    def _handle(self, signum, frame) -> None:
+        if self.received is None or self.SIGNALS.index(signum) > self.SIGNALS.index(self.received):
+            self.received = signum
+
+    def _pending(self) -> int:
+        for signum in signal.sigpending() & set(self.SIGNALS):  # blocked, so still pending: seen once more
+            self._handle(signum, None)
+        return self.SIGNALS.index(self.received) + 1 if self.received is not None else 0
+
+    def requested(self, accelerator: Accelerator) -> bool:
+        """True on every rank once any rank has a signal; `self.received` then holds the one all ranks agree on
+        (SIGTERM over SIGUSR1: a cancel beats a warning)."""
+        flag = torch.tensor(float(self._pending()), device=accelerator.device)
+        if accelerator.num_processes > 1:
+            flag = accelerator.reduce(flag, "max")
+        agreed = int(flag.item())
+        if agreed:
+            self.received = self.SIGNALS[agreed - 1]
+        return bool(agreed)
+
+    @property
+    def wants_requeue(self) -> bool:
+        """SLURM's advance warning (`--signal=USR1@...`, a preemption) asks for a requeue; SIGTERM, as
+        `scancel JOBID` or a launcher's stop sends, means the user wants the job gone."""
+        return self.received == signal.SIGUSR1
+
+    def close(self) -> None:
+        """Unblock the signals (a pending one is absorbed by our handler) and restore the old handlers."""
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, self.SIGNALS)
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+
+
+def requeue_if_slurm(job_id: str | None, say=print) -> None:
+    """Put the SLURM job back in the queue; the rerun resumes from the checkpoint just written."""
+    if not job_id:
+        return
+    result = subprocess.run(["scontrol", "requeue", job_id], capture_output=True, text=True)
+    if result.returncode == 0:
+        say(f"requeued SLURM job {job_id}")
+    else:
+        say(f"warning: scontrol requeue {job_id} failed: {result.stderr.strip()}")

@@ -1,0 +1,207 @@
+"""The one set of rules for what a usable sample is, shared by training, `check-data`, `predict`,
+`evaluate` and `visualize`: how an image file becomes the HxWx3 uint8 RGB array the model sees, and
+what makes a folder entry or an LR/HR pair unusable.
+
+Conversions (lossless or fixed, so the same file always gives the same pixels):
+  gray -> RGB (the value copied to all three channels), palette -> RGB (the palette looked up),
+  16-bit -> 8-bit (round(v / 257), so an 8-bit image stored as 16-bit comes back exactly),
+  alpha -> dropped (the colour channels are kept as stored, not composited: a game capture's RGB is what
+  the grader compares, and compositing on a chosen background would invent colours the file never had).
+  EXIF orientation is ignored: pixels are used as stored, the same way for LR and HR.
+Refused, with the reason: empty, truncated or undecodable files, content that is no image format we read,
+float or signed pixels, channel counts other than 1, 3 or 4, and file names that are not valid UTF-8.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from .errors import UserError
+
+IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".webp", ".tif", ".tiff"}
+SSIM_MIN_EDGE = 7  # the grader's SSIM window: smaller HR images cannot be scored
+
+# Our messages name the file and the problem; OpenCV's own decoder warnings on stderr would only
+# add a second, vaguer line for the same file.
+cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_ERROR)
+
+_MAGIC = [
+    (b"\x89PNG\r\n\x1a\n", "PNG"),
+    (b"\xff\xd8\xff", "JPEG"),
+    (b"BM", "BMP"),
+    (b"II*\x00", "TIFF"),
+    (b"MM\x00*", "TIFF"),
+]
+_PNG_COLOUR_TYPES = {0: "gray", 2: "RGB", 3: "palette", 4: "gray+alpha", 6: "RGBA"}
+
+
+def sniff_format(data: bytes) -> str | None:
+    """The image format of a file's content (PNG, JPEG, BMP, TIFF, WEBP), or None."""
+    for magic, name in _MAGIC:
+        if data.startswith(magic):
+            return name
+    if data[:4] == b"RIFF" and data[8:12] == b"WEBP":
+        return "WEBP"
+    return None
+
+
+def _truncated(data: bytes, kind: str) -> bool:
+    """A PNG ends with its IEND chunk and a JPEG with its EOI marker; decoders may accept a cut-off file."""
+    if kind == "PNG":
+        return b"IEND" not in data[-12:]
+    if kind == "JPEG":
+        return not data.rstrip(b"\x00").endswith(b"\xff\xd9")
+    return False
+
+
+def decode_image(data: bytes, name: str, notes: list[str] | None = None) -> np.ndarray:
+    """Encoded image bytes -> HxWx3 uint8 RGB by the module's rules; UserError naming `name` otherwise.
+
+    `notes`, when given, receives one entry per conversion applied (for `check-data`).
+    """
+    if not data:
+        raise UserError(f"{name}: cannot be decoded: empty file")
+    kind = sniff_format(data)
+    if kind is None:
+        raise UserError(f"{name}: cannot be decoded: not an image (content is none of PNG, JPEG, BMP, TIFF, WEBP)")
+    if _truncated(data, kind):
+        raise UserError(f"{name}: cannot be decoded: truncated {kind} file (its end is missing)")
+    array = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED)
+    if array is None or array.size == 0:
+        raise UserError(f"{name}: cannot be decoded: corrupt {kind} data")
+    if array.dtype == np.uint16:
+        array = ((array.astype(np.uint32) * 255 + 32767) // 65535).astype(np.uint8)
+        _note(notes, "16-bit -> 8-bit")
+    elif array.dtype != np.uint8:
+        raise UserError(f"{name}: {array.dtype} pixels are not supported; convert it to 8- or 16-bit")
+    channels = 1 if array.ndim == 2 else array.shape[2]
+    if kind == "PNG" and len(data) > 25 and data[25] == 3:
+        _note(notes, "palette -> RGB")
+    if channels == 1:
+        _note(notes, "gray -> RGB")
+        return cv2.cvtColor(array, cv2.COLOR_GRAY2RGB)
+    if channels == 3:
+        return cv2.cvtColor(array, cv2.COLOR_BGR2RGB)
+    if channels == 4:
+        if notes is not None:
+            seen = float((array[..., 3] < 255).mean())
+            gray = kind == "PNG" and len(data) > 25 and data[25] in (0, 4)
+            notes.append(("gray -> RGB, " if gray else "")
+                         + ("alpha dropped (fully opaque)" if seen == 0 else
+                            f"alpha dropped ({100 * seen:.1f}% of pixels not opaque; their RGB kept as stored)"))
+        return cv2.cvtColor(array, cv2.COLOR_BGRA2RGB)
+    raise UserError(f"{name}: {channels} channels are not supported (1, 3 or 4)")
+
+
+def _note(notes: list[str] | None, text: str) -> None:
+    if notes is not None:
+        notes.append(text)
+
+
+def read_image(path: str | os.PathLike, notes: list[str] | None = None) -> np.ndarray:
+    """decode_image of a file on disk; an unreadable file is a UserError too."""
+    try:
+        data = Path(path).read_bytes()
+    except OSError as e:
+        raise UserError(f"{show(path)}: cannot be read ({e.strerror})") from None
+    return decode_image(data, show(path), notes)
+
+
+def show(path: str | os.PathLike) -> str:
+    """A path as printable text, even when its name is not valid UTF-8."""
+    return os.fspath(path).encode("utf-8", "backslashreplace").decode("utf-8")
+
+
+# ---------------------------------------------------------------------------------------------
+# Folders and pairs
+
+
+@dataclass
+class Finding:
+    """One problem or conversion: `kind` is bad (training stops, or skips it with --on-bad-sample skip),
+    converted, note (accepted as is) or ignored (not read at all)."""
+
+    path: str
+    problem: str
+    kind: str = "bad"
+
+    def action(self, on_bad_sample: str) -> str:
+        if self.kind == "bad":
+            return "skipped" if on_bad_sample == "skip" else "training stops (or skips it with --on-bad-sample skip)"
+        return {"converted": "converted", "note": "accepted", "ignored": "ignored"}[self.kind]
+
+    def line(self, on_bad_sample: str) -> str:
+        return f"{show(self.path)}: {self.problem} -> {self.action(on_bad_sample)}"
+
+
+def scan_folder(folder: Path) -> tuple[dict[str, Path], list[Finding]]:
+    """The usable image files of a folder by name, and findings about the rest: non-image files and
+    sub-folders (ignored), names that are not valid UTF-8, and ids that differ only by case or extension."""
+    files: dict[str, Path] = {}
+    findings: list[Finding] = []
+    for path in sorted(folder.iterdir()):
+        if not path.is_file():
+            findings.append(Finding(str(path), "not a file", "ignored"))
+        elif path.suffix.lower() not in IMAGE_SUFFIXES:
+            findings.append(Finding(str(path), f"not an image file name (images end in "
+                                               f"{', '.join(sorted(IMAGE_SUFFIXES))})", "ignored"))
+        elif not _utf8(path.name):
+            findings.append(Finding(str(path), "file name is not valid UTF-8; rename it"))
+        else:
+            files[path.name] = path
+    by_id: dict[str, list[str]] = {}
+    for name in files:
+        by_id.setdefault(Path(name).stem.casefold(), []).append(name)
+    for names in by_id.values():
+        if len(names) > 1:
+            for name in names:
+                others = ", ".join(n for n in names if n != name)
+                findings.append(Finding(str(files.pop(name)), f"same id as {others} up to case or extension "
+                                        "(their predictions would overwrite each other)"))
+    return files, findings
+
+
+def _utf8(name: str) -> bool:
+    try:
+        name.encode("utf-8")
+    except UnicodeEncodeError:  # os.listdir gives undecodable bytes as lone surrogates
+        return False
+    return True
+
+
+def pair_names(lr_files: dict[str, Path], hr_files: dict[str, Path]) -> tuple[list[str], list[Finding]]:
+    """Names present in both folders (the pairs), and a finding for each file without a partner."""
+    findings = []
+    for name in sorted(set(lr_files) ^ set(hr_files)):
+        own, other = (lr_files, hr_files) if name in lr_files else (hr_files, lr_files)
+        side = "HR" if own is lr_files else "LR"
+        hint = [n for n in other if Path(n).stem == Path(name).stem]
+        findings.append(Finding(str(own[name]), f"has no partner of the same name in the {side} folder"
+                                + (f" (it has {hint[0]}; pairs need the same file name)" if hint else "")))
+    return sorted(set(lr_files) & set(hr_files)), findings
+
+
+def pair_problem(lr_shape: tuple[int, ...], hr_shape: tuple[int, ...], scale: int) -> str | None:
+    """Why an LR/HR pair of these (height, width, ...) shapes cannot be trained on and scored, or None."""
+    (lh, lw), (hh, hw) = lr_shape[:2], hr_shape[:2]
+    if (hh, hw) != (lh * scale, lw * scale):
+        off = [f"{axis} off by {got - want:+d} px" for axis, got, want in
+               (("width", hw, lw * scale), ("height", hh, lh * scale)) if got != want]
+        return (f"HR is {hw}x{hh} but its LR is {lw}x{lh}; HR must be exactly {scale}x the LR "
+                f"({lw * scale}x{lh * scale}): {', '.join(off)}")
+    if min(hh, hw) < SSIM_MIN_EDGE:
+        return f"HR is {hw}x{hh}, smaller than the {SSIM_MIN_EDGE} px SSIM window of the metric"
+    return None
+
+
+def patch_problem(lr_shape: tuple[int, ...], patch_size: int) -> str | None:
+    """Why an LR image cannot give a training crop of `patch_size`, or None."""
+    h, w = lr_shape[:2]
+    if patch_size and min(h, w) < patch_size:
+        return f"LR is {w}x{h}, smaller than --patch-size {patch_size}"
+    return None

@@ -1,0 +1,145 @@
+"""`insanesr-dist visualize`: side-by-side panels like the seed report's figures.
+
+LR enlarged (bicubic x4) | prediction | ground truth (when given), a title strip above with the file name
+and the scores, a label strip below each image. Small images are enlarged by pixel repetition first, so
+their pixels and the captions stay readable; every panel is written as a PNG.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import click
+import cv2
+import numpy as np
+import torch
+
+from .atomic import atomic_path
+from .errors import UserError
+from .evaluate import Partners, baseline, read_predictions
+from .metrics import joint_metric, psnr_ssim
+from .submission import encode_png
+
+MIN_WIDTH = 256  # each image is shown at least this wide
+STRIP = 26  # caption strip height in pixels
+FONT = cv2.FONT_HERSHEY_SIMPLEX
+BACKGROUND, INK = (32, 32, 32), (235, 235, 235)
+
+
+def _caption(width: int, text: str) -> np.ndarray:
+    """A dark strip `width` wide with `text` drawn in it, shrunk until it fits."""
+    strip = np.full((STRIP, width, 3), BACKGROUND, np.uint8)
+    scale = 0.5
+    text_width = cv2.getTextSize(text, FONT, scale, 1)[0][0]
+    if text_width > width - 8:
+        scale *= (width - 8) / text_width
+    cv2.putText(strip, text, (4, STRIP - 9), FONT, scale, INK, 1, cv2.LINE_AA)
+    return strip
+
+
+def panel(name: str, lr: np.ndarray, pred: np.ndarray, hr: np.ndarray | None = None) -> np.ndarray:
+    """One RGB figure: title strip, the images side by side, a label strip under each image."""
+    shown = [baseline(lr, "bicubic", pred.shape[0] // lr.shape[0]), pred] + ([hr] if hr is not None else [])
+    labels = ["LR, bicubic x4", "prediction", "ground truth"]
+    title = name
+    if hr is not None and min(hr.shape[:2]) >= 7:  # the SSIM window
+        scores = [psnr_ssim(image, hr)[0].tolist() for image in shown[:2]]
+        labels[:2] = [f"{label}: PSNR {p:.2f} SSIM {s:.4f}" for label, (p, s) in zip(labels, scores)]
+        (bp, bs), (pp, ps) = scores
+        title += f"   JM {joint_metric(pp, ps):.2f} (bicubic {joint_metric(bp, bs):.2f})"
+    zoom = math.ceil(MIN_WIDTH / pred.shape[1])
+    columns = []
+    for image, label in zip(shown, labels):
+        image = np.repeat(np.repeat(image, zoom, 0), zoom, 1)
+        columns.append(np.concatenate([image, _caption(image.shape[1], label)], 0))
+    body = np.concatenate(columns, 1)
+    return np.concatenate([_caption(body.shape[1], title), body], 0)
+
+
+def _predictor(checkpoint: Path, tile: int, overlap: int, tta: bool, allow_pickle: bool = False):
+    from .model import load_model
+    from .predict import model_forward
+    from .tiles import self_ensemble, upscale_image
+
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    model = load_model(checkpoint, allow_pickle=allow_pickle).to(device, memory_format=torch.channels_last).eval()
+    forward = model_forward(model, device, "no")
+    forward = self_ensemble(forward) if tta else forward
+
+    def predict(_path: Path, lr: np.ndarray) -> np.ndarray:
+        chw = torch.from_numpy(np.ascontiguousarray(lr.transpose(2, 0, 1)))
+        out = upscale_image(forward, chw, tile=tile, overlap=overlap, batch_size=4, device=device)
+        return np.ascontiguousarray(out.permute(1, 2, 0).numpy())
+
+    return predict
+
+
+def _stored(pred: Path):
+    """Predictions read back from a folder or a CSV, found by id or (folder of .png files) by stem."""
+    images = read_predictions(pred)
+    by_stem = {}
+    for image_id in images:
+        by_stem.setdefault(Path(image_id).stem, []).append(image_id)
+
+    def lookup(lr_path: Path, _lr: np.ndarray) -> np.ndarray:
+        if lr_path.name in images:
+            return images[lr_path.name]
+        same_stem = by_stem.get(lr_path.stem, [])
+        if len(same_stem) != 1:
+            raise UserError(f"{pred}: no prediction for {lr_path.name}")
+        return images[same_stem[0]]
+
+    return lookup
+
+
+@click.command("visualize", context_settings={"max_content_width": 110})
+@click.option("--lr", "lr_dir", required=True, type=click.Path(exists=True, file_okay=False, path_type=Path),
+              help="Folder of LR images to show.")
+@click.option("--checkpoint", type=click.Path(path_type=Path),
+              help="Predict with these weights (.safetensors, or an exported model folder) ...")
+@click.option("--pred", type=click.Path(exists=True, path_type=Path),
+              help="... or show stored predictions: a folder of PNGs (as `predict --output-dir` writes) or a CSV.")
+@click.option("--hr", "hr_dir", type=click.Path(exists=True, file_okay=False, path_type=Path),
+              help="Folder of ground-truth HR images: adds a third image and PSNR/SSIM/JM captions.")
+@click.option("--output-dir", required=True, type=click.Path(file_okay=False, path_type=Path),
+              help="Where the panel PNGs go (one per LR image, same name with .png).")
+@click.option("--limit", default=8, show_default=True, type=click.IntRange(0), help="Panels to draw; 0 = all.")
+@click.option("--tile", default=128, show_default=True, type=click.IntRange(0), help="As for predict.")
+@click.option("--tile-overlap", "overlap", default=16, show_default=True, type=click.IntRange(0),
+              help="As for predict.")
+@click.option("--tta/--no-tta", default=False, show_default=True, help="As for predict.")
+@click.option("--allow-pickle", is_flag=True, help="As for predict.")
+def visualize_command(lr_dir: Path, checkpoint: Path | None, pred: Path | None, hr_dir: Path | None,
+                      output_dir: Path, limit: int, tile: int, overlap: int, tta: bool, allow_pickle: bool) -> None:
+    """Draw LR (bicubic x4) | prediction | ground truth panels with file name and PSNR/SSIM captions.
+
+    \b
+    Examples:
+      insanesr-dist visualize --checkpoint runs/a/best.safetensors --lr data/val/LR --hr data/val/HR --output-dir figs
+      insanesr-dist visualize --pred submission.csv --lr data/test/LR --output-dir figs --limit 0
+    """
+    from .data import IMAGE_SUFFIXES, decode_rgb
+
+    if (checkpoint is None) == (pred is None):
+        raise click.UsageError("give exactly one of --checkpoint (predict now) and --pred (stored predictions)")
+    files = sorted(p for p in lr_dir.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+    if not files:
+        raise UserError(f"{lr_dir}: no images found")
+    files = files[:limit] if limit else files
+    predict = _predictor(checkpoint, tile, overlap, tta, allow_pickle) if checkpoint else _stored(pred)
+    targets = Partners(hr_dir, "HR") if hr_dir else None
+    for path in files:
+        lr = decode_rgb(path.read_bytes(), str(path))
+        image = predict(path, lr)
+        if image.shape[0] % lr.shape[0] or image.shape[0] // lr.shape[0] != image.shape[1] // lr.shape[1]:
+            raise UserError(f"{path}: prediction is {image.shape[1]}x{image.shape[0]}, "
+                            f"not a whole multiple of the {lr.shape[1]}x{lr.shape[0]} LR")
+        hr = targets.image(path.name) if targets else None
+        if hr is not None and hr.shape != image.shape:
+            raise UserError(f"{hr_dir / path.name}: HR is {hr.shape[1]}x{hr.shape[0]}, "
+                            f"prediction is {image.shape[1]}x{image.shape[0]}")
+        figure = panel(path.name, lr, image, hr)
+        with atomic_path(output_dir / f"{path.stem}.png") as tmp:
+            Path(tmp).write_bytes(encode_png(figure))
+    click.echo(f"wrote {len(files)} panel(s) to {output_dir}")

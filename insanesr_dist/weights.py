@@ -1,0 +1,83 @@
+"""Weights files other than our own safetensors: refusing pickles (unless allowed), reading a plain
+PyTorch `state_dict` (the seed report's `torch.save(model.state_dict(), 'best.pth')`), and naming
+exactly how a file's tensors differ from a model's.
+
+Pickle files can run arbitrary code while they are read, so they are refused unless the user says
+`--allow-pickle`; even then they are read with `torch.load(weights_only=True)`, which only accepts
+tensors and plain containers.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+
+import torch
+
+from .errors import UserError
+
+PICKLE_SUFFIXES = {".pth", ".pt", ".bin", ".ckpt", ".pkl", ".pickle", ".tar"}
+
+
+def is_pickle(path: str | os.PathLike) -> bool:
+    """A torch.save / pickle file, by its first bytes (zip archive or pickle opcode) or by its name."""
+    with open(path, "rb") as f:
+        head = f.read(8)
+    if head.startswith(b"PK\x03\x04") or head[:1] == b"\x80":
+        return True
+    return os.path.splitext(os.fspath(path))[1].lower() in PICKLE_SUFFIXES and not _looks_safetensors(path)
+
+
+def _looks_safetensors(path: str | os.PathLike) -> bool:
+    """safetensors: an 8-byte little-endian header length, then a JSON header starting with '{'."""
+    with open(path, "rb") as f:
+        head = f.read(9)
+    return len(head) == 9 and head[8:9] == b"{" and int.from_bytes(head[:8], "little") < os.path.getsize(path)
+
+
+def load_pickled_state(path: str | os.PathLike, allow_pickle: bool, map_location) -> dict[str, torch.Tensor]:
+    """The state_dict inside a torch.save file; refused without `allow_pickle`."""
+    if not allow_pickle:
+        raise UserError(f"{path}: is a pickle (torch.save) file, which can run code when loaded; use a .safetensors "
+                        "weights file, or pass --allow-pickle if you trust this file")
+    try:
+        obj = torch.load(os.fspath(path), map_location=map_location, weights_only=True)
+    except Exception as e:  # torch raises many types for foreign or damaged pickles; the user needs one line
+        first = (str(e).strip().splitlines() or [type(e).__name__])[0]
+        raise UserError(f"{path}: cannot be read as a PyTorch state_dict ({first})") from None
+    for key in ("state_dict", "model_state_dict", "model", "params", "params_ema"):  # common checkpoint layouts
+        if isinstance(obj, dict) and isinstance(obj.get(key), dict):
+            obj = obj[key]
+            break
+    if not isinstance(obj, dict) or not obj or not all(isinstance(v, torch.Tensor) for v in obj.values()):
+        raise UserError(f"{path}: holds no state_dict of tensors")
+    return {k.removeprefix("module.").removeprefix("_orig_mod."): v for k, v in obj.items()}
+
+
+def config_from_state(state: dict[str, torch.Tensor], path: str | os.PathLike) -> dict[str, int]:
+    """InsaneSRNet's sizes read off a state_dict's key names and shapes (a .pth carries no config)."""
+    try:
+        trunk = {int(m.group(1)) for k in state if (m := re.match(r"trunk\.(\d+)\.", k))}
+        layers = {int(m.group(1)) for k in state if (m := re.match(r"trunk\.0\.rdb1\.layers\.(\d+)\.weight", k))}
+        upscalers = {k for k in state if re.match(r"upscale\d+\.conv\.weight", k)}
+        return {"num_rrdb": len(trunk), "channels": state["head.weight"].shape[0],
+                "growth": state["trunk.0.rdb1.layers.0.weight"].shape[0], "layers_per_block": len(layers),
+                "scale": 2 ** len(upscalers)}
+    except KeyError as e:
+        raise UserError(f"{path}: not InsaneSRNet weights (no {e.args[0]} tensor)") from None
+
+
+def mismatch(model: torch.nn.Module, state: dict[str, torch.Tensor]) -> str | None:
+    """How `state` fails to fit `model`, naming the first differing tensors, or None when it fits."""
+    own = model.state_dict()
+    problems = []
+    for key in sorted(set(own) | set(state)):
+        if key not in state:
+            problems.append(f"{key} missing from the file")
+        elif key not in own:
+            problems.append(f"{key} in the file but not in the model")
+        elif tuple(own[key].shape) != tuple(state[key].shape):
+            problems.append(f"{key} is {list(state[key].shape)} in the file but {list(own[key].shape)} in the model")
+    if not problems:
+        return None
+    return "; ".join(problems[:3]) + (f"; and {len(problems) - 3} more" if len(problems) > 3 else "")

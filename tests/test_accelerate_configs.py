@@ -1,0 +1,163 @@
+"""The shipped accelerate configs: read by accelerate's own loader, resolved by `accelerate launch`'s own
+argument handling (no GPU needed for that), and the CPU one run for real."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from accelerate.commands.config.config_args import ClusterConfig, load_config_from_file
+from accelerate.utils import DistributedType
+
+from insanesr_dist.train import native_bf16
+
+from conftest import TINY, run_cli
+
+CONFIGS = Path(__file__).resolve().parents[1] / "accelerate_configs"
+
+# name -> (distributed type, processes, mixed precision, use_cpu, machines)
+EXPECTED = {
+    "cpu.yaml": (DistributedType.NO, 1, "no", True, 1),
+    "single_gpu.yaml": (DistributedType.NO, 1, "fp16", False, 1),
+    "multi_gpu.yaml": (DistributedType.MULTI_GPU, -1, "fp16", False, 1),
+    "multi_gpu_bf16.yaml": (DistributedType.MULTI_GPU, -1, "bf16", False, 1),
+    "multi_node.yaml": (DistributedType.MULTI_GPU, -1, "fp16", False, 2),
+}
+
+
+def test_every_config_is_listed_here():
+    assert sorted(p.name for p in CONFIGS.glob("*.yaml")) == sorted(EXPECTED)
+
+
+@pytest.mark.parametrize("name", sorted(EXPECTED))
+def test_config_loads_with_accelerates_loader(name):
+    path = CONFIGS / name
+    config = load_config_from_file(str(path))  # also rejects unknown keys
+    assert isinstance(config, ClusterConfig)
+    distributed, processes, precision, use_cpu, machines = EXPECTED[name]
+    assert config.distributed_type == distributed
+    assert config.num_processes == processes  # -1: `accelerate launch` insists on --num_processes
+    assert config.mixed_precision == precision
+    assert config.use_cpu is use_cpu
+    assert config.num_machines == machines
+    assert config.dynamo_config == {}
+    # The header says when to use the file and how, with a command that names this very file.
+    header = path.read_text().split("\ncompute_environment:")[0]
+    assert f"accelerate launch --config_file accelerate_configs/{name}" in header
+    assert "-m insanesr_dist.train" in header
+
+
+def _resolve(*argv: str):
+    """What `accelerate launch` makes of a command line, up to the environment its workers get."""
+    from accelerate.commands.launch import _validate_launch_command, launch_command_parser
+    from accelerate.utils.launch import prepare_multi_gpu_env
+
+    args = launch_command_parser().parse_args([*argv, "-m", "insanesr_dist.train"])
+    args, _, _ = _validate_launch_command(args)
+    return args, prepare_multi_gpu_env(args)
+
+
+def test_multi_gpu_config_resolves_to_one_process_per_gpu():
+    args, env = _resolve("--config_file", str(CONFIGS / "multi_gpu.yaml"), "--num_processes", "4",
+                         "--main_process_port", "0")
+    assert args.multi_gpu and args.nproc_per_node == "4"
+    assert env["ACCELERATE_MIXED_PRECISION"] == "fp16"
+    args, env = _resolve("--config_file", str(CONFIGS / "multi_gpu_bf16.yaml"), "--num_processes", "8",
+                         "--main_process_port", "0")
+    assert args.nproc_per_node == "8" and env["ACCELERATE_MIXED_PRECISION"] == "bf16"
+
+
+def test_multi_gpu_config_demands_num_processes():
+    with pytest.raises(ValueError, match="--num_processes"):
+        _resolve("--config_file", str(CONFIGS / "multi_gpu.yaml"))
+
+
+def test_multi_node_template_takes_ranks_and_address_from_the_command_line():
+    # Machine 2 of 4 with 8 GPUs each, as slurm_multi_node.sbatch launches it.
+    args, env = _resolve("--config_file", str(CONFIGS / "multi_node.yaml"), "--multi_gpu",
+                         "--num_machines", "4", "--machine_rank", "2", "--num_processes", "32",
+                         "--main_process_ip", "head-node", "--main_process_port", "29555")
+    assert (args.nnodes, args.node_rank, args.nproc_per_node) == ("4", 2, "8")
+    assert args.rdzv_endpoint == "head-node:29555" and args.rdzv_backend == "static"
+    assert env["ACCELERATE_MIXED_PRECISION"] == "fp16"
+
+
+def test_cpu_config_trains_for_real(pair_folder, tmp_path):
+    out = tmp_path / "cpu"
+    result = run_cli("accelerate", "launch", "--config_file", str(CONFIGS / "cpu.yaml"), "-m", "insanesr_dist.train",
+                     "--data", str(pair_folder), "--epochs", "1", "--max-steps", "2", "--output-dir", str(out), *TINY,
+                     timeout=300)
+    assert result.returncode == 0, result.stderr[-4000:]
+    # The config leaves precision to the trainer: bf16 where the CPU has it natively.
+    assert f"1 process(es) on cpu, precision {'bf16' if native_bf16() else 'no'}" in result.stdout
+    records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in records] == [2]
+    assert (out / "latest.safetensors").is_file() and (out / "best.safetensors").is_file()
+
+
+# ---- the sbatch scripts' choice of config and flags, per GPU count, with stand-ins for srun and accelerate
+
+FAKE_SRUN = r"""#!/bin/bash
+# Run the task command once per node, as srun would, with that node's SLURM_NODEID.
+nodes=1
+while [[ "$1" == --* ]]; do [[ "$1" == --nodes=* ]] && nodes=${1#--nodes=}; shift; done
+for ((i = 0; i < nodes; i++)); do SLURM_NODEID=$i "$@" || exit; done
+"""
+FAKE_ACCELERATE = r"""#!/bin/bash
+# Print the arguments, and whether SIGUSR1 is ignored (bit 10 of SigIgn), as one JSON line.
+ignored=$(( 0x$(awk '/^SigIgn/ {print $2}' /proc/$$/status) >> 9 & 1 ))
+python3 -c 'import json, sys; print(json.dumps({"usr1_ignored": sys.argv[1] == "1", "argv": sys.argv[2:]}))' \
+    "$ignored" "$@"
+"""
+FAKE_SCONTROL = "#!/bin/bash\n[[ \"$1 $2\" == 'show hostnames' ]] && printf 'gpu-a\\ngpu-b\\n'\n"
+
+
+def run_sbatch_script(script: str, tmp_path: Path, nodes: int, **knobs: str) -> list[dict]:
+    import os
+    import subprocess
+
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir(exist_ok=True)
+    for name, text in {"srun": FAKE_SRUN, "accelerate": FAKE_ACCELERATE, "scontrol": FAKE_SCONTROL}.items():
+        (bin_dir / name).write_text(text)
+        (bin_dir / name).chmod(0o755)
+    env = {**os.environ, "PATH": f"{bin_dir}{os.pathsep}{os.environ['PATH']}", "VENV": "", "SLURM_JOB_ID": "4242",
+           "SLURM_NNODES": str(nodes), "SLURM_JOB_NODELIST": "gpu-[a-b]", "SLURM_CPUS_ON_NODE": "16", **knobs}
+    result = subprocess.run(["bash", str(CONFIGS.parent / "launch" / script)], cwd=CONFIGS.parent, env=env,
+                            capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stdout + result.stderr
+    return [json.loads(line) for line in result.stdout.splitlines() if line.startswith("{")]
+
+
+def test_multi_node_script_launches_one_accelerate_per_node(tmp_path):
+    tasks = run_sbatch_script("slurm_multi_node.sbatch", tmp_path, nodes=2, GPUS_PER_NODE="4", DATA="/d",
+                              OUTPUT_DIR="/o", EPOCHS="3", TRAIN_ARGS="--batch-size 32 --lr 2e-4")
+    assert len(tasks) == 2
+    for rank, task in enumerate(tasks):
+        assert task["usr1_ignored"]  # the launcher must survive --signal=USR1
+        argv = " ".join(task["argv"])
+        assert argv.startswith(f"launch --machine_rank {rank} --config_file accelerate_configs/multi_node.yaml --multi_gpu ")
+        assert ("--num_machines 2 --num_processes 8 --main_process_ip gpu-a --main_process_port 24242 "
+                "--mixed_precision fp16") in argv
+        assert argv.endswith("-m insanesr_dist.train --output-dir /o --epochs 3 --data /d --batch-size 32 --lr 2e-4")
+
+
+def test_multi_node_script_on_cpu_nodes_runs_one_gloo_process_per_node(tmp_path):
+    (task, _) = run_sbatch_script("slurm_multi_node.sbatch", tmp_path, nodes=2, GPUS_PER_NODE="0")
+    argv = " ".join(task["argv"])
+    assert "--multi_gpu --num_machines 2 --num_processes 2 " in argv and "--mixed_precision no" in argv
+    assert "--output-dir runs/slurm-4242 --epochs 10" in argv and "--data" not in argv  # defaults: demo data
+
+
+@pytest.mark.parametrize("gpus, cpu_processes, expected", [
+    ("8", "1", "--config_file accelerate_configs/multi_gpu.yaml --num_processes 8 "),
+    ("1", "1", "--config_file accelerate_configs/single_gpu.yaml --main_process_port"),
+    ("0", "1", "--config_file accelerate_configs/cpu.yaml --main_process_port"),
+    ("0", "2", "--config_file accelerate_configs/cpu.yaml --multi_gpu --num_processes 2 "),
+])
+def test_single_node_script_picks_the_config_for_the_node(tmp_path, gpus, cpu_processes, expected):
+    (task,) = run_sbatch_script("slurm_single_node.sbatch", tmp_path, nodes=1, GPUS_PER_NODE=gpus,
+                                CPU_PROCESSES=cpu_processes)
+    assert task["usr1_ignored"]
+    assert " ".join(task["argv"]).startswith("launch " + expected)

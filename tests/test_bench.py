@@ -1,0 +1,66 @@
+"""`insanesr-dist bench train/data/metric`: real runs on a small folder, their figures consistent with each other."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from insanesr_dist.bench import training_flops_per_lr_pixel
+from insanesr_dist.model import InsaneSRNet
+
+from conftest import run_cli
+
+
+def bench_json(*args: str) -> dict:
+    result = run_cli("insanesr-dist", "bench", *args, "--json", timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    return json.loads(result.stdout)
+
+
+def test_training_flops_match_the_hand_count():
+    # Issue 5's figure: 3.78 M multiply-adds per LR pixel forward -> 22.7 MFLOP per LR pixel per training step.
+    assert training_flops_per_lr_pixel(InsaneSRNet()) == pytest.approx(22.7e6, rel=1e-3)
+
+
+@pytest.mark.slow
+def test_bench_train_measures_every_stage_and_its_ratios(pair_folder):
+    report = bench_json("train", "--data", str(pair_folder), "--batch-size", "4", "--patch-size", "8",
+                        "--steps", "5", "--warmup", "1", "--mixed-precision", "no")
+    assert report["precision"] == "no" and report["batch_size"] == 4
+    ceiling = report["ceiling_tflops"]
+    assert ceiling["fp32"] > 0 and ceiling["bf16"] > 0
+    flops_per_sample = 22.7e6 * 8 * 8
+    for stage in ("baseline", "bare", "toolkit"):
+        r = report[stage]
+        assert r["samples_per_s"] > 0
+        assert r["tflops"] == pytest.approx(r["samples_per_s"] * flops_per_sample / 1e12, rel=1e-3)
+        assert r["percent_of_bf16_ceiling"] == pytest.approx(100 * r["tflops"] / ceiling["bf16"])
+    # The toolkit's figure is its own: read back from the training run's TensorBoard log.
+    assert report["toolkit"]["intervals"] >= 1
+    ratios = report["ratios"]
+    toolkit = report["toolkit"]["samples_per_s"]
+    assert ratios["toolkit_over_baseline"] == pytest.approx(toolkit / report["baseline"]["samples_per_s"])
+    assert ratios["toolkit_overhead_percent"] == pytest.approx(100 * (1 - toolkit / report["bare"]["samples_per_s"]))
+    assert ratios["data_headroom_per_worker"] == pytest.approx(report["data_pipeline"]["warm_pairs_per_s"] / toolkit)
+
+
+def test_bench_data_decodes_once_then_crops_from_the_cache(pair_folder):
+    warm = bench_json("data", "--data", str(pair_folder), "--batch-size", "4", "--patch-size", "8")
+    assert warm["pairs_per_epoch"] == 20 and warm["cold_pairs_per_s"] > 0 and warm["warm_pairs_per_s"] > 0
+
+
+def test_bench_metric_agrees_with_scikit_image(pair_folder):
+    result = bench_json("metric", "--data", str(pair_folder))
+    assert result["images"] == 3  # the validation split of 23 pairs
+    assert result["ours_images_per_s"] > 0 and result["skimage_images_per_s"] > 0
+    assert result["max_abs_difference"] < 1e-12
+
+
+def test_bench_predict_json_has_both_speeds():
+    report = bench_json("predict", "--size", "32", "--untiled-size", "16", "--tile", "16", "--tile-overlap", "4",
+                        "--threads", "1")
+    for key, size in (("tiled", 32), ("untiled", 16)):
+        run = report[key]
+        assert run["lr_megapixels_per_s"] == pytest.approx(size * size / 1e6 / run["seconds"])
+        assert run["peak_rss_mb"] > 50

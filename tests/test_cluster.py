@@ -1,0 +1,204 @@
+"""Multi-node training for real, on this one machine: two `accelerate launch` "machines" on loopback, and the
+sbatch scripts on a 2-node SLURM cluster (launch/local_slurm.sh: slurmctld + two slurmd, CPUs=1 each, gloo DDP),
+including a preemption (SIGUSR1 to the job steps) that requeues the job, which then resumes and finishes.
+
+The SLURM tests need root (the cluster script installs slurm-wlm/munge with apt-get and starts daemons); CI runs
+as root, so they run there. Every wait is bounded; the cluster is always stopped at the end of the session.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from insanesr_dist.submission import read_submission
+
+from conftest import TINY, make_pair_folder
+
+pytestmark = pytest.mark.slow
+
+REPO = Path(__file__).resolve().parents[1]
+LOCAL_SLURM = REPO / "launch" / "local_slurm.sh"
+VENV_BIN = Path(sys.executable).parent
+# One torch thread per process: every SLURM node of the test cluster has one CPU, and both share this machine.
+SMALL_RUN = [*TINY, "--cpu-threads", "1"]
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory) -> Path:
+    # 23 pairs -> 20 train (2 steps per epoch over 2 processes), 3 validation, 3 test images.
+    return make_pair_folder(tmp_path_factory.mktemp("cluster-pairs"), num_train=23, num_test=3)
+
+
+def assert_complete_run(out: Path, data: Path, epochs: int) -> list[dict]:
+    """Every file a finished run leaves, read back."""
+    assert (out / "config.json").is_file()
+    assert (out / "latest.safetensors").is_file() and (out / "best.safetensors").is_file()
+    records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in records] == list(range(1, epochs + 1))
+    test_ids = sorted(p.name for p in (data / "test" / "LR").iterdir())
+    for epoch in range(1, epochs + 1):
+        assert sorted(read_submission(out / "submissions" / f"epoch_{epoch:03d}.csv")) == test_ids
+    assert list((out / "logs").rglob("events.out.tfevents.*"))
+    return records
+
+
+def read_log(log: Path) -> str:
+    # Two nodes' progress bars interleave in one file and may split a multi-byte character.
+    return log.read_text(errors="replace") if log.exists() else "(no log)"
+
+
+# ---------------------------------------------------------------- two machines on loopback, no SLURM
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_two_machines_on_loopback_without_slurm(data, tmp_path):
+    out, port = tmp_path / "run", free_port()
+    procs = []
+    for rank in (0, 1):
+        cmd = [str(VENV_BIN / "accelerate"), "launch", "--multi_gpu", "--num_machines", "2", "--machine_rank", str(rank),
+               "--num_processes", "2", "--main_process_ip", "127.0.0.1", "--main_process_port", str(port),
+               "--mixed_precision", "no", "--dynamo_backend", "no", "-m", "insanesr_dist.train",
+               "--data", str(data), "--epochs", "2", "--max-steps", "6", "--output-dir", str(out), *SMALL_RUN]
+        log = open(tmp_path / f"machine{rank}.log", "w")
+        procs.append(subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, start_new_session=True))
+    try:
+        codes = [p.wait(timeout=180) for p in procs]
+    finally:
+        for p in procs:  # on a timeout: the launcher and its workers (own session each)
+            if p.poll() is None:
+                os.killpg(p.pid, signal.SIGKILL)
+                p.wait()
+    logs = [read_log(tmp_path / f"machine{rank}.log") for rank in (0, 1)]
+    assert codes == [0, 0], "\n\n".join(log[-3000:] for log in logs)
+    assert "2 process(es)" in logs[0]
+    records = assert_complete_run(out, data, epochs=2)
+    assert [r["step"] for r in records] == [2, 4]
+
+
+# ---------------------------------------------------------------- SLURM
+
+@pytest.fixture(scope="session")
+def slurm():
+    """A 2-node SLURM cluster on this machine for the session, always stopped afterwards."""
+    if os.geteuid() != 0:
+        pytest.skip("the local SLURM cluster needs root (apt-get install slurm-wlm munge, /etc, daemons)")
+    try:
+        started = subprocess.run([str(LOCAL_SLURM), "start"], capture_output=True, text=True, timeout=900)
+        assert started.returncode == 0, f"launch/local_slurm.sh start failed:\n{started.stdout}\n{started.stderr}"
+        yield
+    finally:
+        stopped = subprocess.run([str(LOCAL_SLURM), "stop"], capture_output=True, text=True, timeout=180)
+        assert stopped.returncode == 0, f"launch/local_slurm.sh stop failed:\n{stopped.stdout}\n{stopped.stderr}"
+
+
+def submit(script: str, log: Path, **knobs: str) -> str:
+    """`sbatch` a launch/ script from the repository root, its knobs set in the environment; the job id."""
+    env = {**os.environ, "PATH": f"{VENV_BIN}{os.pathsep}{os.environ['PATH']}", **knobs}
+    if sys.prefix != sys.base_prefix:
+        env["VENV"] = sys.prefix  # exercise the script's activation of a virtualenv
+    result = subprocess.run(["sbatch", "--parsable", f"--output={log}", f"launch/{script}"], cwd=REPO, env=env,
+                            capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    return result.stdout.strip().split(";")[0]
+
+
+def job_info(job: str) -> dict[str, str]:
+    shown = subprocess.run(["scontrol", "show", "job", "-o", job], capture_output=True, text=True, timeout=30)
+    assert shown.returncode == 0, shown.stderr
+    return dict(re.findall(r"(\w+)=(\S*)", shown.stdout))
+
+
+FINAL_STATES = {"COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "NODE_FAIL", "OUT_OF_MEMORY", "BOOT_FAIL",
+                "DEADLINE", "PREEMPTED"}
+
+
+def wait_for(job: str, log: Path, timeout: float, until=None) -> dict[str, str]:
+    """Poll until the job reaches a final state (or `until()` holds); scancel it and fail on a timeout."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        info = job_info(job)
+        if info["JobState"] in FINAL_STATES or (until is not None and until()):
+            return info
+        time.sleep(0.2)
+    subprocess.run(["scancel", job], timeout=30)
+    pytest.fail(f"job {job} still {info['JobState']} after {timeout:.0f} s; log:\n"
+                + read_log(log)[-4000:])
+
+
+def knobs(data: Path, out: Path, epochs: int, *extra: str) -> dict[str, str]:
+    return {"DATA": str(data), "OUTPUT_DIR": str(out), "EPOCHS": str(epochs), "TRAIN_ARGS": " ".join(
+        [*extra, *SMALL_RUN])}
+
+
+def test_sbatch_multi_node_trains_on_two_nodes(slurm, data, tmp_path):
+    out, log = tmp_path / "run", tmp_path / "slurm.out"
+    job = submit("slurm_multi_node.sbatch", log, **knobs(data, out, 2, "--max-steps", "6"))
+    info = wait_for(job, log, timeout=150)
+    text = read_log(log)
+    assert (info["JobState"], info["ExitCode"]) == ("COMPLETED", "0:0"), text[-4000:]
+    assert f"job {job} (restart 0): 2 nodes [n[1-2]] x 1 process(es), head n1:" in text
+    assert "2 process(es) on cpu" in text  # one training process per node, gloo DDP
+    records = assert_complete_run(out, data, epochs=2)
+    assert [r["step"] for r in records] == [2, 4]
+
+
+def test_sbatch_single_node_on_a_cpu_node(slurm, data, tmp_path):
+    out, log = tmp_path / "run", tmp_path / "slurm.out"
+    job = submit("slurm_single_node.sbatch", log, CPU_PROCESSES="2", **knobs(data, out, 1, "--max-steps", "2"))
+    info = wait_for(job, log, timeout=150)
+    text = read_log(log)
+    assert (info["JobState"], info["ExitCode"]) == ("COMPLETED", "0:0"), text[-4000:]
+    assert "2 process(es), 0 GPU(s)" in text and "2 process(es) on cpu" in text
+    assert_complete_run(out, data, epochs=1)
+
+
+def test_sbatch_preempted_job_requeues_resumes_and_finishes(slurm, data, tmp_path):
+    """What `#SBATCH --signal=USR1@120` does before the time limit, now: SIGUSR1 to the job steps."""
+    out, log = tmp_path / "run", tmp_path / "slurm.out"
+    epochs = 30  # 60 steps: long enough to still be training when the signal lands
+    job = submit("slurm_multi_node.sbatch", log, **knobs(data, out, epochs))
+    metrics = out / "metrics.jsonl"
+    info = wait_for(job, log, timeout=120, until=lambda: metrics.is_file() and metrics.read_text().strip())
+    assert info["JobState"] == "RUNNING", read_log(log)[-4000:]
+    # Without --full/--batch, scancel signals the job steps only, not the batch shell: as --signal=USR1@120.
+    subprocess.run(["scancel", "--signal=USR1", job], check=True, timeout=30)
+
+    info = wait_for(job, log, timeout=180)
+    text = read_log(log)
+    assert (info["JobState"], info["ExitCode"], info["Restarts"]) == ("COMPLETED", "0:0", "1"), text[-6000:]
+    first, _, second = text.partition(f"job {job} (restart 1)")
+    assert f"job {job} (restart 0)" in first and second, text[-6000:]
+    assert "preempted" in first  # the training saved a checkpoint and requeued the job
+    assert "resuming from" in second  # the requeued job continued from it, not from scratch
+    records = assert_complete_run(out, data, epochs=epochs)
+    assert records[-1]["step"] == 2 * epochs
+    assert list((out / "checkpoints").glob("step_*"))
+
+
+def test_scancel_cancels_a_running_job_for_good(slurm, data, tmp_path):
+    """`scancel JOBID` (SIGTERM to the steps, then SIGKILL) must end the job, not requeue it."""
+    out, log = tmp_path / "run", tmp_path / "slurm.out"
+    job = submit("slurm_multi_node.sbatch", log, **knobs(data, out, 30))
+    metrics = out / "metrics.jsonl"
+    info = wait_for(job, log, timeout=120, until=lambda: metrics.is_file() and metrics.read_text().strip())
+    assert info["JobState"] == "RUNNING", read_log(log)[-4000:]
+    subprocess.run(["scancel", job], check=True, timeout=30)
+    try:
+        info = wait_for(job, log, timeout=90, until=lambda: job_info(job)["Restarts"] != "0")
+    finally:
+        subprocess.run(["scancel", job], timeout=30)  # a requeued job waits (BeginTime): cancel it for good
+    assert (info["JobState"], info["Restarts"]) == ("CANCELLED", "0"), read_log(log)[-4000:]

@@ -1,0 +1,82 @@
+"""`evaluate`: grader-exact per-image report with bilinear/bicubic baselines, read back as a user would."""
+
+from __future__ import annotations
+
+import csv
+
+import cv2
+import numpy as np
+import pytest
+from skimage.metrics import peak_signal_noise_ratio, structural_similarity
+
+from insanesr_dist.evaluate import evaluate_predictions, score_predictions
+
+from conftest import assert_one_line_error, make_pair_folder, read_rgb, run_cli, write_png
+
+
+def grader(pred: np.ndarray, truth: np.ndarray) -> tuple[float, float, float]:
+    """The competition's calculate_joint_metric, term by term, on uint8 images."""
+    psnr = peak_signal_noise_ratio(truth, pred, data_range=255)
+    ssim = structural_similarity(pred, truth, channel_axis=-1, data_range=255)
+    return psnr, ssim, 40 * ssim + psnr
+
+
+@pytest.fixture(scope="module")
+def scored(tmp_path_factory):
+    """Pairs, plus predictions that beat bicubic: the HR with a little noise."""
+    root = make_pair_folder(tmp_path_factory.mktemp("eval"), num_train=3, num_test=0, lr_size=(16, 20), seed=5)
+    rng = np.random.default_rng(1)
+    for hr_path in sorted((root / "train" / "HR").iterdir()):
+        hr = read_rgb(hr_path)
+        noisy = np.clip(hr.astype(int) + rng.integers(-6, 7, hr.shape), 0, 255).astype(np.uint8)
+        write_png(root / "pred" / hr_path.name, noisy)
+    return root
+
+
+def test_report_matches_the_grader_for_predictions_and_both_baselines(scored, tmp_path):
+    report = tmp_path / "out" / "report.csv"
+    result = run_cli("insanesr-dist", "evaluate", "--pred", str(scored / "pred"), "--hr", str(scored / "train/HR"),
+                     "--lr", str(scored / "train/LR"), "--report", str(report))
+    assert result.returncode == 0, result.stderr
+    with open(report, newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert [r["id"] for r in rows] == sorted(p.name for p in (scored / "pred").iterdir())
+    assert list(rows[0]) == ["id", "psnr", "ssim", "jm", "bilinear_psnr", "bilinear_ssim", "bilinear_jm",
+                             "bicubic_psnr", "bicubic_ssim", "bicubic_jm"]
+    expected = {"": [], "bilinear_": [], "bicubic_": []}
+    for row in rows:
+        hr, lr = read_rgb(scored / "train/HR" / row["id"]), read_rgb(scored / "train/LR" / row["id"])
+        images = {"": read_rgb(scored / "pred" / row["id"]),
+                  "bilinear_": cv2.resize(lr, (80, 64), interpolation=cv2.INTER_LINEAR),
+                  "bicubic_": cv2.resize(lr, (80, 64), interpolation=cv2.INTER_CUBIC)}
+        for prefix, image in images.items():
+            psnr, ssim, jm = grader(image, hr)
+            expected[prefix].append(jm)
+            assert float(row[prefix + "psnr"]) == pytest.approx(psnr, abs=1e-9)
+            assert float(row[prefix + "ssim"]) == pytest.approx(ssim, abs=1e-9)
+            assert float(row[prefix + "jm"]) == pytest.approx(jm, abs=1e-9)
+    lines = result.stdout.splitlines()
+    assert float(lines[0].split("JM ")[1]) == pytest.approx(np.mean(expected[""]), abs=1e-6)
+    for kind, line in zip(["bilinear", "bicubic"], lines[1:3]):
+        assert line.startswith(kind)
+        gain = np.mean(expected[""]) - np.mean(expected[kind + "_"])
+        assert gain > 0 and float(line.split("gain: JM ")[1].split()[0]) == pytest.approx(gain, abs=1e-4)
+    assert not [p for p in report.parent.iterdir() if p.name != "report.csv"]  # written atomically
+
+
+def test_predictions_named_png_find_their_jpeg_partners(scored, tmp_path):
+    (tmp_path / "hr").mkdir()
+    for p in (scored / "train/HR").iterdir():
+        assert cv2.imwrite(str(tmp_path / "hr" / (p.stem + ".jpg")), cv2.imread(str(p)))
+    rows = score_predictions(scored / "pred", tmp_path / "hr")
+    assert len(rows) == 3 and all(r["jm"] > 20 for r in rows)
+    assert evaluate_predictions(scored / "pred", tmp_path / "hr")["images"] == 3
+
+
+def test_an_lr_that_is_not_a_quarter_of_its_hr_is_one_line(scored, tmp_path):
+    write_png(tmp_path / "lr" / "img_000.png", np.zeros((10, 10, 3), np.uint8))
+    for p in list((scored / "train/LR").iterdir())[1:]:
+        write_png(tmp_path / "lr" / p.name, read_rgb(p))
+    result = run_cli("insanesr-dist", "evaluate", "--pred", str(scored / "pred"), "--hr", str(scored / "train/HR"),
+                     "--lr", str(tmp_path / "lr"))
+    assert_one_line_error(result, "img_000.png", "LR is 10x10, HR is 80x64")

@@ -1,0 +1,94 @@
+"""Property-based tests (hypothesis): pairing, decoding/conversion, cropping and the CSV round trip hold
+for random names, sizes and pixel modes, not only for the examples the other tests pick."""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+
+import cv2
+import numpy as np
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from PIL import Image
+
+from insanesr_dist import samples
+from insanesr_dist.data import random_pair_crop
+from insanesr_dist.submission import encode_png, read_submission, write_submission
+
+FAST = settings(max_examples=30, deadline=None)
+names = st.text(st.characters(codec="utf-8", exclude_characters="/\\\x00"), min_size=1, max_size=8)
+
+
+@FAST
+@given(st.sets(names, max_size=8), st.sets(names, max_size=8))
+def test_pairs_are_exactly_the_shared_names_and_every_other_file_is_named(lr, hr):
+    lr_files = {f"{n}.png": Path("LR", f"{n}.png") for n in lr}
+    hr_files = {f"{n}.png": Path("HR", f"{n}.png") for n in hr}
+    pairs, orphans = samples.pair_names(lr_files, hr_files)
+    assert pairs == sorted(set(lr_files) & set(hr_files))
+    assert sorted(Path(f.path).name for f in orphans) == sorted(set(lr_files) ^ set(hr_files))
+    assert all(f.kind == "bad" and "no partner" in f.problem for f in orphans)
+
+
+MODES = ["L", "RGB", "RGBA", "LA", "P", "I;16", "RGB16"]
+
+
+def _encode(mode: str, h: int, w: int, rng) -> tuple[bytes, np.ndarray]:
+    """A PNG in `mode` and the RGB uint8 pixels the documented rules must give for it."""
+    if mode == "RGB16":  # 16-bit colour: cv2 writes it (PIL cannot)
+        deep = rng.integers(0, 65536, (h, w, 3), dtype=np.uint16)
+        data = cv2.imencode(".png", deep)[1].tobytes()
+        return data, np.round(deep[..., ::-1] / 257).astype(np.uint8)
+    if mode == "I;16":
+        deep = rng.integers(0, 65536, (h, w), dtype=np.uint16)
+        data = cv2.imencode(".png", deep)[1].tobytes()
+        return data, np.repeat(np.round(deep / 257).astype(np.uint8)[..., None], 3, 2)
+    rgb = Image.fromarray(rng.integers(0, 256, (h, w, 3), dtype=np.uint8))
+    image = rgb.convert("P", palette=Image.Palette.ADAPTIVE, colors=7) if mode == "P" else rgb.convert(mode)
+    if mode in ("RGBA", "LA"):
+        image.putalpha(Image.fromarray(rng.integers(0, 256, (h, w), dtype=np.uint8)))
+    buf = io.BytesIO()
+    image.save(buf, format="PNG")
+    expected = np.asarray(image.convert("RGB")) if mode != "LA" else np.repeat(np.asarray(image)[..., :1], 3, 2)
+    if mode == "RGBA":
+        expected = np.asarray(image)[..., :3]  # alpha dropped, colours as stored
+    return buf.getvalue(), expected
+
+
+@FAST
+@given(st.sampled_from(MODES), st.integers(1, 24), st.integers(1, 24), st.integers(0, 2**32 - 1))
+def test_every_mode_decodes_to_the_documented_rgb(mode, h, w, seed):
+    data, expected = _encode(mode, h, w, np.random.default_rng(seed))
+    notes: list[str] = []
+    rgb = samples.decode_image(data, "x.png", notes)
+    assert rgb.dtype == np.uint8 and rgb.shape == (h, w, 3)
+    assert np.array_equal(rgb, expected)
+    assert bool(notes) == (mode != "RGB")  # every conversion is reported, and only conversions
+
+
+@FAST
+@given(st.integers(1, 20), st.integers(1, 20), st.data())
+def test_crops_stay_aligned_for_any_size_and_patch(h, w, data):
+    patch = data.draw(st.integers(0, min(h, w)))
+    rng = np.random.default_rng(data.draw(st.integers(0, 2**32 - 1)))
+    lr = rng.integers(0, 256, (h, w, 3), dtype=np.uint8)
+    hr = np.repeat(np.repeat(lr, 4, 0), 4, 1)  # every HR pixel knows its LR pixel
+    lr_crop, hr_crop = random_pair_crop(lr, hr, patch, 4, rng)
+    edge = patch or None
+    assert lr_crop.shape[:2] == ((edge, edge) if edge else lr_crop.shape[:2])
+    assert hr_crop.shape[:2] == (4 * lr_crop.shape[0], 4 * lr_crop.shape[1])
+    assert np.array_equal(hr_crop, np.repeat(np.repeat(lr_crop, 4, 0), 4, 1))
+
+
+@settings(max_examples=15, deadline=None)
+@given(rows=st.lists(st.tuples(names, st.integers(1, 12), st.integers(1, 12)), min_size=1, max_size=4,
+                     unique_by=lambda t: t[0]), seed=st.integers(0, 2**32 - 1))
+def test_submission_csv_round_trips_any_ids_and_sizes(rows, seed, tmp_path_factory):
+    rng = np.random.default_rng(seed)
+    images = {image_id: rng.integers(0, 256, (h, w, 3), dtype=np.uint8) for image_id, h, w in rows}
+    path = tmp_path_factory.mktemp("csv") / "s.csv"
+    write_submission(path, ((i, encode_png(a)) for i, a in images.items()))
+    back = read_submission(path)
+    assert list(back) == list(images)
+    assert all(np.array_equal(back[i], images[i]) for i in images)
