@@ -1,8 +1,7 @@
-"""`insanesr-dist bench ...`: measured speed and memory figures, printed one per line.
+"""`insanesr-dist bench train|data|metric|predict`: measured speed and memory, as a table or `--json`.
 
-`bench predict` upscales one large LR image on the CPU with tiles, and a smaller one whole, each in a fresh
-child process: a process's peak RSS (`ru_maxrss`) only ever grows, so one process per measurement makes each
-peak that measurement's own.
+Every measurement runs in a fresh child process (bench_stages.py holds them): one measurement's threads,
+allocations and peak RSS (`ru_maxrss` only ever grows) stay out of the next one's.
 """
 
 from __future__ import annotations
@@ -15,308 +14,20 @@ import sys
 
 import click
 
+from .bench_stages import peak_rss_mb
+
 RSS_LIMIT_MB = 3072  # the acceptance bound for a 2048x2048 LR image on 2 CPU cores
-
-
-def _peak_rss_mb(who: int = resource.RUSAGE_SELF) -> float:
-    return resource.getrusage(who).ru_maxrss / 1024  # Linux reports KiB
-
-
-def _own_peak_rss_mb() -> float:
-    """This process's own peak RSS. Linux carries ru_maxrss over from the forking parent across exec, so
-    a child's ru_maxrss is at least its launcher's RSS; VmHWM counts only the process's own memory."""
-    try:
-        with open("/proc/self/status") as f:
-            return next(int(line.split()[1]) for line in f if line.startswith("VmHWM:")) / 1024
-    except (OSError, StopIteration):
-        return _peak_rss_mb()
-
-
-def _stage(spec: dict) -> dict:
-    """Child process: upscale one synthetic image as `spec` says; report seconds and peak RSS."""
-    import time
-
-    import cv2
-    import numpy as np
-    import torch
-
-    from .model import InsaneSRNet, load_model
-    from .predict import model_forward
-    from .submission import encode_png
-    from .tiles import upscale_image
-
-    torch.set_num_threads(spec["threads"])
-    torch.manual_seed(0)
-    model = load_model(spec["checkpoint"]) if spec["checkpoint"] else InsaneSRNet()
-    model = model.to(memory_format=torch.channels_last).eval()
-    forward = model_forward(model, torch.device("cpu"), spec["precision"])
-    # Smooth colour noise: the compute does not depend on the content, only the PNG size does.
-    rng = np.random.default_rng(0)
-    size = spec["size"]
-    image = cv2.resize(rng.integers(0, 256, (size // 8 + 1, size // 8 + 1, 3), dtype=np.uint8), (size, size),
-                       interpolation=cv2.INTER_CUBIC)
-    lr = torch.from_numpy(np.ascontiguousarray(image.transpose(2, 0, 1)))
-    runs = []
-    for _ in range(spec["repeats"]):  # a repeat shows the speed once oneDNN has built its kernels
-        started = time.perf_counter()
-        out = upscale_image(forward, lr, tile=spec["tile"], overlap=spec["overlap"], batch_size=spec["batch_size"])
-        runs.append(time.perf_counter() - started)
-    started = time.perf_counter()
-    png = encode_png(np.ascontiguousarray(out.permute(1, 2, 0).numpy()))
-    return {"seconds": runs[-1], "first_seconds": runs[0], "encode_seconds": time.perf_counter() - started,
-            "png_mb": len(png) / 2**20, "peak_rss_mb": _own_peak_rss_mb(), "ru_maxrss_mb": _peak_rss_mb(),
-            "threads": torch.get_num_threads()}
 
 
 def _run_stage(spec: dict, stage: str = "_stage") -> dict:
     """Run `stage(spec)` of this module in a fresh Python process; its result as a dict."""
-    code = ("import json, sys; from insanesr_dist import bench; "
-            f"print(json.dumps(bench.{stage}(json.loads(sys.argv[1]))))")
+    code = ("import json, sys; from insanesr_dist import bench_stages as s; "
+            f"print(json.dumps(s.{stage}(json.loads(sys.argv[1]))))")
     result = subprocess.run([sys.executable, "-c", code, json.dumps(spec)], capture_output=True, text=True)
     if result.returncode != 0:
         tail = (result.stderr.strip().splitlines() or ["(no output)"])[-1]
         raise click.ClickException(f"benchmark process failed: {tail}")
     return json.loads(result.stdout.strip().splitlines()[-1])
-
-
-# ------------------------------------------------------------------------------------------------
-# bench train / data / metric: each stage in a fresh process, on the same data
-
-
-def training_flops_per_lr_pixel(model) -> float:
-    """FLOPs of one training step per LR pixel: the convolutions' multiply-adds (everything else is
-    noise beside them) x2 FLOPs each, x3 for forward + backward (input and weight gradients)."""
-    import torch
-
-    total = 0
-
-    def count(module, inputs, output):
-        nonlocal total
-        k = module.kernel_size[0] * module.kernel_size[1]
-        total += output.numel() * module.in_channels // module.groups * k
-
-    probe = 16
-    hooks = [m.register_forward_hook(count) for m in model.modules() if isinstance(m, torch.nn.Conv2d)]
-    with torch.no_grad():
-        model(torch.zeros(1, 3, probe, probe))
-    for hook in hooks:
-        hook.remove()
-    return 6.0 * total / probe**2
-
-
-def _matmul_ceiling(spec: dict) -> dict:
-    """Large square matmuls, fp32 and bf16: the practical TFLOP/s ceiling of this CPU."""
-    import time
-
-    import torch
-
-    torch.set_num_threads(spec["threads"])
-    cuda = torch.cuda.is_available()
-    seconds, ceiling, n = spec.get("seconds", 1.5), {}, 8192 if cuda else 2048
-    for name, dtype in (("fp32", torch.float32), ("bf16", torch.bfloat16), ("fp16", torch.float16)):
-        if name == "fp16" and not cuda:
-            continue  # CPUs without AMX-FP16 emulate it: not a ceiling anyone trains at
-        a, b = (torch.randn(n, n, dtype=dtype, device="cuda" if cuda else "cpu") for _ in range(2))
-        a @ b  # warm-up: thread pool and kernel selection
-        runs, started = 0, time.perf_counter()
-        while time.perf_counter() - started < seconds:
-            a @ b
-            runs += 1
-            if cuda:
-                torch.cuda.synchronize()
-        ceiling[name] = 2 * n**3 * runs / (time.perf_counter() - started) / 1e12
-    return ceiling
-
-
-def _bare_step(spec: dict) -> dict:
-    """The model step alone, as the toolkit builds it (model, optimizer, loss, autocast, memory format),
-    on random tensors: forward, backward, optimizer step. Nothing else."""
-    import time
-
-    import torch
-
-    from . import faults
-    from .config import TrainConfig
-    from .losses import training_loss
-    from .train import build_model
-
-    torch.set_num_threads(spec["threads"])
-    torch.manual_seed(0)
-    cfg = TrainConfig(**spec["config"])
-    model = build_model(cfg)
-    optimizer = faults.make_optimizer(model.parameters(), cfg.lr)
-    train_model = torch.compile(model) if cfg.compile else model
-    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    model.to(device)
-    b, p = cfg.batch_size, cfg.patch_size
-    lr_u8 = torch.randint(0, 256, (b, 3, p, p), dtype=torch.uint8, device=device)
-    hr_u8 = torch.randint(0, 256, (b, 3, 4 * p, 4 * p), dtype=torch.uint8, device=device)
-    half = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(spec["precision"])
-    times = []
-    for _ in range(spec["warmup"] + spec["steps"]):
-        started = time.perf_counter()
-        lr_img, hr_img = lr_u8.float().div_(255), hr_u8.float().div_(255)
-        with torch.autocast(device.type, dtype=half or torch.float32, enabled=half is not None):
-            sr = train_model(lr_img)
-        loss = training_loss(cfg.loss, cfg.ssim_weight, sr, hr_img)
-        loss.backward()  # (no fp16 loss scaling here: a bare step's figure, within a percent or two)
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        times.append(time.perf_counter() - started)
-    timed = times[spec["warmup"]:]
-    return {"samples_per_s": b * len(timed) / sum(timed), "first_step_s": times[0],
-            "flops_per_lr_pixel": training_flops_per_lr_pixel(model.float().cpu())}
-
-
-def _toolkit_step(spec: dict) -> dict:
-    """The full toolkit: the real `python -m insanesr_dist.train` (data loader, Accelerator, autocast,
-    scaler, optimizer, EMA, logging), its samples/s read back from its own TensorBoard scalars."""
-    import json as json_lib
-    import tempfile
-    from pathlib import Path
-
-    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
-
-    with tempfile.TemporaryDirectory() as tmp:
-        out = Path(tmp) / "run"
-        args = [sys.executable, "-m", "insanesr_dist.train", "--output-dir", str(out), "--panel-images", "0",
-                "--max-steps", str(spec["warmup"] + spec["steps"]), "--epochs", "1000",
-                "--log-every", str(spec["log_every"]), "--cpu-threads", str(spec["threads"]),
-                "--mixed-precision", spec["precision"], *spec["train_args"]]
-        result = subprocess.run(args, capture_output=True, text=True)
-        if result.returncode != 0:
-            tail = (result.stderr.strip().splitlines() or ["(no output)"])[-1]
-            raise click.ClickException(f"training process failed: {tail}")
-        events = EventAccumulator(str(next((out / "logs").rglob("events.out.tfevents.*")).parent))
-        events.Reload()
-        rates = [(e.step, e.value) for e in events.Scalars("perf/train_samples_per_s")]
-        epochs = [json_lib.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
-    # Steady state: after the warm-up steps (oneDNN picks its kernels, workers fill their decode caches).
-    steady = sorted(v for s, v in rates if s > spec["warmup"]) or sorted(v for _, v in rates)
-    return {"samples_per_s": steady[len(steady) // 2], "intervals": len(steady),
-            "epoch_samples_per_s": [round(e["samples_per_s"], 2) for e in epochs]}
-
-
-def _seed_baseline(spec: dict) -> dict:
-    """The seed report's loop written plainly, for comparison: a Dataset decoding both PNGs per sample
-    (cv2), one DataLoader worker, float32 on the CPU (its autocast/GradScaler are CUDA-only, so off),
-    default Adam, `loss.item()` every step; the same crops and augmentation as the toolkit."""
-    import time
-
-    import cv2
-    import numpy as np
-    import torch
-    from torch.utils.data import DataLoader, Dataset
-
-    from .data import load_splits, random_pair_crop, sample_rng
-    from .model import InsaneSRNet
-
-    torch.set_num_threads(spec["threads"])
-    torch.manual_seed(0)
-    table = load_splits(spec["data"], val_fraction=0.1, seed=0).train
-
-    class SeedPairs(Dataset):
-        def __len__(self):
-            return len(table)
-
-        def __getitem__(self, i):
-            row = table[i]
-            lr, hr = (cv2.cvtColor(cv2.imdecode(np.frombuffer(row[c]["bytes"], np.uint8), cv2.IMREAD_COLOR),
-                                   cv2.COLOR_BGR2RGB) for c in ("lr", "hr"))
-            lr, hr = random_pair_crop(lr, hr, spec["patch_size"], 4, sample_rng(0, 0, i))
-            return (torch.from_numpy(np.ascontiguousarray(lr.transpose(2, 0, 1))).float() / 255,
-                    torch.from_numpy(np.ascontiguousarray(hr.transpose(2, 0, 1))).float() / 255)
-
-    loader = DataLoader(SeedPairs(), batch_size=spec["batch_size"], shuffle=True, num_workers=1, drop_last=True)
-    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    model = InsaneSRNet().to(device)
-    optimizer = torch.optim.Adam(model.parameters(), lr=1e-4)
-    criterion = torch.nn.MSELoss()
-    times, wanted = [], spec["warmup"] + spec["steps"]
-    while len(times) < wanted:
-        started = time.perf_counter()
-        for lr_imgs, hr_imgs in loader:
-            lr_imgs, hr_imgs = lr_imgs.to(device), hr_imgs.to(device)
-            optimizer.zero_grad()
-            loss = criterion(model(lr_imgs), hr_imgs)
-            loss.backward()
-            optimizer.step()
-            loss.item()
-            times.append(time.perf_counter() - started)
-            started = time.perf_counter()
-            if len(times) == wanted:
-                break
-    timed = times[spec["warmup"]:]
-    return {"samples_per_s": spec["batch_size"] * len(timed) / sum(timed)}
-
-
-def _data_pipeline(spec: dict) -> dict:
-    """The toolkit's training loader alone (decode, crop, augment, collate) with one worker: pairs/s
-    in a first epoch (decoding every PNG) and a second (crops from the workers' decoded cache)."""
-    import time
-
-    import torch
-
-    from .data import load_splits, train_loader
-
-    torch.set_num_threads(1)
-    table = load_splits(spec["data"], val_fraction=0.1, seed=0).train
-    loader = train_loader(table, batch_size=spec["batch_size"], patch_size=spec["patch_size"], scale=4, seed=0,
-                          num_workers=1, cache_mb=spec["cache_mb"])
-    iter(loader)  # start the persistent worker before timing
-    rates = []
-    for epoch in range(2):
-        loader.dataset.set_epoch(epoch)
-        pairs, started = 0, time.perf_counter()
-        for lr, _ in loader:
-            pairs += len(lr)
-        rates.append(pairs / (time.perf_counter() - started))
-    return {"cold_pairs_per_s": rates[0], "warm_pairs_per_s": rates[1], "pairs_per_epoch": pairs}
-
-
-def _metric_speed(spec: dict) -> dict:
-    """Grader-exact PSNR/SSIM (metrics.py) and scikit-image's on the same uint8 images, one thread."""
-    import time
-
-    import cv2
-    import numpy as np
-    import torch
-
-    from .data import EvalImages, load_splits
-    from .metrics import psnr_ssim
-
-    torch.set_num_threads(1)
-    cv2.setNumThreads(1)
-    val = load_splits(spec["data"], val_fraction=0.1, seed=0).val
-    images = EvalImages(val, with_hr=True)
-    pairs = []
-    for i in range(len(images)):
-        _, lr, hr = images[i]
-        hr_np = hr.permute(1, 2, 0).numpy()
-        up = cv2.resize(lr.permute(1, 2, 0).numpy(), hr_np.shape[1::-1], interpolation=cv2.INTER_CUBIC)
-        pairs.append((up, hr_np))
-    result = {"images": len(pairs), "pixels": int(sum(h.shape[0] * h.shape[1] for _, h in pairs))}
-    # Warm-up passes, untimed, for both: first calls pay for fresh memory (page faults) until the
-    # allocator keeps its large blocks, as it does through a training run's validations.
-    [psnr_ssim(up, hr) for up, hr in pairs]
-    started = time.perf_counter()
-    ours = [psnr_ssim(up, hr)[0].tolist() for up, hr in pairs]
-    result["ours_images_per_s"] = len(pairs) / (time.perf_counter() - started)
-    try:
-        from skimage.metrics import peak_signal_noise_ratio, structural_similarity
-    except ImportError:
-        result["skimage_images_per_s"] = None
-        return result
-    [structural_similarity(hr, up, channel_axis=2, win_size=7, data_range=255) for up, hr in pairs]
-    started = time.perf_counter()
-    theirs = [(peak_signal_noise_ratio(hr, up, data_range=255),
-               structural_similarity(hr, up, channel_axis=2, win_size=7, data_range=255)) for up, hr in pairs]
-    result["skimage_images_per_s"] = len(pairs) / (time.perf_counter() - started)
-    result["max_abs_difference"] = float(max(np.abs(np.array(ours) - np.array(theirs)).max(), 0.0))
-    return result
-
 
 
 @click.group("bench", context_settings={"max_content_width": 110})
@@ -374,8 +85,8 @@ def bench_predict(size: int, untiled_size: int, tile: int, overlap: int, batch_s
         click.echo(f"untiled {untiled_size}x{untiled_size} LR: {whole['seconds']:.2f} s (first run "
                    f"{whole['first_seconds']:.2f} s), {untiled_size ** 2 / 1e6 / whole['seconds']:.4f} LR MP/s; "
                    f"peak RSS {whole['peak_rss_mb']:.0f} MB")
-    click.echo(f"ru_maxrss: children {_peak_rss_mb(resource.RUSAGE_CHILDREN):.0f} MB (a child's includes this "
-               f"launching process's {_peak_rss_mb():.0f} MB, carried across exec; the peaks above are VmHWM)")
+    click.echo(f"ru_maxrss: children {peak_rss_mb(resource.RUSAGE_CHILDREN):.0f} MB (a child's includes this "
+               f"launching process's {peak_rss_mb():.0f} MB, carried across exec; the peaks above are VmHWM)")
 
 
 def _demo_or(data: str | None) -> str:
@@ -447,7 +158,6 @@ def bench_train(data, batch_size, patch_size, threads, as_json, precision, chann
         report["baseline"] = _run_stage({**timing, "data": data, "batch_size": batch_size,
                                          "patch_size": patch_size}, "_seed_baseline")
     flops_per_sample = report["bare"]["flops_per_lr_pixel"] * patch_size**2
-    ceiling = report["ceiling_tflops"].get(precision if precision != "no" else "fp32")
     for name in ("baseline", "bare", "toolkit"):
         if name in report:
             tflops = report[name]["samples_per_s"] * flops_per_sample / 1e12
@@ -466,7 +176,7 @@ def bench_train(data, batch_size, patch_size, threads, as_json, precision, chann
     c = report["ceiling_tflops"]
     click.echo(f"bench train: {report['device']}, {threads} thread(s); batch {batch_size}, LR patch {patch_size} "
                f"(HR {4 * patch_size}); data {data}")
-    click.echo(f"matmul ceiling: " + ", ".join(f"{k} {v:.2f} TFLOP/s" for k, v in c.items())
+    click.echo("matmul ceiling: " + ", ".join(f"{k} {v:.2f} TFLOP/s" for k, v in c.items())
                + f"; the model costs {flops_per_sample / 1e9:.1f} GFLOP per sample per step")
     click.echo(f"{'':34}{'samples/s':>10}{'TFLOP/s':>9}{'% bf16 ceiling':>16}")
     rows = [("baseline", "seed-style loop (float32)"), ("bare", f"bare model step ({precision})"),

@@ -14,7 +14,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import cv2
 import datasets
 import numpy as np
 import torch
@@ -58,13 +57,14 @@ def _name(row: dict[str, Any], column: str) -> str:
 
 def _probe_pair(row: dict[str, Any], scale: int) -> dict[str, Any]:
     """Sizes of a pair and, in `problem`, the one-line reason it is unusable ('' when it is fine)."""
+    decoded = {}
     for column in ("lr", "hr"):
         try:
-            image = decode_rgb(row[column], "")
+            decoded[column] = decode_rgb(row[column], "")
         except UserError as e:
             return {"lr_height": 0, "lr_width": 0, "problem": e.message[2:], "problem_file": _name(row, column)}
-        lr = image if column == "lr" else lr
-    problem = samples.pair_problem(lr.shape, image.shape, scale)
+    lr = decoded["lr"]
+    problem = samples.pair_problem(lr.shape, decoded["hr"].shape, scale)
     return {"lr_height": lr.shape[0], "lr_width": lr.shape[1], "problem": problem or "",
             "problem_file": _name(row, "hr")}
 

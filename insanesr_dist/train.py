@@ -10,6 +10,7 @@ import json
 import math
 import multiprocessing
 import os
+import signal
 import sys
 import time
 import typing
@@ -156,7 +157,9 @@ def train(cfg: TrainConfig) -> Path:
         return _train(cfg, preemption)
     except BaseException as e:
         # DataLoader workers (persistent) have SIGTERM blocked, see PreemptionFlag: the polite shutdown at
-        # interpreter exit would wait for them forever. They hold nothing worth keeping.
+        # interpreter exit would wait for them forever. They hold nothing worth keeping. Without torch's
+        # SIGCHLD handler first, their deaths would be reported as failures (tracebacks) while exiting.
+        signal.signal(signal.SIGCHLD, signal.SIG_DFL)
         for worker in multiprocessing.active_children():
             worker.kill()
         if isinstance(e, UserError):  # shown as one line: the traceback is noise

@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from insanesr_dist.bench import training_flops_per_lr_pixel
+from insanesr_dist.bench_stages import training_flops_per_lr_pixel
 from insanesr_dist.model import InsaneSRNet
 
 from conftest import run_cli

@@ -219,3 +219,4 @@ def test_a_bug_mid_epoch_exits_with_its_traceback_instead_of_hanging(pair_folder
     args = ["--data", str(pair_folder), *TINY, "--num-workers", "2", "--output-dir", str(tmp_path / "run")]
     result = subprocess.run([sys.executable, "-c", BUG_AT_STEP_3, *args], capture_output=True, text=True, timeout=120)
     assert result.returncode == 1 and "RuntimeError: a bug at step 3" in result.stderr, result.stderr[-2000:]
+    assert "Exception ignored" not in result.stderr  # the workers' ends are not reported as further failures
