@@ -62,7 +62,7 @@ def _probe_pair(row: dict[str, Any], scale: int) -> dict[str, Any]:
         try:
             decoded[column] = decode_rgb(row[column], "")
         except UserError as e:
-            return {"lr_height": 0, "lr_width": 0, "problem": e.message[2:], "problem_file": _name(row, column)}
+            return _unreadable(row, column, e)
     lr = decoded["lr"]
     problem = samples.pair_problem(lr.shape, decoded["hr"].shape, scale)
     return {"lr_height": lr.shape[0], "lr_width": lr.shape[1], "problem": problem or "",
@@ -73,8 +73,13 @@ def _probe_lr(row: dict[str, Any]) -> dict[str, Any]:
     try:
         lr = decode_rgb(row["lr"], "")
     except UserError as e:
-        return {"lr_height": 0, "lr_width": 0, "problem": e.message[2:], "problem_file": _name(row, "lr")}
+        return _unreadable(row, "lr", e)
     return {"lr_height": lr.shape[0], "lr_width": lr.shape[1], "problem": "", "problem_file": ""}
+
+
+def _unreadable(row: dict[str, Any], column: str, error: UserError) -> dict[str, Any]:
+    # decode_rgb was given no name, so its message is ": <problem>"; the probe names the file instead.
+    return {"lr_height": 0, "lr_width": 0, "problem": error.message[2:], "problem_file": _name(row, column)}
 
 
 # ---------------------------------------------------------------------------------------------

@@ -91,6 +91,13 @@ def run_cli(*args: str, cwd: Path | None = None, timeout: float = 600) -> subpro
     return subprocess.run(cmd, cwd=cwd, capture_output=True, text=True, timeout=timeout, env=os.environ.copy())
 
 
+def run_patched_train(patch: str, *args: str, timeout: float = 600) -> subprocess.CompletedProcess:
+    """The real train command in a fresh interpreter after `patch` (Python source in which `T` is
+    `insanesr_dist.train`) replaced something inside it: how fault tests inject a NaN, a full disk or a bug."""
+    script = f"import sys\nimport insanesr_dist.train as T\n{patch}\nsys.argv = ['train', *sys.argv[1:]]\nT.main()\n"
+    return subprocess.run([sys.executable, "-c", script, *args], capture_output=True, text=True, timeout=timeout)
+
+
 def assert_one_line_error(result: subprocess.CompletedProcess, *needles: str) -> None:
     """A user error: non-zero exit, no traceback, one `Error:` line naming the problem."""
     assert result.returncode != 0, result.stdout + result.stderr

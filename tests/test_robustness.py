@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 import torch
 from bad_data import PATCH, make_bad_folder, make_empty_folder
-from conftest import TINY, assert_one_line_error, make_pair_folder, run_cli
+from conftest import TINY, assert_one_line_error, make_pair_folder, run_cli, run_patched_train
 from PIL import Image
 
 from insanesr_dist import atomic, samples
@@ -157,16 +157,12 @@ def test_a_non_finite_step_changes_nothing_and_too_many_stop(autocast):
 
 
 NAN_AFTER = """
-import sys, torch
-import insanesr_dist.train as T
 real, calls = T.training_loss, [0]
 def poisoned(*a):  # a fault from step {after} on, as an overflow in the model would give
     calls[0] += 1
     loss = real(*a)
     return loss * float("nan") if calls[0] > {after} else loss
 T.training_loss = poisoned
-sys.argv = ["train", *sys.argv[1:]]
-T.main()
 """
 
 
@@ -176,8 +172,7 @@ def test_a_run_of_non_finite_steps_stops_and_keeps_the_last_good_files(tmp_path)
     out = tmp_path / "run"
     args = ["--data", str(data), *TINY, "--epochs", "3", "--log-every", "1", "--max-bad-steps", "3",
             "--mixed-precision", "no", "--output-dir", str(out)]
-    result = subprocess.run([sys.executable, "-c", NAN_AFTER.format(after=5), *args], capture_output=True, text=True,
-                            timeout=600)
+    result = run_patched_train(NAN_AFTER.format(after=5), *args)
     assert_one_line_error(result, "3 optimizer steps in a row", "--max-bad-steps 3")
     assert "warning: skipped 1 optimizer step(s)" in result.stdout + result.stderr
     # epoch 1 (5 steps) finished; epoch 2 stopped: nothing of it was written
@@ -243,9 +238,7 @@ def test_a_failed_write_leaves_the_previous_files_readable(tmp_path, monkeypatch
 
 
 DISK_FULL_AT_EPOCH_2 = """
-import sys
 import insanesr_dist.model as M
-import insanesr_dist.train as T
 real = M.save_file
 def save_file(state, path, metadata=None):  # the disk fills up while epoch 2's weights are written
     real(state, path, metadata=metadata)
@@ -254,8 +247,6 @@ def save_file(state, path, metadata=None):  # the disk fills up while epoch 2's 
         open(path, "wb").write(data[: len(data) // 2])
         raise OSError(28, "No space left on device", path)
 M.save_file = save_file
-sys.argv = ["train", *sys.argv[1:]]
-T.main()
 """
 
 
@@ -265,8 +256,7 @@ def test_a_write_failing_mid_run_leaves_every_file_readable_and_the_run_resumabl
     out = tmp_path / "run"
     args = ["--data", str(data), *TINY, "--panel-images", "0", "--mixed-precision", "no", "--epochs", "2",
             "--output-dir", str(out)]
-    failed = subprocess.run([sys.executable, "-c", DISK_FULL_AT_EPOCH_2, *args], capture_output=True, text=True,
-                            timeout=600)
+    failed = run_patched_train(DISK_FULL_AT_EPOCH_2, *args)
     assert_one_line_error(failed, "No space left on device", "rerun the same command")
     assert read_metadata(out / "latest.safetensors")["epoch"] == 1 and load_model(out / "latest.safetensors")
     assert read_metadata(out / "best.safetensors")["epoch"] == 1

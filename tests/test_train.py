@@ -2,8 +2,6 @@
 
 import json
 import math
-import subprocess
-import sys
 
 import cv2
 import numpy as np
@@ -17,8 +15,8 @@ from insanesr_dist.model import load_model, read_metadata
 from insanesr_dist.submission import read_submission
 from insanesr_dist.train import lr_at, resolve_precision
 
-from conftest import (TINY, assert_one_line_error, independent_val_jm, make_pair_folder, read_rgb, run_cli, upscale,
-                      write_png)
+from conftest import (TINY, assert_one_line_error, independent_val_jm, make_pair_folder, read_rgb, run_cli,
+                      run_patched_train, upscale, write_png)
 
 
 def test_lr_schedule_is_a_pure_function_of_the_step():
@@ -201,8 +199,6 @@ def test_a_finished_run_is_never_overwritten(finished_run, pair_folder):
 
 
 BUG_AT_STEP_3 = """
-import sys
-import insanesr_dist.train as T
 real, calls = T.training_loss, [0]
 def buggy(*a):  # a genuine bug mid-epoch, with the DataLoader workers (SIGTERM blocked) running
     calls[0] += 1
@@ -210,13 +206,11 @@ def buggy(*a):  # a genuine bug mid-epoch, with the DataLoader workers (SIGTERM 
         raise RuntimeError("a bug at step 3")
     return real(*a)
 T.training_loss = buggy
-sys.argv = ["train", *sys.argv[1:]]
-T.main()
 """
 
 
 def test_a_bug_mid_epoch_exits_with_its_traceback_instead_of_hanging(pair_folder, tmp_path):
     args = ["--data", str(pair_folder), *TINY, "--num-workers", "2", "--output-dir", str(tmp_path / "run")]
-    result = subprocess.run([sys.executable, "-c", BUG_AT_STEP_3, *args], capture_output=True, text=True, timeout=120)
+    result = run_patched_train(BUG_AT_STEP_3, *args, timeout=120)
     assert result.returncode == 1 and "RuntimeError: a bug at step 3" in result.stderr, result.stderr[-2000:]
     assert "Exception ignored" not in result.stderr  # the workers' ends are not reported as further failures
