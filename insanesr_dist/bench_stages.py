@@ -61,24 +61,16 @@ def _stage(spec: dict) -> dict:
 
 
 def training_flops_per_lr_pixel(model) -> float:
-    """FLOPs of one training step per LR pixel: the convolutions' multiply-adds (everything else is
-    noise beside them) x2 FLOPs each, x3 for forward + backward (input and weight gradients)."""
+    """FLOPs of one training step (forward and backward) per LR pixel, as torch's FLOP counter sees the
+    convolutions (multiply-adds x2; everything else is noise beside them) on a small probe image."""
     import torch
-
-    total = 0
-
-    def count(module, inputs, output):
-        nonlocal total
-        k = module.kernel_size[0] * module.kernel_size[1]
-        total += output.numel() * module.in_channels // module.groups * k
+    from torch.utils.flop_counter import FlopCounterMode
 
     probe = 16
-    hooks = [m.register_forward_hook(count) for m in model.modules() if isinstance(m, torch.nn.Conv2d)]
-    with torch.no_grad():
-        model(torch.zeros(1, 3, probe, probe))
-    for hook in hooks:
-        hook.remove()
-    return 6.0 * total / probe**2
+    with FlopCounterMode(display=False) as counter:
+        model(torch.zeros(1, 3, probe, probe)).sum().backward()
+    model.zero_grad(set_to_none=True)
+    return counter.get_total_flops() / probe**2
 
 
 def _matmul_ceiling(spec: dict) -> dict:
@@ -114,12 +106,15 @@ def _bare_step(spec: dict) -> dict:
 
     from . import faults
     from .config import TrainConfig
+    from .host_memory import keep_freed_memory
     from .losses import training_loss
     from .train import build_model
 
     torch.set_num_threads(spec["threads"])
     torch.manual_seed(0)
     cfg = TrainConfig(**spec["config"])
+    if not torch.cuda.is_available():
+        keep_freed_memory()  # as train() does
     model = build_model(cfg)
     optimizer = faults.make_optimizer(model.parameters(), cfg.lr)
     train_model = torch.compile(model) if cfg.compile else model
@@ -271,25 +266,34 @@ def _metric_speed(spec: dict) -> dict:
     pairs = []
     for i in range(len(images)):
         _, lr, hr = images[i]
-        hr_np = hr.permute(1, 2, 0).numpy()
+        hr_np = np.ascontiguousarray(hr.permute(1, 2, 0).numpy())  # as the grader reads a PNG
         up = cv2.resize(lr.permute(1, 2, 0).numpy(), hr_np.shape[1::-1], interpolation=cv2.INTER_CUBIC)
         pairs.append((up, hr_np))
     result = {"images": len(pairs), "pixels": int(sum(h.shape[0] * h.shape[1] for _, h in pairs))}
-    # Warm-up passes, untimed, for both: first calls pay for fresh memory (page faults) until the
-    # allocator keeps its large blocks, as it does through a training run's validations.
-    [psnr_ssim(up, hr) for up, hr in pairs]
-    started = time.perf_counter()
-    ours = [psnr_ssim(up, hr)[0].tolist() for up, hr in pairs]
-    result["ours_images_per_s"] = len(pairs) / (time.perf_counter() - started)
+
+    def ours():
+        return [psnr_ssim(up, hr)[0].tolist() for up, hr in pairs]
+
+    def grader():
+        return [(peak_signal_noise_ratio(hr, up, data_range=255),
+                 structural_similarity(hr, up, channel_axis=2, win_size=7, data_range=255)) for up, hr in pairs]
+
+    def images_per_s(score) -> tuple[float, list]:
+        # One untimed pass (first calls pay page faults for fresh memory), then the best of five:
+        # twenty images take a few tenths of a second, so one pass is at the mercy of the scheduler.
+        scores, best = score(), float("inf")
+        for _ in range(5):
+            started = time.perf_counter()
+            score()
+            best = min(best, time.perf_counter() - started)
+        return len(pairs) / best, scores
+
+    result["ours_images_per_s"], scores = images_per_s(ours)
     try:
         from skimage.metrics import peak_signal_noise_ratio, structural_similarity
     except ImportError:
         result["skimage_images_per_s"] = None
         return result
-    [structural_similarity(hr, up, channel_axis=2, win_size=7, data_range=255) for up, hr in pairs]
-    started = time.perf_counter()
-    theirs = [(peak_signal_noise_ratio(hr, up, data_range=255),
-               structural_similarity(hr, up, channel_axis=2, win_size=7, data_range=255)) for up, hr in pairs]
-    result["skimage_images_per_s"] = len(pairs) / (time.perf_counter() - started)
-    result["max_abs_difference"] = float(max(np.abs(np.array(ours) - np.array(theirs)).max(), 0.0))
+    result["skimage_images_per_s"], theirs = images_per_s(grader)
+    result["max_abs_difference"] = float(max(np.abs(np.array(scores) - np.array(theirs)).max(), 0.0))
     return result

@@ -137,11 +137,13 @@ class PreemptionFlag:
     SIGNALS = (signal.SIGUSR1, signal.SIGTERM)
 
     def __init__(self) -> None:
-        self.received: int | None = None
+        self.received: int | None = None  # the strongest signal this process has seen
+        self.agreed: int | None = None  # the strongest any rank had seen when they last compared
         self._previous = {sig: signal.signal(sig, self._handle) for sig in self.SIGNALS}
         signal.pthread_sigmask(signal.SIG_BLOCK, self.SIGNALS)
 
     def _handle(self, signum, frame) -> None:
+        # Only ever upgrades, so a handler running in the middle of `requested()` loses nothing.
         if self.received is None or self.SIGNALS.index(signum) > self.SIGNALS.index(self.received):
             self.received = signum
 
@@ -151,21 +153,21 @@ class PreemptionFlag:
         return self.SIGNALS.index(self.received) + 1 if self.received is not None else 0
 
     def requested(self, accelerator: Accelerator) -> bool:
-        """True on every rank once any rank has a signal; `self.received` then holds the one all ranks agree on
+        """True on every rank once any rank has a signal; `self.agreed` then holds the one all ranks agree on
         (SIGTERM over SIGUSR1: a cancel beats a warning)."""
         flag = torch.tensor(float(self._pending()), device=accelerator.device)
         if accelerator.num_processes > 1:
             flag = accelerator.reduce(flag, "max")
         agreed = int(flag.item())
         if agreed:
-            self.received = self.SIGNALS[agreed - 1]
+            self.agreed = self.SIGNALS[agreed - 1]
         return bool(agreed)
 
     @property
     def wants_requeue(self) -> bool:
         """SLURM's advance warning (`--signal=USR1@...`, a preemption) asks for a requeue; SIGTERM, as
         `scancel JOBID` or a launcher's stop sends, means the user wants the job gone."""
-        return self.received == signal.SIGUSR1
+        return self.agreed == signal.SIGUSR1
 
     def close(self) -> None:
         """Unblock the signals (a pending one is absorbed by our handler) and restore the old handlers."""

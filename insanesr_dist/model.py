@@ -52,16 +52,34 @@ class RRDB(nn.Module):
 
 
 class UpscaleBlock(nn.Module):
-    """conv to 4x the channels -> PixelShuffle(2) -> LeakyReLU: doubles height and width."""
+    """conv to 4x the channels -> PixelShuffle(2) -> LeakyReLU: doubles height and width.
+
+    The conv runs with its output channels reordered from PixelShuffle's (c, i, j) to (i, j, c), so that on
+    a channels_last tensor the shuffle copies runs of 2 * channels contiguous values instead of gathering
+    single ones. The stored weights keep the seed's order and names; the output is the same.
+    """
 
     def __init__(self, *, channels: int) -> None:
         super().__init__()
         self.conv = nn.Conv2d(channels, channels * 4, kernel_size=3, padding=1)
-        self.pixel_shuffle = nn.PixelShuffle(2)
         self.lrelu = nn.LeakyReLU(negative_slope=0.2, inplace=True)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.lrelu(self.pixel_shuffle(self.conv(x)))
+        c = self.conv.out_channels // 4
+        weight = self.conv.weight.unflatten(0, (c, 4)).transpose(0, 1).flatten(0, 1)
+        bias = self.conv.bias.view(c, 4).t().flatten()
+        return _pixel_shuffle_ijc(self.lrelu(F.conv2d(x, weight, bias, padding=1)))
+
+
+def _pixel_shuffle_ijc(y: torch.Tensor) -> torch.Tensor:
+    """PixelShuffle(2) of a map whose channels are ordered (i, j, c): out[c, 2h+i, 2w+j] = y[(2i+j)C + c, h, w]."""
+    n, c4, h, w = y.shape
+    c = c4 // 4
+    if y.is_contiguous(memory_format=torch.channels_last):
+        # As stored, (n, h, w, i, j, c) -> (n, h, i, w, j, c): whole (j, c) runs move; channels_last out.
+        rows = y.permute(0, 2, 3, 1).reshape(n, h, w, 2, 2, c).permute(0, 1, 3, 2, 4, 5)
+        return rows.reshape(n, 2 * h, 2 * w, c).permute(0, 3, 1, 2)
+    return y.reshape(n, 2, 2, c, h, w).permute(0, 3, 4, 1, 5, 2).reshape(n, c, 2 * h, 2 * w)
 
 
 @dataclass(frozen=True)

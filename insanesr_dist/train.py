@@ -32,6 +32,7 @@ from .demo_data import ensure_demo_data
 from .ema import WeightEMA
 from .errors import UserError
 from .evaluate import score_images
+from .host_memory import keep_freed_memory
 from .losses import training_loss
 from .model import InsaneSRNet, count_parameters, save_weights
 from .predict import float32_forward, predict_pngs
@@ -195,6 +196,7 @@ def _train(cfg: TrainConfig, preemption: checkpoint.PreemptionFlag) -> Path:
         accelerator.print(precision_note)
     if cpu:
         torch.set_num_threads(cfg.cpu_threads or _cores_per_local_process(accelerator))
+        keep_freed_memory()  # no page faults on every step's fresh activations (host_memory.py)
     set_seed(cfg.seed)
 
     # ---- data: the main process builds the dataset caches first, the others reuse them

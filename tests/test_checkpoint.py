@@ -72,9 +72,9 @@ def test_a_real_signal_is_noticed_and_everything_is_restored_after():
             # Threads started by earlier tests in this process may take the signal (training blocks it before
             # any thread exists); their handler call reaches the main thread a moment later.
             deadline = time.monotonic() + 5
-            while not (flag.requested(One) and flag.received == signum) and time.monotonic() < deadline:
+            while not (flag.requested(One) and flag.agreed == signum) and time.monotonic() < deadline:
                 time.sleep(0.01)
-            return flag.received == signum
+            return flag.agreed == signum
 
         assert not flag.requested(One)
         os.kill(os.getpid(), signal.SIGUSR1)

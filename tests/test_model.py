@@ -1,8 +1,10 @@
 import pytest
 import torch
+from torch import nn
 
 from insanesr_dist.errors import UserError
-from insanesr_dist.model import InsaneSRNet, ModelConfig, count_parameters, load_model, read_metadata, save_weights
+from insanesr_dist.model import (InsaneSRNet, ModelConfig, UpscaleBlock, count_parameters, load_model, read_metadata,
+                                 save_weights)
 
 
 def test_default_parameter_count_matches_the_seed():
@@ -67,3 +69,18 @@ def test_bad_weights_files_give_one_clear_error(tmp_path):
               metadata={"insanesr_config": '{"num_rrdb": 1, "channels": 16, "growth": 4}'})
     with pytest.raises(UserError, match="do not fit"):
         load_model(tmp_path / "lie.safetensors")
+
+
+@pytest.mark.parametrize("memory_format", [torch.contiguous_format, torch.channels_last])
+def test_upscale_block_is_the_seed_conv_pixel_shuffle_lrelu(memory_format):
+    torch.manual_seed(0)
+    block = UpscaleBlock(channels=8).to(memory_format=memory_format)
+    x = torch.randn(2, 8, 5, 7).to(memory_format=memory_format).requires_grad_()
+    seed = nn.Sequential(block.conv, nn.PixelShuffle(2), nn.LeakyReLU(0.2))
+    ours, reference = block(x), seed(x)
+    assert ours.shape == (2, 8, 10, 14) and ours.is_contiguous(memory_format=memory_format)
+    assert torch.equal(ours, reference)
+    grads = torch.autograd.grad(ours.square().sum(), [x, block.conv.weight, block.conv.bias])
+    reference_grads = torch.autograd.grad(reference.square().sum(), [x, block.conv.weight, block.conv.bias])
+    for ours_grad, reference_grad in zip(grads, reference_grads):
+        torch.testing.assert_close(ours_grad, reference_grad)
