@@ -10,6 +10,7 @@ from pathlib import Path
 
 import psutil
 import pytest
+import torch
 from safetensors.torch import load_file
 from tensorboard.backend.event_processing.event_file_loader import LegacyEventFileLoader
 
@@ -86,6 +87,27 @@ def test_a_real_signal_is_noticed_and_everything_is_restored_after():
     assert {s: signal.getsignal(s) for s in C.PreemptionFlag.SIGNALS} == before
     assert not signal.pthread_sigmask(signal.SIG_BLOCK, []) & set(C.PreemptionFlag.SIGNALS)
     assert not signal.sigpending()
+
+
+def test_a_signal_arriving_during_the_ranks_comparison_is_kept():
+    """A handler can run between reading the local signal and storing the agreed one (it did, once in a few
+    hundred rounds): the later SIGTERM must survive it, so the next comparison cancels instead of requeueing."""
+    flag = C.PreemptionFlag()
+    try:
+        flag._handle(signal.SIGUSR1, None)
+
+        class TwoRanks:
+            device, num_processes = torch.device("cpu"), 2
+
+            @staticmethod
+            def reduce(tensor, reduction):
+                flag._handle(signal.SIGTERM, None)  # `scancel` lands while the ranks compare
+                return tensor
+
+        assert flag.requested(TwoRanks) and flag.agreed == signal.SIGUSR1
+        assert flag.requested(TwoRanks) and flag.agreed == signal.SIGTERM and not flag.wants_requeue
+    finally:
+        flag.close()
 
 
 def step_losses(out: Path) -> dict[int, float]:
