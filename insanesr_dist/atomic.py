@@ -24,10 +24,9 @@ def atomic_path(path: str | os.PathLike) -> Iterator[str]:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     os.close(fd)
-    os.chmod(tmp, 0o666 & ~_UMASK)
     try:
         yield tmp
-        # Again: a writer may have replaced the file (safetensors' save_file leaves it 0600).
+        # mkstemp makes the file 0600, and a writer may replace it (safetensors' save_file leaves it 0600).
         os.chmod(tmp, 0o666 & ~_UMASK)
         with open(tmp, "rb+") as f:
             os.fsync(f.fileno())

@@ -78,12 +78,12 @@ def bench_predict(size: int, untiled_size: int, tile: int, overlap: int, batch_s
                f"{'weights ' + checkpoint if checkpoint else 'default model (random init)'}")
     verdict = "OK" if tiled["peak_rss_mb"] <= RSS_LIMIT_MB else "OVER"
     click.echo(f"tiled   {size}x{size} LR -> {4 * size}x{4 * size}: tile {tile} overlap {overlap} batch {batch_size}: "
-               f"{tiled['seconds']:.1f} s, {size * size / 1e6 / tiled['seconds']:.4f} LR MP/s; "
+               f"{tiled['seconds']:.1f} s, {tiled['lr_megapixels_per_s']:.4f} LR MP/s; "
                f"PNG encode {tiled['encode_seconds']:.1f} s ({tiled['png_mb']:.0f} MB); "
                f"peak RSS {tiled['peak_rss_mb']:.0f} MB ({verdict}: limit {RSS_LIMIT_MB} MB)")
     if whole:
         click.echo(f"untiled {untiled_size}x{untiled_size} LR: {whole['seconds']:.2f} s (first run "
-                   f"{whole['first_seconds']:.2f} s), {untiled_size ** 2 / 1e6 / whole['seconds']:.4f} LR MP/s; "
+                   f"{whole['first_seconds']:.2f} s), {whole['lr_megapixels_per_s']:.4f} LR MP/s; "
                    f"peak RSS {whole['peak_rss_mb']:.0f} MB")
     click.echo(f"ru_maxrss: children {peak_rss_mb(resource.RUSAGE_CHILDREN):.0f} MB (a child's includes this "
                f"launching process's {peak_rss_mb():.0f} MB, carried across exec; the peaks above are VmHWM)")

@@ -10,18 +10,9 @@ import resource
 import subprocess
 import sys
 
+
 def peak_rss_mb(who: int = resource.RUSAGE_SELF) -> float:
     return resource.getrusage(who).ru_maxrss / 1024  # Linux reports KiB
-
-
-def _ownpeak_rss_mb() -> float:
-    """This process's own peak RSS. Linux carries ru_maxrss over from the forking parent across exec, so
-    a child's ru_maxrss is at least its launcher's RSS; VmHWM counts only the process's own memory."""
-    try:
-        with open("/proc/self/status") as f:
-            return next(int(line.split()[1]) for line in f if line.startswith("VmHWM:")) / 1024
-    except (OSError, StopIteration):
-        return peak_rss_mb()
 
 
 def _stage(spec: dict) -> dict:
@@ -32,6 +23,7 @@ def _stage(spec: dict) -> dict:
     import numpy as np
     import torch
 
+    from .host_memory import own_peak_rss_mb
     from .model import InsaneSRNet, load_model
     from .predict import model_forward
     from .submission import encode_png
@@ -56,7 +48,7 @@ def _stage(spec: dict) -> dict:
     started = time.perf_counter()
     png = encode_png(np.ascontiguousarray(out.permute(1, 2, 0).numpy()))
     return {"seconds": runs[-1], "first_seconds": runs[0], "encode_seconds": time.perf_counter() - started,
-            "png_mb": len(png) / 2**20, "peak_rss_mb": _ownpeak_rss_mb(), "ru_maxrss_mb": peak_rss_mb(),
+            "png_mb": len(png) / 2**20, "peak_rss_mb": own_peak_rss_mb(), "ru_maxrss_mb": peak_rss_mb(),
             "threads": torch.get_num_threads()}
 
 
@@ -108,6 +100,7 @@ def _bare_step(spec: dict) -> dict:
     from .config import TrainConfig
     from .host_memory import keep_freed_memory
     from .losses import training_loss
+    from .predict import PRECISIONS
     from .train import build_model
 
     torch.set_num_threads(spec["threads"])
@@ -123,7 +116,7 @@ def _bare_step(spec: dict) -> dict:
     b, p = cfg.batch_size, cfg.patch_size
     lr_u8 = torch.randint(0, 256, (b, 3, p, p), dtype=torch.uint8, device=device)
     hr_u8 = torch.randint(0, 256, (b, 3, 4 * p, 4 * p), dtype=torch.uint8, device=device)
-    half = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(spec["precision"])
+    half = PRECISIONS[spec["precision"]]
     times = []
     for _ in range(spec["warmup"] + spec["steps"]):
         started = time.perf_counter()

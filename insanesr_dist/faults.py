@@ -93,7 +93,5 @@ def io_failure(error: BaseException) -> str | None:
         error = error.__cause__ or error.__context__
     else:
         return None
-    if error is None:
-        return None
     return (f"{where}: {what}; every file written before is intact (writes are atomic): make room and rerun "
             "the same command to resume from the last complete checkpoint")

@@ -1,4 +1,5 @@
-"""Keep freed tensor memory inside a CPU training process instead of handing it back to the OS.
+"""Host memory of a CPU process: keep freed tensor memory instead of handing it back to the OS, and read
+the process's own peak.
 
 glibc serves large blocks (from 128 KiB, adapting up to 32 MiB) with fresh mmap()s and trims freed
 memory from the top of its heap, so a training step that frees and reallocates the same activations
@@ -28,3 +29,16 @@ def keep_freed_memory() -> bool:
     mallopt.argtypes, mallopt.restype = [ctypes.c_int, ctypes.c_int], ctypes.c_int
     # mmap() only blocks of 1 GiB and up; trim the heap only past 2 GiB free (the most an int says).
     return bool(mallopt(_M_MMAP_THRESHOLD, 1 << 30)) and bool(mallopt(_M_TRIM_THRESHOLD, 2**31 - 1))
+
+
+def own_peak_rss_mb() -> float:
+    """This process's own peak resident memory, MiB. VmHWM rather than ru_maxrss: Linux carries
+    ru_maxrss over from the forking parent across exec, so a child started by `accelerate launch` or
+    by the bench would report at least its launcher's RSS."""
+    try:
+        with open("/proc/self/status", encoding="ascii") as f:
+            return next(int(line.split()[1]) for line in f if line.startswith("VmHWM:")) / 1024
+    except (OSError, StopIteration):  # not Linux
+        import resource
+
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024

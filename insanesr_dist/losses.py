@@ -10,7 +10,6 @@ import piq
 import torch
 import torch.nn.functional as F
 
-PIXEL_LOSSES = ("mse", "l1", "charbonnier")
 CHARBONNIER_EPS = 1e-3
 # The grader's SSIM uses a 7x7 window; piq's is Gaussian, so a 7-tap Gaussian (sigma 1.5) is the nearest match.
 SSIM_KERNEL = 7

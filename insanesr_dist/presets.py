@@ -16,7 +16,6 @@ PRESETS: dict[str, dict[str, object]] = {
     "default": dict(output_head="residual", loss="l1", ssim_weight=0.5, lr=5e-4, schedule="cosine",
                     warmup_steps=10, ema_decay=0.999, patch_size=32, batch_size=16),
 }
-PRESET_NAMES = tuple(PRESETS)
 
 
 def preset_help(name: str) -> str:

@@ -12,6 +12,7 @@ import torch.nn.functional as F
 from accelerate import Accelerator
 
 from .atomic import append_line_atomic, write_text_atomic
+from .host_memory import own_peak_rss_mb
 from .metrics import to_uint8
 from .predict import Forward
 
@@ -19,18 +20,8 @@ VAL_SCALARS = ("psnr", "ssim", "jm", "psnr_piq", "ssim_piq")
 
 
 def peak_memory_mb() -> dict[str, float]:
-    """This process's peak host memory (and peak CUDA memory allocated by torch, on a GPU), in MiB.
-
-    VmHWM rather than ru_maxrss: under `accelerate launch`, a child's ru_maxrss starts from its launcher's RSS.
-    """
-    peaks = {}
-    try:
-        with open("/proc/self/status", encoding="ascii") as f:
-            peaks["peak_cpu_mb"] = next(int(line.split()[1]) for line in f if line.startswith("VmHWM:")) / 1024
-    except (OSError, StopIteration):  # not Linux
-        import resource
-
-        peaks["peak_cpu_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    """This process's peak host memory (and peak CUDA memory allocated by torch, on a GPU), in MiB."""
+    peaks = {"peak_cpu_mb": own_peak_rss_mb()}
     if torch.cuda.is_available():
         peaks["peak_gpu_mb"] = torch.cuda.max_memory_allocated() / 2**20
     return peaks
