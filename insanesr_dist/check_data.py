@@ -27,6 +27,17 @@ class Report:
     def add(self, path, problem: str, kind: str = "bad") -> None:
         self.findings.append(Finding(str(path), problem, kind))
 
+    def judge_pair(self, lr: tuple[int, ...], hr: tuple[int, ...], lr_name, hr_name, *, scale: int,
+                   patch_size: int) -> None:
+        """Record a decoded pair as usable, or the one problem that makes it not (sizes first)."""
+        problem = samples.pair_problem(lr, hr, scale)
+        if problem:
+            self.add(hr_name, problem)
+        elif too_small := samples.patch_problem(lr, patch_size):
+            self.add(lr_name, too_small + " (set a smaller --patch-size)")
+        else:
+            self.usable += 1
+
 
 def _decode(data: bytes, name: str, report: Report) -> tuple[int, ...] | None:
     """The decoded shape, recording conversions; None (recorded as bad) when the file is unusable."""
@@ -99,13 +110,7 @@ def check_folder(root: Path, patch_size: int, scale: int, report: Report) -> Non
         lr, hr = shapes.get(scanned[lr_dir][name]), shapes.get(scanned[hr_dir][name])
         if lr is None or hr is None:
             continue
-        problem = samples.pair_problem(lr, hr, scale) or None
-        if problem:
-            report.add(scanned[hr_dir][name], problem)
-        elif samples.patch_problem(lr, patch_size):
-            report.add(scanned[lr_dir][name], samples.patch_problem(lr, patch_size) + " (set a smaller --patch-size)")
-        else:
-            report.usable += 1
+        report.judge_pair(lr, hr, scanned[lr_dir][name], scanned[hr_dir][name], scale=scale, patch_size=patch_size)
     report.test = len(scanned.get(test_dir, {}))
 
 
@@ -134,13 +139,7 @@ def check_table(source: str, path: Path | None, patch_size: int, scale: int, rep
             report.pairs += 1
             if None in found:
                 continue
-            problem = samples.pair_problem(found[0], found[1], scale)
-            if problem:
-                report.add(_name(row, "hr"), problem)
-            elif samples.patch_problem(found[0], patch_size):
-                report.add(_name(row, "lr"), samples.patch_problem(found[0], patch_size) + " (set a smaller --patch-size)")
-            else:
-                report.usable += 1
+            report.judge_pair(*found, _name(row, "lr"), _name(row, "hr"), scale=scale, patch_size=patch_size)
 
 
 def run_check(source: str, *, patch_size: int, on_bad_sample: str, scale: int = 4, echo=click.echo) -> bool:

@@ -14,6 +14,7 @@ import numpy as np
 
 from .atomic import atomic_path
 from .errors import UserError
+from .samples import sniff_format
 
 COLUMNS = ("id", "Encoded Image")
 csv.field_size_limit(1 << 30)  # one cell holds a whole base64 PNG
@@ -70,9 +71,6 @@ def read_submission(path: str | os.PathLike) -> dict[str, np.ndarray]:
 # ---------------------------------------------------------------------------------------------
 # Checking a submission before uploading it
 
-PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
-
-
 def _row_problem(cells: list[str], lr_sizes: dict[str, tuple[int, int]], scale: int) -> str | None:
     """What is wrong with one data row (id already known to be an LR file), or None."""
     if len(cells) != len(COLUMNS):
@@ -81,7 +79,7 @@ def _row_problem(cells: list[str], lr_sizes: dict[str, tuple[int, int]], scale: 
         data = base64.b64decode(cells[1], validate=True)
     except ValueError:
         return "Encoded Image is not valid base64"
-    if not data.startswith(PNG_SIGNATURE):
+    if sniff_format(data) != "PNG":
         return "Encoded Image is not a PNG (no PNG signature)"
     image = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED)
     if image is None:
