@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -84,11 +85,20 @@ def independent_val_jm(weights: Path, data: Path, *, val_fraction: float = 0.1, 
     return joint_metric(psnr, ssim)
 
 
-def run_cli(*args: str, cwd: Path | None = None, timeout: float = 600) -> subprocess.CompletedProcess:
-    """Run a real command (a console script from this venv, or python -m ...) and capture its output."""
+def run_cli(*args: str, cwd: Path | None = None, timeout: float = 600, **run_options) -> subprocess.CompletedProcess:
+    """Run a real command (a console script from this venv, or python -m ...) and capture its output;
+    `run_options` go to subprocess.run (e.g. preexec_fn to set a resource limit)."""
     exe = Path(sys.executable).parent
     cmd = [str(exe / args[0]) if (exe / args[0]).exists() else args[0], *args[1:]]
-    return subprocess.run(cmd, cwd=cwd, capture_output=True, text=True, timeout=timeout, env=os.environ.copy())
+    return subprocess.run(cmd, cwd=cwd, capture_output=True, text=True, timeout=timeout, env=os.environ.copy(),
+                          **run_options)
+
+
+def free_port() -> int:
+    """A TCP port nobody listens on right now (for a server or a rendezvous the test starts)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
 
 
 def run_patched_train(patch: str, *args: str, timeout: float = 600) -> subprocess.CompletedProcess:

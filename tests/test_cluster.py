@@ -12,7 +12,6 @@ import json
 import os
 import re
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -22,7 +21,7 @@ import pytest
 
 from insanesr_dist.submission import read_submission
 
-from conftest import TINY, make_pair_folder
+from conftest import TINY, free_port
 
 pytestmark = pytest.mark.slow
 
@@ -33,10 +32,11 @@ VENV_BIN = Path(sys.executable).parent
 SMALL_RUN = [*TINY, "--cpu-threads", "1"]
 
 
-@pytest.fixture(scope="module")
-def data(tmp_path_factory) -> Path:
-    # 23 pairs -> 20 train (2 steps per epoch over 2 processes), 3 validation, 3 test images.
-    return make_pair_folder(tmp_path_factory.mktemp("cluster-pairs"), num_train=23, num_test=3)
+@pytest.fixture
+def data(pair_folder) -> Path:
+    # conftest's shared folder, which no run writes into: 23 pairs -> 20 train (2 steps per epoch over
+    # 2 processes), 3 validation, 3 test images.
+    return pair_folder
 
 
 def assert_complete_run(out: Path, data: Path, epochs: int) -> list[dict]:
@@ -58,12 +58,6 @@ def read_log(log: Path) -> str:
 
 
 # ---------------------------------------------------------------- two machines on loopback, no SLURM
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
 
 def test_two_machines_on_loopback_without_slurm(data, tmp_path):
     out, port = tmp_path / "run", free_port()

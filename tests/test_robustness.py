@@ -6,8 +6,6 @@ from __future__ import annotations
 import json
 import os
 import resource
-import subprocess
-import sys
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -279,9 +277,7 @@ def test_a_real_file_size_limit_gives_one_line_and_no_hang(tmp_path):
     def limit_file_size():
         resource.setrlimit(resource.RLIMIT_FSIZE, (20_000, 20_000))  # below the tiny model's weights file
 
-    exe = Path(sys.executable).parent / "insanesr-dist"
-    limited = subprocess.run([str(exe), *args[1:]], preexec_fn=limit_file_size, capture_output=True, text=True,
-                             timeout=120)
+    limited = run_cli(*args, preexec_fn=limit_file_size, timeout=120)
     assert_one_line_error(limited, "File too large", "rerun the same command")
     again = run_cli(*args)
     assert again.returncode == 0, again.stderr[-2000:]

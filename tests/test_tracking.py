@@ -2,7 +2,6 @@
 
 import json
 import math
-import socket
 import subprocess
 import sys
 import time
@@ -16,7 +15,7 @@ import pytest
 
 from insanesr_dist.model import load_model
 
-from conftest import read_rgb, upscale
+from conftest import free_port, read_rgb, upscale
 
 RUN = "logs"  # the run name TensorBoard gives OUT/logs when started with --logdir OUT
 
@@ -24,12 +23,6 @@ RUN = "logs"  # the run name TensorBoard gives OUT/logs when started with --logd
 @pytest.fixture(scope="module")
 def run_dir(finished_run):
     return finished_run[0]  # conftest.py: one short real run, 2 epochs, LR|SR|HR panels of 2 images
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 class Board:
@@ -54,7 +47,7 @@ class Board:
 @pytest.fixture(scope="module")
 def board(run_dir):
     """`tensorboard --logdir OUT` on a free local port, until every epoch's scalars are loaded; stopped after."""
-    port = _free_port()
+    port = free_port()
     exe = Path(sys.executable).parent / "tensorboard"
     server = subprocess.Popen([str(exe), "--logdir", str(run_dir), "--host", "127.0.0.1", "--port", str(port)],
                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
