@@ -146,7 +146,7 @@ def run_check(source: str, *, patch_size: int, on_bad_sample: str, scale: int = 
     """Print every finding and a summary; True when training would run."""
     path = Path(source).expanduser()
     report = Report()
-    if (path / "dataset_info.json").is_file() or (path / "dataset_dict.json").is_file():
+    if samples.is_saved_dataset(path):
         check_table(source, path, patch_size, scale, report)
     elif path.is_dir():
         check_folder(path, patch_size, scale, report)

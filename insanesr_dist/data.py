@@ -21,7 +21,6 @@ from torch.utils.data import DataLoader
 
 from . import samples
 from .errors import UserError
-from .samples import IMAGE_SUFFIXES, SSIM_MIN_EDGE  # noqa: F401  (the rules live in samples.py)
 
 
 @dataclass
@@ -218,7 +217,7 @@ def load_splits(data: str | os.PathLike, *, val_fraction: float, seed: int, scal
     source = os.fspath(data)
     path = Path(source).expanduser()
     bad: list[samples.Finding] = []
-    if (path / "dataset_info.json").is_file() or (path / "dataset_dict.json").is_file():
+    if samples.is_saved_dataset(path):
         train, test = _load_table(source, path)
     elif (path / "train").is_dir():
         train, test = _load_folder(path, bad)

@@ -39,9 +39,10 @@ def score_images(forward: Forward, loader: DataLoader, accelerator: Accelerator)
 
 
 def _read_folder(folder: Path) -> dict[str, object]:
-    from .data import IMAGE_SUFFIXES, decode_rgb
+    from .data import decode_rgb
+    from .samples import image_files
 
-    files = sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+    files = image_files(folder)
     if not files:
         raise UserError(f"{folder}: no images found")
     return {p.name: decode_rgb(p.read_bytes(), str(p)) for p in files}
@@ -63,12 +64,11 @@ class Partners:
     the same stem (`predict --output-dir` writes `a.jpg`'s prediction as `a.png`)."""
 
     def __init__(self, folder: Path, what: str) -> None:
-        from .data import IMAGE_SUFFIXES
+        from .samples import image_files
 
         self.folder, self.what, self.by_stem = folder, what, {}
-        for p in sorted(folder.iterdir()):
-            if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES:
-                self.by_stem.setdefault(p.stem, []).append(p)
+        for p in image_files(folder):
+            self.by_stem.setdefault(p.stem, []).append(p)
 
     def path(self, image_id: str) -> Path:
         path = self.folder / image_id

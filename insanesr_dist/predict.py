@@ -90,15 +90,15 @@ class Source:
 
 
 def list_inputs(path: Path, split: str | None) -> list[Source]:
-    from .data import IMAGE_SUFFIXES
+    from .samples import IMAGE_SUFFIXES, image_files, is_saved_dataset
 
-    if (path / "dataset_info.json").is_file() or (path / "dataset_dict.json").is_file():
+    if is_saved_dataset(path):
         return _dataset_inputs(path, split)
     if path.is_file() and path.suffix.lower() in IMAGE_SUFFIXES:
         return [Source(path.name, str(path), path.read_bytes)]
     if not path.is_dir():
         raise UserError(f"{path}: not an image, a folder of images nor a saved dataset")
-    files = sorted(p for p in path.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+    files = image_files(path)
     if not files:
         raise UserError(f"{path}: no images found (looked for {', '.join(sorted(IMAGE_SUFFIXES))})")
     return [Source(p.name, str(p), p.read_bytes) for p in files]

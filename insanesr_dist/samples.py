@@ -139,6 +139,16 @@ class Finding:
         return f"{show(self.path)}: {self.problem} -> {self.action(on_bad_sample)}"
 
 
+def image_files(folder: Path) -> list[Path]:
+    """The image files directly in `folder` (by suffix, any case), sorted by name."""
+    return sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+
+
+def is_saved_dataset(path: Path) -> bool:
+    """Whether `path` is a folder written by datasets' `save_to_disk` (one split or a DatasetDict)."""
+    return (path / "dataset_info.json").is_file() or (path / "dataset_dict.json").is_file()
+
+
 def scan_folder(folder: Path) -> tuple[dict[str, Path], list[Finding]]:
     """The usable image files of a folder by name, and findings about the rest: non-image files and
     sub-folders (ignored), names that are not valid UTF-8, and ids that differ only by case or extension."""

@@ -99,10 +99,11 @@ def check_submission(path: str | os.PathLike, lr_dir: str | os.PathLike, scale: 
 
     Rows are read and decoded one at a time, so a CSV of any size is checked in constant memory.
     """
-    from .data import IMAGE_SUFFIXES, decode_rgb
+    from .data import decode_rgb
+    from .samples import image_files
 
     path, lr_dir = Path(path), Path(lr_dir)
-    lr_files = sorted(p for p in lr_dir.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+    lr_files = image_files(lr_dir)
     if not lr_files:
         raise UserError(f"{lr_dir}: no LR images found")
     lr_sizes = {p.name: decode_rgb(p.read_bytes(), str(p)).shape[:2] for p in lr_files}

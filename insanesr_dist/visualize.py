@@ -119,11 +119,12 @@ def visualize_command(lr_dir: Path, checkpoint: Path | None, pred: Path | None, 
       insanesr-dist visualize --checkpoint runs/a/best.safetensors --lr data/val/LR --hr data/val/HR --output-dir figs
       insanesr-dist visualize --pred submission.csv --lr data/test/LR --output-dir figs --limit 0
     """
-    from .data import IMAGE_SUFFIXES, decode_rgb
+    from .data import decode_rgb
+    from .samples import image_files
 
     if (checkpoint is None) == (pred is None):
         raise click.UsageError("give exactly one of --checkpoint (predict now) and --pred (stored predictions)")
-    files = sorted(p for p in lr_dir.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+    files = image_files(lr_dir)
     if not files:
         raise UserError(f"{lr_dir}: no images found")
     files = files[:limit] if limit else files
