@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 import os
-from dataclasses import asdict, fields
+from dataclasses import asdict
 from pathlib import Path
 
 import click
@@ -20,7 +20,7 @@ import torch
 from . import __version__
 from .atomic import atomic_path, write_text_atomic
 from .errors import UserError
-from .model import InsaneSRNet, ModelConfig, count_parameters, load_model, read_metadata, save_weights
+from .model import InsaneSRNet, count_parameters, load_model, model_from_config, read_metadata, save_weights
 
 CONFIG_FILE, WEIGHTS_FILE, CARD_FILE, ONNX_FILE = "config.json", "model.safetensors", "README.md", "model.onnx"
 MODEL_TYPE = "insanesr"
@@ -70,11 +70,7 @@ def load_folder(folder: str | os.PathLike) -> InsaneSRNet:
         raise UserError(f"{config_file}: not readable JSON ({e})") from None
     if not isinstance(config, dict) or config.get("model_type") != MODEL_TYPE:
         raise UserError(f"{config_file}: model_type is not {MODEL_TYPE!r}; not an InsaneSRNet folder")
-    known = {f.name for f in fields(ModelConfig)}
-    try:
-        model = InsaneSRNet(**{k: v for k, v in config.items() if k in known})
-    except (TypeError, ValueError) as e:
-        raise UserError(f"{config_file}: unusable model config ({e})") from None
+    model = model_from_config(config, f"{config_file}: unusable model config")
     from safetensors import SafetensorError
     from safetensors.torch import load_file
 

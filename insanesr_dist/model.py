@@ -198,6 +198,16 @@ def _hub_id(path: str | os.PathLike) -> bool:
             and not text.endswith(".safetensors"))
 
 
+def model_from_config(config: dict, problem: str) -> InsaneSRNet:
+    """The model a stored config describes (keys it does not know are ignored, e.g. a config.json's
+    model_type); a config it cannot build is `problem` plus why, as one line."""
+    known = {f.name for f in fields(ModelConfig)}
+    try:
+        return InsaneSRNet(**{k: v for k, v in config.items() if k in known})
+    except (TypeError, ValueError) as e:
+        raise UserError(f"{problem} ({e})") from None
+
+
 def load_model(path: str | os.PathLike, map_location: str | torch.device = "cpu", *,
                allow_pickle: bool = False) -> InsaneSRNet:
     """Rebuild an InsaneSRNet from one weights file written by `save_weights`, or from an exported folder.
@@ -221,11 +231,7 @@ def load_model(path: str | os.PathLike, map_location: str | torch.device = "cpu"
     config = read_metadata(path).get("insanesr_config")
     if not isinstance(config, dict):
         raise UserError(f"{path}: no InsaneSRNet config in the file's metadata")
-    known = {f.name for f in fields(ModelConfig)}
-    try:
-        model = InsaneSRNet(**{k: v for k, v in config.items() if k in known})
-    except ValueError as e:
-        raise UserError(f"{path}: unusable model config in the file's metadata ({e})") from None
+    model = model_from_config(config, f"{path}: unusable model config in the file's metadata")
     try:
         state = load_file(os.fspath(path), device=str(map_location))
     except (SafetensorError, RuntimeError, OSError) as e:
