@@ -160,14 +160,20 @@ def test_sbatch_single_node_on_a_cpu_node(slurm, data, tmp_path):
     assert_complete_run(out, data, epochs=1)
 
 
-def test_sbatch_preempted_job_requeues_resumes_and_finishes(slurm, data, tmp_path):
-    """What `#SBATCH --signal=USR1@120` does before the time limit, now: SIGUSR1 to the job steps."""
-    out, log = tmp_path / "run", tmp_path / "slurm.out"
-    epochs = 30  # 60 steps: long enough to still be training when the signal lands
+def start_training_job(data: Path, out: Path, log: Path, epochs: int) -> str:
+    """Submit the multi-node sbatch script and return its job id once it is training (an epoch recorded)."""
     job = submit("slurm_multi_node.sbatch", log, **knobs(data, out, epochs))
     metrics = out / "metrics.jsonl"
     info = wait_for(job, log, timeout=120, until=lambda: metrics.is_file() and metrics.read_text().strip())
     assert info["JobState"] == "RUNNING", read_log(log)[-4000:]
+    return job
+
+
+def test_sbatch_preempted_job_requeues_resumes_and_finishes(slurm, data, tmp_path):
+    """What `#SBATCH --signal=USR1@120` does before the time limit, now: SIGUSR1 to the job steps."""
+    out, log = tmp_path / "run", tmp_path / "slurm.out"
+    epochs = 30  # 60 steps: long enough to still be training when the signal lands
+    job = start_training_job(data, out, log, epochs)
     # Without --full/--batch, scancel signals the job steps only, not the batch shell: as --signal=USR1@120.
     subprocess.run(["scancel", "--signal=USR1", job], check=True, timeout=30)
 
@@ -186,10 +192,7 @@ def test_sbatch_preempted_job_requeues_resumes_and_finishes(slurm, data, tmp_pat
 def test_scancel_cancels_a_running_job_for_good(slurm, data, tmp_path):
     """`scancel JOBID` (SIGTERM to the steps, then SIGKILL) must end the job, not requeue it."""
     out, log = tmp_path / "run", tmp_path / "slurm.out"
-    job = submit("slurm_multi_node.sbatch", log, **knobs(data, out, 30))
-    metrics = out / "metrics.jsonl"
-    info = wait_for(job, log, timeout=120, until=lambda: metrics.is_file() and metrics.read_text().strip())
-    assert info["JobState"] == "RUNNING", read_log(log)[-4000:]
+    job = start_training_job(data, out, log, 30)
     subprocess.run(["scancel", job], check=True, timeout=30)
     try:
         info = wait_for(job, log, timeout=90, until=lambda: job_info(job)["Restarts"] != "0")
