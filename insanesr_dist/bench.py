@@ -138,10 +138,10 @@ def bench_train(data, batch_size, patch_size, threads, as_json, precision, chann
       insanesr-dist bench train --baseline
       insanesr-dist bench train --mixed-precision no --json
     """
-    from .train import resolve_precision
+    from .runtime import resolve_precision, wants_cpu
 
     data = _demo_or(data)
-    precision = resolve_precision(precision)[0]
+    precision = resolve_precision(precision, cpu=wants_cpu())[0]
     config = {"batch_size": batch_size, "patch_size": patch_size, "channels_last": channels_last,
               "compile": compile_}
     train_args = ["--data", data, "--batch-size", str(batch_size), "--patch-size", str(patch_size),

@@ -46,6 +46,8 @@ class TrainConfig:
                                           "so later epochs crop without decoding the PNGs again; 0 disables it.")
     on_bad_sample: OnBadSample = setting("error", "A bad file or pair (see insanesr-dist check-data): error "
                                                   "stops before training, naming it; skip leaves it out, logged once.")
+    worker_timeout: float = setting(600, "Seconds to wait for a DataLoader worker's next batch before stopping with an "
+                                         "error (a hung worker must not hang the run); 0 waits forever.")
     cpu_threads: int | None = setting(None, "Torch threads per process on CPU. Default: this machine's cores "
                                             "shared among the local processes (accelerate launch pins 1).")
     # optimisation
@@ -86,6 +88,9 @@ class TrainConfig:
     output_head: OutputHead = setting(None, "sigmoid(tail + bilinear skip) as the seed, or residual: "
                                             "clamp(tail + skip) with a zero-initialised tail."
                                             + preset_help("output_head"))
+    dist_timeout: float = setting(3600, "Seconds a process waits for the others at a collective (e.g. while rank 0 "
+                                        "prepares the dataset caches on a first run) before stopping with an error; "
+                                        "raise it for a first run on a very large dataset.")
     # checkpoints
     resume: str = setting("auto", "auto: continue from the newest complete checkpoint in the output dir; "
                                   "none: start fresh (never over an existing run); or a checkpoint path.")
@@ -110,6 +115,8 @@ class TrainConfig:
             (self.patch_size >= 0, "patch_size must be >= 0"),
             (self.num_workers >= 0, "num_workers must be >= 0"),
             (self.decoded_cache_mb >= 0, "decoded_cache_mb must be >= 0"),
+            (self.worker_timeout >= 0, "worker_timeout must be >= 0"),
+            (self.dist_timeout > 0, "dist_timeout must be > 0"),
             (self.cpu_threads is None or self.cpu_threads >= 1, "cpu_threads must be >= 1"),
             (self.epochs >= 1, "epochs must be >= 1"),
             (self.max_steps is None or self.max_steps >= 1, "max_steps must be >= 1"),

@@ -7,8 +7,12 @@ per sample in DataLoader workers, so the main process only ever moves encoded by
 
 from __future__ import annotations
 
+import functools
 import hashlib
+import multiprocessing
 import os
+import signal
+import sys
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
@@ -389,21 +393,59 @@ def check_patch_size(table: datasets.Dataset, patch_size: int, batch_size: int, 
                         "needs --batch-size 1")
 
 
-def loader_kwargs(num_workers: int, persistent: bool = True) -> dict[str, Any]:
+def worker_context() -> multiprocessing.context.BaseContext:
+    """How DataLoader workers are started: from a fork server, never by forking the training process.
+
+    A training process has threads (gloo's, TensorBoard's writer, tqdm's monitor, CUDA's); a fork copies
+    only the forking thread, and an at-fork handler in the child can wait forever on a lock another thread
+    held at that moment. That hung a 2-process run at its first validation (its worker was stuck inside
+    `os.fork()`). The fork server is a fresh single-threaded interpreter (started by fork+exec) that has
+    imported this module once, so each worker forks from it in milliseconds, already set up.
+    """
+    context = multiprocessing.get_context("forkserver")
+    # Preloaded once in the server (when it starts) instead of in every worker: this module, and the main
+    # module, which each worker imports again as `__mp_main__` (cheap once its imports are loaded).
+    main_spec = getattr(sys.modules["__main__"], "__spec__", None)
+    context.set_forkserver_preload(["__main__", __name__, *([main_spec.name] if main_spec else [])])
+    return context
+
+
+def _set_signal_mask(mask: set[signal.Signals], worker_id: int) -> None:
+    signal.pthread_sigmask(signal.SIG_SETMASK, mask)
+
+
+def start_worker_server() -> None:
+    """Start the fork server now: its one-time import (seconds) then overlaps the run's set-up instead of
+    delaying the first batch. Call it before blocking signals: starting it starts multiprocessing's resource
+    tracker, which unblocks SIGINT and SIGTERM in this process (Python 3.11's `resource_tracker`)."""
+    import multiprocessing.forkserver
+
+    worker_context()
+    multiprocessing.forkserver.ensure_running()
+
+
+def loader_kwargs(num_workers: int, persistent: bool = True, timeout: float = 0) -> dict[str, Any]:
     """Persistent workers start once per run, not once per epoch (seconds each on a small CPU), and keep
-    their decoded-image caches; a streaming dataset's workers must restart to see its new epoch."""
+    their decoded-image caches; a streaming dataset's workers must restart to see its new epoch.
+    `timeout`: seconds to wait for a worker's next batch before failing (0: forever)."""
+    # Workers keep this process's signal mask, as forked ones would: a worker started through the fork
+    # server would otherwise take the SIGTERM meant for its rank (checkpoint.PreemptionFlag) and die.
+    keep_mask = functools.partial(_set_signal_mask, signal.pthread_sigmask(signal.SIG_BLOCK, []))
+    workers = ({"multiprocessing_context": worker_context(), "timeout": timeout, "worker_init_fn": keep_mask}
+               if num_workers else {})
     return {"num_workers": num_workers, "pin_memory": torch.cuda.is_available(),
-            "persistent_workers": persistent and num_workers > 0}
+            "persistent_workers": persistent and num_workers > 0, **workers}
 
 
 def train_loader(table: datasets.Dataset, *, batch_size: int, patch_size: int, scale: int, seed: int,
-                 num_workers: int, cache_mb: int = 0) -> DataLoader:
+                 num_workers: int, cache_mb: int = 0, timeout: float = 0) -> DataLoader:
     samples = TrainPairs(table, patch_size=patch_size, scale=scale, seed=seed, cache_mb=cache_mb)
     # drop_last: every step sees a full batch, so the loss scale does not change at epoch ends.
     return DataLoader(samples, batch_size=batch_size, shuffle=True, drop_last=len(samples) >= batch_size,
-                      **loader_kwargs(num_workers))
+                      **loader_kwargs(num_workers, timeout=timeout))
 
 
-def eval_loader(table: datasets.Dataset, *, with_hr: bool, num_workers: int) -> DataLoader:
+def eval_loader(table: datasets.Dataset, *, with_hr: bool, num_workers: int, timeout: float = 0) -> DataLoader:
     # Batch of one: validation and test images may all differ in size.
-    return DataLoader(EvalImages(table, with_hr=with_hr), batch_size=1, shuffle=False, **loader_kwargs(num_workers))
+    return DataLoader(EvalImages(table, with_hr=with_hr), batch_size=1, shuffle=False,
+                      **loader_kwargs(num_workers, timeout=timeout))

@@ -36,6 +36,7 @@ from .host_memory import keep_freed_memory
 from .losses import training_loss
 from .model import InsaneSRNet, count_parameters, save_weights
 from .predict import float32_forward, predict_pngs
+from .runtime import resolve_precision, stall_message, start_processes
 from .submission import write_submission
 from .tracking import end_hparams, keep_epoch_records, log_epoch, log_panels, start_hparams
 
@@ -54,34 +55,6 @@ def build_model(cfg: TrainConfig) -> InsaneSRNet:
     """The model as trained: channels-last memory makes oneDNN and cuDNN pick their fast conv kernels."""
     model = InsaneSRNet(**asdict(cfg.model))
     return model.to(memory_format=torch.channels_last) if cfg.channels_last else model
-
-
-def native_bf16() -> bool:
-    """Whether this machine's training device computes bf16 natively (fast), not by emulation."""
-    if torch.cuda.is_available():
-        return torch.cuda.is_bf16_supported(including_emulation=False)
-    try:  # AMX tiles (Sapphire Rapids+) or AVX512-BF16 (Cooper Lake, Zen 4); private but stable helpers
-        return torch.cpu._is_amx_tile_supported() or torch.cpu._is_avx512_bf16_supported()
-    except AttributeError:
-        return False
-
-
-def resolve_precision(requested: str) -> tuple[str, str | None]:
-    """The precision to train in and a note saying why, when it is not simply what was asked for.
-
-    `auto` keeps an fp16/bf16 choice made in the accelerate config (or `accelerate launch
-    --mixed_precision`), else picks bf16 where it is native: on this project's 2-core AMX CPU it
-    trains ~3x faster than float32 at the same validation JM. fp16 autocast with gradient scaling is a
-    CUDA recipe; on a CPU, bf16 gives the speed-up with fp32's exponent range and no scaler.
-    """
-    precision, note = requested, None
-    if requested == "auto":
-        precision = os.environ.get("ACCELERATE_MIXED_PRECISION", "no")
-        if precision == "no" and native_bf16():
-            precision, note = "bf16", "mixed precision: bf16 autocast (native on this hardware; --mixed-precision no for float32)"
-    if precision == "fp16" and not torch.cuda.is_available():
-        return "bf16", "fp16 needs a CUDA GPU; training in bf16 autocast on this CPU instead"
-    return precision, note
 
 
 def _agree_on_output_dir(state: PartialState, requested: str | None) -> Path:
@@ -152,7 +125,11 @@ RESUMABLE = {"resume", "output_dir", "num_workers", "cpu_threads", "log_every", 
 def train(cfg: TrainConfig) -> Path:
     """Train with `cfg`, continuing from the newest complete checkpoint when there is one;
     returns the run directory."""
-    # First of all, before any thread or DataLoader worker exists: they inherit the signal block.
+    # The DataLoader workers' fork server first: starting it (and multiprocessing's resource tracker with it)
+    # unblocks SIGTERM in this process, so the preemption flag's signal block must come after it.
+    if cfg.num_workers:
+        data_lib.start_worker_server()
+    # Then, before any thread exists: threads inherit the signal block (and so do workers, see data.py).
     preemption = checkpoint.PreemptionFlag()
     try:
         return _train(cfg, preemption)
@@ -163,19 +140,23 @@ def train(cfg: TrainConfig) -> Path:
         signal.signal(signal.SIGCHLD, signal.SIG_DFL)
         for worker in multiprocessing.active_children():
             worker.kill()
+        for bar in list(getattr(tqdm, "_instances", ())):  # an open progress bar would swallow the error line
+            bar.close()
         if isinstance(e, UserError):  # shown as one line: the traceback is noise
             raise e.with_traceback(None) from None
-        problem = faults.io_failure(e) if isinstance(e, Exception) else None
+        # A wait that ran out or a lost peer (runtime.py), a full disk or another I/O failure (faults.py): one line
+        problem = (stall_message(e, dist_timeout=cfg.dist_timeout, worker_timeout=cfg.worker_timeout)
+                   or (faults.io_failure(e) if isinstance(e, Exception) else None))
         if problem is None:  # a bug, Ctrl-C or the preemption exit: as it is
             raise
-        raise UserError(problem) from None  # a full disk or another I/O failure: one line (faults.py)
+        raise UserError(problem) from None
     finally:
         preemption.close()
 
 
 def _train(cfg: TrainConfig, preemption: checkpoint.PreemptionFlag) -> Path:
-    cpu = not torch.cuda.is_available()
-    launch = PartialState(cpu=cpu)
+    launch = start_processes(cfg.dist_timeout)
+    cpu = launch.device.type == "cpu"
     out_dir = _agree_on_output_dir(launch, cfg.output_dir)
     resume_from = _resume_point(cfg, out_dir, launch.is_main_process)
     state = checkpoint.read_state(resume_from) if resume_from else checkpoint.TrainState()
@@ -183,14 +164,15 @@ def _train(cfg: TrainConfig, preemption: checkpoint.PreemptionFlag) -> Path:
         if launch.is_main_process:
             print(f"{out_dir}: this run already finished (step {state.step}); nothing to do")
         return out_dir
-    precision, precision_note = resolve_precision(cfg.mixed_precision)
+    precision, precision_note = resolve_precision(cfg.mixed_precision, cpu=cpu)
     accelerator = Accelerator(
         cpu=cpu,
         mixed_precision=precision,
         gradient_accumulation_steps=cfg.grad_accum,
         log_with="tensorboard",
         project_dir=str(out_dir),
-        dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True),
+        # non_blocking: host-to-GPU copies of pinned batches overlap the step instead of syncing it.
+        dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True, non_blocking=True),
     )
     if precision_note:
         accelerator.print(precision_note)
@@ -206,18 +188,19 @@ def _train(cfg: TrainConfig, preemption: checkpoint.PreemptionFlag) -> Path:
                                       on_bad_sample=cfg.on_bad_sample, patch_size=cfg.patch_size,
                                       say=accelerator.print)
     data_lib.check_patch_size(splits.train, cfg.patch_size, cfg.batch_size, source)
-    loaders = [data_lib.eval_loader(splits.val, with_hr=True, num_workers=cfg.num_workers)]
+    workers = dict(num_workers=cfg.num_workers, timeout=cfg.worker_timeout)
+    loaders = [data_lib.eval_loader(splits.val, with_hr=True, **workers)]
     if splits.test is not None:
-        loaders.append(data_lib.eval_loader(splits.test, with_hr=False, num_workers=cfg.num_workers))
+        loaders.append(data_lib.eval_loader(splits.test, with_hr=False, **workers))
     crops = dict(patch_size=cfg.patch_size, scale=cfg.scale, seed=cfg.seed)
     if cfg.streaming:  # not prepared: the stream is already this rank's share
         stream = data_lib.streaming_train(splits.train, seed=cfg.seed, rank=accelerator.process_index,
                                           world_size=accelerator.num_processes, workers=cfg.num_workers)
         train_dl = DataLoader(data_lib.StreamedPairs(stream, **crops), batch_size=cfg.batch_size,
-                              **data_lib.loader_kwargs(cfg.num_workers, persistent=False))
+                              **data_lib.loader_kwargs(cfg.num_workers, persistent=False, timeout=cfg.worker_timeout))
     else:
-        train_dl = data_lib.train_loader(splits.train, batch_size=cfg.batch_size, num_workers=cfg.num_workers,
-                                         cache_mb=cfg.decoded_cache_mb, **crops)
+        train_dl = data_lib.train_loader(splits.train, batch_size=cfg.batch_size, cache_mb=cfg.decoded_cache_mb,
+                                         **workers, **crops)
         loaders.insert(0, train_dl)
 
     # ---- model and optimizer (Adam, as the seed); the learning rate is set per step by lr_at

@@ -6,6 +6,7 @@ import os
 import socket
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import cv2
@@ -85,13 +86,45 @@ def independent_val_jm(weights: Path, data: Path, *, val_fraction: float = 0.1, 
     return joint_metric(psnr, ssim)
 
 
+def kill_tree(process: subprocess.Popen) -> None:
+    """SIGKILL a process and every process under it (torchrun starts its workers in new sessions, so a
+    process-group kill would miss them)."""
+    import psutil
+
+    try:
+        root = psutil.Process(process.pid)
+        processes = [root, *root.children(recursive=True)]
+    except psutil.NoSuchProcess:
+        processes = []
+    for each in processes:
+        try:
+            each.kill()
+        except psutil.NoSuchProcess:
+            pass
+    psutil.wait_procs(processes, timeout=30)
+    process.wait()
+
+
+def run_tree(cmd: list[str], *, timeout: float, **options) -> subprocess.CompletedProcess:
+    """subprocess.run for commands that start processes: on a timeout the whole process tree is killed
+    (not only the first process, which would leave its ranks and workers running) and the test fails."""
+    with subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True,
+                          **options) as process:
+        try:
+            stdout, stderr = process.communicate(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            kill_tree(process)
+            stdout, stderr = process.communicate()
+            pytest.fail(f"timed out after {timeout} s: {' '.join(cmd)}\n{stdout[-2000:]}\n{stderr[-4000:]}")
+    return subprocess.CompletedProcess(cmd, process.returncode, stdout, stderr)
+
+
 def run_cli(*args: str, cwd: Path | None = None, timeout: float = 600, **run_options) -> subprocess.CompletedProcess:
     """Run a real command (a console script from this venv, or python -m ...) and capture its output;
-    `run_options` go to subprocess.run (e.g. preexec_fn to set a resource limit)."""
+    `run_options` go to subprocess.Popen (e.g. preexec_fn to set a resource limit)."""
     exe = Path(sys.executable).parent
     cmd = [str(exe / args[0]) if (exe / args[0]).exists() else args[0], *args[1:]]
-    return subprocess.run(cmd, cwd=cwd, capture_output=True, text=True, timeout=timeout, env=os.environ.copy(),
-                          **run_options)
+    return run_tree(cmd, cwd=cwd, timeout=timeout, env=os.environ.copy(), **run_options)
 
 
 def free_port() -> int:
@@ -101,11 +134,20 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def patched_train_script(patch: str) -> Path:
+    """A script that runs the real train command after `patch` (Python source in which `T` is
+    `insanesr_dist.train`) replaced something inside it: how fault tests inject a NaN, a full disk or a bug.
+    A file, not `python -c`: DataLoader workers start from a fork server that imports the main script (under
+    its `__main__` guard), so the patch reaches them too."""
+    script = Path(tempfile.mkdtemp(prefix="patched-train-")) / "patched_train.py"
+    script.write_text(f"import sys\nimport insanesr_dist.train as T\n{patch}\n"
+                      "if __name__ == '__main__':\n    sys.argv = ['train', *sys.argv[1:]]\n    T.main()\n")
+    return script
+
+
 def run_patched_train(patch: str, *args: str, timeout: float = 600) -> subprocess.CompletedProcess:
-    """The real train command in a fresh interpreter after `patch` (Python source in which `T` is
-    `insanesr_dist.train`) replaced something inside it: how fault tests inject a NaN, a full disk or a bug."""
-    script = f"import sys\nimport insanesr_dist.train as T\n{patch}\nsys.argv = ['train', *sys.argv[1:]]\nT.main()\n"
-    return subprocess.run([sys.executable, "-c", script, *args], capture_output=True, text=True, timeout=timeout)
+    """The real train command in a fresh interpreter, with `patch` applied (see patched_train_script)."""
+    return run_tree([sys.executable, str(patched_train_script(patch)), *args], timeout=timeout)
 
 
 def assert_one_line_error(result: subprocess.CompletedProcess, *needles: str) -> None:

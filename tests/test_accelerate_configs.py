@@ -10,7 +10,7 @@ import pytest
 from accelerate.commands.config.config_args import ClusterConfig, load_config_from_file
 from accelerate.utils import DistributedType
 
-from insanesr_dist.train import native_bf16
+from insanesr_dist.runtime import native_bf16
 
 from conftest import TINY, run_cli
 
@@ -90,7 +90,7 @@ def test_cpu_config_trains_for_real(pair_folder, tmp_path):
                      timeout=300)
     assert result.returncode == 0, result.stderr[-4000:]
     # The config leaves precision to the trainer: bf16 where the CPU has it natively.
-    assert f"1 process(es) on cpu, precision {'bf16' if native_bf16() else 'no'}" in result.stdout
+    assert f"1 process(es) on cpu, precision {'bf16' if native_bf16(cpu=True) else 'no'}" in result.stdout
     records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in records] == [2]
     assert (out / "latest.safetensors").is_file() and (out / "best.safetensors").is_file()

@@ -181,3 +181,47 @@ def test_persistent_workers_follow_the_epoch(pair_folder):
         reference.set_epoch(epoch)
         crops = torch.cat([lr for lr, _ in loader])
         assert torch.equal(crops, torch.stack([reference[i][0] for i in range(len(train))]))
+
+
+WORKER_PROBE = """
+import json, os, signal, threading, torch
+from insanesr_dist import checkpoint, data
+
+class Probe(torch.utils.data.Dataset):
+    def __len__(self):
+        return 2
+
+    def __getitem__(self, index):
+        blocked = sorted(int(s) for s in signal.pthread_sigmask(signal.SIG_BLOCK, []))
+        return torch.tensor([os.getppid(), *blocked])
+
+if __name__ == "__main__":
+    data.start_worker_server()  # as train() does: first the server, then the block
+    flag = checkpoint.PreemptionFlag()
+    threading.Thread(target=lambda: None).start()  # a threaded process, as a training process is
+    loader = torch.utils.data.DataLoader(Probe(), batch_size=1, **data.loader_kwargs(1, persistent=False, timeout=60))
+    rows = [batch[0].tolist() for batch in loader]
+    blocked = sorted(int(s) for s in signal.pthread_sigmask(signal.SIG_BLOCK, []))
+    print(json.dumps({"pid": os.getpid(), "workers": rows, "blocked": blocked}))
+"""
+
+
+def test_workers_start_from_a_fork_server_and_keep_the_signal_block(tmp_path):
+    """Forking a threaded training process hung a 2-process run (a worker stuck inside os.fork()): workers come
+    from the fork server instead. They, and the training process, must keep SIGTERM/SIGUSR1 blocked
+    (checkpoint.PreemptionFlag), although starting the server's resource tracker unblocks SIGTERM."""
+    import json
+    import signal
+    import subprocess
+    import sys
+
+    script = tmp_path / "probe.py"
+    script.write_text(WORKER_PROBE)
+    result = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    seen = json.loads(result.stdout.splitlines()[-1])
+    stop_signals = {int(signal.SIGTERM), int(signal.SIGUSR1)}
+    assert stop_signals <= set(seen["blocked"])
+    for parent, *blocked in seen["workers"]:
+        assert parent != seen["pid"]  # forked by the server, not by the training process
+        assert stop_signals <= set(blocked)

@@ -13,7 +13,8 @@ from insanesr_dist.evaluate import evaluate_predictions
 from insanesr_dist.metrics import joint_metric
 from insanesr_dist.model import load_model, read_metadata
 from insanesr_dist.submission import read_submission
-from insanesr_dist.train import lr_at, resolve_precision
+from insanesr_dist.runtime import resolve_precision
+from insanesr_dist.train import lr_at
 
 from conftest import (TINY, assert_one_line_error, independent_val_jm, make_pair_folder, read_rgb, run_cli,
                       run_patched_train, upscale, write_png)
@@ -30,23 +31,21 @@ def test_lr_schedule_is_a_pure_function_of_the_step():
 
 
 def test_fp16_on_a_cpu_becomes_bf16_with_a_note(monkeypatch):
-    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
-    assert resolve_precision("fp16")[0] == "bf16" and "CUDA" in resolve_precision("fp16")[1]
+    assert resolve_precision("fp16", cpu=True)[0] == "bf16" and "CUDA" in resolve_precision("fp16", cpu=True)[1]
     monkeypatch.setenv("ACCELERATE_MIXED_PRECISION", "bf16")
-    assert resolve_precision("auto") == ("bf16", None)  # the accelerate config's choice stands
-    assert resolve_precision("no") == ("no", None)
+    assert resolve_precision("auto", cpu=True) == ("bf16", None)  # the accelerate config's choice stands
+    assert resolve_precision("no", cpu=True) == ("no", None)
 
 
 @pytest.mark.parametrize("native", [True, False])
 def test_auto_precision_is_bf16_only_where_it_is_native(monkeypatch, native):
-    import insanesr_dist.train as train_module
+    import insanesr_dist.runtime as runtime
 
-    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
-    monkeypatch.setattr(train_module, "native_bf16", lambda: native)
-    monkeypatch.setenv("ACCELERATE_MIXED_PRECISION", "no")  # what `accelerate launch` sets by default
-    precision, note = resolve_precision("auto")
+    monkeypatch.setattr(runtime, "native_bf16", lambda cpu: native)
+    monkeypatch.delenv("ACCELERATE_MIXED_PRECISION", raising=False)  # not launched by accelerate: nothing said
+    precision, note = resolve_precision("auto", cpu=True)
     assert precision == ("bf16" if native else "no") and (note is not None) == native
-    assert resolve_precision("no") == ("no", None)
+    assert resolve_precision("no", cpu=True) == ("no", None)
 
 
 # `finished_run` (conftest.py): one short real run, shared with test_tracking.py and test_export.py.

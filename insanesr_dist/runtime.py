@@ -1,0 +1,123 @@
+"""How a training process runs: on which device, in which precision, and how long it waits for the others.
+
+Each answer honours what the user asked for wherever they said it: the train flags, the accelerate config
+file or `accelerate launch` flags (which reach us only as environment variables), or the sbatch knobs (which
+become `accelerate launch` flags).
+"""
+
+from __future__ import annotations
+
+import os
+from datetime import timedelta
+from pathlib import Path
+
+import torch
+from accelerate import PartialState
+from accelerate.utils import parse_flag_from_env
+
+
+def wants_cpu() -> bool:
+    """Train on the CPU: none of our GPUs is visible, or the accelerate config says `use_cpu: true`
+    (`accelerate launch --cpu`). accelerate exports that as ACCELERATE_USE_CPU, but reads it only when it
+    creates its state itself, so the process state we create first must be told."""
+    return parse_flag_from_env("ACCELERATE_USE_CPU") or not torch.cuda.is_available()
+
+
+def start_processes(dist_timeout: float) -> PartialState:
+    """This process's place among the launched ones (device, rank, process group). `dist_timeout` bounds
+    every wait for the other processes: NCCL's own default (10 min) would abort a first run whose rank 0
+    spends longer building the dataset caches, and no wait should last forever."""
+    return PartialState(cpu=wants_cpu(), timeout=timedelta(seconds=dist_timeout))
+
+
+def native_bf16(cpu: bool) -> bool:
+    """Whether the training device (the CPU, else the GPU) computes bf16 natively (fast), not by emulation."""
+    if not cpu:
+        return torch.cuda.is_bf16_supported(including_emulation=False)
+    try:  # AMX tiles (Sapphire Rapids+) or AVX512-BF16 (Cooper Lake, Zen 4); private but stable helpers
+        return torch.cpu._is_amx_tile_supported() or torch.cpu._is_avx512_bf16_supported()
+    except AttributeError:
+        return False
+
+
+def launch_precision() -> str | None:
+    """The mixed precision `accelerate launch` was asked for (`no`, `fp16`, `bf16`), or None when nobody asked.
+
+    `accelerate launch` always exports ACCELERATE_MIXED_PRECISION, and exports `no` when neither a config
+    file nor `--mixed_precision` said anything, so `no` alone does not tell "float32, please" from "not
+    said". The launcher's own command line does: we read it (our parent process) as accelerate would.
+    """
+    exported = os.environ.get("ACCELERATE_MIXED_PRECISION")
+    if exported is None or exported != "no":
+        return exported
+    said = _launcher_request()
+    return "no" if said else None
+
+
+def _launcher_request() -> bool:
+    """Whether the `accelerate launch` that started this process set a mixed precision: by flag, or through
+    a config file (given, or accelerate's default one) whose `mixed_precision` is set."""
+    import psutil  # an accelerate dependency
+
+    try:
+        parent = psutil.Process(os.getppid())
+        argv, cwd = parent.cmdline(), parent.cwd()
+    except (psutil.Error, OSError):
+        return False
+    if "launch" not in argv:
+        return False
+    from accelerate.commands.config import default_config_file
+    from accelerate.commands.config.config_args import load_config_from_file
+    from accelerate.commands.launch import launch_command_parser
+
+    args, _ = launch_command_parser().parse_known_args(argv[argv.index("launch") + 1:])
+    if args.mixed_precision is not None:
+        return True
+    config = args.config_file and str(Path(cwd, args.config_file))
+    if config is None and (args.cpu or not os.path.isfile(default_config_file)):
+        return False  # accelerate reads no config file either (see its `_validate_launch_command`)
+    try:
+        return load_config_from_file(config).mixed_precision is not None
+    except (OSError, ValueError, TypeError):
+        return False
+
+
+def resolve_precision(requested: str, *, cpu: bool) -> tuple[str, str | None]:
+    """The precision to train in and a note saying why, when it is not simply what was asked for.
+
+    `auto` keeps a choice made for `accelerate launch` (flag or config file: fp16, bf16, or `no` for
+    float32), else picks bf16 where it is native: on this project's 2-core AMX CPU it trains ~3x faster
+    than float32 at the same validation JM. fp16 autocast with gradient scaling is a CUDA recipe; on a CPU,
+    bf16 gives the speed-up with fp32's exponent range and no scaler.
+    """
+    precision, note = requested, None
+    if requested == "auto":
+        precision = launch_precision()
+        if precision is None:
+            precision = "bf16" if native_bf16(cpu) else "no"
+            if precision == "bf16":
+                note = "mixed precision: bf16 autocast (native on this hardware; --mixed-precision no for float32)"
+    if precision == "fp16" and cpu:
+        return "bf16", "fp16 needs a CUDA GPU; training in bf16 autocast on this CPU instead"
+    return precision, note
+
+
+def stall_message(error: BaseException, *, dist_timeout: float, worker_timeout: float) -> str | None:
+    """One line for a wait that ran out (another process, or a DataLoader worker) or a lost peer; else None.
+
+    gloo raises these as plain RuntimeErrors in the waiting process. (NCCL's watchdog aborts the process
+    itself after its timeout, printing its own message.)
+    """
+    if not isinstance(error, RuntimeError):
+        return None
+    text, rank = str(error), os.environ.get("RANK", "0")
+    if text.startswith("DataLoader timed out"):
+        return (f"rank {rank}: a DataLoader worker produced no batch for {worker_timeout:g} s (--worker-timeout); "
+                "it is stuck or far too slow (check the data files and the machine's load)")
+    if "Timed out waiting" in text:
+        return (f"rank {rank}: waited longer than --dist-timeout {dist_timeout:g} s for the other processes of "
+                "this run; on a first run over a large dataset rank 0 may still be preparing it: raise "
+                "--dist-timeout, else a process is stuck")
+    if "Connection closed by peer" in text or "Connection reset by peer" in text:
+        return f"rank {rank}: another process of this run stopped (its own output says why)"
+    return None
