@@ -58,6 +58,33 @@ def _resolve(*argv: str):
     return args, prepare_multi_gpu_env(args)
 
 
+# How each config is launched for real: the flags the sbatch scripts (and the headers) add to it.
+LAUNCH_FLAGS = {
+    "cpu.yaml": [],
+    "single_gpu.yaml": [],
+    "multi_gpu.yaml": ["--num_processes", "4", "--main_process_port", "0"],
+    "multi_gpu_bf16.yaml": ["--num_processes", "4", "--main_process_port", "0"],
+    "multi_node.yaml": ["--multi_gpu", "--num_machines", "2", "--machine_rank", "1", "--num_processes", "2",
+                        "--main_process_ip", "head-node", "--main_process_port", "29555"],
+}
+
+
+@pytest.mark.parametrize("name", sorted(EXPECTED))
+def test_config_keeps_the_visible_gpus_of_the_job(name, monkeypatch):
+    """A job's CUDA_VISIBLE_DEVICES (SLURM sets it on nodes without device cgroups) must reach the training:
+    `gpu_ids` other than `all` in a config makes `accelerate launch` overwrite it (GPU 0 for a job given GPU 3)."""
+    from accelerate.commands.launch import _validate_launch_command, launch_command_parser
+    from accelerate.utils.launch import prepare_multi_gpu_env, prepare_simple_launcher_cmd_env
+
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "3")
+    args = launch_command_parser().parse_args(
+        ["--config_file", str(CONFIGS / name), *LAUNCH_FLAGS[name], "-m", "insanesr_dist.train"])
+    args, _, _ = _validate_launch_command(args)
+    # launch_command's choice of launcher for these configs: torchrun for --multi_gpu, else the simple one.
+    env = prepare_multi_gpu_env(args) if args.multi_gpu else prepare_simple_launcher_cmd_env(args)[1]
+    assert env["CUDA_VISIBLE_DEVICES"] == "3"
+
+
 def test_multi_gpu_config_resolves_to_one_process_per_gpu():
     args, env = _resolve("--config_file", str(CONFIGS / "multi_gpu.yaml"), "--num_processes", "4",
                          "--main_process_port", "0")
