@@ -223,6 +223,40 @@ def test_sbatch_preempted_job_requeues_resumes_and_finishes(slurm, data, tmp_pat
     assert list((out / "checkpoints").glob("step_*"))
 
 
+SLOW_REQUEUE = """#!/bin/bash
+# scontrol, but `scontrol requeue` first waits (as on a busy controller) and leaves a mark that it was asked:
+# 60 s, longer than a killed step's grace (KillWait and torchrun's shutdown, 30 s each) before SIGKILL.
+if [[ "$1" == requeue ]]; then touch "$(dirname "$0")/asked"; sleep 60; fi
+exec {scontrol} "$@"
+"""
+
+
+def test_sbatch_multi_node_preemption_requeues_even_when_the_requeue_is_slow(slurm, data, tmp_path):
+    """Every rank waits for rank 0's `scontrol requeue` before it exits. A rank that left first would end its node's
+    launcher with an error, and `srun --kill-on-bad-exit=1` would end the step, rank 0 and its unfinished requeue
+    included: the job would fail instead of coming back. A requeue slower than the step's grace period before
+    SIGKILL makes that race certain (with the old order the job ended FAILED, never requeued)."""
+    out, log, bin_dir = tmp_path / "run", tmp_path / "slurm.out", tmp_path / "bin"
+    bin_dir.mkdir()
+    real = subprocess.run(["which", "scontrol"], capture_output=True, text=True, check=True).stdout.strip()
+    (bin_dir / "scontrol").write_text(SLOW_REQUEUE.format(scontrol=real))
+    (bin_dir / "scontrol").chmod(0o755)
+    epochs = 30
+    path = f"{bin_dir}{os.pathsep}{VENV_BIN}{os.pathsep}{os.environ['PATH']}"
+    job = submit("slurm_multi_node.sbatch", log, PATH=path, **knobs(data, out, epochs))
+    metrics = out / "metrics.jsonl"
+    info = wait_for(job, log, timeout=120, until=lambda: metrics.is_file() and metrics.read_text().strip())
+    assert info["JobState"] == "RUNNING", read_log(log)[-4000:]
+    subprocess.run(["scancel", "--signal=USR1", job], check=True, timeout=30)
+
+    info = wait_for(job, log, timeout=180)
+    text = read_log(log)
+    assert (bin_dir / "asked").exists(), text[-6000:]  # the slow requeue ran
+    assert (info["JobState"], info["ExitCode"], info["Restarts"]) == ("COMPLETED", "0:0", "1"), text[-6000:]
+    assert "resuming from" in text.partition(f"job {job} (restart 1)")[2], text[-6000:]
+    assert_complete_run(out, data, epochs=epochs)
+
+
 def test_scancel_cancels_a_running_job_for_good(slurm, data, tmp_path):
     """`scancel JOBID` (SIGTERM to the steps, then SIGKILL) must end the job, not requeue it."""
     out, log = tmp_path / "run", tmp_path / "slurm.out"
