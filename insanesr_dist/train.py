@@ -257,6 +257,9 @@ def _train(cfg: TrainConfig, preemption: checkpoint.PreemptionFlag) -> Path:
         accelerator.print(f"preempted: checkpoint saved at step {step}; the same command resumes from it")
         if accelerator.is_main_process and preemption.wants_requeue:
             checkpoint.requeue_if_slurm(os.environ.get("SLURM_JOB_ID"), say=accelerator.print)
+        # No rank exits before the requeue: a rank that left first would fail its node's launcher, and
+        # `srun --kill-on-bad-exit=1` would end the step, rank 0 with its requeue still to do included.
+        accelerator.wait_for_everyone()
         accelerator.end_training()
         sys.exit(checkpoint.PREEMPTED_EXIT_CODE)
 

@@ -99,13 +99,14 @@ def slurm():
         assert stopped.returncode == 0, f"launch/local_slurm.sh stop failed:\n{stopped.stdout}\n{stopped.stderr}"
 
 
-def submit(script: str, log: Path, **knobs: str) -> str:
-    """`sbatch` a launch/ script from the repository root, its knobs set in the environment; the job id."""
+def submit(script: str, log: Path, *args: str, cwd: Path = REPO, **knobs: str) -> str:
+    """`sbatch` a launch/ script (from the repository root unless `cwd`), its knobs set in the environment and
+    `args` after it; the job id."""
     env = {**os.environ, "PATH": f"{VENV_BIN}{os.pathsep}{os.environ['PATH']}", **knobs}
     if sys.prefix != sys.base_prefix:
         env["VENV"] = sys.prefix  # exercise the script's activation of a virtualenv
-    result = subprocess.run(["sbatch", "--parsable", f"--output={log}", f"launch/{script}"], cwd=REPO, env=env,
-                            capture_output=True, text=True, timeout=60)
+    result = subprocess.run(["sbatch", "--parsable", f"--output={log}", str(REPO / "launch" / script), *args],
+                            cwd=cwd, env=env, capture_output=True, text=True, timeout=60)
     assert result.returncode == 0, result.stderr
     return result.stdout.strip().split(";")[0]
 
@@ -134,8 +135,9 @@ def wait_for(job: str, log: Path, timeout: float, until=None) -> dict[str, str]:
 
 
 def knobs(data: Path, out: Path, epochs: int, *extra: str) -> dict[str, str]:
-    return {"DATA": str(data), "OUTPUT_DIR": str(out), "EPOCHS": str(epochs), "TRAIN_ARGS": " ".join(
-        [*extra, *SMALL_RUN])}
+    # GPUS_PER_NODE=0: CPU training on purpose (this cluster has no GPU; without it the scripts refuse to start).
+    return {"DATA": str(data), "OUTPUT_DIR": str(out), "EPOCHS": str(epochs), "GPUS_PER_NODE": "0",
+            "TRAIN_ARGS": " ".join([*extra, *SMALL_RUN])}
 
 
 def test_sbatch_multi_node_trains_on_two_nodes(slurm, data, tmp_path):
@@ -158,6 +160,38 @@ def test_sbatch_single_node_on_a_cpu_node(slurm, data, tmp_path):
     assert (info["JobState"], info["ExitCode"]) == ("COMPLETED", "0:0"), text[-4000:]
     assert "2 process(es), 0 GPU(s)" in text and "2 process(es) on cpu" in text
     assert_complete_run(out, data, epochs=1)
+
+
+@pytest.mark.parametrize("script", ["slurm_multi_node.sbatch", "slurm_single_node.sbatch"])
+def test_sbatch_job_that_sees_no_gpu_refuses_to_train(slurm, data, tmp_path, script):
+    """Without GPUS_PER_NODE=0 a job on these GPU-less nodes stops before srun, with one line saying why."""
+    out, log = tmp_path / "run", tmp_path / "slurm.out"
+    job = submit(script, log, DATA=str(data), OUTPUT_DIR=str(out), EPOCHS="1", GPUS_PER_NODE="")
+    info = wait_for(job, log, timeout=90)
+    text = read_log(log)
+    assert (info["JobState"], info["ExitCode"], info["Restarts"]) == ("FAILED", "1:0", "0"), text[-4000:]
+    errors = [line for line in text.splitlines() if line.startswith("Error:")]
+    assert len(errors) == 1 and f"job {job} sees no GPU" in errors[0] and "GPUS_PER_NODE=0" in errors[0], text
+    assert "Traceback" not in text and f"job {job} (restart 0)" not in text  # no start line, no srun
+    assert "insanesr-dist:" not in text and not out.exists()  # the training never started
+
+
+def test_sbatch_from_another_directory_with_arguments_after_the_script(slurm, data, tmp_path):
+    """`cd elsewhere && sbatch /path/to/launch/slurm_multi_node.sbatch --epochs 1 --data D ...`: the configs are
+    found (the job runs a spool copy of the script), the arguments reach the training and beat the knobs."""
+    elsewhere, log = tmp_path / "elsewhere", tmp_path / "slurm.out"
+    elsewhere.mkdir()
+    job = submit("slurm_multi_node.sbatch", log, "--epochs", "1", "--data", str(data), "--max-steps", "2",
+                 *SMALL_RUN, cwd=elsewhere, GPUS_PER_NODE="0", EPOCHS="7")
+    info = wait_for(job, log, timeout=150)
+    text = read_log(log)
+    assert (info["JobState"], info["ExitCode"]) == ("COMPLETED", "0:0"), text[-4000:]
+    out = elsewhere / "runs" / f"slurm-{job}"  # the default OUTPUT_DIR, relative to the submit directory
+    config = json.loads((out / "config.json").read_text())
+    assert (config["epochs"], config["data"], config["max_steps"]) == (1, str(data), 2)
+    assert (config["num_rrdb"], config["channels"], config["batch_size"]) == (1, 8, 4)  # TINY, not the defaults
+    records = assert_complete_run(out, data, epochs=1)
+    assert [r["step"] for r in records] == [2]
 
 
 def start_training_job(data: Path, out: Path, log: Path, epochs: int) -> str:
@@ -187,6 +221,40 @@ def test_sbatch_preempted_job_requeues_resumes_and_finishes(slurm, data, tmp_pat
     records = assert_complete_run(out, data, epochs=epochs)
     assert records[-1]["step"] == 2 * epochs
     assert list((out / "checkpoints").glob("step_*"))
+
+
+SLOW_REQUEUE = """#!/bin/bash
+# scontrol, but `scontrol requeue` first waits (as on a busy controller) and leaves a mark that it was asked:
+# 60 s, longer than a killed step's grace (KillWait and torchrun's shutdown, 30 s each) before SIGKILL.
+if [[ "$1" == requeue ]]; then touch "$(dirname "$0")/asked"; sleep 60; fi
+exec {scontrol} "$@"
+"""
+
+
+def test_sbatch_multi_node_preemption_requeues_even_when_the_requeue_is_slow(slurm, data, tmp_path):
+    """Every rank waits for rank 0's `scontrol requeue` before it exits. A rank that left first would end its node's
+    launcher with an error, and `srun --kill-on-bad-exit=1` would end the step, rank 0 and its unfinished requeue
+    included: the job would fail instead of coming back. A requeue slower than the step's grace period before
+    SIGKILL makes that race likely: with the old order (and a 40 s requeue) this job ended FAILED, status 137."""
+    out, log, bin_dir = tmp_path / "run", tmp_path / "slurm.out", tmp_path / "bin"
+    bin_dir.mkdir()
+    real = subprocess.run(["which", "scontrol"], capture_output=True, text=True, check=True).stdout.strip()
+    (bin_dir / "scontrol").write_text(SLOW_REQUEUE.format(scontrol=real))
+    (bin_dir / "scontrol").chmod(0o755)
+    epochs = 30
+    path = f"{bin_dir}{os.pathsep}{VENV_BIN}{os.pathsep}{os.environ['PATH']}"
+    job = submit("slurm_multi_node.sbatch", log, PATH=path, **knobs(data, out, epochs))
+    metrics = out / "metrics.jsonl"
+    info = wait_for(job, log, timeout=120, until=lambda: metrics.is_file() and metrics.read_text().strip())
+    assert info["JobState"] == "RUNNING", read_log(log)[-4000:]
+    subprocess.run(["scancel", "--signal=USR1", job], check=True, timeout=30)
+
+    info = wait_for(job, log, timeout=180)
+    text = read_log(log)
+    assert (bin_dir / "asked").exists(), text[-6000:]  # the slow requeue ran
+    assert (info["JobState"], info["ExitCode"], info["Restarts"]) == ("COMPLETED", "0:0", "1"), text[-6000:]
+    assert "resuming from" in text.partition(f"job {job} (restart 1)")[2], text[-6000:]
+    assert_complete_run(out, data, epochs=epochs)
 
 
 def test_scancel_cancels_a_running_job_for_good(slurm, data, tmp_path):
