@@ -203,8 +203,7 @@ def test_gradscaler_steps_are_counted_once_whether_read_between_them_or_not():
     for poison in (False, True, False, True, True, False):
         _scaled_step(model, opt, scaler, bad, x, poison=poison)
     assert bad.read(6, said.append) == 3 and bad.read(6, said.append) == 0
-    assert said == ["warning: skipped 3 optimizer step(s) with non-finite loss or gradients (up to step 6; 3 in "
-                    "this run)"]
+    assert len(said) == 1 and said[0].startswith("warning: skipped 3 optimizer step(s)")
 
 
 NAN_AFTER = """

@@ -98,8 +98,8 @@ def test_tensorboard_events_hold_the_scalars_and_panels(finished_run, pair_folde
     events = EventAccumulator(str(out / "logs"), size_guidance={"images": 0, "scalars": 0})
     events.Reload()
     tags = events.Tags()
-    for tag in ["train/loss", "train/lr", "train/epoch_loss", "val/psnr", "val/ssim", "val/jm", "val/psnr_piq", "val/ssim_piq",
-                "perf/samples_per_s"]:
+    for tag in ["train/loss", "train/lr", "train/epoch_loss", "val/psnr", "val/ssim", "val/jm", "val/psnr_piq",
+                "val/ssim_piq", "perf/samples_per_s"]:
         assert tag in tags["scalars"], tags
     records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     logged = [(e.step, e.value) for e in events.Scalars("val/jm")]
