@@ -12,6 +12,7 @@ import os
 import sys
 import time
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -32,11 +33,42 @@ from .tiles import Forward, exact_overlap, self_ensemble, upscale_image
 PRECISIONS = {"no": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
+def _fp32_precision_knobs() -> list:
+    """torch's float32 precision settings for convolutions and matmuls (the `fp32_precision` API of
+    torch >= 2.9): cuDNN's and oneDNN's convolutions, cuBLAS's and oneDNN's matmuls."""
+    b = torch.backends
+    return [b.cudnn.conv, b.cuda.matmul, b.mkldnn.conv, b.mkldnn.matmul]
+
+
+@contextmanager
+def ieee_float32() -> Iterator[None]:
+    """IEEE float32 convolutions and matmuls inside, the previous settings restored after.
+
+    torch defaults cuDNN convolutions to TF32 (a 10-bit mantissa) on Ampere and later GPUs, and
+    `torch.set_float32_matmul_precision("high")` does the same to matmuls: a "float32" score or
+    submission would then depend on the GPU. Scoped, so `--mixed-precision no` training keeps TF32's speed.
+    """
+    knobs = _fp32_precision_knobs()
+    before = [knob.fp32_precision for knob in knobs]
+    try:
+        for knob in knobs:
+            knob.fp32_precision = "ieee"
+        yield
+    finally:
+        for knob, value in zip(knobs, before):
+            knob.fp32_precision = value
+
+
 def float32_forward(accelerator: Accelerator, model: nn.Module) -> Forward:
     """The model's own forward, bypassing the autocast wrapper `accelerator.prepare` installs and
-    the DDP wrapper: validation scores and submissions come from a float32 forward."""
+    the DDP wrapper: validation scores and submissions come from an IEEE float32 forward (no TF32)."""
     inner = accelerator.unwrap_model(model)
-    return lambda x: type(inner).forward(inner, x)
+
+    def forward(x: torch.Tensor) -> torch.Tensor:
+        with ieee_float32():
+            return type(inner).forward(inner, x)
+
+    return forward
 
 
 @torch.no_grad()
@@ -55,13 +87,15 @@ def predict_pngs(forward: Forward, loader: DataLoader, accelerator: Accelerator)
 
 
 def model_forward(model: nn.Module, device: torch.device, precision: str) -> Forward:
-    """Batches in, float32 batches out; `bf16`/`fp16` run the convolutions under autocast.
+    """Batches in, float32 batches out; `bf16`/`fp16` run the convolutions under autocast, `no` in IEEE
+    float32 (no TF32, see ieee_float32).
     channels_last: oneDNN's and cuDNN's fast convolution kernels want NHWC (over 3x faster on this project's CPU)."""
     dtype = PRECISIONS[precision]
 
     def forward(x: torch.Tensor) -> torch.Tensor:
         x = x.to(device).contiguous(memory_format=torch.channels_last)
-        with torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
+        with torch.autocast(device.type, dtype=dtype, enabled=dtype is not None), \
+                (ieee_float32() if dtype is None else nullcontext()):
             return model(x).float()
 
     return forward
@@ -252,7 +286,8 @@ def predict(*, checkpoint: Path, inputs: Path, output_dir: Path | None, csv: Pat
 @click.option("--tta/--no-tta", default=False, show_default=True,
               help="x8 self-ensemble: average over the 4 rotations of the image and of its mirror (8x slower).")
 @click.option("--mixed-precision", "precision", default="no", show_default=True, type=click.Choice(list(PRECISIONS)),
-              help="no = float32 forward; bf16/fp16 autocast (fp16 needs CUDA; on a CPU it becomes bf16).")
+              help="no = float32 forward (IEEE: no TF32 on GPUs); bf16/fp16 autocast (fp16 needs CUDA; on a CPU "
+                   "it becomes bf16).")
 @click.option("--allow-pickle", is_flag=True,
               help="Also accept a PyTorch pickle state_dict (.pth/.pt): pickles can run code, so only trusted files.")
 def main(checkpoint: Path, inputs: Path, output_dir: Path | None, csv: Path | None, split: str | None, tile: int,

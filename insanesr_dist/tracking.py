@@ -36,7 +36,8 @@ def epoch_line(record: dict, epochs: int, improved: bool) -> str:
 
 
 def log_epoch(accelerator: Accelerator, out_dir: Path, record: dict, epochs: int, improved: bool) -> None:
-    """Main process: one metrics.jsonl line, the epoch's TensorBoard scalars and a summary line."""
+    """Main process: one metrics.jsonl line, the epoch's TensorBoard scalars (validation, speed, memory and
+    the mean training loss) and a summary line."""
     if not accelerator.is_main_process:
         return
     record = {**record, **peak_memory_mb()}
@@ -44,6 +45,9 @@ def log_epoch(accelerator: Accelerator, out_dir: Path, record: dict, epochs: int
     clean = {k: (None if isinstance(v, float) and math.isinf(v) else v) for k, v in record.items()}
     append_line_atomic(out_dir / "metrics.jsonl", json.dumps(clean))
     scalars = {f"val/{k}": record[k] for k in VAL_SCALARS}
+    # The epoch's mean training loss at its last step: train/loss is only written every --log-every steps,
+    # which runs with shorter epochs never reach.
+    scalars["train/epoch_loss"] = record["train_loss"]
     scalars["perf/samples_per_s"] = record["samples_per_s"]
     scalars["perf/epoch_seconds"] = record["seconds"]
     scalars.update({f"perf/{k}": v for k, v in record.items() if k.startswith("peak_")})

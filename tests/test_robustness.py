@@ -154,6 +154,58 @@ def test_a_non_finite_step_changes_nothing_and_too_many_stop(autocast):
             bad.read(7, said.append)
 
 
+def _scaled_step(model, opt, scaler, bad, x, poison: bool):
+    """An fp16-style step as accelerate makes it: scaled backward, then GradScaler.step and update."""
+    loss = torch.nn.functional.mse_loss(model(x), torch.rand(1, 3, 16, 16)) * (float("inf") if poison else 1.0)
+    scaler.scale(loss).backward()
+    bad.check(model.parameters())
+    scaler.step(opt)
+    scaler.update()
+    opt.zero_grad(set_to_none=True)
+
+
+def test_gradscaler_skips_are_counted_and_too_many_in_a_row_stop():
+    # fp16's GradScaler skips a step with non-finite gradients itself and halves its scale; a real one
+    # on the CPU (torch.amp.GradScaler("cpu")) with a forced inf, as accelerate drives it in fp16.
+    torch.manual_seed(0)
+    model = InsaneSRNet(num_rrdb=1, channels=8, growth=4, layers_per_block=2)
+    opt = make_optimizer(model.parameters(), 1e-3)
+    scaler = torch.amp.GradScaler("cpu", init_scale=2.0**16)
+    bad = BadSteps(SimpleNamespace(scaler=scaler, device=torch.device("cpu")), opt, limit=3)
+    x = torch.rand(1, 3, 4, 4)
+    _scaled_step(model, opt, scaler, bad, x, poison=False)
+    before = [p.detach().clone() for p in model.parameters()]
+    said = []
+    assert bad.read(1, said.append) == 0 and not said
+    for _ in range(2):
+        _scaled_step(model, opt, scaler, bad, x, poison=True)
+    assert scaler.get_scale() == 2.0**14  # halved twice: both steps were skipped ...
+    assert all(torch.equal(a, b) for a, b in zip(before, model.parameters()))  # ... and changed nothing
+    assert bad.read(3, said.append) == 2 and "skipped 2" in said[0]
+    _scaled_step(model, opt, scaler, bad, x, poison=False)  # a good step ends the run of bad ones ...
+    assert not all(torch.equal(a, b) for a, b in zip(before, model.parameters()))
+    for _ in range(2):
+        _scaled_step(model, opt, scaler, bad, x, poison=True)
+    assert bad.read(6, said.append) == 2  # ... so 2 more in a row stay under the limit of 3
+    _scaled_step(model, opt, scaler, bad, x, poison=True)
+    with pytest.raises(UserError, match=r"3 optimizer steps in a row .*--max-bad-steps 3"):
+        bad.read(7, said.append)
+
+
+def test_gradscaler_steps_are_counted_once_whether_read_between_them_or_not():
+    torch.manual_seed(0)
+    model = InsaneSRNet(num_rrdb=1, channels=8, growth=4, layers_per_block=2)
+    opt = make_optimizer(model.parameters(), 1e-3)
+    scaler = torch.amp.GradScaler("cpu", growth_interval=1)  # the scale also grows: growth is no skip
+    bad = BadSteps(SimpleNamespace(scaler=scaler, device=torch.device("cpu")), opt, limit=10)
+    x = torch.rand(1, 3, 4, 4)
+    said = []
+    for poison in (False, True, False, True, True, False):
+        _scaled_step(model, opt, scaler, bad, x, poison=poison)
+    assert bad.read(6, said.append) == 3 and bad.read(6, said.append) == 0
+    assert len(said) == 1 and said[0].startswith("warning: skipped 3 optimizer step(s)")
+
+
 NAN_AFTER = """
 real, calls = T.training_loss, [0]
 def poisoned(*a):  # a fault from step {after} on, as an overflow in the model would give

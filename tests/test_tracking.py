@@ -12,10 +12,11 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from insanesr_dist.model import load_model
 
-from conftest import free_port, read_rgb, upscale
+from conftest import TINY, free_port, read_rgb, run_cli, upscale
 
 RUN = "logs"  # the run name TensorBoard gives OUT/logs when started with --logdir OUT
 
@@ -132,3 +133,18 @@ def test_hparams_dashboard_shows_settings_with_final_jm_speed_and_memory(board, 
     assert values["val/jm"] == pytest.approx(records[-1]["jm"], rel=1e-6)  # the final val JM
     assert values["perf/samples_per_s"] == pytest.approx(records[-1]["samples_per_s"], rel=1e-6)
     assert values["perf/peak_cpu_mb"] == pytest.approx(records[-1]["peak_cpu_mb"], rel=1e-6)
+
+
+def test_epochs_shorter_than_log_every_still_log_their_training_loss(pair_folder, tmp_path):
+    # 20 training pairs, batch 4: 5 steps per epoch, never a multiple of --log-every 100.
+    out = tmp_path / "run"
+    result = run_cli("python", "-m", "insanesr_dist.train", "--data", str(pair_folder), "--epochs", "2",
+                     "--log-every", "100", "--panel-images", "0", "--output-dir", str(out), *TINY[:-2], timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    events = EventAccumulator(str(out / "logs"), size_guidance={"scalars": 0})  # the real event files
+    events.Reload()
+    assert "train/loss" not in events.Tags()["scalars"]  # no step reached --log-every
+    records = _records(out)
+    logged = [(e.step, e.value) for e in events.Scalars("train/epoch_loss")]
+    assert [step for step, _ in logged] == [r["step"] for r in records] == [5, 10]  # each epoch's last step
+    assert all(math.isclose(value, r["train_loss"], rel_tol=1e-6) for (_, value), r in zip(logged, records))

@@ -97,13 +97,16 @@ def test_tensorboard_events_hold_the_scalars_and_panels(finished_run, pair_folde
     events = EventAccumulator(str(out / "logs"), size_guidance={"images": 0, "scalars": 0})
     events.Reload()
     tags = events.Tags()
-    for tag in ["train/loss", "train/lr", "val/psnr", "val/ssim", "val/jm", "val/psnr_piq", "val/ssim_piq",
-                "perf/samples_per_s"]:
+    for tag in ["train/loss", "train/lr", "train/epoch_loss", "val/psnr", "val/ssim", "val/jm", "val/psnr_piq",
+                "val/ssim_piq", "perf/samples_per_s"]:
         assert tag in tags["scalars"], tags
     records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     logged = [(e.step, e.value) for e in events.Scalars("val/jm")]
     assert [s for s, _ in logged] == [r["step"] for r in records]
     assert all(math.isclose(v, r["jm"], rel_tol=1e-6) for (_, v), r in zip(logged, records))
+    epoch_losses = [(e.step, e.value) for e in events.Scalars("train/epoch_loss")]  # the epoch's mean, at its end
+    assert [s for s, _ in epoch_losses] == [r["step"] for r in records]
+    assert all(math.isclose(v, r["train_loss"], rel_tol=1e-6) for (_, v), r in zip(epoch_losses, records))
     assert len(events.Scalars("train/loss")) == records[-1]["step"]  # --log-every 1
     panels = [t for t in tags["images"] if t.startswith("panels/")]
     assert len(panels) == 2
