@@ -320,18 +320,21 @@ def _ema_update(spec: dict) -> dict:
     torch.manual_seed(0)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     model = InsaneSRNet().to(device, memory_format=torch.channels_last)
-    ema = WeightEMA(model, 0.999)
+    ema, reference = WeightEMA(model, 0.999), WeightEMA(model, 0.999)
 
-    def median_ms(update) -> float:
-        times = []
-        for i in range(spec["warmup"] + spec["updates"]):
-            started = time.perf_counter()
-            update()
-            if device.type == "cuda":
-                torch.cuda.synchronize()
-            times.append(time.perf_counter() - started)
-        return 1000 * statistics.median(times[spec["warmup"]:])
+    def seconds(update) -> float:
+        started = time.perf_counter()
+        update()
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        return time.perf_counter() - started
 
+    # The two alternate, update by update, so that a busy machine's slow moments fall on both alike.
+    old, new = [], []
+    for i in range(spec["warmup"] + spec["updates"]):
+        d = min(0.999, (2 + i) / (11 + i))
+        old.append(seconds(lambda: per_tensor_ema_update(reference.module, model, d)))
+        new.append(seconds(lambda: ema.update(model)))
+    timed = slice(spec["warmup"], None)
     return {"tensors": len(list(model.parameters())) + len(list(model.buffers())),
-            "per_tensor_ms": median_ms(lambda: per_tensor_ema_update(ema.module, model, 0.999)),
-            "foreach_ms": median_ms(lambda: ema.update(model))}
+            "per_tensor_ms": 1000 * statistics.median(old[timed]), "foreach_ms": 1000 * statistics.median(new[timed])}

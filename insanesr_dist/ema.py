@@ -16,13 +16,14 @@ from torch import nn
 def _tensors(module: nn.Module) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
     """The module's floating and other tensors (parameters, then buffers), in a fixed order.
 
-    Built afresh on every call rather than cached: `module.to()` may give parameters and buffers new
-    storage (and replaces buffers outright), and walking the modules costs microseconds, far less than
-    one of the update's kernels.
+    Built afresh on every call rather than cached: `module.to()` keeps the Parameter objects but gives them
+    new storage (a cached `.detach()` view would update the old one) and replaces buffers outright. Walking
+    the default model's modules takes about 1 ms on 2 CPU cores, against 8 ms for the two state_dict()s it
+    replaces. The tensors are used as they are (no `.detach()` views): the update runs under no_grad.
     """
     floats, others = [], []
     for t in (*module.parameters(), *module.buffers()):
-        (floats if t.dtype.is_floating_point else others).append(t.detach())
+        (floats if t.dtype.is_floating_point else others).append(t)
     return floats, others
 
 
