@@ -1,4 +1,4 @@
-"""`insanesr-dist bench train|data|metric|predict`: measured speed and memory, as a table or `--json`.
+"""`insanesr-dist bench train|data|metric|predict|ema`: measured speed and memory, as a table or `--json`.
 
 Every measurement runs in a fresh child process (bench_stages.py holds them): one measurement's threads,
 allocations and peak RSS (`ru_maxrss` only ever grows) stay out of the next one's.
@@ -237,3 +237,23 @@ def bench_metric(data, as_json) -> None:
         click.echo(f"scikit-image:                  {result['skimage_images_per_s']:.1f} images/s; "
                    f"speed ratio {result['ours_images_per_s'] / result['skimage_images_per_s']:.2f}x; "
                    f"largest PSNR/SSIM difference {result['max_abs_difference']:.1e}")
+
+
+@bench.command("ema")
+@click.option("--updates", default=200, show_default=True, type=click.IntRange(1), help="Timed updates each way.")
+@click.option("--warmup", default=10, show_default=True, type=click.IntRange(0), help="Untimed updates before.")
+@click.option("--threads", default=len(os.sched_getaffinity(0)), show_default="all cores", type=click.IntRange(1),
+              help="torch CPU threads.")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object instead of the lines.")
+def bench_ema(updates: int, warmup: int, threads: int, as_json: bool) -> None:
+    """The weight EMA's cost per optimizer step on the default model: the old per-tensor loop (two
+    state_dict()s, one lerp_ per tensor) against ema.py's multi-tensor lerp, median milliseconds."""
+    result = {"device": _device_name(), "threads": threads, "updates": updates,
+              **_run_stage({"updates": updates, "warmup": warmup, "threads": threads}, "_ema_update")}
+    if as_json:
+        click.echo(json.dumps(result, indent=2))
+        return
+    click.echo(f"bench ema: {result['device']}, {threads} thread(s); default model, {result['tensors']} tensors; "
+               f"median of {updates} updates")
+    click.echo(f"per-tensor lerp_ (before): {result['per_tensor_ms']:.3f} ms/update; multi-tensor lerp (now): "
+               f"{result['foreach_ms']:.3f} ms/update ({result['per_tensor_ms'] / result['foreach_ms']:.2f}x)")

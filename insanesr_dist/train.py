@@ -6,6 +6,7 @@ validation, test-set prediction and the rank-0 writes. Every rank runs every col
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import multiprocessing
@@ -96,25 +97,74 @@ def _stream_batches(loader: DataLoader, epoch: int, limit: int, skip: int):
         passes += 1
 
 
-def _resume_point(cfg: TrainConfig, out_dir: Path, main: bool) -> Path | None:
-    """The checkpoint to continue from, refusing to overwrite a run it cannot continue."""
-    warn = print if main else (lambda _: None)
-    resume_from = checkpoint.find_resume(cfg.resume, out_dir, warn=warn)
+def _resume_point(cfg: TrainConfig, out_dir: Path,
+                  launch: PartialState) -> tuple[Path | None, checkpoint.TrainState]:
+    """The checkpoint to continue from and its state, as rank 0 chose and read them.
+
+    Only rank 0 looks (a lagging or per-node file system must not let ranks continue from different
+    steps); the others receive its choice, or its error, and check they can read the chosen files.
+    """
+    choice: list = [None, None, None]  # checkpoint path, its TrainState as a dict, a UserError's message
+    if launch.is_main_process:
+        try:
+            path = _choose_checkpoint(cfg, out_dir)
+            choice = [str(path), asdict(checkpoint.read_state(path)), None] if path else choice
+        except UserError as e:
+            choice = [None, None, e.message]  # every rank raises it: none may go on
+    if launch.num_processes > 1:
+        broadcast_object_list(choice, from_process=0)
+    path, state, error = choice
+    if error:
+        raise UserError(error)
+    if path is None:
+        return None, checkpoint.TrainState()
+    checkpoint.check_every_rank_can_read(launch, Path(path))
+    return Path(path), checkpoint.TrainState(**state)
+
+
+def _choose_checkpoint(cfg: TrainConfig, out_dir: Path) -> Path | None:
+    """Rank 0: the checkpoint to continue from, refusing to overwrite a run it cannot continue."""
+    resume_from = checkpoint.find_resume(cfg.resume, out_dir)
     if resume_from is None and (out_dir / "metrics.jsonl").exists():
         raise UserError(f"{out_dir}: already holds a run with no complete checkpoint to resume from "
                         "(--resume none never overwrites one); choose another --output-dir")
     if resume_from is None:
         return None
     saved = json.loads((out_dir / "config.json").read_text()) if (out_dir / "config.json").is_file() else {}
-    if "ema_decay" in saved and bool(saved["ema_decay"]) != bool(cfg.ema_decay):  # every rank: none may go on
+    if "ema_decay" in saved and bool(saved["ema_decay"]) != bool(cfg.ema_decay):
         raise UserError(f"{out_dir}: cannot resume with --ema-decay {cfg.ema_decay}: the checkpoint was written "
                         f"with --ema-decay {saved['ema_decay']}; use that, or another --output-dir")
-    if main:
-        changed = sorted(k for k, v in cfg.to_dict().items() if k in saved and saved[k] != v and k not in RESUMABLE)
-        if changed:
-            print(f"warning: resuming with changed settings ({', '.join(changed)}): the result will differ "
-                  "from an uninterrupted run")
+    changed = sorted(k for k, v in cfg.to_dict().items() if k in saved and saved[k] != v and k not in RESUMABLE)
+    if changed:
+        print(f"warning: resuming with changed settings ({', '.join(changed)}): the result will differ "
+              "from an uninterrupted run")
     return resume_from
+
+
+def _continue(accelerator: Accelerator, state: checkpoint.TrainState, cfg: TrainConfig, steps_per_epoch: int,
+              total_steps: int) -> tuple[checkpoint.TrainState, int]:
+    """The state and step budget with which this run continues the checkpoint's, saying what differs.
+
+    Another process count changes the steps per epoch: the epoch goes on after the global batches already
+    trained on (checkpoint.for_processes), and the budget moves by the difference between the steps taken
+    and the steps this count would have taken to get here, so the run still ends at the end of its last
+    epoch and the learning-rate schedule reaches its end there. (A streaming run's steps per epoch do not
+    depend on the count: each rank reads its own share of the stream.)
+    """
+    written_by = state.processes  # 0: not recorded (an older checkpoint)
+    if written_by and written_by != accelerator.num_processes and not cfg.streaming:
+        state = checkpoint.for_processes(state, accelerator.num_processes)
+        total_steps += state.step - ((state.epoch - 1) * steps_per_epoch + state.batches_done // cfg.grad_accum)
+    if written_by and written_by != accelerator.num_processes:
+        accelerator.print(
+            f"warning: resuming with {accelerator.num_processes} process(es); the checkpoint was written by "
+            f"{written_by}: steps per epoch {state.steps_per_epoch} -> {steps_per_epoch}, total steps "
+            f"{state.total_steps} -> {total_steps} (the learning-rate schedule follows); the result will differ "
+            "from an uninterrupted run")
+    if state.precision and state.precision != accelerator.mixed_precision:
+        accelerator.print(f"warning: resuming in precision {accelerator.mixed_precision}; the checkpoint was written "
+                          f"in {state.precision}: the result will differ from an uninterrupted run")
+    return dataclasses.replace(state, processes=accelerator.num_processes), total_steps
 
 
 # Settings that may change between an interrupted run and its continuation without changing the result.
@@ -158,8 +208,7 @@ def _train(cfg: TrainConfig, preemption: checkpoint.PreemptionFlag) -> Path:
     launch = start_processes(cfg.dist_timeout)
     cpu = launch.device.type == "cpu"
     out_dir = _agree_on_output_dir(launch, cfg.output_dir)
-    resume_from = _resume_point(cfg, out_dir, launch.is_main_process)
-    state = checkpoint.read_state(resume_from) if resume_from else checkpoint.TrainState()
+    resume_from, state = _resume_point(cfg, out_dir, launch)
     if state.finished:
         if launch.is_main_process:
             print(f"{out_dir}: this run already finished (step {state.step}); nothing to do")
@@ -210,15 +259,14 @@ def _train(cfg: TrainConfig, preemption: checkpoint.PreemptionFlag) -> Path:
     # and its state is part of every checkpoint.
     ema = WeightEMA(model, cfg.ema_decay) if cfg.ema_decay else None
     model, optimizer, *loaders = accelerator.prepare(model, optimizer, *loaders)
-    if ema is not None:
+    if ema is not None:  # saved and loaded by checkpoint.py, as safetensors: never pickled
         ema.module.to(accelerator.device)
-        accelerator.register_for_checkpointing(ema)
     if not cfg.streaming:
         train_dl = loaders.pop(0)
     val_dl, test_dl = loaders[0], (loaders[1] if len(loaders) > 1 else None)
     bad_steps = faults.BadSteps(accelerator, optimizer, cfg.max_bad_steps)  # non-finite steps (bf16/fp32)
-    if resume_from:
-        accelerator.load_state(str(resume_from))  # weights, Adam moments, scaler, every rank's RNG
+    if resume_from:  # weights, Adam moments, scaler, every rank's RNG, the EMA
+        checkpoint.load_checkpoint(accelerator, resume_from, ema, say=accelerator.print)
     # Training runs through the compiled module; evaluation, EMA and saving use `model` itself.
     train_model = torch.compile(model) if cfg.compile else model
     # Reading the preemption flag is a reduction plus a host sync: free on a CPU, where every op is
@@ -228,6 +276,8 @@ def _train(cfg: TrainConfig, preemption: checkpoint.PreemptionFlag) -> Path:
     steps_per_epoch = math.ceil(cfg.max_steps / cfg.epochs) if cfg.streaming else math.ceil(len(train_dl) / cfg.grad_accum)
     total_steps = min(cfg.max_steps or sys.maxsize, cfg.epochs * steps_per_epoch)
     epochs = math.ceil(total_steps / steps_per_epoch)
+    if resume_from:  # another process count or precision than the checkpoint's: say so, adapt the budget
+        state, total_steps = _continue(accelerator, state, cfg, steps_per_epoch, total_steps)
 
     if accelerator.is_main_process:
         out_dir.mkdir(parents=True, exist_ok=True)
@@ -251,7 +301,8 @@ def _train(cfg: TrainConfig, preemption: checkpoint.PreemptionFlag) -> Path:
         # gives the same epoch mean.
         total_loss = accelerator.reduce(loss_sum.clone(), "sum").item()
         checkpoint.save_checkpoint(accelerator, out_dir, checkpoint.TrainState(
-            epoch, batches_done, step, best_jm, total_loss, passes, finished), keep=cfg.keep_checkpoints)
+            epoch, batches_done, step, best_jm, total_loss, passes, finished, steps_per_epoch=steps_per_epoch,
+            total_steps=total_steps), keep=cfg.keep_checkpoints, ema=ema)
 
     def stop_for_preemption() -> typing.NoReturn:
         accelerator.print(f"preempted: checkpoint saved at step {step}; the same command resumes from it")

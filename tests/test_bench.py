@@ -64,3 +64,8 @@ def test_bench_predict_json_has_both_speeds():
         run = report[key]
         assert run["lr_megapixels_per_s"] == pytest.approx(size * size / 1e6 / run["seconds"])
         assert run["peak_rss_mb"] > 50
+
+
+def test_bench_ema_times_both_updates_on_the_default_model():
+    report = bench_json("ema", "--updates", "3", "--warmup", "1", "--threads", "1")
+    assert report["tensors"] > 100 and report["per_tensor_ms"] > 0 and report["foreach_ms"] > 0

@@ -1,5 +1,6 @@
 """Full-state checkpoints: completeness, pruning, exact resume after kill -9, and preemption."""
 
+import argparse
 import json
 import os
 import signal
@@ -220,3 +221,152 @@ def test_sigterm_to_a_two_process_job_saves_and_stops_then_the_rerun_finishes(pa
     assert rerun.returncode == 0, rerun.stderr[-3000:]
     assert f"resuming from {saved}" in rerun.stdout
     assert C.read_state(newest_complete(out)).finished
+
+
+def test_the_multi_tensor_ema_update_equals_the_per_tensor_lerp_bit_for_bit():
+    from insanesr_dist.bench_stages import per_tensor_ema_update
+    from insanesr_dist.ema import WeightEMA
+    from insanesr_dist.model import InsaneSRNet
+
+    torch.manual_seed(0)
+    live = InsaneSRNet().to(memory_format=torch.channels_last)  # the default model, laid out as trained
+    ema = WeightEMA(live, decay=0.999)
+    reference = WeightEMA(live, decay=0.999).module  # updated by the old formula
+    for updates in range(1, 5):
+        with torch.no_grad():
+            for p in live.parameters():
+                p.add_(torch.randn_like(p), alpha=0.01)  # as an optimizer step would move them
+        ema.update(live)
+        per_tensor_ema_update(reference, live, min(0.999, (1 + updates) / (10 + updates)))
+        got, expected = ema.module.state_dict(), reference.state_dict()
+        assert all(torch.equal(got[k], expected[k]) for k in expected)
+    assert ema.updates == 4
+    # `.to()` keeps the Parameter objects (it swaps their data), and the update finds them afresh each time.
+    ema.module.to("cpu")
+    ema.update(live)
+    assert ema.updates == 5
+
+
+def tiny_accelerator_state(tmp_path: Path):
+    """A saved accelerate state of a small model and Adam (no fp16, so no scaler.pt) and the Accelerator
+    that wrote it; the caller resets accelerate's process-wide state afterwards."""
+    from accelerate import Accelerator
+
+    accelerator = Accelerator(cpu=True)
+    model, optimizer = accelerator.prepare(torch.nn.Linear(2, 1), torch.optim.Adam(torch.nn.Linear(2, 1).parameters()))
+    path = tmp_path / "step_00000001"
+    accelerator.save_state(str(path))
+    return accelerator, path
+
+
+def test_a_checkpoint_without_scaler_state_resumes_under_fp16_with_a_fresh_scaler(tmp_path, capsys):
+    """fp16 needs a CUDA GPU, so its situation is built here: an Accelerator holding a GradScaler (as under
+    fp16) meets a checkpoint written without one (bf16 or fp32)."""
+    from accelerate.state import AcceleratorState
+
+    try:
+        accelerator, path = tiny_accelerator_state(tmp_path)
+        assert not (path / C.SCALER_FILE).exists()
+        accelerator.scaler = scaler = torch.amp.GradScaler("cpu", init_scale=4.0)
+        with pytest.raises(FileNotFoundError, match="scaler.pt"):  # accelerate's own load_state: every rerun alike
+            accelerator.load_state(str(path))
+        said = []
+        C.load_checkpoint(accelerator, path, say=said.append)
+        assert accelerator.scaler is scaler and scaler.get_scale() == 4.0  # the fresh one, as a new run has
+        assert len(said) == 1 and "fresh gradient scaler" in said[0]
+        # Random states that the weights_only loader refuses (accelerate would skip them silently) are said.
+        torch.save({"random_state": argparse.Namespace()}, path / "random_states_0.pkl")
+        C.load_checkpoint(accelerator, path, say=said.append)
+        assert "cannot load this rank's random states" in capsys.readouterr().out
+        # A checkpoint from an older version with the pickled EMA is refused, never unpickled.
+        (path / "custom_checkpoint_0.pkl").write_bytes(b"not loaded")
+        with pytest.raises(UserError, match="custom_checkpoint_0.pkl.*not loaded"):
+            C.load_checkpoint(accelerator, path, say=said.append)
+    finally:
+        AcceleratorState._reset_state(True)
+
+
+def test_a_state_continued_by_another_process_count_skips_the_same_global_batches():
+    two = C.TrainState(epoch=2, batches_done=3, step=9, loss_sum=6.0, passes=3, processes=2)
+    one = C.for_processes(two, 1)
+    assert (one.batches_done, one.passes, one.processes) == (6, 6, 1)
+    # The epoch's mean loss is kept: the sum over ranks shared out again, over each rank's passes.
+    assert two.loss_sum / two.processes / two.passes == one.loss_sum / 1 / one.passes
+    assert C.for_processes(one, 2) == two
+    assert C.for_processes(C.TrainState(batches_done=5), 2).batches_done == 5  # count unknown: as it was
+
+
+def run_logged(command: list[str], log_path: Path, timeout: float) -> tuple[int, str]:
+    """Run to the end with output in a file (a full pipe nobody reads would stall the ranks)."""
+    with open(log_path, "w") as log:
+        code = subprocess.run(command, stdout=log, stderr=subprocess.STDOUT, timeout=timeout).returncode
+    return code, log_path.read_text(errors="replace")
+
+
+def killed_after_a_checkpoint(command: list[str], out: Path) -> Path:
+    """Start a long run, SIGKILL it once its first mid-epoch checkpoint is complete; that checkpoint."""
+    job = subprocess.Popen(command, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        wait_for(lambda: newest_complete(out) is not None or job.poll() is not None, 300, "a checkpoint")
+    finally:
+        kill_tree(job)
+    saved = newest_complete(out)
+    assert saved is not None and not C.read_state(saved).finished
+    return saved
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("before, after", [(2, 1), (1, 2)])
+def test_resuming_with_another_process_count_says_so_and_finishes(pair_folder, tmp_path, before, after):
+    args = ["--data", str(pair_folder), *TINY, "--batch-size", "2", "--checkpoint-every", "2"]
+    out = tmp_path / "out"
+    saved = killed_after_a_checkpoint(launch(before, *args, "--epochs", "30", "--output-dir", str(out)), out)
+    state = C.read_state(saved)
+    assert state.processes == before and state.precision == "no" and state.batches_done % 2 == 0
+    # The EMA (on in the default preset) is in the checkpoint as safetensors, listed in COMPLETE; no pickle of it.
+    listed = json.loads((saved / C.MARKER).read_text())
+    assert C.EMA_WEIGHTS in listed and C.EMA_COUNTERS in listed and not list(saved.glob("custom_checkpoint_*"))
+
+    code, output = run_logged(launch(after, *args, "--epochs", str(state.epoch), "--output-dir", str(out)),
+                              tmp_path / "rerun.log", timeout=600)
+    assert code == 0, output[-3000:]
+    note = next(line for line in output.splitlines() if line.startswith("warning: resuming with"))
+    assert note.startswith(f"warning: resuming with {after} process(es); the checkpoint was written by {before}: "
+                           f"steps per epoch {state.steps_per_epoch} -> "), note
+    assert f"resuming from {saved}" in output
+    # The epoch went on after the global batches already trained on, to its end: the step budget followed.
+    steps_per_epoch = int(note.split(" -> ")[1].split(",")[0])
+    final = C.read_state(newest_complete(out))
+    assert final.finished and final.processes == after
+    assert final.step == state.step + steps_per_epoch - state.batches_done * before // after
+
+
+@pytest.mark.slow
+def test_a_rank_that_cannot_read_rank_0s_checkpoint_fails_in_one_line_and_no_rank_hangs(pair_folder, tmp_path):
+    args = ["--data", str(pair_folder), *TINY, "--batch-size", "2", "--checkpoint-every", "2"]
+    out = tmp_path / "out"
+    saved = killed_after_a_checkpoint(launch(1, *args, "--epochs", "30", "--output-dir", str(out)), out)
+    # Rank 1 sees another file system than rank 0's (a node-local or lagging mount): the optimizer state is
+    # unreadable there. The script is the real train command with that one fault injected.
+    script = tmp_path / "rank1_cannot_read.py"
+    script.write_text(
+        "import os, sys\n"
+        "import insanesr_dist.checkpoint as C\n"
+        "import insanesr_dist.train as T\n"
+        "real = C._is_complete\n"
+        "C._is_complete = lambda p: (real(p) if os.environ['RANK'] == '0'\n"
+        "                            else 'optimizer.bin cannot be read (injected)')\n"
+        "sys.argv = ['train', *sys.argv[1:]]\n"
+        "T.main()\n")
+    command = [a if a != "-m" else str(script) for a in launch(2, *args, "--output-dir", str(out))]
+    command.remove("insanesr_dist.train")
+    code, output = run_logged(command, tmp_path / "rerun.log", timeout=300)
+    assert code != 0, output[-3000:]
+    # Each rank says it in one line; the only traceback is the launcher's report of the ranks' exit codes.
+    lines = output.splitlines()
+    errors = [line for line in lines if line.startswith("Error:")]
+    tracebacks = [i for i, line in enumerate(lines) if line.startswith("Traceback")]
+    assert len(errors) == 2 and all("bin/accelerate" in lines[i + 1] for i in tracebacks), output[-3000:]
+    assert set(errors) == {f"Error: {saved}: rank 1 cannot read this checkpoint, which rank 0 chose to resume "
+                           "from: optimizer.bin cannot be read (injected); every rank must see the run directory's "
+                           "files (a shared file system)"}, output[-3000:]

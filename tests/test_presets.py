@@ -147,10 +147,10 @@ def test_a_default_preset_run_saves_the_ema_weights(pair_folder, tmp_path):
     assert saved["preset"] == "default" and saved["output_head"] == "residual" and saved["ema_decay"] > 0
     latest = load_file(out / "latest.safetensors")
     final = sorted((out / "checkpoints").glob("step_*"))[-1]
-    ema_state = torch.load(final / "custom_checkpoint_0.pkl", weights_only=True)
+    ema_weights = load_file(final / "ema.safetensors")  # the checkpoint's EMA: safetensors + JSON, no pickle
     live = load_file(final / "model.safetensors")
-    assert ema_state["updates"] == 3
-    assert all(torch.equal(latest[k], ema_state["weights"][k]) for k in latest)
+    assert json.loads((final / "ema.json").read_text())["updates"] == 3
+    assert all(torch.equal(latest[k], ema_weights[k]) for k in latest)
     assert any(not torch.equal(latest[k], live[k]) for k in latest)  # the average, not the live weights
     assert read_metadata(out / "latest.safetensors")["insanesr_config"]["output_head"] == "residual"
 
