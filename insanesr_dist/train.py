@@ -169,7 +169,8 @@ def _continue(accelerator: Accelerator, state: checkpoint.TrainState, cfg: Train
 
 # Settings that may change between an interrupted run and its continuation without changing the result.
 RESUMABLE = {"resume", "output_dir", "num_workers", "cpu_threads", "log_every", "epochs", "max_steps",
-             "checkpoint_every", "keep_checkpoints", "max_bad_steps", "decoded_cache_mb"}
+             "checkpoint_every", "keep_checkpoints", "max_bad_steps", "decoded_cache_mb", "worker_timeout",
+             "dist_timeout"}
 
 
 def train(cfg: TrainConfig) -> Path:
@@ -264,7 +265,7 @@ def _train(cfg: TrainConfig, preemption: checkpoint.PreemptionFlag) -> Path:
     if not cfg.streaming:
         train_dl = loaders.pop(0)
     val_dl, test_dl = loaders[0], (loaders[1] if len(loaders) > 1 else None)
-    bad_steps = faults.BadSteps(accelerator, optimizer, cfg.max_bad_steps)  # non-finite steps (bf16/fp32)
+    bad_steps = faults.BadSteps(accelerator, optimizer, cfg.max_bad_steps)  # non-finite steps, fp16's skips
     if resume_from:  # weights, Adam moments, scaler, every rank's RNG, the EMA
         checkpoint.load_checkpoint(accelerator, resume_from, ema, say=accelerator.print)
     # Training runs through the compiled module; evaluation, EMA and saving use `model` itself.

@@ -9,7 +9,6 @@ import sys
 import time
 from pathlib import Path
 
-import psutil
 import pytest
 import torch
 from safetensors.torch import load_file
@@ -18,7 +17,7 @@ from tensorboard.backend.event_processing.event_file_loader import LegacyEventFi
 from insanesr_dist import checkpoint as C
 from insanesr_dist.errors import UserError
 
-from conftest import TINY, run_cli
+from conftest import TINY, kill_tree, run_cli, run_tree
 
 RUN = ["--epochs", "3", "--batch-size", "2", "--log-every", "1", "--checkpoint-every", "3"]
 
@@ -143,15 +142,6 @@ def wait_for(predicate, timeout: float, what: str) -> None:
         time.sleep(0.05)
 
 
-def kill_tree(job: subprocess.Popen) -> None:
-    """SIGKILL the launcher and every process under it (torchrun starts its workers in new sessions)."""
-    processes = [psutil.Process(job.pid), *psutil.Process(job.pid).children(recursive=True)]
-    for process in processes:
-        process.kill()
-    psutil.wait_procs(processes, timeout=30)
-    job.wait()
-
-
 def newest_complete(out: Path) -> Path | None:
     found = C.complete_checkpoints(out, warn=lambda _: None)
     return found[-1] if found else None
@@ -162,7 +152,7 @@ def newest_complete(out: Path) -> Path | None:
 def test_kill_9_and_rerun_equals_an_uninterrupted_run(pair_folder, tmp_path, processes):
     args = ["--data", str(pair_folder), *TINY, *RUN]
     reference = tmp_path / "reference"
-    done = subprocess.run(launch(processes, *args, "--output-dir", str(reference)), capture_output=True, text=True)
+    done = run_tree(launch(processes, *args, "--output-dir", str(reference)), timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
 
     out = tmp_path / "killed"
@@ -176,7 +166,7 @@ def test_kill_9_and_rerun_equals_an_uninterrupted_run(pair_folder, tmp_path, pro
     resumed_from = newest_complete(out)
     assert resumed_from is not None and not C.read_state(resumed_from).finished
 
-    rerun = subprocess.run(launch(processes, *args, "--output-dir", str(out)), capture_output=True, text=True)
+    rerun = run_tree(launch(processes, *args, "--output-dir", str(out)), timeout=600)
     assert rerun.returncode == 0, rerun.stderr[-3000:]
     assert f"resuming from {resumed_from}" in rerun.stdout
     assert max_relative_difference(reference / "latest.safetensors", out / "latest.safetensors") <= 1e-6
@@ -217,7 +207,7 @@ def test_sigterm_to_a_two_process_job_saves_and_stops_then_the_rerun_finishes(pa
     assert all((saved / f"random_states_{rank}.pkl").is_file() for rank in range(2))
 
     short = [a if a != "30" else str(state.epoch) for a in args]  # finish soon: same run, fewer epochs
-    rerun = subprocess.run(launch(2, *short, "--output-dir", str(out)), capture_output=True, text=True)
+    rerun = run_tree(launch(2, *short, "--output-dir", str(out)), timeout=600)
     assert rerun.returncode == 0, rerun.stderr[-3000:]
     assert f"resuming from {saved}" in rerun.stdout
     assert C.read_state(newest_complete(out)).finished
@@ -299,7 +289,12 @@ def test_a_state_continued_by_another_process_count_skips_the_same_global_batche
 def run_logged(command: list[str], log_path: Path, timeout: float) -> tuple[int, str]:
     """Run to the end with output in a file (a full pipe nobody reads would stall the ranks)."""
     with open(log_path, "w") as log:
-        code = subprocess.run(command, stdout=log, stderr=subprocess.STDOUT, timeout=timeout).returncode
+        job = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        code = job.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        kill_tree(job)
+        pytest.fail(f"timed out after {timeout} s: {log_path.read_text(errors='replace')[-3000:]}")
     return code, log_path.read_text(errors="replace")
 
 

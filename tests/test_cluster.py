@@ -11,7 +11,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import signal
 import subprocess
 import sys
 import time
@@ -21,7 +20,7 @@ import pytest
 
 from insanesr_dist.submission import read_submission
 
-from conftest import TINY, free_port
+from conftest import TINY, free_port, kill_tree
 
 pytestmark = pytest.mark.slow
 
@@ -74,8 +73,7 @@ def test_two_machines_on_loopback_without_slurm(data, tmp_path):
     finally:
         for p in procs:  # on a timeout: the launcher and its workers (own session each)
             if p.poll() is None:
-                os.killpg(p.pid, signal.SIGKILL)
-                p.wait()
+                kill_tree(p)
     logs = [read_log(tmp_path / f"machine{rank}.log") for rank in (0, 1)]
     assert codes == [0, 0], "\n\n".join(log[-3000:] for log in logs)
     assert "2 process(es)" in logs[0]

@@ -6,7 +6,6 @@ import math
 import cv2
 import numpy as np
 import pytest
-import torch
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from insanesr_dist.evaluate import evaluate_predictions
