@@ -21,7 +21,7 @@ CONFIGS = Path(__file__).resolve().parents[1] / "accelerate_configs"
 
 # name -> (distributed type, processes, mixed precision, use_cpu, machines)
 EXPECTED = {
-    "cpu.yaml": (DistributedType.NO, 1, "no", True, 1),
+    "cpu.yaml": (DistributedType.NO, 1, None, True, 1),  # precision left to the trainer (auto)
     "single_gpu.yaml": (DistributedType.NO, 1, "fp16", False, 1),
     "multi_gpu.yaml": (DistributedType.MULTI_GPU, -1, "fp16", False, 1),
     "multi_gpu_bf16.yaml": (DistributedType.MULTI_GPU, -1, "bf16", False, 1),
