@@ -1,4 +1,4 @@
-"""`insanesr-dist check-data DIR_OR_DATASET`: read every file once and list every problem.
+"""`insanesr-dist check-data DIR_OR_DATASET`: read every file once, one at a time, and list every problem.
 
 One line per finding (file, problem, what training will do), then a summary; exit 1 when training
 would stop. The rules are those of `samples` — the same functions the trainer's loader applies.
@@ -59,8 +59,20 @@ def _name_notes(path: Path, report: Report) -> None:
         report.add(path, f"file name has {what}; accepted, the id keeps the exact name", "note")
 
 
-def _format_notes(files: dict[str, Path], data: dict[Path, bytes], report: Report) -> None:
-    kinds = {p: samples.sniff_format(data[p]) for p in files.values() if p in data}
+def _sniff_all(files: dict[str, Path], report: Report) -> dict[Path, str | None]:
+    """Each readable file's format from its first bytes (an unreadable file is recorded here, once): the
+    folder's mix of formats is known before any file is read whole."""
+    kinds = {}
+    for path in files.values():
+        try:
+            with open(path, "rb") as f:
+                kinds[path] = samples.sniff_format(f.read(16))
+        except OSError as e:
+            report.add(path, f"cannot be read ({e.strerror})")
+    return kinds
+
+
+def _format_notes(kinds: dict[Path, str | None], report: Report) -> None:
     counts = collections.Counter(k for k in kinds.values() if k)
     for path, kind in kinds.items():
         suffix = {"JPG": "JPEG", "TIF": "TIFF"}.get(path.suffix[1:].upper(), path.suffix[1:].upper())
@@ -71,14 +83,15 @@ def _format_notes(files: dict[str, Path], data: dict[Path, bytes], report: Repor
                        "note")
 
 
-def _read_all(files: dict[str, Path], report: Report) -> dict[Path, bytes]:
-    data = {}
-    for path in files.values():
-        try:
-            data[path] = path.read_bytes()
-        except OSError as e:
-            report.add(path, f"cannot be read ({e.strerror})")
-    return data
+def _read_and_decode(path: Path, report: Report) -> tuple[int, ...] | None:
+    """One file read, judged and dropped: only its shape outlives this call, so a folder of any size is
+    checked in the memory of its largest image."""
+    try:
+        data = path.read_bytes()
+    except OSError as e:
+        report.add(path, f"cannot be read ({e.strerror})")
+        return None
+    return _decode(data, samples.show(path), report)
 
 
 def check_folder(root: Path, patch_size: int, scale: int, report: Report) -> None:
@@ -99,13 +112,13 @@ def check_folder(root: Path, patch_size: int, scale: int, report: Report) -> Non
     report.findings += orphans
     report.pairs = len(names) + len(orphans)
     shapes = {}
-    for d, files in scanned.items():
-        data = _read_all(files, report)
-        _format_notes(files, data, report)
+    for files in scanned.values():
+        kinds = _sniff_all(files, report)
+        _format_notes(kinds, report)
         for path in files.values():
             _name_notes(path, report)
-            if path in data:
-                shapes[path] = _decode(data[path], samples.show(path), report)
+            if path in kinds:
+                shapes[path] = _read_and_decode(path, report)
     for name in names:
         lr, hr = shapes.get(scanned[lr_dir][name]), shapes.get(scanned[hr_dir][name])
         if lr is None or hr is None:
@@ -144,6 +157,7 @@ def check_table(source: str, path: Path | None, patch_size: int, scale: int, rep
 
 def run_check(source: str, *, patch_size: int, on_bad_sample: str, scale: int = 4, echo=click.echo) -> bool:
     """Print every finding and a summary; True when training would run."""
+    samples.max_pixels()  # a bad $INSANESR_MAX_PIXELS is one line, not a finding on every file
     path = Path(source).expanduser()
     report = Report()
     if samples.is_saved_dataset(path):

@@ -9,12 +9,15 @@ Conversions (lossless or fixed, so the same file always gives the same pixels):
   the grader compares, and compositing on a chosen background would invent colours the file never had).
   EXIF orientation is ignored: pixels are used as stored, the same way for LR and HR.
 Refused, with the reason: empty, truncated or undecodable files, content that is no image format we read,
-float or signed pixels, channel counts other than 1, 3 or 4, and file names that are not valid UTF-8.
+float or signed pixels, channel counts other than 1, 3 or 4, file names that are not valid UTF-8, and images
+whose header declares more than `max_pixels()` pixels (refused before any decoding, as PIL's
+decompression-bomb guard does: a 1 MB PNG can declare 20000x20000, i.e. 1.2 GB once decoded).
 """
 
 from __future__ import annotations
 
 import os
+import struct
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -39,6 +42,9 @@ _MAGIC = [
 ]
 _PNG_COLOUR_TYPES = {0: "gray", 2: "RGB", 3: "palette", 4: "gray+alpha", 6: "RGBA"}
 
+MAX_PIXELS_VARIABLE = "INSANESR_MAX_PIXELS"
+DEFAULT_MAX_PIXELS = 16384 * 16384  # 268 M pixels, 805 MB as 8-bit RGB: 32x a 4K frame, far above any game capture
+
 
 def sniff_format(data: bytes) -> str | None:
     """The image format of a file's content (PNG, JPEG, BMP, TIFF, WEBP), or None."""
@@ -48,6 +54,102 @@ def sniff_format(data: bytes) -> str | None:
     if data[:4] == b"RIFF" and data[8:12] == b"WEBP":
         return "WEBP"
     return None
+
+
+def max_pixels() -> int:
+    """The most pixels an image may declare: $INSANESR_MAX_PIXELS, else DEFAULT_MAX_PIXELS. Read on each call,
+    so a run's environment (and its DataLoader workers') decides."""
+    text = os.environ.get(MAX_PIXELS_VARIABLE, "").strip()
+    if not text:
+        return DEFAULT_MAX_PIXELS
+    if not text.isdigit() or int(text) < 1:
+        raise UserError(f"{MAX_PIXELS_VARIABLE}: must be a positive whole number of pixels, got {text!r}")
+    return int(text)
+
+
+def header_size(data: bytes, kind: str | None = None) -> tuple[int, int] | None:
+    """(width, height) as the file's header declares it, read without decoding; None when the header is
+    missing or not understood (the decoder then has the last word)."""
+    kind = kind or sniff_format(data)
+    reader = {"PNG": _png_size, "JPEG": _jpeg_size, "BMP": _bmp_size, "TIFF": _tiff_size, "WEBP": _webp_size}.get(kind)
+    try:
+        size = reader(data) if reader else None
+    except (struct.error, IndexError):  # a header cut short
+        return None
+    return size if size and size[0] > 0 and size[1] > 0 else None
+
+
+def _png_size(data: bytes) -> tuple[int, int] | None:
+    # The IHDR chunk must come first: 8-byte signature, 4-byte length, b"IHDR", width, height (big-endian).
+    return struct.unpack(">II", data[16:24]) if data[12:16] == b"IHDR" else None
+
+
+_JPEG_SOF = {0xC0, 0xC1, 0xC2, 0xC3, 0xC5, 0xC6, 0xC7, 0xC9, 0xCA, 0xCB, 0xCD, 0xCE, 0xCF}  # not DHT, JPG, DAC
+
+
+def _jpeg_size(data: bytes) -> tuple[int, int] | None:
+    # Walk the marker segments up to the frame header (SOFn: length, precision, height, width).
+    i = 2
+    while i + 4 <= len(data):
+        if data[i] != 0xFF:
+            return None
+        marker = data[i + 1]
+        if marker == 0xFF:  # fill byte
+            i += 1
+            continue
+        if marker in _JPEG_SOF:
+            height, width = struct.unpack(">HH", data[i + 5:i + 9])
+            return width, height
+        if marker == 0xDA:  # scan data before any frame header
+            return None
+        standalone = marker == 0x01 or 0xD0 <= marker <= 0xD8
+        i += 2 if standalone else 2 + struct.unpack(">H", data[i + 2:i + 4])[0]
+    return None
+
+
+def _bmp_size(data: bytes) -> tuple[int, int]:
+    if struct.unpack("<I", data[14:18])[0] == 12:  # OS/2 BITMAPCOREHEADER: 16-bit sizes
+        return struct.unpack("<HH", data[18:22])
+    width, height = struct.unpack("<ii", data[18:26])
+    return width, abs(height)  # a negative height means rows stored top-down
+
+
+def _tiff_size(data: bytes) -> tuple[int, int] | None:
+    # The first IFD (the page OpenCV decodes): ImageWidth (256) and ImageLength (257), SHORT or LONG.
+    order = "<" if data[:2] == b"II" else ">"
+    ifd = struct.unpack(order + "I", data[4:8])[0]
+    found = {}
+    for n in range(struct.unpack(order + "H", data[ifd:ifd + 2])[0]):
+        tag, kind = struct.unpack(order + "HH", data[ifd + 2 + 12 * n:ifd + 6 + 12 * n])
+        if tag in (256, 257):
+            value = data[ifd + 10 + 12 * n:ifd + 14 + 12 * n]
+            found[tag] = struct.unpack(order + "H", value[:2])[0] if kind == 3 else struct.unpack(order + "I", value)[0]
+    return (found[256], found[257]) if len(found) == 2 else None
+
+
+def _webp_size(data: bytes) -> tuple[int, int] | None:
+    chunk = data[12:16]
+    if chunk == b"VP8 ":  # lossy: a key frame's 14-bit sizes after its start code
+        return struct.unpack("<H", data[26:28])[0] & 0x3FFF, struct.unpack("<H", data[28:30])[0] & 0x3FFF
+    if chunk == b"VP8L":  # lossless: 14-bit width-1 and height-1 packed after the signature byte
+        bits = struct.unpack("<I", data[21:25])[0]
+        return (bits & 0x3FFF) + 1, ((bits >> 14) & 0x3FFF) + 1
+    if chunk == b"VP8X":  # extended: 24-bit canvas width-1 and height-1
+        return 1 + int.from_bytes(data[24:27], "little"), 1 + int.from_bytes(data[27:30], "little")
+    return None
+
+
+def size_problem(size: tuple[int, int] | None) -> str | None:
+    """Why an image of this declared (width, height) is refused before decoding, or None."""
+    try:
+        limit = max_pixels()
+    except UserError as e:  # commands check the variable first; here it is still one line naming the file
+        return f"cannot be size-checked: {e.message}"
+    if size is None or size[0] * size[1] <= limit:
+        return None
+    width, height = size
+    return (f"image is {width}x{height} ({width * height:,} pixels), above the limit of {limit:,} "
+            f"pixels (refused before decoding; raise it with {MAX_PIXELS_VARIABLE})")
 
 
 def _truncated(data: bytes, kind: str) -> bool:
@@ -69,6 +171,8 @@ def decode_image(data: bytes, name: str, notes: list[str] | None = None) -> np.n
     kind = sniff_format(data)
     if kind is None:
         raise UserError(f"{name}: cannot be decoded: not an image (content is none of PNG, JPEG, BMP, TIFF, WEBP)")
+    if too_big := size_problem(header_size(data, kind)):
+        raise UserError(f"{name}: {too_big}")
     if _truncated(data, kind):
         raise UserError(f"{name}: cannot be decoded: truncated {kind} file (its end is missing)")
     array = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED)

@@ -14,7 +14,18 @@ import numpy as np
 
 from .atomic import atomic_path
 from .errors import UserError
-from .samples import sniff_format
+from .samples import (
+    decode_image,
+    header_size,
+    image_files,
+    max_pixels,
+    read_image,
+    size_problem,
+    sniff_format,
+)
+
+# Images are read through samples, never data: checking a CSV needs neither torch nor datasets, whose imports
+# alone take ~780 MB.
 
 COLUMNS = ("id", "Encoded Image")
 csv.field_size_limit(1 << 30)  # one cell holds a whole base64 PNG
@@ -29,13 +40,11 @@ def encode_png(rgb: np.ndarray) -> bytes:
 
 
 def decode_png_base64(text: str, name: str) -> np.ndarray:
-    from .data import decode_rgb
-
     try:
         data = base64.b64decode(text, validate=True)
     except ValueError:
         raise UserError(f"{name}: not valid base64") from None
-    return decode_rgb(data, name)
+    return decode_image(data, name)
 
 
 def write_submission(path: str | os.PathLike, rows: Iterable[tuple[str, bytes]]) -> None:
@@ -81,16 +90,23 @@ def _row_problem(cells: list[str], lr_sizes: dict[str, tuple[int, int]], scale: 
         return "Encoded Image is not valid base64"
     if sniff_format(data) != "PNG":
         return "Encoded Image is not a PNG (no PNG signature)"
+    # The size comes from the PNG header: a wrong (or absurd) size is reported without decoding, so only
+    # an image of exactly the expected size is ever decoded.
+    size = header_size(data, "PNG")
+    if size is None:
+        return "Encoded Image is a damaged PNG (no IHDR header)"
+    height, width = lr_sizes[cells[0]]
+    if size != (width * scale, height * scale):
+        return (f"PNG is {size[0]}x{size[1]}, expected {width * scale}x{height * scale} "
+                f"({scale}x the {width}x{height} LR)")
+    if too_big := size_problem(size):  # the right size, yet more than this machine is allowed to decode
+        return f"PNG {too_big}"
     image = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED)
     if image is None:
         return "Encoded Image is a damaged PNG (cannot be decoded)"
     channels = 1 if image.ndim == 2 else image.shape[2]
     if channels != 3 or image.dtype != np.uint8:
         return f"PNG has {channels} channel(s) of {image.dtype}, expected 3 (RGB) of uint8"
-    height, width = lr_sizes[cells[0]]
-    if image.shape[:2] != (height * scale, width * scale):
-        return (f"PNG is {image.shape[1]}x{image.shape[0]}, expected {width * scale}x{height * scale} "
-                f"({scale}x the {width}x{height} LR)")
     return None
 
 
@@ -99,14 +115,12 @@ def check_submission(path: str | os.PathLike, lr_dir: str | os.PathLike, scale: 
 
     Rows are read and decoded one at a time, so a CSV of any size is checked in constant memory.
     """
-    from .data import decode_rgb
-    from .samples import image_files
-
+    max_pixels()  # a bad $INSANESR_MAX_PIXELS is one line, not a problem on every row
     path, lr_dir = Path(path), Path(lr_dir)
     lr_files = image_files(lr_dir)
     if not lr_files:
         raise UserError(f"{lr_dir}: no LR images found")
-    lr_sizes = {p.name: decode_rgb(p.read_bytes(), str(p)).shape[:2] for p in lr_files}
+    lr_sizes = {p.name: read_image(p).shape[:2] for p in lr_files}
     problems, first_line, rows = [], {}, 0
     try:
         with open(path, newline="", encoding="utf-8") as f:

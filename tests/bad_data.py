@@ -8,6 +8,8 @@ finding must contain, and its kind (bad / converted / note / ignored).
 from __future__ import annotations
 
 import os
+import struct
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -23,6 +25,14 @@ class Case:
     path: Path
     needle: str
     kind: str
+
+
+def bomb_png(width: int = 20000, height: int = 20000) -> bytes:
+    """A valid PNG header declaring width x height in front of an 8x8 image's data: a few hundred bytes that
+    a decoder would size a width*height*3 buffer for (a real all-black 20000x20000 PNG is 1.1 MB of zlib)."""
+    png = cv2.imencode(".png", np.zeros((8, 8, 3), np.uint8))[1].tobytes()
+    ihdr = b"IHDR" + struct.pack(">II", width, height) + png[24:29]  # bit depth, colour type, ...
+    return png[:12] + ihdr + struct.pack(">I", zlib.crc32(ihdr)) + png[33:]
 
 
 def _rgb(rng, h, w):
@@ -75,6 +85,9 @@ def make_bad_folder(root: Path, *, good: int = 6, seed: int = 0) -> dict[str, Ca
     ok, buf = cv2.imencode(".tif", rng.random((12, 12, 3)).astype(np.float32))
     lr.write_bytes(buf.tobytes())
     cases["float pixels"] = Case(lr, "float32 pixels", "bad")
+    lr, _ = _pair(root, "bomb.png", _rgb(rng, 12, 12), _rgb(rng, 48, 48))
+    lr.write_bytes(bomb_png())
+    cases["decompression bomb"] = Case(lr, "image is 20000x20000 (400,000,000 pixels), above the limit", "bad")
 
     # non-image files are ignored
     (lr_dir / "notes.txt").write_text("not an image")

@@ -92,3 +92,17 @@ def test_submission_csv_round_trips_any_ids_and_sizes(rows, seed, tmp_path_facto
     back = read_submission(path)
     assert list(back) == list(images)
     assert all(np.array_equal(back[i], images[i]) for i in images)
+
+
+@FAST
+@given(st.sampled_from([".png", ".jpg", ".bmp", ".tif", ".webp"]), st.integers(1, 70), st.integers(1, 70),
+       st.sampled_from([1, 3, 4]), st.booleans())
+def test_the_header_size_is_the_decoded_size(ext, height, width, channels, lossless):
+    # what the pixel limit and check-submission trust before decoding (WEBP: lossy VP8 and lossless VP8L)
+    rng = np.random.default_rng(height * 71 + width)
+    array = rng.integers(0, 256, (height, width, channels)[:2 if channels == 1 else 3], dtype=np.uint8)
+    if ext == ".jpg" and channels == 4:
+        array = array[..., :3]
+    params = [cv2.IMWRITE_WEBP_QUALITY, 101 if lossless else 80] if ext == ".webp" else []
+    data = cv2.imencode(ext, array, params)[1].tobytes()
+    assert samples.header_size(data) == (width, height) == samples.decode_image(data, "x").shape[1::-1]

@@ -113,3 +113,18 @@ def test_every_kind_of_problem_is_named(case, expected, test_lr, tmp_path):
         header = ("id", "image")
     problems, _ = check_submission(write_rows(tmp_path / "s.csv", rows, header), lr_dir)
     assert len(problems) == 1 and expected in problems[0], problems
+
+
+def test_a_wrong_size_is_read_from_the_png_header_without_decoding(test_lr, tmp_path, monkeypatch):
+    from insanesr_dist import submission
+
+    lr_dir, predictions = test_lr
+    rows = [[k, b64(encode_png(v))] for k, v in predictions.items()]
+    wrong = encode_png(cv2.resize(predictions[rows[2][0]], (81, 64)))
+    rows[2][1] = b64(wrong)
+    decoded = []
+    real = submission.cv2.imdecode
+    monkeypatch.setattr(submission.cv2, "imdecode", lambda data, flags: decoded.append(bytes(data)) or real(data, flags))
+    problems, _ = check_submission(write_rows(tmp_path / "s.csv", rows), lr_dir)
+    assert len(problems) == 1 and "PNG is 81x64, expected 80x64 (4x the 20x16 LR)" in problems[0], problems
+    assert wrong not in decoded and len(decoded) == 4 + 3  # the LR images and the rows of the right size
