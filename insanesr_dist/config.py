@@ -101,6 +101,14 @@ class TrainConfig:
     output_dir: str | None = setting(None, "Run directory. Default: runs/<timestamp>.")
     log_every: int = setting(10, "Optimizer steps between loss readings (progress bar, TensorBoard).")
     panel_images: int = setting(4, "Fixed validation images shown as LR|SR|HR panels in TensorBoard.")
+    # evaluation cadence and size (the last epoch always validates and writes its submission)
+    val_every: int = setting(1, "Validate (scores, best.safetensors, panels) every N epochs and at the last; "
+                                "other epochs still save latest weights, the checkpoint and the training loss.")
+    submit_every: int = setting(1, "Write the test-set submission CSV every N epochs and at the last.")
+    val_max_images: int = setting(0, "Validate on this many images of the validation split, the same seeded subset "
+                                     "every epoch and run; 0: all of them.")
+    val_tile: int = setting(512, "Validation and test images with an LR edge over this are upscaled in tiles of this "
+                                 "edge (float32, overlap wide enough to equal the whole-image result); 0: never tile.")
 
     scale: typing.ClassVar[int] = 4  # the competition's factor; the data checks HR == 4 x LR
 
@@ -134,6 +142,10 @@ class TrainConfig:
             (self.checkpoint_every >= 0, "checkpoint_every must be >= 0"),
             (self.keep_checkpoints >= 1, "keep_checkpoints must be >= 1"),
             (self.panel_images >= 0, "panel_images must be >= 0"),
+            (self.val_every >= 1, "val_every must be >= 1"),
+            (self.submit_every >= 1, "submit_every must be >= 1"),
+            (self.val_max_images >= 0, "val_max_images must be >= 0"),
+            (self.val_tile >= 0, "val_tile must be >= 0"),
             (not self.streaming or self.max_steps is not None, "streaming trains by steps: give max_steps"),
         ]
         for ok, message in checks:

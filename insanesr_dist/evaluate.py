@@ -16,21 +16,27 @@ from torch.utils.data import DataLoader
 from .atomic import atomic_path
 from .errors import UserError
 from .metrics import joint_metric, piq_psnr_ssim, psnr_ssim, to_uint8
-from .predict import Forward
+from .predict import Forward, needs_tiles, upscale_for_eval
 
 BASELINES = {"bilinear": cv2.INTER_LINEAR, "bicubic": cv2.INTER_CUBIC}
 
 
 @torch.no_grad()
-def score_images(forward: Forward, loader: DataLoader, accelerator: Accelerator) -> dict[str, float]:
+def score_images(forward: Forward, loader: DataLoader, accelerator: Accelerator, tile: int = 0,
+                 overlap: int = 0) -> dict[str, float]:
     """Mean grader PSNR/SSIM/JM (and piq's PSNR/SSIM) over an (index, LR, HR) loader.
 
     Every rank scores its shard on uint8-quantized outputs; per-image scores are gathered with
-    `gather_for_metrics`, which drops the samples repeated to even out the last batch.
+    `gather_for_metrics`, which drops the samples repeated to even out the last batch. Images with an LR
+    edge over `tile` (0: none) are upscaled in tiles with `overlap` pixels of context (predict.upscale_for_eval),
+    so a 4K-class image needs the memory of one tile, not of the whole image.
     """
     rows = []
     for _, lr, hr in loader:
-        sr = to_uint8(forward(lr.float() / 255))
+        if needs_tiles(lr, tile):
+            sr = torch.stack([upscale_for_eval(forward, image, tile=tile, overlap=overlap) for image in lr])
+        else:
+            sr = to_uint8(forward(lr.float() / 255))
         scores = torch.cat([psnr_ssim(sr, hr), piq_psnr_ssim(sr, hr)], 1)
         rows.append(accelerator.gather_for_metrics(scores))
     psnr, ssim, psnr_piq, ssim_piq = torch.cat(rows).mean(0).tolist()

@@ -71,17 +71,34 @@ def float32_forward(accelerator: Accelerator, model: nn.Module) -> Forward:
     return forward
 
 
+def needs_tiles(lr: torch.Tensor, tile: int) -> bool:
+    """Whether training's evaluation upscales this (...xHxW) image in tiles: an edge over `tile` (0: never)."""
+    return bool(tile) and max(lr.shape[-2:]) > tile
+
+
+def upscale_for_eval(forward: Forward, lr: torch.Tensor, *, tile: int = 0, overlap: int = 0) -> torch.Tensor:
+    """One 3xHxW uint8 image upscaled as training validates and submits it, uint8 on the image's device:
+    whole, or in tiles of `tile` LR pixels with `overlap` pixels of context (training passes the model's
+    `exact_overlap`, so the tiles give the whole image's result up to float rounding) when `needs_tiles`."""
+    if needs_tiles(lr, tile):
+        return upscale_image(forward, lr, tile=tile, overlap=overlap, device=lr.device).to(lr.device)
+    return upscale_image(forward, lr)
+
+
 @torch.no_grad()
-def predict_pngs(forward: Forward, loader: DataLoader, accelerator: Accelerator) -> dict[int, bytes]:
+def predict_pngs(forward: Forward, loader: DataLoader, accelerator: Accelerator, tile: int = 0,
+                 overlap: int = 0) -> dict[int, bytes]:
     """PNG bytes of the prediction for every image of an (index, LR) loader, on every rank.
 
-    Images are upscaled whole (training's are small, and its submissions must match its scores). Each rank
-    predicts its shard and encodes its PNGs (the encoding is parallel work too), then the
-    encoded images are gathered; `gather_for_metrics` drops the padding samples of uneven shards.
+    Images are upscaled as validation scores them (`upscale_for_eval`: whole, or tiled above `tile`, so the
+    submissions match the scores). Each rank predicts its shard and encodes its PNGs (the encoding is parallel
+    work too), then the encoded images are gathered; `gather_for_metrics` drops the padding samples of uneven
+    shards.
     """
     pngs: dict[int, bytes] = {}
     for index, lr in loader:
-        local = [(int(i), encode_png(_hwc(upscale_image(forward, image)))) for i, image in zip(index, lr)]
+        local = [(int(i), encode_png(_hwc(upscale_for_eval(forward, image, tile=tile, overlap=overlap).cpu())))
+                 for i, image in zip(index, lr)]
         pngs.update(accelerator.gather_for_metrics(local, use_gather_object=True))
     return pngs
 

@@ -80,7 +80,7 @@ def read_row(name: str, settings: dict[str, object], run_dir: Path) -> dict[str,
     samples = sum(r["samples_per_s"] * r["seconds"] for r in records)
     shown = {k: v for k, v in settings.items() if v is not None}
     return {"variant": name, "steps": last["step"], "jm": last["jm"], "psnr": last["psnr"], "ssim": last["ssim"],
-            "best_jm": max(r["jm"] for r in records), "samples_per_s": samples / seconds,
+            "best_jm": max(r["jm"] for r in records if "jm" in r), "samples_per_s": samples / seconds,
             "train_seconds": seconds, "settings": " ".join(_train_args(shown))}
 
 

@@ -14,7 +14,7 @@ from accelerate import Accelerator
 from .atomic import append_line_atomic, write_text_atomic
 from .host_memory import own_peak_rss_mb
 from .metrics import to_uint8
-from .predict import Forward
+from .predict import Forward, upscale_for_eval
 
 VAL_SCALARS = ("psnr", "ssim", "jm", "psnr_piq", "ssim_piq")
 
@@ -28,43 +28,57 @@ def peak_memory_mb() -> dict[str, float]:
 
 
 def epoch_line(record: dict, epochs: int, improved: bool) -> str:
+    scores = (f"PSNR {record['psnr']:.4f}  SSIM {record['ssim']:.4f}  JM {record['jm']:.4f}  " if "jm" in record
+              else "(not validated)  ")
+    evaluation = f" + {record['eval_seconds']:.1f}s eval" if record.get("eval_seconds") else ""
     return (
-        f"epoch {record['epoch']}/{epochs}  step {record['step']}  loss {record['train_loss']:.6f}  "
-        f"PSNR {record['psnr']:.4f}  SSIM {record['ssim']:.4f}  JM {record['jm']:.4f}  "
-        f"{record['seconds']:.1f}s  {record['samples_per_s']:.1f} samples/s" + ("  * best" if improved else "")
+        f"epoch {record['epoch']}/{epochs}  step {record['step']}  loss {record['train_loss']:.6f}  {scores}"
+        f"{record['seconds']:.1f}s{evaluation}  {record['samples_per_s']:.1f} samples/s"
+        + ("  * best" if improved else "")
     )
 
 
 def log_epoch(accelerator: Accelerator, out_dir: Path, record: dict, epochs: int, improved: bool) -> None:
     """Main process: one metrics.jsonl line, the epoch's TensorBoard scalars (validation, speed, memory and
-    the mean training loss) and a summary line."""
+    the mean training loss) and a summary line.
+
+    An epoch that skipped validation (--val-every) has a record without the validation keys (psnr, ssim, jm,
+    psnr_piq, ssim_piq, images) and writes no val/* scalars; readers of metrics.jsonl skip such records
+    (`"jm" in record`) where they need scores. `seconds` is the training time; `eval_seconds` that of the
+    validation, test-set prediction and rank-0 writes after it."""
     if not accelerator.is_main_process:
         return
     record = {**record, **peak_memory_mb()}
     # JSON has no infinity: a perfect image's PSNR is written as null.
     clean = {k: (None if isinstance(v, float) and math.isinf(v) else v) for k, v in record.items()}
     append_line_atomic(out_dir / "metrics.jsonl", json.dumps(clean))
-    scalars = {f"val/{k}": record[k] for k in VAL_SCALARS}
+    scalars = {f"val/{k}": record[k] for k in VAL_SCALARS if k in record}
     # The epoch's mean training loss at its last step: train/loss is only written every --log-every steps,
     # which runs with shorter epochs never reach.
     scalars["train/epoch_loss"] = record["train_loss"]
     scalars["perf/samples_per_s"] = record["samples_per_s"]
     scalars["perf/epoch_seconds"] = record["seconds"]
+    if "eval_seconds" in record:
+        scalars["perf/eval_seconds"] = record["eval_seconds"]
     scalars.update({f"perf/{k}": v for k, v in record.items() if k.startswith("peak_")})
     accelerator.log(scalars, step=record["step"])
     accelerator.print(epoch_line(record, epochs, improved))
 
 
 @torch.no_grad()
-def log_panels(accelerator: Accelerator, forward: Forward, images: list, step: int) -> None:
-    """Main process: one TensorBoard image per fixed validation image, bilinear LR | SR | HR."""
+def log_panels(accelerator: Accelerator, forward: Forward, images: list, step: int, tile: int = 0,
+               overlap: int = 0) -> None:
+    """Main process: one TensorBoard image per fixed validation image, bilinear LR | SR | HR (SR upscaled as
+    validation does it: in tiles above `tile`, see predict.upscale_for_eval)."""
     if not accelerator.is_main_process or not images:
         return
     writer = accelerator.get_tracker("tensorboard", unwrap=True)
     for image_id, lr, hr in images:
-        lr = lr[None].to(accelerator.device).float() / 255
+        lr = lr.to(accelerator.device)
+        sr = upscale_for_eval(forward, lr, tile=tile, overlap=overlap)[None]
+        lr = lr[None].float() / 255
         upsampled = F.interpolate(lr, size=hr.shape[-2:], mode="bilinear", align_corners=False)
-        panel = torch.cat([to_uint8(upsampled), to_uint8(forward(lr)), hr[None].to(accelerator.device)], -1)
+        panel = torch.cat([to_uint8(upsampled), sr, hr[None].to(accelerator.device)], -1)
         writer.add_image(f"panels/{image_id}", np.ascontiguousarray(panel[0].cpu().numpy()), step, dataformats="CHW")
     writer.flush()
 

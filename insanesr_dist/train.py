@@ -39,6 +39,7 @@ from .model import InsaneSRNet, count_parameters, save_weights
 from .predict import float32_forward, predict_pngs
 from .runtime import resolve_precision, stall_message, start_processes
 from .submission import write_submission
+from .tiles import exact_overlap
 from .tracking import end_hparams, keep_epoch_records, log_epoch, log_panels, start_hparams
 
 
@@ -170,7 +171,23 @@ def _continue(accelerator: Accelerator, state: checkpoint.TrainState, cfg: Train
 # Settings that may change between an interrupted run and its continuation without changing the result.
 RESUMABLE = {"resume", "output_dir", "num_workers", "cpu_threads", "log_every", "epochs", "max_steps",
              "checkpoint_every", "keep_checkpoints", "max_bad_steps", "decoded_cache_mb", "worker_timeout",
-             "dist_timeout"}
+             "dist_timeout", "val_every", "submit_every", "val_tile"}
+
+
+def val_subset(count: int, limit: int, seed: int) -> list[int] | None:
+    """The validation rows --val-max-images keeps: the first `limit` of a permutation seeded by --seed, in
+    split order, so every epoch, rank and rerun scores the same images (None: all `count` of them)."""
+    if not limit or limit >= count:
+        return None
+    import numpy as np
+
+    return sorted(np.random.default_rng([seed, 14]).permutation(count)[:limit].tolist())
+
+
+def evaluates_at(epoch: int, every: int, last: int) -> bool:
+    """Whether an epoch validates (--val-every) or writes its submission (--submit-every): every `every`-th
+    epoch, and always the last one, so a run ends with scored best/latest weights and a CSV."""
+    return epoch % every == 0 or epoch == last
 
 
 def train(cfg: TrainConfig) -> Path:
@@ -238,6 +255,11 @@ def _train(cfg: TrainConfig, preemption: checkpoint.PreemptionFlag) -> Path:
                                       on_bad_sample=cfg.on_bad_sample, patch_size=cfg.patch_size,
                                       say=accelerator.print)
     data_lib.check_patch_size(splits.train, cfg.patch_size, cfg.batch_size, source)
+    val_count = len(splits.val)
+    kept = val_subset(val_count, cfg.val_max_images, cfg.seed)
+    if kept is not None:  # the same rows on every rank: the split and the permutation are both seeded
+        splits = dataclasses.replace(splits, val=splits.val.select(kept))
+    tile_overlap = exact_overlap(cfg.model)  # tiles then equal the whole image up to float rounding (tiles.py)
     workers = dict(num_workers=cfg.num_workers, timeout=cfg.worker_timeout)
     loaders = [data_lib.eval_loader(splits.val, with_hr=True, **workers)]
     if splits.test is not None:
@@ -296,6 +318,13 @@ def _train(cfg: TrainConfig, preemption: checkpoint.PreemptionFlag) -> Path:
         f"precision {accelerator.mixed_precision}; {epochs} epoch(s), {total_steps} steps -> {out_dir}"
         + (f"\nresuming from {resume_from} (epoch {state.epoch}, step {state.step})" if resume_from else "")
     )
+    val_ids = list(splits.val["id"]) if "id" in splits.val.column_names else []
+    accelerator.print(
+        f"evaluation: validate every {cfg.val_every} epoch(s) and at the last, submission every {cfg.submit_every}; "
+        + (f"{len(splits.val)} of {val_count} val images (seeded subset: {', '.join(map(str, val_ids[:8]))}"
+           f"{', ...' if len(val_ids) > 8 else ''})" if kept is not None else f"all {val_count} val images")
+        + (f"; images with an LR edge over {cfg.val_tile} in tiles of {cfg.val_tile} (overlap {tile_overlap})"
+           if cfg.val_tile else "; whole images (no tiles)"))
 
     def save(epoch: int, batches_done: int, loss_sum: torch.Tensor, passes: int, finished: bool = False) -> None:
         # Each rank holds its own running loss; the sum over ranks, shared out again on resume,
@@ -382,29 +411,39 @@ def _train(cfg: TrainConfig, preemption: checkpoint.PreemptionFlag) -> Path:
         train_loss = accelerator.reduce(loss_sum / max(1, passes), "mean").item()
         seconds = time.perf_counter() - started
 
-        # ---- validate and predict the test set: every rank its shard, gathered everywhere
+        # ---- validate and predict the test set (--val-every, --submit-every; always at the last epoch): every
+        # rank its shard, gathered everywhere. Every rank takes the same decisions, so all call the collectives.
+        validating, submitting = (evaluates_at(epoch, every, epochs) for every in (cfg.val_every, cfg.submit_every))
+        submitting = submitting and test_dl is not None
+        eval_started = time.perf_counter()
         model.eval()
         evaluated = ema.module if ema is not None else accelerator.unwrap_model(model)
         forward = float32_forward(accelerator, evaluated)
-        scores = score_images(forward, val_dl, accelerator)
-        pngs = predict_pngs(forward, test_dl, accelerator) if test_dl is not None else None
+        tiling = (cfg.val_tile, tile_overlap)
+        scores = score_images(forward, val_dl, accelerator, *tiling) if validating else {}
+        pngs = predict_pngs(forward, test_dl, accelerator, *tiling) if submitting else None
 
-        # ---- rank 0 writes: submission, weights, metrics, TensorBoard
-        improved = scores["jm"] > best_jm
-        best_jm = max(best_jm, scores["jm"])
-        record = {"epoch": epoch, "step": step, "train_loss": train_loss, **scores, "seconds": seconds,
-                  "samples_per_s": (passes - skip) * cfg.batch_size * accelerator.num_processes / seconds}
+        # ---- rank 0 writes: submission, weights, metrics, TensorBoard. best.safetensors changes only at
+        # validated epochs; latest.safetensors is written every epoch (with its scores when validated).
+        improved = validating and scores["jm"] > best_jm
+        if validating:
+            best_jm = max(best_jm, scores["jm"])
         if accelerator.is_main_process:
             if pngs is not None:
                 ids = splits.test["id"]
                 write_submission(out_dir / "submissions" / f"epoch_{epoch:03d}.csv",
                                  ((ids[i], pngs[i]) for i in range(len(ids))))
             weights = evaluated  # the EMA weights when EMA is on, as validated
-            meta = {"epoch": epoch, "step": step, "jm": scores["jm"], "psnr": scores["psnr"], "ssim": scores["ssim"]}
+            meta = {"epoch": epoch, "step": step, **{k: scores[k] for k in ("jm", "psnr", "ssim") if validating}}
             save_weights(weights, out_dir / "latest.safetensors", **meta)
             if improved:
                 save_weights(weights, out_dir / "best.safetensors", **meta)
-            log_panels(accelerator, forward, panel_images, step)
+            if validating:
+                log_panels(accelerator, forward, panel_images, step, *tiling)
+        # A record without validation keys at epochs that skip it (see tracking.log_epoch).
+        record = {"epoch": epoch, "step": step, "train_loss": train_loss, **scores, "seconds": seconds,
+                  "samples_per_s": (passes - skip) * cfg.batch_size * accelerator.num_processes / seconds,
+                  "eval_seconds": time.perf_counter() - eval_started}
         log_epoch(accelerator, out_dir, record, epochs, improved)
 
         # ---- full state at every epoch end: a rerun continues with the next epoch

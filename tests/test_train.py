@@ -2,14 +2,16 @@
 
 import json
 import math
+from pathlib import Path
 
 import cv2
 import numpy as np
 import pytest
+import torch
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from insanesr_dist.evaluate import evaluate_predictions
-from insanesr_dist.metrics import joint_metric
+from insanesr_dist.metrics import joint_metric, psnr_ssim
 from insanesr_dist.model import load_model, read_metadata
 from insanesr_dist.submission import read_submission
 from insanesr_dist.runtime import resolve_precision
@@ -164,6 +166,7 @@ def test_config_file_fills_what_the_command_line_leaves(pair_folder, tmp_path):
         ("ok", ["--data", "{tmp}/d", "--config", "{tmp}/bad.yaml"], ["unknown setting", "epoch_count"]),
         ("ok", ["--data", "{tmp}/d", "--patch-size", "50"], ["--patch-size 50 is larger"]),
         ("ok", ["--data", "{tmp}/d", "--streaming"], ["max_steps"]),
+        ("ok", ["--data", "{tmp}/d", "--val-every", "0"], ["val_every must be >= 1"]),
     ],
 )
 def test_bad_input_is_one_line_and_a_nonzero_exit(tmp_path, setup, args, needles):
@@ -215,3 +218,41 @@ def test_a_bug_mid_epoch_exits_with_its_traceback_instead_of_hanging(pair_folder
     result = run_patched_train(BUG_AT_STEP_3, *args, timeout=120)
     assert result.returncode == 1 and "RuntimeError: a bug at step 3" in result.stderr, result.stderr[-2000:]
     assert "Exception ignored" not in result.stderr  # the workers' ends are not reported as further failures
+
+
+def test_val_every_submit_every_and_val_max_images_through_the_cli(pair_folder, tmp_path):
+    """--val-every 2 --submit-every 2 over 3 epochs: validation and submissions at epochs 2 and 3 (the last
+    always), epoch 1 a train-only record; --val-max-images 2 scores the same 2 seeded images, named up front."""
+    from insanesr_dist.data import load_splits
+    from insanesr_dist.study import read_row
+    from insanesr_dist.train import val_subset
+
+    out = tmp_path / "out"
+    result = run_cli("insanesr-dist", "train", "--data", str(pair_folder), "--epochs", "3", "--val-every", "2",
+                     "--submit-every", "2", "--val-max-images", "2", "--output-dir", str(out), *TINY, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in records] == [1, 2, 3]
+    assert "jm" not in records[0] and "images" not in records[0] and records[0]["train_loss"] > 0
+    assert [r["images"] for r in records[1:]] == [2, 2]
+    assert sorted(p.name for p in (out / "submissions").iterdir()) == ["epoch_002.csv", "epoch_003.csv"]
+    events = EventAccumulator(str(out / "logs"), size_guidance={"scalars": 0})
+    events.Reload()
+    assert [e.step for e in events.Scalars("val/jm")] == [r["step"] for r in records[1:]]
+    assert [e.step for e in events.Scalars("train/epoch_loss")] == [r["step"] for r in records]
+    best = max(records[1:], key=lambda r: r["jm"])
+    assert read_metadata(out / "best.safetensors")["epoch"] == best["epoch"]
+    assert read_metadata(out / "latest.safetensors")["epoch"] == 3
+    # The subset: the seeded rows, printed in the run's first lines, and the logged JM is theirs.
+    val = load_splits(str(pair_folder), val_fraction=0.1, seed=0).val
+    kept = val.select(val_subset(len(val), 2, 0))
+    ids = list(kept["id"])
+    assert f"2 of {len(val)} val images (seeded subset: {', '.join(ids)})" in result.stdout
+    assert val_subset(len(val), 2, 0) == val_subset(len(val), 2, 0) and val_subset(len(val), 0, 0) is None
+    model = load_model(out / "latest.safetensors").eval()
+    scores = [psnr_ssim(upscale(model, read_rgb(Path(row["lr"]["path"]))), read_rgb(Path(row["hr"]["path"])))[0]
+              for row in kept]
+    psnr, ssim = torch.stack(scores).mean(0).tolist()
+    assert joint_metric(psnr, ssim) == pytest.approx(records[-1]["jm"], abs=1e-9)
+    # Readers of metrics.jsonl skip the train-only record.
+    assert read_row("v", {}, out)["best_jm"] == best["jm"]
