@@ -48,6 +48,9 @@ class TrainConfig:
                                                   "stops before training, naming it; skip leaves it out, logged once.")
     worker_timeout: float = setting(600, "Seconds to wait for a DataLoader worker's next batch before stopping with an "
                                          "error (a hung worker must not hang the run); 0 waits forever.")
+    dist_timeout: float = setting(3600, "Seconds a process waits for the others at a collective (e.g. while rank 0 "
+                                        "prepares the dataset caches on a first run) before stopping with an error; "
+                                        "raise it for a first run on a very large dataset.")
     cpu_threads: int | None = setting(None, "Torch threads per process on CPU. Default: this machine's cores "
                                             "shared among the local processes (accelerate launch pins 1).")
     # optimisation
@@ -88,9 +91,6 @@ class TrainConfig:
     output_head: OutputHead = setting(None, "sigmoid(tail + bilinear skip) as the seed, or residual: "
                                             "clamp(tail + skip) with a zero-initialised tail."
                                             + preset_help("output_head"))
-    dist_timeout: float = setting(3600, "Seconds a process waits for the others at a collective (e.g. while rank 0 "
-                                        "prepares the dataset caches on a first run) before stopping with an error; "
-                                        "raise it for a first run on a very large dataset.")
     # checkpoints
     resume: str = setting("auto", "auto: continue from the newest complete checkpoint in the output dir; "
                                   "none: start fresh (never over an existing run); or a checkpoint path.")

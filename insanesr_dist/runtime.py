@@ -48,10 +48,9 @@ def launch_precision() -> str | None:
     said". The launcher's own command line does: we read it (our parent process) as accelerate would.
     """
     exported = os.environ.get("ACCELERATE_MIXED_PRECISION")
-    if exported is None or exported != "no":
+    if exported != "no":
         return exported
-    said = _launcher_request()
-    return "no" if said else None
+    return "no" if _launcher_request() else None
 
 
 def _launcher_request() -> bool:
