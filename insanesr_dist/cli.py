@@ -74,32 +74,59 @@ def cli() -> None:
     """
 
 
+class HrSize(click.ParamType):
+    """`N` (square) or `WxH`, both edges multiples of 4 and at least 16 -> (height, width)."""
+
+    name = "N|WxH"
+
+    def convert(self, value, param, ctx):
+        if isinstance(value, tuple):
+            return value
+        # numpy and cv2: imported only when the command runs, never for `insanesr-dist --help`.
+        from .demo_data import parse_size
+
+        try:
+            return parse_size(value)
+        except ValueError as e:
+            self.fail(str(e), param, ctx)
+
+
 @cli.command("make-demo-data")
 @click.argument("out_dir", type=click.Path(file_okay=False, path_type=Path))
 @click.option("--num-train", default=200, show_default=True, type=click.IntRange(2), help="Training pairs.")
 @click.option("--num-test", default=20, show_default=True, type=click.IntRange(0), help="LR-only test images.")
-@click.option("--hr-size", default=256, show_default=True, type=click.IntRange(16), help="HR edge (multiple of 4).")
+@click.option("--hr-size", default="256", show_default=True, type=HrSize(), metavar="N|WxH",
+              help="HR size: N (square) or WxH, e.g. 2040x1344 (DIV2K); edges multiples of 4, at least 16.")
 @click.option("--seed", default=0, show_default=True, type=int, help="Generator seed.")
-def make_demo_data(out_dir: Path, num_train: int, num_test: int, hr_size: int, seed: int) -> None:
+@click.option("--workers", default=None, show_default="usable cores", type=click.IntRange(1),
+              help="Processes drawing frames (the files are the same for any number).")
+def make_demo_data(out_dir: Path, num_train: int, num_test: int, hr_size: tuple[int, int], seed: int,
+                   workers: int | None) -> None:
     """Write the embedded procedural demo dataset (train/LR, train/HR, test/LR) to OUT_DIR.
 
     Training without --data uses the same data (generated once into ~/.cache/insanesr-dist).
+    With --hr-size WxH it draws wide frames, e.g. DIV2K-sized ones (HR 2040x1344, LR 510x336) to
+    measure the data path at real size.
 
     \b
     Examples:
       insanesr-dist make-demo-data demo/
       insanesr-dist make-demo-data demo-small/ --num-train 40 --num-test 5 --hr-size 128
       insanesr-dist train --data demo-small/ --epochs 2
+      insanesr-dist make-demo-data div2k-like/ --num-train 800 --num-test 100 --hr-size 2040x1344
     """
+    import os
+
     from .demo_data import write_demo_data
 
-    if hr_size % 4:
-        raise click.BadParameter("must be a multiple of 4", param_hint="--hr-size")
+    workers = workers or len(os.sched_getaffinity(0))
     try:
-        write_demo_data(out_dir, num_train=num_train, num_test=num_test, hr_size=hr_size, seed=seed)
+        write_demo_data(out_dir, num_train=num_train, num_test=num_test, hr_size=hr_size, seed=seed,
+                        workers=workers)
     except FileExistsError as e:
         raise click.ClickException(str(e)) from None
-    click.echo(f"wrote {num_train} training pairs and {num_test} test images to {out_dir}")
+    click.echo(f"wrote {num_train} training pairs and {num_test} test images "
+               f"(HR {hr_size[1]}x{hr_size[0]}) to {out_dir}")
 
 
 if __name__ == "__main__":

@@ -3,12 +3,20 @@
 Each frame mixes tiled backgrounds, sky gradients, outlined sprites, nearest-upscaled pixel art and
 HUD text, the content a gaming SR model has to handle. A frame is a pure function of (seed, index):
 only integer pixel maths and OpenCV's integer rasterisers are used (no sin/exp, whose numpy SIMD
-variants can differ between CPUs), so every machine draws the same pixels.
+variants can differ between CPUs), so every machine draws the same pixels, whatever the number of
+worker processes drawing them.
+
+Frames may be wide (h x w, e.g. DIV2K's 1344 x 2040): object sizes follow the short edge s = min(h, w),
+positions span the whole frame, and object counts grow with the area h*w / s^2. A square frame draws
+exactly what it drew before non-square frames existed (same random draws, same pixels).
 """
 
 from __future__ import annotations
 
+import functools
+import multiprocessing
 import os
+import re
 import secrets
 import shutil
 from pathlib import Path
@@ -24,6 +32,51 @@ _FONTS = {cv2.FONT_HERSHEY_SIMPLEX: 1.0, cv2.FONT_HERSHEY_PLAIN: 1.6, cv2.FONT_H
           cv2.FONT_HERSHEY_COMPLEX: 1.0, cv2.FONT_HERSHEY_TRIPLEX: 1.0, cv2.FONT_HERSHEY_COMPLEX_SMALL: 1.4}
 _HUD_WORDS = ("SCORE", "COINS", "TIME", "LEVEL", "GOLD", "XP")
 _DIALOGUE = ("PRESS START", "GAME OVER", "You found a key!", "LEVEL CLEAR", "Save game?", "READY")
+
+
+def _hw(size: int | tuple[int, int]) -> tuple[int, int]:
+    """(height, width) of a frame size given as one edge (square) or as (height, width)."""
+    if isinstance(size, (int, np.integer)):
+        return int(size), int(size)
+    h, w = size
+    return int(h), int(w)
+
+
+def parse_size(text: str) -> tuple[int, int]:
+    """`N` (square) or `WxH` (width x height, as image sizes are written) -> (height, width).
+
+    Raises ValueError, with a one-line reason, unless both edges are multiples of 4 and at least 16.
+    """
+    m = re.fullmatch(r"\s*(\d+)(?:\s*[xX]\s*(\d+))?\s*", str(text))
+    if not m:
+        raise ValueError(f"{text!r} is not N or WxH (e.g. 256 or 2040x1344)")
+    w = int(m[1])
+    h = int(m[2]) if m[2] else w
+    _check_size((h, w))
+    return h, w
+
+
+def _check_size(size: int | tuple[int, int]) -> tuple[int, int]:
+    h, w = _hw(size)
+    if min(h, w) < 16 or h % 4 or w % 4:
+        shown = f"{w}" if h == w else f"{w}x{h} (WxH)"
+        raise ValueError(f"HR edges must be multiples of 4 and at least 16, got {shown}")
+    return h, w
+
+
+def _scaled(n: int, h: int, w: int) -> int:
+    """n objects per min(h, w)^2 of area, rounded: exactly n on a square frame, more on a wide one."""
+    s2 = min(h, w) ** 2
+    return (n * h * w + s2 // 2) // s2
+
+
+def _spread(values, lo: int, s: int, dims) -> tuple[int, ...]:
+    """Map draws in [lo, s - lo) of a square s frame onto [lo, d - lo) for each edge d in `dims`.
+
+    Draw-for-draw the same as on a square frame (where it is the identity), so square frames keep
+    their pixels while positions on a wide frame still span all of it.
+    """
+    return tuple(lo + (int(v) - lo) * (d - 2 * lo) // (s - 2 * lo) for v, d in zip(values, dims))
 
 
 def _color(rng, lo=0, hi=256) -> tuple[int, int, int]:
@@ -63,33 +116,34 @@ def _tiled(rng, h: int, w: int, t: int, kind: str) -> np.ndarray:
 
 
 def _background(img: np.ndarray, rng, t: int) -> None:
-    size = img.shape[0]
+    h, w = img.shape[:2]
+    s = min(h, w)
     if rng.random() < 0.5:
         # Side-scroller: sky gradient, sun, clouds, tiled ground under a grass strip, platforms.
-        hor = int(size * rng.uniform(0.55, 0.8))
-        img[:hor] = _gradient(hor, size, _color(rng, 0, 120), _color(rng, 120, 256))
-        sun = (int(rng.integers(0, size)), int(rng.integers(0, hor // 2 + 1)))
-        r = int(rng.integers(size // 16, size // 8))
+        hor = int(h * rng.uniform(0.55, 0.8))
+        img[:hor] = _gradient(hor, w, _color(rng, 0, 120), _color(rng, 120, 256))
+        sun = (int(rng.integers(0, w)), int(rng.integers(0, hor // 2 + 1)))
+        r = int(rng.integers(s // 16, s // 8))
         cv2.circle(img, sun, r, (255, 230, int(rng.integers(60, 200))), -1, cv2.LINE_AA)
-        for _ in range(int(rng.integers(1, 4))):
-            cx, cy = int(rng.integers(0, size)), int(rng.integers(0, hor // 2 + 1))
+        for _ in range(_scaled(int(rng.integers(1, 4)), h, w)):
+            cx, cy = int(rng.integers(0, w)), int(rng.integers(0, hor // 2 + 1))
             for dx in (-t, 0, t):  # three overlapping ellipses: a flat cartoon cloud
                 cv2.ellipse(img, (cx + dx, cy), (t, t * 2 // 3), 0, 0, 360, (250, 250, 250), -1)
-        img[hor:] = _tiled(rng, size - hor, size, t, str(rng.choice(["brick", "grass", "checker"])))
+        img[hor:] = _tiled(rng, h - hor, w, t, str(rng.choice(["brick", "grass", "checker"])))
         img[hor:hor + max(2, t // 3)] = _color(rng, 0, 100) + np.array([0, 120, 0])
-        for _ in range(int(rng.integers(0, 3))):
-            n, x = int(rng.integers(2, 6)), int(rng.integers(0, size))
+        for _ in range(_scaled(int(rng.integers(0, 3)), h, w)):
+            n, x = int(rng.integers(2, 6)), int(rng.integers(0, w))
             y = int(rng.integers(hor // 3, max(hor // 3 + 1, hor - t)))
-            plat = _tiled(rng, t, n * t, t, "brick")[:, : size - x]
+            plat = _tiled(rng, t, n * t, t, "brick")[:, : w - x]
             img[y:y + t, x:x + plat.shape[1]] = plat
     else:
         # Top-down: tiled floor, a brick wall band, sometimes a checkered room with a border.
-        img[:] = _tiled(rng, size, size, t, str(rng.choice(["grass", "checker"])))
+        img[:] = _tiled(rng, h, w, t, str(rng.choice(["grass", "checker"])))
         wall = int(rng.integers(1, 3)) * t
-        img[:wall] = _tiled(rng, wall, size, t, "brick")
-        if rng.random() < 0.5:
-            x0, y0 = (int(v) for v in rng.integers(0, size // 2, 2))
-            x1, y1 = (int(v) for v in rng.integers(size // 2, size, 2))
+        img[:wall] = _tiled(rng, wall, w, t, "brick")
+        if rng.random() < 0.5:  # corners drawn on the short edge, spread over the frame
+            x0, y0 = _spread(rng.integers(0, s // 2, 2), 0, s, (w, h))
+            x1, y1 = _spread(rng.integers(s // 2, s, 2), 0, s, (w, h))
             img[y0:y1, x0:x1] = _tiled(rng, y1 - y0, x1 - x0, t, "checker")
             cv2.rectangle(img, (x0, y0), (x1, y1), (30, 20, 20), max(1, t // 8))
 
@@ -102,9 +156,10 @@ def _polygon(cx: int, cy: int, r: int, n: int, phase: int) -> np.ndarray:
 
 def _shape_sprite(img: np.ndarray, rng) -> None:
     """A square, circle, regular polygon or star: flat or gradient fill, dark 1-2 px outline."""
-    size = img.shape[0]
-    r = int(rng.integers(max(3, size // 32), max(4, size // 8)))
-    cx, cy = (int(v) for v in rng.integers(r, size - r, 2))
+    h, w = img.shape[:2]
+    s = min(h, w)
+    r = int(rng.integers(max(3, s // 32), max(4, s // 8)))
+    cx, cy = _spread(rng.integers(r, s - r, 2), r, s, (w, h))
     kind, n, fill = int(rng.integers(0, 4)), int(rng.choice([3, 4, 5, 6, 8])), _color(rng, 50, 256)
     pts = None  # kind 1: circle
     if kind == 0:
@@ -120,7 +175,7 @@ def _shape_sprite(img: np.ndarray, rng) -> None:
     else:
         cv2.fillPoly(mask, [pts], 255)
     if rng.random() < 0.5:
-        shaded = _gradient(size, size, _shade(fill, 5, 4), _shade(fill, 1, 2))
+        shaded = _gradient(h, w, _shade(fill, 5, 4), _shade(fill, 1, 2))
         np.copyto(img, shaded, where=mask[..., None] > 0)
     else:
         img[mask > 0] = fill
@@ -134,7 +189,7 @@ def _shape_sprite(img: np.ndarray, rng) -> None:
 
 def _pixel_art(img: np.ndarray, rng) -> None:
     """A mirrored little sprite (invader style) with a dark outline, upscaled nearest-neighbour."""
-    size, g = img.shape[0], int(rng.integers(6, 13))
+    (h, w), g = img.shape[:2], int(rng.integers(6, 13))
     main = _color(rng, 60, 256)
     palette = np.array([(0, 0, 0), (20, 12, 28), main, _shade(main, 2, 3), _color(rng, 128, 256)], np.uint8)
     # Index 0 = transparent, 1 = outline, 2 = body, 3 = shaded lower body, 4 = sparse accents.
@@ -146,11 +201,11 @@ def _pixel_art(img: np.ndarray, rng) -> None:
     grid = np.concatenate([half, half[:, : g // 2][:, ::-1]], 1)
     body = np.pad(grid > 0, 1)
     grid[(grid == 0) & (body[:-2, 1:-1] | body[2:, 1:-1] | body[1:-1, :-2] | body[1:-1, 2:])] = 1
-    k = max(1, round(int(rng.integers(2, 5)) * size / 256))
+    k = max(1, round(int(rng.integers(2, 5)) * min(h, w) / 256))
     grid = np.repeat(np.repeat(grid, k, 0), k, 1)
-    h, w = grid.shape
-    y, x = int(rng.integers(0, size - h)), int(rng.integers(0, size - w))
-    np.copyto(img[y:y + h, x:x + w], palette[grid], where=grid[..., None] > 0)
+    gh, gw = grid.shape
+    y, x = int(rng.integers(0, h - gh)), int(rng.integers(0, w - gw))
+    np.copyto(img[y:y + gh, x:x + gw], palette[grid], where=grid[..., None] > 0)
 
 
 def _text(img, s: str, org, font: int, scale: float, color) -> None:
@@ -160,8 +215,9 @@ def _text(img, s: str, org, font: int, scale: float, color) -> None:
 
 
 def _hud(img: np.ndarray, rng) -> None:
-    size = img.shape[0]
-    u = size / 256
+    """Health bar top left, score box top right, sometimes a dialogue box across the bottom."""
+    h, w = img.shape[:2]
+    u = min(h, w) / 256
     m, font = max(1, round(6 * u)), int(rng.choice(list(_FONTS)))  # margin, HUD font
     scale = max(0.2, float(rng.uniform(0.35, 0.55)) * u) * _FONTS[font]
     # Health bar: dark background, partly filled, segmented, light frame.
@@ -176,28 +232,29 @@ def _hud(img: np.ndarray, rng) -> None:
     # Score box, right-aligned: dark panel, light border, zero-padded counter.
     label = f"{rng.choice(_HUD_WORDS)} {int(rng.integers(0, 1_000_000)):06d}"
     (tw, th), base = cv2.getTextSize(label, font, scale, 1)
-    x0, y1 = size - 3 * m - tw, 2 * m + th + base
-    cv2.rectangle(img, (x0, m), (size - m, y1), _color(rng, 0, 60), -1)
-    cv2.rectangle(img, (x0, m), (size - m, y1), (220, 220, 220), 1)
+    x0, y1 = w - 3 * m - tw, 2 * m + th + base
+    cv2.rectangle(img, (x0, m), (w - m, y1), _color(rng, 0, 60), -1)
+    cv2.rectangle(img, (x0, m), (w - m, y1), (220, 220, 220), 1)
     _text(img, label, (x0 + m, m + th + m // 2), font, scale, (255, 230, 90))
     if rng.random() < 0.4:  # dialogue box: darkened panel, double border, one line of text
-        y0 = int(size * 0.72)
-        img[y0:size - m, m:size - m] //= 3
-        cv2.rectangle(img, (m, y0), (size - m - 1, size - m - 1), (240, 240, 240), 1)
-        cv2.rectangle(img, (m + 2, y0 + 2), (size - m - 3, size - m - 3), (120, 120, 200), 1)
+        y0 = int(h * 0.72)
+        img[y0:h - m, m:w - m] //= 3
+        cv2.rectangle(img, (m, y0), (w - m - 1, h - m - 1), (240, 240, 240), 1)
+        cv2.rectangle(img, (m + 2, y0 + 2), (w - m - 3, h - m - 3), (120, 120, 200), 1)
         font2 = int(rng.choice(list(_FONTS)))
-        _text(img, str(rng.choice(_DIALOGUE)), (3 * m, (size + y0) // 2), font2,
+        _text(img, str(rng.choice(_DIALOGUE)), (3 * m, (h + y0) // 2), font2,
               scale / _FONTS[font] * _FONTS[font2] * 1.2, (255, 255, 255))
 
 
-def _render_frame(rng: np.random.Generator, size: int) -> np.ndarray:
-    """One RGB uint8 size x size frame; every random choice comes from `rng`."""
-    img = np.zeros((size, size, 3), np.uint8)
-    t = 2 * max(2, round(int(rng.choice([16, 24, 32])) * size / 512))  # even tile size
+def _render_frame(rng: np.random.Generator, size: int | tuple[int, int]) -> np.ndarray:
+    """One RGB uint8 frame, size x size or (height, width); every random choice comes from `rng`."""
+    h, w = _hw(size)
+    img = np.zeros((h, w, 3), np.uint8)
+    t = 2 * max(2, round(int(rng.choice([16, 24, 32])) * min(h, w) / 512))  # even tile size
     _background(img, rng, t)
-    for _ in range(int(rng.integers(2, 6))):
+    for _ in range(_scaled(int(rng.integers(2, 6)), h, w)):
         _shape_sprite(img, rng)
-    for _ in range(int(rng.integers(2, 5))):
+    for _ in range(_scaled(int(rng.integers(2, 5)), h, w)):
         _pixel_art(img, rng)
     _hud(img, rng)
     return img
@@ -228,11 +285,38 @@ def _imwrite(path: Path, rgb: np.ndarray) -> None:
         raise OSError(f"could not write {path}")
 
 
-def _write(out_dir: Path, num_train: int, num_test: int, hr_size: int, seed: int) -> bool:
+def _write_pair(tmp: Path, num_train: int, hr_hw: tuple[int, int], seed: int, index: int) -> None:
+    """Draw frame `index` and write it into `tmp`: HR and LR for a training id, LR only for a test id."""
+    # A (seed, index) seed sequence gives each frame its own stream, whereas with
+    # seed + index, seed 1's frame 0 would equal seed 0's frame 1.
+    hr = _render_frame(np.random.default_rng((seed, index)), hr_hw)
+    lr = cv2.resize(hr, (hr_hw[1] // 4, hr_hw[0] // 4), interpolation=cv2.INTER_CUBIC)
+    name = f"{index:05d}.png"
+    if index < num_train:
+        _imwrite(tmp / "train" / "HR" / name, hr)
+        _imwrite(tmp / "train" / "LR" / name, lr)
+    else:
+        _imwrite(tmp / "test" / "LR" / name, lr)
+
+
+def _init_worker() -> None:
+    cv2.setNumThreads(1)  # the pool is the parallelism: OpenCV's own threads would oversubscribe the cores
+
+
+def _pool_context() -> multiprocessing.context.BaseContext:
+    # Never a plain fork: the caller may have threads (a fork copies only the forking one, and can hang).
+    methods = multiprocessing.get_all_start_methods()
+    return multiprocessing.get_context("forkserver" if "forkserver" in methods else "spawn")
+
+
+def _write(out_dir: Path, num_train: int, num_test: int, hr_size: int | tuple[int, int], seed: int,
+           workers: int = 1) -> bool:
     """Generate into a private sibling temp dir, then rename it to `out_dir` in one step.
 
     The rename makes the dataset appear complete or not at all. Returns False, with the temp dir
     removed, when `out_dir` was already non-empty at rename time (another process got there first).
+    `workers` > 1 draws frames in that many processes; each frame is a pure function of (seed, index)
+    and goes to its own file, so the files are the same whatever the number of workers.
     """
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     # pid plus a random suffix: unique even across hosts sharing one cache directory.
@@ -240,17 +324,17 @@ def _write(out_dir: Path, num_train: int, num_test: int, hr_size: int, seed: int
     try:
         for sub in _layout(num_train, num_test):
             (tmp / sub).mkdir(parents=True)
-        for index in range(num_train + num_test):
-            # A (seed, index) seed sequence gives each frame its own stream, whereas with
-            # seed + index, seed 1's frame 0 would equal seed 0's frame 1.
-            hr = _render_frame(np.random.default_rng((seed, index)), hr_size)
-            lr = cv2.resize(hr, (hr_size // 4, hr_size // 4), interpolation=cv2.INTER_CUBIC)
-            name = f"{index:05d}.png"
-            if index < num_train:
-                _imwrite(tmp / "train" / "HR" / name, hr)
-                _imwrite(tmp / "train" / "LR" / name, lr)
-            else:
-                _imwrite(tmp / "test" / "LR" / name, lr)
+        write = functools.partial(_write_pair, tmp, num_train, _hw(hr_size), seed)
+        indices = range(num_train + num_test)
+        workers = min(workers, len(indices))
+        if workers <= 1:
+            for index in indices:
+                write(index)
+        else:
+            # Leaving the `with` terminates the workers, also on an error, before the temp dir is removed.
+            with _pool_context().Pool(workers, initializer=_init_worker) as pool:
+                for _ in pool.imap_unordered(write, indices):
+                    pass
         try:
             os.rename(tmp, out_dir)  # POSIX: replaces an empty dir, fails on a non-empty one
         except OSError:
@@ -263,20 +347,24 @@ def _write(out_dir: Path, num_train: int, num_test: int, hr_size: int, seed: int
 
 
 def write_demo_data(out_dir: str | os.PathLike, *, num_train: int = DEFAULT_NUM_TRAIN,
-                    num_test: int = DEFAULT_NUM_TEST, hr_size: int = DEFAULT_HR_SIZE, seed: int = 0) -> Path:
+                    num_test: int = DEFAULT_NUM_TEST, hr_size: int | tuple[int, int] = DEFAULT_HR_SIZE,
+                    seed: int = 0, workers: int = 1) -> Path:
     """Write out_dir/train/{LR,HR}/NNNNN.png and out_dir/test/LR/NNNNN.png; return Path(out_dir).
 
-    HR frames are hr_size x hr_size RGB, LR frames their bicubic /4 downscales. Raises ValueError
-    for a bad size or count and FileExistsError if `out_dir` exists and is not an empty directory.
+    HR frames are hr_size x hr_size RGB, or height x width for hr_size=(height, width); LR frames
+    are their bicubic /4 downscales. `workers`: processes drawing frames (the files do not depend on
+    it). Raises ValueError for a bad size or count and FileExistsError if `out_dir` exists and is not
+    an empty directory.
     """
-    if hr_size < 16 or hr_size % 4:
-        raise ValueError(f"hr_size must be a multiple of 4 and at least 16, got {hr_size}")
+    _check_size(hr_size)
     if num_train < 1 or num_test < 0:
         raise ValueError(f"need num_train >= 1 and num_test >= 0, got {num_train} and {num_test}")
+    if workers < 1:
+        raise ValueError(f"need workers >= 1, got {workers}")
     out_dir = Path(out_dir)
     if _is_nonempty(out_dir):
         raise FileExistsError(f"{out_dir} already exists and is not empty; pick a new demo data folder")
-    if not _write(out_dir, num_train, num_test, hr_size, seed):
+    if not _write(out_dir, num_train, num_test, hr_size, seed, workers):
         raise FileExistsError(f"{out_dir} was filled by another process while demo data was being written")
     return out_dir
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import os
 import subprocess
 import sys
@@ -11,9 +12,17 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
+from click.testing import CliRunner
 
 from insanesr_dist import demo_data
-from insanesr_dist.demo_data import DEMO_VERSION, demo_data_dir, ensure_demo_data, write_demo_data
+from insanesr_dist.cli import cli
+from insanesr_dist.demo_data import (
+    DEMO_VERSION,
+    demo_data_dir,
+    ensure_demo_data,
+    parse_size,
+    write_demo_data,
+)
 
 SMALL = {"num_train": 6, "num_test": 2, "hr_size": 64}
 REPO = Path(__file__).resolve().parents[1]
@@ -125,7 +134,74 @@ def test_other_sizes(tmp_path, hr_size):
     assert os.listdir(root / "test" / "LR") == []
 
 
-@pytest.mark.parametrize("kwargs", [{"hr_size": 66}, {"hr_size": 12}, {"num_train": 0}, {"num_test": -1}])
+def test_square_frames_are_unchanged():
+    # Square frames (and so the default demo cache, named by DEMO_VERSION) must not change. Computed at
+    # commit 26c8923 (before non-square frames existed) with:
+    #   h = hashlib.sha256()
+    #   for i in range(4): h.update(demo_data._render_frame(np.random.default_rng((0, i)), 256).tobytes())
+    h = hashlib.sha256()
+    for i in range(4):
+        h.update(demo_data._render_frame(np.random.default_rng((0, i)), 256).tobytes())
+    assert h.hexdigest() == "e4d5482ea955d95c5cd2e03521b344f544ff4abb7cf04db4860bc4e16d06fe17"
+
+
+def test_non_square_frames(tmp_path):
+    # (height, width) in Python, WxH on the command line (tested below).
+    root = write_demo_data(tmp_path / "wide", num_train=2, num_test=1, hr_size=(48, 96))
+    for name in names(0, 2):
+        hr, lr = read(root / "train" / "HR" / name), read(root / "train" / "LR" / name)
+        assert hr.shape == (48, 96, 3) and lr.shape == (12, 24, 3)
+        np.testing.assert_array_equal(lr, cv2.resize(hr, (24, 12), interpolation=cv2.INTER_CUBIC))
+        assert looks_like_a_frame(hr)
+    assert read(root / "test" / "LR" / "00002.png").shape == (12, 24, 3)
+    tall = demo_data._render_frame(np.random.default_rng((0, 0)), (96, 48))
+    assert tall.shape == (96, 48, 3) and looks_like_a_frame(tall)
+
+
+def test_wide_frames_fill_their_width():
+    # A wide frame is not a square one padded: its right part has content like its left part.
+    for index in range(6):
+        img = demo_data._render_frame(np.random.default_rng((0, index)), (128, 384))
+        assert looks_like_a_frame(img[:, :128]) and looks_like_a_frame(img[:, -128:]), index
+
+
+@pytest.mark.slow
+def test_any_number_of_workers_writes_the_same_files(tmp_path):
+    one = write_demo_data(tmp_path / "one", num_train=5, num_test=2, hr_size=(32, 48), workers=1)
+    two = write_demo_data(tmp_path / "two", num_train=5, num_test=2, hr_size=(32, 48), workers=2)
+    assert_complete(two, 5, 2)
+    assert all_bytes(one) == all_bytes(two)
+    assert leftovers(tmp_path) == []
+
+
+def test_cli_writes_wxh_frames(tmp_path):
+    out = tmp_path / "cli"
+    result = CliRunner().invoke(cli, ["make-demo-data", str(out), "--num-train", "2", "--num-test", "0",
+                                      "--hr-size", "64x32", "--workers", "1"])
+    assert result.exit_code == 0, result.output
+    assert "(HR 64x32)" in result.output
+    assert read(out / "train" / "HR" / "00001.png").shape == (32, 64, 3)
+    assert read(out / "train" / "LR" / "00001.png").shape == (8, 16, 3)
+
+
+@pytest.mark.parametrize("text, hw", [("256", (256, 256)), ("2040x1344", (1344, 2040)), ("16X20", (20, 16))])
+def test_parse_size(text, hw):
+    assert parse_size(text) == hw
+
+
+@pytest.mark.parametrize("value", ["66", "12", "2040x1346", "16x8", "0x0", "abc", "64x", "x64", "-64", "64x32x4"])
+def test_cli_bad_hr_size_is_one_line(tmp_path, value):
+    out = tmp_path / "bad"
+    result = CliRunner().invoke(cli, ["make-demo-data", str(out), "--hr-size", value])
+    assert result.exit_code == 2, result.output
+    errors = [line for line in result.output.splitlines() if line.startswith("Error")]
+    assert len(errors) == 1 and "--hr-size" in errors[0], result.output
+    assert result.output.rstrip().endswith(errors[0]) and "Traceback" not in result.output
+    assert not out.exists()
+
+
+@pytest.mark.parametrize("kwargs", [{"hr_size": 66}, {"hr_size": 12}, {"hr_size": (64, 30)}, {"num_train": 0},
+                                    {"num_test": -1}, {"workers": 0}])
 def test_bad_arguments(tmp_path, kwargs):
     with pytest.raises(ValueError):
         write_demo_data(tmp_path / "bad", **kwargs)
