@@ -153,7 +153,7 @@ def bench_train(data, batch_size, patch_size, threads, as_json, precision, chann
     report["bare"] = _run_stage({**timing, "config": config}, "_bare_step")
     report["toolkit"] = _run_stage({**timing, "train_args": train_args, "log_every": 5}, "_toolkit_step")
     report["data_pipeline"] = _run_stage({"data": data, "batch_size": batch_size, "patch_size": patch_size,
-                                          "cache_mb": 1024}, "_data_pipeline")
+                                          "cache_mb": 1024, "crops": 2048, "store_dir": None}, "_data_pipeline")
     if baseline:
         report["baseline"] = _run_stage({**timing, "data": data, "batch_size": batch_size,
                                          "patch_size": patch_size}, "_seed_baseline")
@@ -168,7 +168,7 @@ def bench_train(data, batch_size, patch_size, threads, as_json, precision, chann
         "toolkit_over_baseline": toolkit / report["baseline"]["samples_per_s"] if baseline else None,
         "toolkit_overhead_percent": 100 * (1 - toolkit / report["bare"]["samples_per_s"]),
         "toolkit_percent_of_bf16_ceiling": report["toolkit"]["percent_of_bf16_ceiling"],
-        "data_headroom_per_worker": report["data_pipeline"]["warm_pairs_per_s"] / toolkit,
+        "data_headroom_per_worker": report["data_pipeline"]["store_crops_per_s"] / toolkit,
     }
     if as_json:
         click.echo(json.dumps(report, indent=2))
@@ -186,8 +186,8 @@ def bench_train(data, batch_size, patch_size, threads, as_json, precision, chann
             r = report[key]
             click.echo(f"{label:34}{r['samples_per_s']:10.2f}{r['tflops']:9.3f}{r['percent_of_bf16_ceiling']:15.1f}%")
     d = report["data_pipeline"]
-    click.echo(f"data pipeline, 1 worker: {d['cold_pairs_per_s']:.0f} pairs/s decoding, "
-               f"{d['warm_pairs_per_s']:.0f} pairs/s from its decoded cache")
+    click.echo(f"data pipeline, 1 worker: {d['store_crops_per_s']:.0f} crops/s from the decoded store "
+               f"({d['decode_crops_per_s']:.0f} decoding each pair)")
     ratios = report["ratios"]
     if baseline:
         click.echo(f"toolkit / seed-style baseline: {ratios['toolkit_over_baseline']:.2f}x   (target >= 3.0x)")
@@ -202,20 +202,53 @@ def bench_train(data, batch_size, patch_size, threads, as_json, precision, chann
 
 @bench.command("data")
 @_common
+@click.option("--crops", default=4096, show_default=True, type=click.IntRange(16), help="Crops timed per epoch.")
 @click.option("--cache-mb", default=1024, show_default=True, type=click.IntRange(0),
-              help="As --decoded-cache-mb for train; 0 decodes every time.")
-def bench_data(data, batch_size, patch_size, threads, as_json, cache_mb) -> None:
-    """Data pipeline: LR/HR pairs per second from one DataLoader worker (decode, crop, augment,
-    collate), in a first epoch (decoding PNGs) and a second (from the worker's decoded cache)."""
+              help="As --decoded-cache-mb for train (the path without a store).")
+@click.option("--store-dir", type=click.Path(file_okay=False), help="Where the temporary stores are built "
+              "[default: the system's temp folder].")
+def bench_data(data, batch_size, patch_size, threads, as_json, crops, cache_mb, store_dir) -> None:
+    """Data path: the decoded store's build time on 1 and 2 processes, a second run's open time, start-up to a
+    first batch, crops/s of one DataLoader worker from the store and without it (decoding every crop, or from
+    the worker's decoded cache), peak RSS; and what a GPU would consume, for scale.
+
+    \b
+    A DIV2K-sized set to measure on (about 1.6 GB of PNGs):
+      insanesr-dist make-demo-data div2k-sized/ --num-train 96 --num-test 4 --hr-size 2040x1344
+      insanesr-dist bench data --data div2k-sized/
+    """
     data = _demo_or(data)
-    result = _run_stage({"data": data, "batch_size": batch_size, "patch_size": patch_size, "cache_mb": cache_mb},
-                        "_data_pipeline")
+    spec = {"data": data, "batch_size": batch_size, "patch_size": patch_size, "cache_mb": cache_mb, "crops": crops,
+            "store_dir": store_dir}
+    result = {**_run_stage(spec, "_data_pipeline"), **gpu_consumption(patch_size)}
     if as_json:
         click.echo(json.dumps(result, indent=2))
         return
-    click.echo(f"bench data: {data}, batch {batch_size}, LR patch {patch_size}, 1 worker, cache {cache_mb} MB")
-    click.echo(f"epoch 1 (decoding): {result['cold_pairs_per_s']:.0f} pairs/s; epoch 2 (cached): "
-               f"{result['warm_pairs_per_s']:.0f} pairs/s; {result['pairs_per_epoch']} pairs per epoch")
+    r = result
+    click.echo(f"bench data: {data}: {r['pairs']} pairs, {r['store_gb']:.2f} GB decoded; batch {batch_size}, "
+               f"LR patch {patch_size}")
+    click.echo(f"store build: {r['build_seconds_1']:.1f} s on 1 process, {r['build_seconds_2']:.1f} s on 2 "
+               f"({r['build_seconds_1'] / r['build_seconds_2']:.2f}x); a second run opens it in "
+               f"{r['reopen_seconds']:.2f} s (nothing decoded); first batch {r['startup_seconds']:.1f} s after")
+    click.echo(f"crops/s of one worker: {r['store_crops_per_s']:.0f} from the store; without it "
+               f"{r['decode_crops_per_s']:.1f} decoding each pair, {r['cached_crops_per_s']:.0f} from its "
+               f"decoded cache ({cache_mb} MB)")
+    click.echo(f"peak RSS: {r['peak_rss_mb']:.0f} MB main process, {r['peak_worker_rss_mb']:.0f} MB largest worker "
+               "(mapped store pages included: shared, once per node)")
+    click.echo(f"for scale: the default model's step costs {r['gflop_per_sample']:.1f} GFLOP per sample; an H100/H200 "
+               f"at 10-25 % of {r['gpu_peak_tflops']:.0f} bf16 TFLOP/s consumes {r['gpu_samples_per_s'][0]:,.0f}-"
+               f"{r['gpu_samples_per_s'][1]:,.0f} samples/s")
+
+
+def gpu_consumption(patch_size: int) -> dict:
+    """Samples/s a large GPU would train at, from the default model's FLOPs per sample (not measured here)."""
+    from .bench_stages import training_flops_per_lr_pixel
+    from .model import InsaneSRNet
+
+    flops = training_flops_per_lr_pixel(InsaneSRNet()) * patch_size**2
+    peak = 990e12  # H100/H200 SXM dense bf16
+    return {"gflop_per_sample": flops / 1e9, "gpu_peak_tflops": peak / 1e12,
+            "gpu_samples_per_s": [0.10 * peak / flops, 0.25 * peak / flops]}
 
 
 @bench.command("metric")

@@ -6,6 +6,7 @@ A fresh process per measurement keeps one measurement's threads, allocations and
 
 from __future__ import annotations
 
+import os
 import resource
 import subprocess
 import sys
@@ -190,7 +191,8 @@ def _seed_baseline(spec: dict) -> dict:
     import torch
     from torch.utils.data import DataLoader, Dataset
 
-    from .data import load_splits, random_pair_crop, sample_rng
+    from .crops import crop_draws, random_pair_crop
+    from .data import load_splits
     from .model import InsaneSRNet
 
     torch.set_num_threads(spec["threads"])
@@ -202,10 +204,11 @@ def _seed_baseline(spec: dict) -> dict:
             return len(table)
 
         def __getitem__(self, i):
-            row = table[i]
-            lr, hr = (cv2.cvtColor(cv2.imdecode(np.frombuffer(row[c]["bytes"], np.uint8), cv2.IMREAD_COLOR),
-                                   cv2.COLOR_BGR2RGB) for c in ("lr", "hr"))
-            lr, hr = random_pair_crop(lr, hr, spec["patch_size"], 4, sample_rng(0, 0, i))
+            row = table[i]  # a folder's table holds the files' paths; a saved dataset's, their bytes
+            files = [row[c]["bytes"] or open(row[c]["path"], "rb").read() for c in ("lr", "hr")]  # noqa: SIM115
+            lr, hr = (cv2.cvtColor(cv2.imdecode(np.frombuffer(f, np.uint8), cv2.IMREAD_COLOR), cv2.COLOR_BGR2RGB)
+                      for f in files)
+            lr, hr = random_pair_crop(lr, hr, spec["patch_size"], 4, crop_draws(0, 0, i))
             return (torch.from_numpy(np.ascontiguousarray(lr.transpose(2, 0, 1))).float() / 255,
                     torch.from_numpy(np.ascontiguousarray(hr.transpose(2, 0, 1))).float() / 255)
 
@@ -233,27 +236,75 @@ def _seed_baseline(spec: dict) -> dict:
 
 
 def _data_pipeline(spec: dict) -> dict:
-    """The toolkit's training loader alone (decode, crop, augment, collate) with one worker: pairs/s
-    in a first epoch (decoding every PNG) and a second (crops from the workers' decoded cache)."""
+    """The training data path alone (crop, augment, collate in one DataLoader worker): the decoded store built
+    with 1 and with 2 processes (fresh folders), reopened (decoding nothing), crops/s from it, the start-up time
+    to a first batch, and the path without a store (decoding PNGs, then from a worker's decoded cache)."""
+    import tempfile
     import time
+    from concurrent.futures import ProcessPoolExecutor
+    from pathlib import Path
 
     import torch
+    from torch.utils.data import DataLoader, RandomSampler
 
-    from .data import load_splits, train_loader
+    from . import data as D
 
     torch.set_num_threads(1)
-    table = load_splits(spec["data"], val_fraction=0.1, seed=0).train
-    loader = train_loader(table, batch_size=spec["batch_size"], patch_size=spec["patch_size"], scale=4, seed=0,
-                          num_workers=1, cache_mb=spec["cache_mb"])
-    iter(loader)  # start the persistent worker before timing
-    rates = []
-    for epoch in range(2):
-        loader.dataset.set_epoch(epoch)
-        pairs, started = 0, time.perf_counter()
-        for lr, _ in loader:
-            pairs += len(lr)
-        rates.append(pairs / (time.perf_counter() - started))
-    return {"cold_pairs_per_s": rates[0], "warm_pairs_per_s": rates[1], "pairs_per_epoch": pairs}
+    crops, batch = spec["crops"], spec["batch_size"]
+
+    def splits(store_dir: str, store_gb: float = 1e6, workers: int | None = None):
+        return D.load_splits(spec["data"], val_fraction=0.1, seed=0, store_dir=store_dir, store_gb=store_gb,
+                             store_workers=workers, say=lambda line: None)
+
+    def crops_per_s(pairs: D.TrainPairs, epochs: int = 2, count: int = crops) -> list[float]:
+        """Crops per second of one persistent worker, epoch by epoch (`count` random pairs each)."""
+        sampler = RandomSampler(pairs, replacement=True, num_samples=count)
+        loader = DataLoader(pairs, batch_size=batch, sampler=sampler, collate_fn=D.collate_windows,
+                            **D.loader_kwargs(1))
+        rates = []
+        for epoch in range(epochs):
+            pairs.set_epoch(epoch)
+            started, seen = time.perf_counter(), 0
+            for lr, *_ in loader:
+                seen += len(lr)
+            rates.append(seen / (time.perf_counter() - started))
+        return rates
+
+    # As train() does first: the fork server that starts DataLoader and store-building processes, warmed up, so
+    # its one-time start (importing torch and datasets) is not counted as building time.
+    D.start_worker_server()
+    with ProcessPoolExecutor(1, mp_context=D.worker_context()) as pool:
+        pool.submit(abs, 0).result()
+    result = {}
+    with tempfile.TemporaryDirectory(dir=spec.get("store_dir")) as stores:
+        cores = sorted(os.sched_getaffinity(0))
+        for workers in (2, 1):  # each into a fresh folder (a whole build), on as many cores as processes
+            os.sched_setaffinity(0, cores[:workers])
+            started = time.perf_counter()
+            built = splits(f"{stores}/{workers}", workers=workers)
+            result[f"build_seconds_{workers}"] = time.perf_counter() - started
+        os.sched_setaffinity(0, cores)
+        started = time.perf_counter()
+        built = splits(f"{stores}/1")  # a second run over the same files: nothing decoded
+        result["reopen_seconds"] = time.perf_counter() - started
+        pairs = D.TrainPairs(built.train, patch_size=spec["patch_size"], scale=4, seed=0, pixels=built.pixels)
+        loader = DataLoader(pairs, batch_size=batch, shuffle=True, collate_fn=D.collate_windows, **D.loader_kwargs(1))
+        next(iter(loader))
+        result["startup_seconds"] = time.perf_counter() - started  # reopened store to a first batch
+        del loader
+        result["store_crops_per_s"] = crops_per_s(pairs)[-1]
+        result["store_gb"] = built.pixels.decoded_bytes / 1e9
+        result["pairs"] = len(built.pixels.rows)
+        result["store_files_mb"] = sum(p.stat().st_size for p in Path(stores, "1").rglob("*")) / 2**20
+        # Without a store: a crop per decoded pair (no cache), and crops from a worker's decoded cache.
+        plain = splits(f"{stores}/none", store_gb=0).train
+        pairs = D.TrainPairs(plain, patch_size=spec["patch_size"], scale=4, seed=0)
+        result["decode_crops_per_s"] = crops_per_s(pairs, 1, min(crops, len(plain)))[0]
+        pairs = D.TrainPairs(plain, patch_size=spec["patch_size"], scale=4, seed=0, cache_mb=spec["cache_mb"])
+        result["cached_crops_per_s"] = crops_per_s(pairs)[-1]
+    result["peak_rss_mb"] = peak_rss_mb()
+    result["peak_worker_rss_mb"] = peak_rss_mb(resource.RUSAGE_CHILDREN)
+    return result
 
 
 def _metric_speed(spec: dict) -> dict:

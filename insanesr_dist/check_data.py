@@ -128,7 +128,7 @@ def check_folder(root: Path, patch_size: int, scale: int, report: Report) -> Non
 
 
 def check_table(source: str, path: Path | None, patch_size: int, scale: int, report: Report) -> None:
-    from .data import _load_table, _name
+    from .data import _load_table
 
     train, test = _load_table(source, path)
     for split, table, columns in (("train", train, ("lr", "hr")), ("test", test, ("lr",))):
@@ -145,14 +145,15 @@ def check_table(source: str, path: Path | None, patch_size: int, scale: int, rep
             for column in columns:
                 cell = row[column] or {}
                 data = cell.get("bytes") or (Path(cell["path"]).read_bytes() if cell.get("path") else b"")
-                found.append(_decode(data, _name(row, column), report))
+                found.append(_decode(data, samples.cell_name(row, column), report))
             if split == "test":
                 report.test += 1
                 continue
             report.pairs += 1
             if None in found:
                 continue
-            report.judge_pair(*found, _name(row, "lr"), _name(row, "hr"), scale=scale, patch_size=patch_size)
+            report.judge_pair(*found, samples.cell_name(row, "lr"), samples.cell_name(row, "hr"), scale=scale,
+                              patch_size=patch_size)
 
 
 def run_check(source: str, *, patch_size: int, on_bad_sample: str, scale: int = 4, echo=click.echo) -> bool:

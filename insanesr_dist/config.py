@@ -24,6 +24,7 @@ Schedule = Literal["constant", "cosine"]
 OutputHead = Literal["sigmoid", "residual"]
 Preset = Literal["seed", "default"]
 OnBadSample = Literal["error", "skip"]
+DeviceStore = Literal["auto", "on", "off"]
 
 
 def setting(default: Any, help: str) -> Any:
@@ -44,6 +45,18 @@ class TrainConfig:
     num_workers: int = setting(1, "DataLoader worker processes per rank (image decoding happens there).")
     decoded_cache_mb: int = setting(1024, "Decoded training pairs each DataLoader worker keeps in memory (MB), "
                                           "so later epochs crop without decoding the PNGs again; 0 disables it.")
+    store_gb: float = setting(64.0, "Decode the training pairs once into a store on disk (GB at most; it must also fit "
+                                    "the free space), memory-mapped by every worker and rank of a node, reused by "
+                                    "later runs; 0: no store (workers decode, see --decoded-cache-mb).")
+    crops_per_decode: int = setting(4, "Without a decoded store (above --store-gb): every this many consecutive "
+                                       "samples of a batch are crops of one decoded pair (a seeded choice per "
+                                       "epoch), so workers decode a 1/N share of the pairs per epoch; 1: one pair "
+                                       "per sample.")
+    store_dir: str | None = setting(None, "Folder of the decoded stores (a fast local disk). Default: beside the "
+                                          "Hugging Face datasets cache.")
+    device_store: DeviceStore = setting("auto", "Keep the decoded training pairs on the GPU and cut each batch's "
+                                                "crops there: auto does so on CUDA when they take at most a quarter "
+                                                "of its memory; on (also on a CPU, in RAM); off.")
     on_bad_sample: OnBadSample = setting("error", "A bad file or pair (see insanesr-dist check-data): error "
                                                   "stops before training, naming it; skip leaves it out, logged once.")
     worker_timeout: float = setting(600, "Seconds to wait for a DataLoader worker's next batch before stopping with an "
@@ -123,6 +136,8 @@ class TrainConfig:
             (self.patch_size >= 0, "patch_size must be >= 0"),
             (self.num_workers >= 0, "num_workers must be >= 0"),
             (self.decoded_cache_mb >= 0, "decoded_cache_mb must be >= 0"),
+            (self.store_gb >= 0, "store_gb must be >= 0"),
+            (self.crops_per_decode >= 1, "crops_per_decode must be >= 1"),
             (self.worker_timeout >= 0, "worker_timeout must be >= 0"),
             (self.dist_timeout > 0, "dist_timeout must be > 0"),
             (self.cpu_threads is None or self.cpu_threads >= 1, "cpu_threads must be >= 1"),

@@ -1,8 +1,10 @@
 """LR/HR pairs as Hugging Face datasets: loading, checking, splitting, cropping, and DataLoaders.
 
-Every source becomes the same table: `id` (string), `lr` and `hr` (`datasets.Image(decode=False)`,
-i.e. the encoded file bytes, left undecoded in Arrow). Decoding, cropping and augmentation happen
-per sample in DataLoader workers, so the main process only ever moves encoded bytes.
+Every source becomes the same table: `id` (string), `lr` and `hr` (`datasets.Image(decode=False)` cells:
+a local file's path, or the encoded bytes of a saved or hub dataset). The training pairs are decoded once
+into the decoded store (store.py), which is also their check; DataLoader workers cut windows from it (or,
+above its budget, decode pairs themselves), and the training step flips/rotates whole batches on its device
+(crops.py).
 """
 
 from __future__ import annotations
@@ -23,8 +25,11 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
-from . import samples
+from . import samples, store
+from .crops import crop_draws, pair_window
 from .errors import UserError
+from .samples import cell_name as _name
+from .samples import decode_rgb
 
 
 @dataclass
@@ -36,40 +41,7 @@ class Splits:
     test: datasets.Dataset | None
     source: str
     skipped: int = 0  # bad files or pairs left out with --on-bad-sample skip
-
-
-# ---------------------------------------------------------------------------------------------
-# Decoding
-
-
-def decode_rgb(image: dict[str, Any] | bytes, name: str) -> np.ndarray:
-    """Encoded image (an `Image(decode=False)` cell or raw bytes) -> HxWx3 uint8 RGB, by the rules
-    of `samples.decode_image` (gray/palette -> RGB, 16-bit -> 8-bit, alpha dropped; the rest refused),
-    so every accepted file reaches the model the same way, in training, check-data and predict."""
-    data = image.get("bytes") if isinstance(image, dict) else image
-    if data is None and isinstance(image, dict) and image.get("path"):
-        data = Path(image["path"]).read_bytes()
-    return samples.decode_image(data or b"", name)
-
-
-def _name(row: dict[str, Any], column: str) -> str:
-    """The file a cell came from (its path when known), for error messages."""
-    cell = row[column]
-    return (cell.get("path") if isinstance(cell, dict) else None) or f"{column} of {row['id']}"
-
-
-def _probe_pair(row: dict[str, Any], scale: int) -> dict[str, Any]:
-    """Sizes of a pair and, in `problem`, the one-line reason it is unusable ('' when it is fine)."""
-    decoded = {}
-    for column in ("lr", "hr"):
-        try:
-            decoded[column] = decode_rgb(row[column], "")
-        except UserError as e:
-            return _unreadable(row, column, e)
-    lr = decoded["lr"]
-    problem = samples.pair_problem(lr.shape, decoded["hr"].shape, scale)
-    return {"lr_height": lr.shape[0], "lr_width": lr.shape[1], "problem": problem or "",
-            "problem_file": _name(row, "hr")}
+    pixels: store.Store | None = None  # the decoded pairs, by the tables' `store_row` column (store.py)
 
 
 def _probe_lr(row: dict[str, Any]) -> dict[str, Any]:
@@ -93,20 +65,19 @@ def _unreadable(row: dict[str, Any], column: str, error: UserError) -> dict[str,
 def _rows_from_files(pairs: list[tuple[str, str, str | None]]):
     """Generator for `Dataset.from_generator`: one row per (id, lr_path, hr_path or None)."""
     for image_id, lr_path, hr_path in pairs:
-        row = {"id": image_id, "lr": {"path": lr_path, "bytes": Path(lr_path).read_bytes()}}
+        row = {"id": image_id, "lr": {"path": lr_path, "bytes": None}}
         if hr_path is not None:
-            row["hr"] = {"path": hr_path, "bytes": Path(hr_path).read_bytes()}
+            row["hr"] = {"path": hr_path, "bytes": None}
         yield row
 
 
 def _table_from_files(pairs: list[tuple[str, str, str | None]]) -> datasets.Dataset:
-    """An Arrow table holding the files' bytes (cached by Hugging Face datasets between runs)."""
+    """An Arrow table of the files' paths (cached by Hugging Face datasets between runs). It holds no second
+    copy of the images: they are read from the files (once, into the decoded store, when it is on)."""
     columns = ("lr", "hr") if pairs[0][2] is not None else ("lr",)
-    # Cells are written as plain {bytes, path} structs, then cast to Image: written directly as
-    # Image cells, `datasets` would store only the path of a local file and drop the bytes.
     cell = {"bytes": datasets.Value("binary"), "path": datasets.Value("string")}
     features = datasets.Features({"id": datasets.Value("string"), **{c: cell for c in columns}})
-    # Our own fingerprint (paths, sizes, mtimes) so a changed file rebuilds the cached table.
+    # Our own fingerprint (paths, sizes, mtimes): a changed file gives a new table, so its checks run again.
     stats = [(pair, [(os.stat(p).st_size, os.stat(p).st_mtime_ns) for p in pair[1:] if p]) for pair in pairs]
     fingerprint = hashlib.sha256(repr(stats).encode()).hexdigest()[:32]
     table = datasets.Dataset.from_generator(
@@ -209,14 +180,17 @@ def _code_fingerprint(table: datasets.Dataset, function, *args) -> str:
 
 
 def load_splits(data: str | os.PathLike, *, val_fraction: float, seed: int, scale: int = 4,
-                on_bad_sample: str = "error", patch_size: int = 0, say=print) -> Splits:
-    """Load a data source, check every pair once (cached), and split off validation pairs.
+                on_bad_sample: str = "error", patch_size: int = 0, store_dir: str | None = None,
+                store_gb: float = 64, store_workers: int | None = None, say=print) -> Splits:
+    """Load a data source, check every pair once (in the decoded store's pass, store.py), and split off
+    validation pairs.
 
     `data` is a folder with train/LR + train/HR (+ test/LR), a `save_to_disk` folder, or a hub id.
     Call under `accelerator.main_process_first()` so one rank builds the caches the others reuse.
     Bad files or pairs (the rules of `samples`, the same ones `check-data` applies) stop the run with
     one line naming the first, or with `on_bad_sample="skip"` are left out and each logged once through
-    `say` (so are, then, pairs too small for a `patch_size` crop).
+    `say` (so are, then, pairs too small for a `patch_size` crop). `store_dir`, `store_gb`: the decoded store's
+    folder and budget; `store_workers`: processes that build it (default: one per usable core).
     """
     source = os.fspath(data)
     path = Path(source).expanduser()
@@ -233,11 +207,16 @@ def load_splits(data: str | os.PathLike, *, val_fraction: float, seed: int, scal
     else:
         train, test = _load_table(source, None)
 
-    # Decode every pair once: bad files fail now, naming the file, instead of in a worker mid-epoch.
-    found = []
+    # Decode every pair once: bad files fail now, naming the file, instead of in a worker mid-epoch. The same
+    # pass, over all cores, writes the decoded store (when it fits the budget): the table's `store_row` finds it.
+    found, pixels = [], None
     if train is not None:
-        train = train.map(_probe_pair, fn_kwargs={"scale": scale}, desc="Checking pairs",
-                          new_fingerprint=_code_fingerprint(train, _probe_pair, scale))
+        decoded = store.open_or_build(train, scale=scale, store_dir=store_dir, budget_gb=store_gb,
+                                      workers=store_workers or len(os.sched_getaffinity(0)), say=say)
+        pixels = decoded if decoded.pixels else None
+        train = train.add_column("store_row", list(range(len(train))))
+        for column in ("lr_height", "lr_width", "problem", "problem_file"):
+            train = train.add_column(column, [row[column] for row in decoded.rows])
         train = _drop_problems(train, found, patch_size if on_bad_sample == "skip" else 0)
     if test is not None:
         test = test.map(_probe_lr, desc="Checking test images", new_fingerprint=_code_fingerprint(test, _probe_lr))
@@ -250,7 +229,7 @@ def load_splits(data: str | os.PathLike, *, val_fraction: float, seed: int, scal
     if test is not None and not len(test):
         test = None
     parts = train.train_test_split(test_size=val_fraction, seed=seed, shuffle=True)
-    return Splits(train=parts["train"], val=parts["test"], test=test, source=source, skipped=skipped)
+    return Splits(train=parts["train"], val=parts["test"], test=test, source=source, skipped=skipped, pixels=pixels)
 
 
 def streaming_train(train: datasets.Dataset, *, seed: int, rank: int, world_size: int, workers: int):
@@ -269,48 +248,39 @@ def streaming_train(train: datasets.Dataset, *, seed: int, rank: int, world_size
 # Samples
 
 
-def random_pair_crop(
-    lr: np.ndarray, hr: np.ndarray, patch: int, scale: int, rng: np.random.Generator
-) -> tuple[np.ndarray, np.ndarray]:
-    """Aligned random crop (LR edge `patch`, HR edge `scale*patch`; 0 keeps the whole image),
-    then one of the 8 flips/90-degree rotations (of the 4 that keep a non-square image's shape),
-    applied identically to both."""
-    if patch:
-        y = int(rng.integers(0, lr.shape[0] - patch + 1))
-        x = int(rng.integers(0, lr.shape[1] - patch + 1))
-        lr = lr[y : y + patch, x : x + patch]
-        hr = hr[y * scale : (y + patch) * scale, x * scale : (x + patch) * scale]
-    turns, flip = int(rng.integers(0, 4)), bool(rng.integers(0, 2))
-    if lr.shape[0] != lr.shape[1]:
-        turns &= 2  # a quarter turn would swap height and width: whole non-square images keep their shape
-    lr, hr = np.rot90(lr, turns), np.rot90(hr, turns)
-    if flip:
-        lr, hr = lr[:, ::-1], hr[:, ::-1]
-    return lr, hr
-
-
 def to_chw(image: np.ndarray) -> torch.Tensor:
     """HxWx3 uint8 -> 3xHxW uint8 tensor (floats are made on the device, 4x less to copy)."""
     return torch.from_numpy(np.ascontiguousarray(image.transpose(2, 0, 1)))
 
 
-def sample_rng(seed: int, epoch: int, key: int) -> np.random.Generator:
-    """The crop/augment randomness of one sample: a pure function of (seed, epoch, sample), so it
-    does not depend on worker count, process count or iteration order."""
-    return np.random.default_rng([seed, epoch, key])
+def store_rows(table: datasets.Dataset) -> np.ndarray:
+    """Each table row's row in the decoded store."""
+    return np.asarray(table["store_row"], dtype=np.int64)
+
+
+def pair_bytes(pixels: store.Store, rows: np.ndarray) -> np.ndarray:
+    """Decoded bytes of each of these store rows, LR and HR."""
+    return np.array([pixels.rows[r]["lr_height"] * pixels.rows[r]["lr_width"] * 3 for r in rows]) * (1 + pixels.scale**2)
 
 
 class TrainPairs(torch.utils.data.Dataset):
-    """Map-style training samples: decode, crop and augment one pair per index.
+    """Map-style training samples: one pair's window per index.
 
-    Decoding a PNG costs far more than cropping it, so each worker keeps the pairs it decoded, up to
-    `cache_mb`, and later epochs only crop: with persistent workers, epoch 2 on decodes nothing
-    (a 256x256 HR pair is 0.2 MB decoded; the demo data is 40 MB).
+    With the decoded store (`pixels`, store.py) a window is a slice of its memory-mapped arrays. Without it
+    (above --store-gb) each worker decodes pairs, keeping them up to `cache_mb` (with persistent workers,
+    later epochs then decode nothing), and `crops_per_decode` K > 1 makes every K consecutive samples share
+    one pair (a seeded choice per epoch): an epoch decodes 1/K of the pairs, K crops each. Consecutive
+    samples fall in one batch, so the loader must not shuffle then (`shuffles`).
     """
 
     def __init__(self, table: datasets.Dataset, *, patch_size: int, scale: int, seed: int,
-                 cache_mb: int = 0) -> None:
+                 cache_mb: int = 0, pixels: store.Store | None = None, crops_per_decode: int = 1) -> None:
         self.table, self.patch_size, self.scale, self.seed = table, patch_size, scale, seed
+        self.pixels, self.rows = pixels, store_rows(table) if pixels is not None else None
+        self.crops_per_decode = crops_per_decode if pixels is None else 1
+        self.shuffles = self.crops_per_decode == 1  # else the pairs' order is drawn here, per epoch
+        self._order: tuple[int, np.ndarray] | None = None  # (epoch, pair order), per worker process
+        self._last: tuple[int, tuple[np.ndarray, np.ndarray]] | None = None  # the pair decoded last
         # In shared memory: persistent workers, started once, must see each new epoch's value.
         self._epoch = torch.zeros((), dtype=torch.int64).share_memory_()
         self._cache: dict[int, tuple[np.ndarray, np.ndarray]] = {}  # per worker process
@@ -327,6 +297,8 @@ class TrainPairs(torch.utils.data.Dataset):
         return len(self.table)
 
     def _decoded(self, index: int) -> tuple[np.ndarray, np.ndarray]:
+        if self.pixels is not None:
+            return self.pixels.pair(self.rows[index])
         pair = self._cache.get(index)
         if pair is None:
             row = self.table[index]
@@ -336,18 +308,33 @@ class TrainPairs(torch.utils.data.Dataset):
                 self._cache[index], self._cache_room = pair, self._cache_room - size
         return pair
 
-    def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
-        lr, hr = random_pair_crop(*self._decoded(index), self.patch_size, self.scale,
-                                  sample_rng(self.seed, self.epoch, index))
-        return to_chw(lr), to_chw(hr)
+    def _pair_of(self, index: int) -> int:
+        if self.crops_per_decode == 1:
+            return index
+        epoch = self.epoch
+        if self._order is None or self._order[0] != epoch:
+            self._order = epoch, np.random.default_rng([self.seed, epoch]).permutation(len(self.table))
+        return int(self._order[1][index // self.crops_per_decode])
+
+    def __getitem__(self, index: int) -> tuple[np.ndarray, np.ndarray, int]:
+        """The sample's LR and HR windows (HxWx3 uint8, as stored) and its flip/rotation code, which the
+        training step applies to the whole batch on its device (crops.augment)."""
+        pair = self._pair_of(index)
+        if self._last is None or self._last[0] != pair:
+            self._last = pair, self._decoded(pair)
+        return pair_window(*self._last[1], self.patch_size, self.scale, crop_draws(self.seed, self.epoch, index))
 
 
 class StreamedPairs(torch.utils.data.IterableDataset):
-    """Iterable training samples from a (rank-sharded) streaming dataset; workers split its shards."""
+    """Iterable training samples from a (rank-sharded) streaming dataset; workers split its shards. Windows come
+    from the decoded store when there is one; otherwise each decoded pair gives `crops_per_decode` consecutive
+    samples (as TrainPairs)."""
 
-    def __init__(self, stream: datasets.IterableDataset, *, patch_size: int, scale: int, seed: int) -> None:
+    def __init__(self, stream: datasets.IterableDataset, *, patch_size: int, scale: int, seed: int,
+                 pixels: store.Store | None = None, crops_per_decode: int = 1) -> None:
         self.stream, self.patch_size, self.scale, self.seed = stream, patch_size, scale, seed
-        self.epoch = 0
+        self.pixels, self.epoch = pixels, 0
+        self.crops_per_decode = crops_per_decode if pixels is None else 1
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
@@ -355,22 +342,29 @@ class StreamedPairs(torch.utils.data.IterableDataset):
 
     def __iter__(self):
         for row in self.stream:
-            lr, hr = decode_rgb(row["lr"], _name(row, "lr")), decode_rgb(row["hr"], _name(row, "hr"))
-            rng = sample_rng(self.seed, self.epoch, zlib.crc32(row["id"].encode()))
-            lr, hr = random_pair_crop(lr, hr, self.patch_size, self.scale, rng)
-            yield to_chw(lr), to_chw(hr)
+            if self.pixels is not None:
+                lr, hr = self.pixels.pair(row["store_row"])
+            else:
+                lr, hr = decode_rgb(row["lr"], _name(row, "lr")), decode_rgb(row["hr"], _name(row, "hr"))
+            key = zlib.crc32(row["id"].encode()) * self.crops_per_decode
+            for crop in range(self.crops_per_decode):
+                yield pair_window(lr, hr, self.patch_size, self.scale, crop_draws(self.seed, self.epoch, key + crop))
 
 
 class EvalImages(torch.utils.data.Dataset):
     """Whole images for validation or prediction: (index, LR) or (index, LR, HR), uint8 CHW."""
 
-    def __init__(self, table: datasets.Dataset, *, with_hr: bool) -> None:
+    def __init__(self, table: datasets.Dataset, *, with_hr: bool, pixels: store.Store | None = None) -> None:
         self.table, self.with_hr = table, with_hr
+        self.pixels, self.rows = pixels, store_rows(table) if pixels is not None else None
 
     def __len__(self) -> int:
         return len(self.table)
 
     def __getitem__(self, index: int):
+        if self.pixels is not None:  # validation pairs come from the store too
+            lr, hr = self.pixels.pair(self.rows[index])
+            return (index, to_chw(lr), to_chw(hr)) if self.with_hr else (index, to_chw(lr))
         row = self.table[index]
         lr = to_chw(decode_rgb(row["lr"], _name(row, "lr")))
         if not self.with_hr:
@@ -437,15 +431,29 @@ def loader_kwargs(num_workers: int, persistent: bool = True, timeout: float = 0)
             "persistent_workers": persistent and num_workers > 0, **workers}
 
 
+def collate_windows(samples: list[tuple[np.ndarray, np.ndarray, int]]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """A batch of training windows as numpy arrays: (B, h, w, 3) LR, (B, sh, sw, 3) HR, (B,) codes.
+
+    Numpy, not tensors, because a worker pickles them by value through its pipe, which is fast; a tensor
+    would be handed over in shared memory through a file descriptor passed over a socket, one round trip per
+    tensor and batch: 2,000 against 6,800 crops/s from one worker on 2K pairs (bench data, batch 16).
+    """
+    lr, hr, codes = zip(*samples)
+    return np.stack(lr), np.stack(hr), np.array(codes, np.int64)
+
+
 def train_loader(table: datasets.Dataset, *, batch_size: int, patch_size: int, scale: int, seed: int,
-                 num_workers: int, cache_mb: int = 0, timeout: float = 0) -> DataLoader:
-    samples = TrainPairs(table, patch_size=patch_size, scale=scale, seed=seed, cache_mb=cache_mb)
+                 num_workers: int, cache_mb: int = 0, timeout: float = 0, pixels: store.Store | None = None,
+                 crops_per_decode: int = 1) -> DataLoader:
+    samples = TrainPairs(table, patch_size=patch_size, scale=scale, seed=seed, cache_mb=cache_mb, pixels=pixels,
+                         crops_per_decode=crops_per_decode)
     # drop_last: every step sees a full batch, so the loss scale does not change at epoch ends.
-    return DataLoader(samples, batch_size=batch_size, shuffle=True, drop_last=len(samples) >= batch_size,
-                      **loader_kwargs(num_workers, timeout=timeout))
+    return DataLoader(samples, batch_size=batch_size, shuffle=samples.shuffles, drop_last=len(samples) >= batch_size,
+                      collate_fn=collate_windows, **loader_kwargs(num_workers, timeout=timeout))
 
 
-def eval_loader(table: datasets.Dataset, *, with_hr: bool, num_workers: int, timeout: float = 0) -> DataLoader:
+def eval_loader(table: datasets.Dataset, *, with_hr: bool, num_workers: int, timeout: float = 0,
+                pixels: store.Store | None = None) -> DataLoader:
     # Batch of one: validation and test images may all differ in size.
-    return DataLoader(EvalImages(table, with_hr=with_hr), batch_size=1, shuffle=False,
+    return DataLoader(EvalImages(table, with_hr=with_hr, pixels=pixels), batch_size=1, shuffle=False,
                       **loader_kwargs(num_workers, timeout=timeout))

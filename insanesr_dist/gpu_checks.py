@@ -7,7 +7,8 @@
 2. A NaN gradient on channels-last gradients: the fused Adam skips the step (weights and moments
    unchanged), in bf16/fp32 through BadSteps' found_inf and in fp16 through the GradScaler.
 3. Validation JM of one trained model with IEEE float32 convolutions (what validation uses) and TF32.
-4. `insanesr-dist bench train --json` for fp16/bf16 x channels-last x torch.compile.
+4. The full toolkit step on DIV2K-sized pairs with the device store (crops cut on the GPU) and without it.
+5. `insanesr-dist bench train --json` for fp16/bf16 x channels-last x torch.compile.
 
 Every check runs in a fresh process (as bench.py's measurements do): one check's CUDA state, compiled
 graphs and memory stay out of the next. A time budget (default 450 s, for ~8 minutes on an H200 with start-up)
@@ -206,8 +207,28 @@ def _ieee_vs_tf32(spec: dict) -> dict:
             "max_abs_sr_difference": difference}
 
 
+def _device_store_speed(spec: dict) -> dict:
+    """Issue 14: the full toolkit step (bf16, batch 16, LR patch 32) on DIV2K-sized pairs (384 synthetic 2040x1344
+    HR frames), crops cut on the GPU from the device store against DataLoader workers cutting them."""
+    from .bench_stages import _toolkit_step
+    from .demo_data import write_demo_data
+
+    cores = len(os.sched_getaffinity(0))
+    data = write_demo_data(Path(spec["out"]) / "div2k-sized", num_train=384, num_test=0, hr_size=(1344, 2040),
+                           workers=cores)
+    result = {}
+    for mode in ("on", "off"):
+        result[mode] = _toolkit_step({"warmup": 20, "steps": 100, "log_every": 10, "threads": cores,
+                                      "precision": "bf16", "train_args": ["--data", str(data), "--device-store", mode,
+                                                                          "--num-workers", str(min(8, cores)),
+                                                                          "--val-every", "1000", "--val-max-images",
+                                                                          "1", "--store-dir", spec["out"]]})
+    return result
+
+
 def _child(name: str, spec: dict) -> dict:
-    return {"sync_debug": _sync_debug_training, "nan_step": _nan_step, "ieee_vs_tf32": _ieee_vs_tf32}[name](spec)
+    return {"sync_debug": _sync_debug_training, "nan_step": _nan_step, "ieee_vs_tf32": _ieee_vs_tf32,
+            "device_store": _device_store_speed}[name](spec)
 
 
 def _run_child(name: str, spec: dict, timeout: float) -> dict:
@@ -271,6 +292,15 @@ def _rows_jm(r: dict) -> list[tuple]:
     return [("validation JM, IEEE vs TF32 convolutions", f"{r['model']}, {r['images']} val images",
              (f"IEEE {r['jm_ieee']:.4f}, TF32 {r['jm_tf32']:.4f} (delta {r['jm_ieee'] - r['jm_tf32']:+.4f}); "
               f"max |SR difference| {r['max_abs_sr_difference']:.2e}"), "info")]
+
+
+def _rows_device_store(r: dict) -> list[tuple]:
+    what = "toolkit step on 2K pairs: device store vs DataLoader workers"
+    if "error" in r:
+        return [(what, "", r["error"], "FAIL")]
+    on, off = r["on"]["samples_per_s"], r["off"]["samples_per_s"]
+    return [(what, "bf16, batch 16, LR patch 32, 384 pairs 2040x1344",
+             f"{on:.0f} vs {off:.0f} samples/s ({on / off:.2f}x)", "info")]
 
 
 def _rows_bench(setting: str, r: dict) -> list[tuple]:
@@ -339,6 +369,8 @@ def main(budget_s: int, steps: int, warmup: int, data: str | None) -> None:
         say("validation JM, IEEE vs TF32")
         rows += _rows_jm(_run_child("ieee_vs_tf32", {"weights": f"{tmp}/bf16/latest.safetensors", "data": data},
                                     left(60)))
+        say("device store vs DataLoader workers on 2K pairs")
+        rows += _rows_device_store(_run_child("device_store", {"out": f"{tmp}/store"}, left(150)))
         # The default (channels-last) first, eager before compiled: if the budget ends, it ends in the NCHW rows.
         for channels_last in (True, False):
             for compile_ in (False, True):

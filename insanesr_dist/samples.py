@@ -202,6 +202,25 @@ def decode_image(data: bytes, name: str, notes: list[str] | None = None) -> np.n
     raise UserError(f"{name}: {channels} channels are not supported (1, 3 or 4)")
 
 
+
+def decode_rgb(image: dict | bytes, name: str) -> np.ndarray:
+    """Encoded image (a `datasets.Image(decode=False)` cell, holding bytes or a local file's path, or raw
+    bytes) -> HxWx3 uint8 RGB by the rules of `decode_image`, so every accepted file reaches the model the
+    same way, in training, check-data and predict."""
+    data = image.get("bytes") if isinstance(image, dict) else image
+    if data is None and isinstance(image, dict) and image.get("path"):
+        try:
+            data = Path(image["path"]).read_bytes()
+        except OSError as e:
+            raise UserError(f"{name}: cannot be read ({e.strerror})") from None
+    return decode_image(data or b"", name)
+
+
+def cell_name(row: dict, column: str) -> str:
+    """The file an image cell of a dataset row came from (its path when known), for messages."""
+    cell = row[column]
+    return (cell.get("path") if isinstance(cell, dict) else None) or f"{column} of {row['id']}"
+
 def _note(notes: list[str] | None, text: str) -> None:
     if notes is not None:
         notes.append(text)

@@ -34,6 +34,7 @@ def epoch_line(record: dict, epochs: int, improved: bool) -> str:
     return (
         f"epoch {record['epoch']}/{epochs}  step {record['step']}  loss {record['train_loss']:.6f}  {scores}"
         f"{record['seconds']:.1f}s{evaluation}  {record['samples_per_s']:.1f} samples/s"
+        + (f"  data wait {100 * record['data_wait_fraction']:.0f}%" if "data_wait_fraction" in record else "")
         + ("  * best" if improved else "")
     )
 
@@ -58,6 +59,8 @@ def log_epoch(accelerator: Accelerator, out_dir: Path, record: dict, epochs: int
     scalars["train/epoch_loss"] = record["train_loss"]
     scalars["perf/samples_per_s"] = record["samples_per_s"]
     scalars["perf/epoch_seconds"] = record["seconds"]
+    if "data_wait_fraction" in record:  # of the epoch's training time spent waiting for batches (perf/data_wait_
+        scalars["perf/epoch_data_wait_fraction"] = record["data_wait_fraction"]  # fraction: per --log-every steps)
     if "eval_seconds" in record:
         scalars["perf/eval_seconds"] = record["eval_seconds"]
     scalars.update({f"perf/{k}": v for k, v in record.items() if k.startswith("peak_")})

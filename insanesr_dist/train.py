@@ -29,6 +29,7 @@ from tqdm.auto import tqdm
 from . import checkpoint, faults
 from . import data as data_lib
 from .config import TrainConfig, field_specs, read_config_file, save_config
+from .crops import DevicePairs, DevicePlans, augment
 from .demo_data import ensure_demo_data
 from .ema import WeightEMA
 from .errors import UserError
@@ -96,6 +97,52 @@ def _stream_batches(loader: DataLoader, epoch: int, limit: int, skip: int):
         if empty:
             raise UserError("the streaming training set produced no batch for this rank")
         passes += 1
+
+
+class DataWait:
+    """Seconds the loop spent waiting for its next batch: the data path is the bottleneck when their share of
+    the step time is large (on a GPU, whose steps run asynchronously, the wait overlaps the device's work)."""
+
+    def __init__(self) -> None:
+        self.seconds = 0.0
+
+    def __call__(self, batches):
+        batches = iter(batches)
+        while True:
+            started = time.perf_counter()
+            batch = next(batches, None)
+            self.seconds += time.perf_counter() - started
+            if batch is None:
+                return
+            yield batch
+
+
+def _device_pairs(cfg: TrainConfig, splits: data_lib.Splits, device: torch.device) -> tuple[DevicePairs | None, str]:
+    """The training pairs on the device (--device-store), or None, and a line saying which and why."""
+    if cfg.device_store == "off":
+        return None, "--device-store off"
+    why_not = ("streaming" if cfg.streaming else "no decoded store" if splits.pixels is None
+               else "--patch-size 0" if not cfg.patch_size else None)
+    rows = data_lib.store_rows(splits.train)
+    size = int(sum(data_lib.pair_bytes(splits.pixels, rows))) if why_not is None else 0
+    if why_not is None and cfg.device_store == "auto":
+        room = torch.cuda.get_device_properties(device).total_memory // 4 if device.type == "cuda" else 0
+        why_not = ("auto: not on a GPU" if device.type != "cuda" else
+                   f"auto: {size / 1e9:.2f} GB is above a quarter of the GPU's memory" if size > room else None)
+    if why_not is not None:
+        return None, f"device store: off ({why_not}); DataLoader workers cut the crops"
+    pairs = DevicePairs(splits.pixels.pair, rows, patch=cfg.patch_size, scale=cfg.scale, seed=cfg.seed, device=device)
+    return pairs, f"device store: {pairs.nbytes / 1e9:.2f} GB of decoded training pairs on {device}; crops cut there"
+
+
+def _model_inputs(batch, device: torch.device, pairs: DevicePairs | None, channels_last: bool):
+    """A training batch as float images in [0, 1] on the device, each sample flipped/rotated as drawn."""
+    if pairs is not None:
+        lr, hr = pairs.cut(batch)
+    else:
+        lr, hr = augment(*(torch.as_tensor(t).to(device, non_blocking=True) for t in batch))
+    lr, hr = lr.float().div_(255), hr.float().div_(255)  # channels-last memory, as augment makes it
+    return (lr, hr) if channels_last else (lr.contiguous(), hr.contiguous())
 
 
 def _resume_point(cfg: TrainConfig, out_dir: Path,
@@ -171,7 +218,7 @@ def _continue(accelerator: Accelerator, state: checkpoint.TrainState, cfg: Train
 # Settings that may change between an interrupted run and its continuation without changing the result.
 RESUMABLE = {"resume", "output_dir", "num_workers", "cpu_threads", "log_every", "epochs", "max_steps",
              "checkpoint_every", "keep_checkpoints", "max_bad_steps", "decoded_cache_mb", "worker_timeout",
-             "dist_timeout", "val_every", "submit_every", "val_tile"}
+             "dist_timeout", "val_every", "submit_every", "val_tile", "store_dir", "device_store"}
 
 
 def val_subset(count: int, limit: int, seed: int) -> list[int] | None:
@@ -253,7 +300,7 @@ def _train(cfg: TrainConfig, preemption: checkpoint.PreemptionFlag) -> Path:
         source = cfg.data or str(ensure_demo_data())
         splits = data_lib.load_splits(source, val_fraction=cfg.val_fraction, seed=cfg.seed, scale=cfg.scale,
                                       on_bad_sample=cfg.on_bad_sample, patch_size=cfg.patch_size,
-                                      say=accelerator.print)
+                                      store_dir=cfg.store_dir, store_gb=cfg.store_gb, say=accelerator.print)
     data_lib.check_patch_size(splits.train, cfg.patch_size, cfg.batch_size, source)
     val_count = len(splits.val)
     kept = val_subset(val_count, cfg.val_max_images, cfg.seed)
@@ -261,18 +308,27 @@ def _train(cfg: TrainConfig, preemption: checkpoint.PreemptionFlag) -> Path:
         splits = dataclasses.replace(splits, val=splits.val.select(kept))
     tile_overlap = exact_overlap(cfg.model)  # tiles then equal the whole image up to float rounding (tiles.py)
     workers = dict(num_workers=cfg.num_workers, timeout=cfg.worker_timeout)
-    loaders = [data_lib.eval_loader(splits.val, with_hr=True, **workers)]
+    loaders = [data_lib.eval_loader(splits.val, with_hr=True, pixels=splits.pixels, **workers)]
     if splits.test is not None:
         loaders.append(data_lib.eval_loader(splits.test, with_hr=False, **workers))
     crops = dict(patch_size=cfg.patch_size, scale=cfg.scale, seed=cfg.seed)
     if cfg.streaming:  # not prepared: the stream is already this rank's share
         stream = data_lib.streaming_train(splits.train, seed=cfg.seed, rank=accelerator.process_index,
                                           world_size=accelerator.num_processes, workers=cfg.num_workers)
-        train_dl = DataLoader(data_lib.StreamedPairs(stream, **crops), batch_size=cfg.batch_size,
+        samples = data_lib.StreamedPairs(stream, pixels=splits.pixels, crops_per_decode=cfg.crops_per_decode, **crops)
+        train_dl = DataLoader(samples, batch_size=cfg.batch_size,
+                              collate_fn=data_lib.collate_windows,
                               **data_lib.loader_kwargs(cfg.num_workers, persistent=False, timeout=cfg.worker_timeout))
-    else:
+    device_pairs, device_note = _device_pairs(cfg, splits, accelerator.device)
+    accelerator.print(device_note)
+    if device_pairs is not None:  # the loader only plans: the crops are cut on the device
+        train_dl = DataLoader(DevicePlans(device_pairs), batch_size=cfg.batch_size, shuffle=True,
+                              drop_last=len(splits.train) >= cfg.batch_size)
+        loaders.insert(0, train_dl)
+    elif not cfg.streaming:
         train_dl = data_lib.train_loader(splits.train, batch_size=cfg.batch_size, cache_mb=cfg.decoded_cache_mb,
-                                         **workers, **crops)
+                                         pixels=splits.pixels, crops_per_decode=cfg.crops_per_decode, **workers,
+                                         **crops)
         loaders.insert(0, train_dl)
 
     # ---- model and optimizer (Adam, as the seed); the learning rate is set per step by lr_at
@@ -309,7 +365,7 @@ def _train(cfg: TrainConfig, preemption: checkpoint.PreemptionFlag) -> Path:
             keep_epoch_records(out_dir / "metrics.jsonl", before=state.epoch)
     accelerator.init_trackers("logs")
     start_hparams(accelerator, cfg.hparams())  # settings + final val JM, speed, memory in the hparams tab
-    panel_images = [(splits.val[i]["id"], *data_lib.EvalImages(splits.val, with_hr=True)[i][1:])
+    panel_images = [(splits.val[i]["id"], *data_lib.EvalImages(splits.val, with_hr=True, pixels=splits.pixels)[i][1:])
                     for i in range(min(cfg.panel_images, len(splits.val)))] if accelerator.is_main_process else []
     accelerator.print(
         f"insanesr-dist: {source}: {len(splits.train)} train / {len(splits.val)} val / "
@@ -361,9 +417,10 @@ def _train(cfg: TrainConfig, preemption: checkpoint.PreemptionFlag) -> Path:
         passes = state.passes if resumed else 0
         batches_done = skip
         logged_at, passes_at_log = time.perf_counter(), passes
-        for lr_u8, hr_u8 in batches:
-            lr_img = lr_u8.to(accelerator.device, non_blocking=True).float().div_(255)
-            hr_img = hr_u8.to(accelerator.device, non_blocking=True).float().div_(255)
+        data_wait = DataWait()
+        waited_at_log = 0.0
+        for batch in data_wait(batches):
+            lr_img, hr_img = _model_inputs(batch, accelerator.device, device_pairs, cfg.channels_last)
             with accelerator.accumulate(model):
                 loss = training_loss(cfg.loss, cfg.ssim_weight, train_model(lr_img), hr_img)
                 accelerator.backward(loss)
@@ -393,10 +450,12 @@ def _train(cfg: TrainConfig, preemption: checkpoint.PreemptionFlag) -> Path:
                 now = time.perf_counter()
                 samples_per_s = ((passes - passes_at_log) * cfg.batch_size * accelerator.num_processes
                                  / (now - logged_at))
-                logged_at, passes_at_log = now, passes
+                wait_share = (data_wait.seconds - waited_at_log) / (now - logged_at)
+                logged_at, passes_at_log, waited_at_log = now, passes, data_wait.seconds
                 bar.set_postfix(loss=f"{loss_now:.6f}")
                 accelerator.log({"train/loss": loss_now, "train/lr": optimizer.param_groups[0]["lr"],
-                                 "perf/train_samples_per_s": samples_per_s}, step=step)
+                                 "perf/train_samples_per_s": samples_per_s, "perf/data_wait_fraction": wait_share},
+                                step=step)
                 bad_steps.read(step, accelerator.print)  # logs skipped steps; stops past --max-bad-steps
             if step >= total_steps:
                 break  # --max-steps reached (mid-epoch)
@@ -443,6 +502,7 @@ def _train(cfg: TrainConfig, preemption: checkpoint.PreemptionFlag) -> Path:
         # A record without validation keys at epochs that skip it (see tracking.log_epoch).
         record = {"epoch": epoch, "step": step, "train_loss": train_loss, **scores, "seconds": seconds,
                   "samples_per_s": (passes - skip) * cfg.batch_size * accelerator.num_processes / seconds,
+                  "data_wait_fraction": data_wait.seconds / seconds,
                   "eval_seconds": time.perf_counter() - eval_started}
         log_epoch(accelerator, out_dir, record, epochs, improved)
 

@@ -42,12 +42,16 @@ def test_bench_train_measures_every_stage_and_its_ratios(pair_folder):
     toolkit = report["toolkit"]["samples_per_s"]
     assert ratios["toolkit_over_baseline"] == pytest.approx(toolkit / report["baseline"]["samples_per_s"])
     assert ratios["toolkit_overhead_percent"] == pytest.approx(100 * (1 - toolkit / report["bare"]["samples_per_s"]))
-    assert ratios["data_headroom_per_worker"] == pytest.approx(report["data_pipeline"]["warm_pairs_per_s"] / toolkit)
+    assert ratios["data_headroom_per_worker"] == pytest.approx(report["data_pipeline"]["store_crops_per_s"] / toolkit)
 
 
-def test_bench_data_decodes_once_then_crops_from_the_cache(pair_folder):
-    warm = bench_json("data", "--data", str(pair_folder), "--batch-size", "4", "--patch-size", "8")
-    assert warm["pairs_per_epoch"] == 20 and warm["cold_pairs_per_s"] > 0 and warm["warm_pairs_per_s"] > 0
+def test_bench_data_reports_the_store_and_the_paths_without_it(pair_folder):
+    r = bench_json("data", "--data", str(pair_folder), "--batch-size", "4", "--patch-size", "8", "--crops", "64")
+    assert r["pairs"] == 23 and r["store_gb"] == pytest.approx(23 * 16 * 20 * 3 * 17 / 1e9)
+    for key in ("build_seconds_1", "build_seconds_2", "reopen_seconds", "startup_seconds", "store_crops_per_s",
+                "decode_crops_per_s", "cached_crops_per_s", "peak_rss_mb", "peak_worker_rss_mb"):
+        assert r[key] > 0, key
+    assert r["gpu_samples_per_s"][1] == pytest.approx(2.5 * r["gpu_samples_per_s"][0])
 
 
 def test_bench_metric_agrees_with_scikit_image(pair_folder):

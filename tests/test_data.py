@@ -4,25 +4,25 @@ import cv2
 import datasets
 import numpy as np
 import pytest
-import torch
 from torch.utils.data import DataLoader
 
+from insanesr_dist import crops as C
 from insanesr_dist import data as D
 from insanesr_dist.errors import UserError
 
-from conftest import make_pair_folder, write_png
+from conftest import make_pair_folder, read_rgb, write_png
 
 
-def test_folder_pairs_by_file_name_and_keeps_bytes_undecoded(pair_folder):
+def test_folder_pairs_by_file_name_and_keeps_paths_not_bytes(pair_folder):
     splits = D.load_splits(pair_folder, val_fraction=0.1, seed=0)
     assert len(splits.train) + len(splits.val) == 23 and len(splits.val) == 3
     assert sorted(splits.test["id"]) == ["img_023.png", "img_024.png", "img_025.png"]
     row = splits.train[0]
-    assert isinstance(row["lr"]["bytes"], bytes) and row["lr"]["path"].endswith(f"train/LR/{row['id']}")
+    assert row["lr"]["bytes"] is None and row["lr"]["path"].endswith(f"train/LR/{row['id']}")
     assert row["hr"]["path"].endswith(f"train/HR/{row['id']}")
     assert (row["lr_height"], row["lr_width"]) == (16, 20)
-    # The pairing is right: the HR on disk with the same name is the one stored with this LR.
-    assert row["hr"]["bytes"] == (pair_folder / "train" / "HR" / row["id"]).read_bytes()
+    # The pairing is right: the HR on disk with the same name is the one stored (decoded) with this LR.
+    assert np.array_equal(splits.pixels.pair(row["store_row"])[1], read_rgb(pair_folder / "train" / "HR" / row["id"]))
 
 
 def test_split_is_deterministic_by_seed(pair_folder):
@@ -30,17 +30,6 @@ def test_split_is_deterministic_by_seed(pair_folder):
     assert ids(1) == ids(1)
     assert ids(1) != ids(2)
     assert len(ids(1)) == 5
-
-
-def test_changed_files_are_read_again_not_served_from_the_cache(tmp_path):
-    root = make_pair_folder(tmp_path / "d", num_train=4, num_test=0)
-    first = D.load_splits(root, val_fraction=0.25, seed=0)
-    hr = root / "train" / "HR" / "img_000.png"
-    write_png(hr, np.zeros((64, 80, 3), np.uint8))
-    second = D.load_splits(root, val_fraction=0.25, seed=0)
-    stored = {r["id"]: r["hr"]["bytes"] for s in (second.train, second.val) for r in s}
-    assert stored["img_000.png"] == hr.read_bytes()
-    assert first.test is None
 
 
 def _break(root: Path, name: str, data: bytes | np.ndarray) -> Path:
@@ -101,13 +90,13 @@ def test_crops_stay_aligned_through_every_flip_and_rotation():
     hr = np.repeat(np.repeat(lr, 4, 0), 4, 1)  # nearest x4: HR blocks must stay on their LR pixel
     seen = set()
     for i in range(64):
-        a, b = D.random_pair_crop(lr, hr, 5, 4, D.sample_rng(0, 0, i))
+        a, b = C.random_pair_crop(lr, hr, 5, 4, C.crop_draws(0, 0, i))
         assert a.shape == (5, 5, 3) and b.shape == (20, 20, 3)
         assert np.array_equal(np.repeat(np.repeat(a, 4, 0), 4, 1), b)
         seen.add(a.tobytes())
     assert len(seen) > 32
     # Whole non-square images keep their shape (so they still batch), through flips and half turns only.
-    whole = [D.random_pair_crop(lr, hr, 0, 4, D.sample_rng(0, 1, i)) for i in range(32)]
+    whole = [C.random_pair_crop(lr, hr, 0, 4, C.crop_draws(0, 1, i)) for i in range(32)]
     assert all(a.shape == lr.shape and np.array_equal(np.repeat(np.repeat(a, 4, 0), 4, 1), b) for a, b in whole)
     assert len({a.tobytes() for a, _ in whole}) == 4
 
@@ -115,16 +104,16 @@ def test_crops_stay_aligned_through_every_flip_and_rotation():
 def test_training_samples_depend_on_seed_epoch_and_index_only(pair_folder):
     splits = D.load_splits(pair_folder, val_fraction=0.1, seed=0)
     samples = D.TrainPairs(splits.train, patch_size=4, scale=4, seed=7)
-    lr0, hr0 = samples[3]
-    assert lr0.dtype == torch.uint8 and lr0.shape == (3, 4, 4) and hr0.shape == (3, 16, 16)
-    assert torch.equal(samples[3][0], lr0)
+    lr0, hr0, code = samples[3]
+    assert lr0.dtype == np.uint8 and lr0.shape == (4, 4, 3) and hr0.shape == (16, 16, 3) and 0 <= code < 8
+    assert np.array_equal(samples[3][0], lr0)
     samples.set_epoch(1)
-    assert not torch.equal(samples[3][0], lr0)
+    assert not np.array_equal(samples[3][0], lr0)
     # Workers see the same samples as the main process.
     samples.set_epoch(0)
-    loader = DataLoader(samples, batch_size=4, num_workers=2)
+    loader = DataLoader(samples, batch_size=4, num_workers=2, collate_fn=D.collate_windows)
     first = next(iter(loader))[0]
-    assert torch.equal(first[3], lr0)
+    assert np.array_equal(first[3], lr0)
 
 
 def test_patch_size_and_batching_are_checked_before_training(pair_folder):
@@ -159,7 +148,7 @@ def test_decoded_cache_serves_later_epochs_without_decoding(pair_folder, monkeyp
         cached.set_epoch(epoch), uncached.set_epoch(epoch)
         for i in range(len(train)):
             a, b = cached[i], uncached[i]
-            assert torch.equal(a[0], b[0]) and torch.equal(a[1], b[1])
+            assert np.array_equal(a[0], b[0]) and np.array_equal(a[1], b[1])
     assert len(decoded) == 2 * len(train) * 3  # LR + HR: once for the cached set, every epoch for the other
     tight = D.TrainPairs(train, patch_size=8, scale=4, seed=0, cache_mb=0)
     tight._cache_room = 3 * (16 * 20 + 64 * 80) * 3  # room for three pairs: the rest is decoded every time
@@ -173,14 +162,14 @@ def test_persistent_workers_follow_the_epoch(pair_folder):
     """Workers started once must still crop by each new epoch (the epoch lives in shared memory)."""
     train = D.load_splits(pair_folder, val_fraction=0.1, seed=0).train
     samples = D.TrainPairs(train, patch_size=8, scale=4, seed=0, cache_mb=64)
-    loader = DataLoader(samples, batch_size=4, **D.loader_kwargs(num_workers=1))
+    loader = DataLoader(samples, batch_size=4, collate_fn=D.collate_windows, **D.loader_kwargs(num_workers=1))
     assert loader.persistent_workers
     reference = D.TrainPairs(train, patch_size=8, scale=4, seed=0)  # in this process, no workers
     for epoch in (1, 2, 3):
         samples.set_epoch(epoch)
         reference.set_epoch(epoch)
-        crops = torch.cat([lr for lr, _ in loader])
-        assert torch.equal(crops, torch.stack([reference[i][0] for i in range(len(train))]))
+        crops = np.concatenate([lr for lr, _, _ in loader])
+        assert np.array_equal(crops, np.stack([reference[i][0] for i in range(len(train))]))
 
 
 WORKER_PROBE = """
@@ -225,3 +214,19 @@ def test_workers_start_from_a_fork_server_and_keep_the_signal_block(tmp_path):
     for parent, *blocked in seen["workers"]:
         assert parent != seen["pid"]  # forked by the server, not by the training process
         assert stop_signals <= set(blocked)
+
+
+def test_without_a_store_each_decoded_pair_gives_several_crops(pair_folder, monkeypatch):
+    train = D.load_splits(pair_folder, val_fraction=0.1, seed=0, store_gb=0).train
+    decoded = []
+    real_decode = D.decode_rgb
+    monkeypatch.setattr(D, "decode_rgb", lambda image, name: decoded.append(name) or real_decode(image, name))
+    loader = D.train_loader(train, batch_size=4, patch_size=4, scale=4, seed=0, num_workers=0, crops_per_decode=4)
+    chosen = []
+    for epoch in (0, 1):
+        loader.dataset.set_epoch(epoch)
+        decoded.clear()
+        batches = list(loader)
+        assert len(batches) == len(train) // 4 and len(decoded) == 2 * len(train) // 4  # LR + HR, once per 4 crops
+        chosen.append(sorted(set(decoded)))
+    assert chosen[0] != chosen[1]  # each epoch its own pairs

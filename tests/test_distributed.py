@@ -19,9 +19,13 @@ def launch_two(*args: str):
 def test_two_process_ddp_gathers_every_image_once(pair_folder, tmp_path):
     # 23 pairs -> 3 validation and 3 test images: uneven shards over 2 ranks.
     out = tmp_path / "ddp"
-    result = launch_two("--data", str(pair_folder), "--epochs", "2", "--output-dir", str(out), *TINY)
+    result = launch_two("--data", str(pair_folder), "--epochs", "2", "--output-dir", str(out),
+                        "--store-dir", str(tmp_path / "store"), *TINY)
     assert result.returncode == 0, result.stderr[-4000:]
     assert "2 process(es)" in result.stdout
+    # One decoded store, built once (a process that decodes says so, whichever rank it is) and used by both.
+    assert result.stdout.count("pairs checked: decoded in") == 1, result.stdout
+    assert len([p for p in (tmp_path / "store").iterdir() if not p.name.startswith(".")]) == 1
     records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert len(records) == 2 and all(r["images"] == 3 for r in records)
     # The gathered validation JM equals a single-process evaluation of the same weights.

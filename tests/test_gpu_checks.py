@@ -65,6 +65,7 @@ def test_one_table_row_per_check_from_the_children_results(monkeypatch):
         "sync_debug": {"steps": 300, "warmup": 50, "per_step_syncs": 2, "steps_with_syncs": 1, "epoch_ends": 7,
                        "other_syncs": 40, "where": [["train.py:1", 2]], "seconds": 30.0},
         "ieee_vs_tf32": {"model": "w", "images": 20, "jm_ieee": 41.25, "jm_tf32": 41.2, "max_abs_sr_difference": 1e-3},
+        "device_store": {"on": {"samples_per_s": 3000.0}, "off": {"samples_per_s": 1200.0}},
     }
     bench = {"compile": True, "bare": {"samples_per_s": 900.0, "first_step_s": 40.0},
              "toolkit": {"samples_per_s": 800.0, "tflops": 19.0, "percent_of_bf16_ceiling": 3.0},
@@ -75,9 +76,10 @@ def test_one_table_row_per_check_from_the_children_results(monkeypatch):
     result = CliRunner().invoke(gpu_checks.main, [])
     assert result.exit_code == 1, result.output  # the per-step syncs fail the run
     rows = [line for line in result.stdout.splitlines() if line.startswith("| ") and "verdict" not in line]
-    assert len(rows) == 2 + 2 + 1 + 8
+    assert len(rows) == 2 + 2 + 1 + 1 + 8
     assert sum("| FAIL |" in row for row in rows) == 2 and "train.py:1 x2" in rows[2]
     assert "IEEE 41.2500, TF32 41.2000 (delta +0.0500)" in rows[4]
+    assert "3000 vs 1200 samples/s (2.50x)" in rows[5]
     assert sum("bench train" in row for row in rows) == 8 and "first bare step 40.0 s" in rows[-1]
 
 

@@ -18,6 +18,7 @@ from conftest import TINY, assert_one_line_error, make_pair_folder, run_cli, run
 from PIL import Image
 
 from insanesr_dist import atomic, samples
+from insanesr_dist.data import load_splits
 from insanesr_dist.errors import UserError
 from insanesr_dist.faults import BadSteps, make_optimizer
 from insanesr_dist.model import InsaneSRNet, load_model, read_metadata, save_weights
@@ -329,6 +330,7 @@ def test_a_real_file_size_limit_gives_one_line_and_no_hang(tmp_path):
     def limit_file_size():
         resource.setrlimit(resource.RLIMIT_FSIZE, (20_000, 20_000))  # below the tiny model's weights file
 
+    load_splits(data, val_fraction=0.1, seed=0)  # the decoded store first (test_store covers a limit there)
     limited = run_cli(*args, preexec_fn=limit_file_size, timeout=120)
     assert_one_line_error(limited, "File too large", "rerun the same command")
     again = run_cli(*args)
