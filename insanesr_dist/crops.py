@@ -86,7 +86,10 @@ def pair_window(lr: np.ndarray, hr: np.ndarray, patch: int, scale: int, draws, *
     return (np.array(lr), np.array(hr), code) if copy else (lr, hr, code)  # a copy: the store is read-only
 
 
-@functools.lru_cache(maxsize=32)
+_TABLE_PIXELS = 512 * 512  # up to HR crops of 512 (LR patch 128): 16 MB of int64 per table set
+
+
+@functools.lru_cache(maxsize=16)
 def _transform_tables(height: int, width: int, device: torch.device) -> torch.Tensor:
     """(8, height*width): for each transform code, the source pixel of each output pixel (row-major). Built
     by applying random_pair_crop's own numpy operations to an array of pixel numbers, so they agree."""
@@ -102,6 +105,11 @@ def _transform_tables(height: int, width: int, device: torch.device) -> torch.Te
 def _transformed(images: torch.Tensor, codes: torch.Tensor) -> torch.Tensor:
     """(B, H, W, 3) uint8, each flipped/rotated by its code -> (B, 3, H, W) (channels-last memory)."""
     batch, height, width, _ = images.shape
+    if height * width > _TABLE_PIXELS:  # whole images (--patch-size 0): a table per size would cost too much
+        one = [torch.rot90(image, int(code) // 2 if height == width else int(code) // 2 & 2, (0, 1))
+               for image, code in zip(images, codes.tolist())]
+        one = [image.flip(1) if int(code) % 2 else image for image, code in zip(one, codes.tolist())]
+        return torch.stack(one).permute(0, 3, 1, 2)
     sources = _transform_tables(height, width, images.device)[codes.long()]  # (B, H*W)
     pixels = images.reshape(batch, height * width, 3)[torch.arange(batch, device=images.device)[:, None], sources]
     return pixels.view(batch, height, width, 3).permute(0, 3, 1, 2)

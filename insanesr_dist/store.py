@@ -18,7 +18,6 @@ check results are stored (no pixels), and DataLoader workers decode as before (k
 
 from __future__ import annotations
 
-import contextlib
 import fcntl
 import hashlib
 import json
@@ -28,6 +27,7 @@ import shutil
 import socket
 import time
 from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -99,7 +99,11 @@ def open_or_build(table, *, scale: int, store_dir: Path | None, budget_gb: float
         raise UserError(f"{store_dir}: cannot create the decoded store there ({e.strerror}); "
                         "choose another --store-dir") from None
     with lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+        except OSError as e:  # e.g. a network file system mounted without locking
+            raise UserError(f"{store_dir}: cannot lock the decoded store there ({e.strerror}); choose a local "
+                            "--store-dir") from None
         index = _read_index(root, scale)
         started, changed = time.perf_counter(), []
         decoded = index["decoded_bytes"] if index else _decoded_bytes(table, scale)
@@ -149,7 +153,9 @@ def _key(table, scale: int, local: bool) -> str:
         identity = repr(named)
     else:  # the table's content, as datasets fingerprints it
         identity = table._fingerprint
-    return hashlib.sha256(f"{STORE_FORMAT} {scale} {identity}".encode()).hexdigest()[:24]
+    # The rules a pair is checked by are part of the key: an upgrade that changes them checks every pair again.
+    rules = hashlib.sha256(Path(samples.__file__).read_bytes()).hexdigest()
+    return hashlib.sha256(f"{STORE_FORMAT} {scale} {rules} {identity}".encode()).hexdigest()[:24]
 
 
 def _free(store_dir: Path) -> int:
@@ -318,11 +324,15 @@ def _decode_all(table, scale: int, folder: Path, rows: list[int], *, pixels: boo
                 _builder.clear()
             return entries
         # A worker that dies (killed, out of memory) breaks the pool: an error, never a wait for its results.
-        with ProcessPoolExecutor(workers, mp_context=worker_context(), initializer=_start_builder,
-                                 initargs=(*setup, True)) as pool:
-            for done in pool.map(_decode_rows, chunks):
-                entries += done
-                progress.update(len(done))
+        try:
+            with ProcessPoolExecutor(workers, mp_context=worker_context(), initializer=_start_builder,
+                                     initargs=(*setup, True)) as pool:
+                for done in pool.map(_decode_rows, chunks):
+                    entries += done
+                    progress.update(len(done))
+        except BrokenProcessPool:
+            raise UserError(f"{folder}: a process decoding the training pairs died (killed, or out of memory); "
+                            "rerun, or train without a store (--store-gb 0)") from None
     return entries
 
 
@@ -361,9 +371,5 @@ def _update(table, scale: int, root: Path, index: dict, rows: list[int], workers
     except OSError as e:
         raise UserError(f"{e.filename or root}: cannot update the decoded store ({e.strerror}); make room, "
                         "choose another --store-dir, or train without a store (--store-gb 0)") from None
-    in_use = {e["part"] for e in updated["rows"]}
-    for path in root.glob("part-*.u8"):  # files no row points to any more
-        if path.name not in in_use:
-            with contextlib.suppress(OSError):
-                path.unlink()
+    # Part files no row points to any more stay: another run's workers may still map them by their old index.
     return updated

@@ -77,7 +77,10 @@ def _cores_per_local_process(accelerator: Accelerator) -> int:
 def _epoch_batches(accelerator: Accelerator, loader: DataLoader, epoch: int, skip: int):
     """The epoch's batches in its seeded order (sampler and crops follow `epoch`), minus the first
     `skip` ones already trained on before an interruption."""
-    loader.set_epoch(epoch)  # accelerate's loader passes the epoch to its sampler and our dataset
+    loader.set_epoch(epoch)  # accelerate's loader passes the epoch to its sampler...
+    # ...but, with several processes (a sharded batch sampler), not to the dataset (accelerate 1.15's
+    # DataLoaderShard.set_epoch): without this, every epoch would cut the same crops.
+    loader.dataset.set_epoch(epoch)
     return accelerator.skip_first_batches(loader, skip) if skip else loader
 
 

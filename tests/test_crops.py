@@ -19,7 +19,10 @@ def test_the_vectorised_draws_equal_the_scalar_ones():
 
 
 @pytest.mark.parametrize("patch", [5, 0])
-def test_windows_augmented_as_a_batch_equal_the_reference(patch):
+@pytest.mark.parametrize("tables", [True, False])  # index tables for crops; per-image rot90/flip for whole images
+def test_windows_augmented_as_a_batch_equal_the_reference(patch, tables, monkeypatch):
+    if not tables:
+        monkeypatch.setattr(C, "_TABLE_PIXELS", 0)
     rng = np.random.default_rng(0)
     lr = rng.integers(0, 256, (12, 17, 3), np.uint8)
     hr = rng.integers(0, 256, (48, 68, 3), np.uint8)

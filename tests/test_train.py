@@ -256,3 +256,20 @@ def test_val_every_submit_every_and_val_max_images_through_the_cli(pair_folder, 
     assert joint_metric(psnr, ssim) == pytest.approx(records[-1]["jm"], abs=1e-9)
     # Readers of metrics.jsonl skip the train-only record.
     assert read_row("v", {}, out)["best_jm"] == best["jm"]
+
+
+def test_every_epoch_reaches_the_dataset_also_through_a_sharded_loader(pair_folder):
+    """accelerate's DataLoaderShard.set_epoch skips the dataset when its batch sampler is sharded over processes
+    (several ranks): the crops would repeat every epoch unless the loop sets it too."""
+    from accelerate.data_loader import prepare_data_loader
+
+    from insanesr_dist import data as D
+    from insanesr_dist.train import _epoch_batches
+
+    train = D.load_splits(pair_folder, val_fraction=0.1, seed=0).train
+    loader = D.train_loader(train, batch_size=2, patch_size=4, scale=4, seed=0, num_workers=0)
+    shard = prepare_data_loader(loader, num_processes=2, process_index=1, put_on_device=False,
+                                use_seedable_sampler=True)
+    for epoch in (1, 2):
+        _epoch_batches(None, shard, epoch, 0)
+        assert shard.dataset.epoch == epoch
