@@ -260,7 +260,8 @@ def store_rows(table: datasets.Dataset) -> np.ndarray:
 
 def pair_bytes(pixels: store.Store, rows: np.ndarray) -> np.ndarray:
     """Decoded bytes of each of these store rows, LR and HR."""
-    return np.array([pixels.rows[r]["lr_height"] * pixels.rows[r]["lr_width"] * 3 for r in rows]) * (1 + pixels.scale**2)
+    lr_pixels = np.array([pixels.rows[r]["lr_height"] * pixels.rows[r]["lr_width"] for r in rows])
+    return lr_pixels * 3 * (1 + pixels.scale**2)
 
 
 class TrainPairs(torch.utils.data.Dataset):

@@ -122,11 +122,9 @@ class DataWait:
 
 def _device_pairs(cfg: TrainConfig, splits: data_lib.Splits, device: torch.device) -> tuple[DevicePairs | None, str]:
     """The training pairs on the device (--device-store), or None, and a line saying which and why."""
-    if cfg.device_store == "off":
-        return None, "--device-store off"
-    why_not = ("streaming" if cfg.streaming else "no decoded store" if splits.pixels is None
-               else "--patch-size 0" if not cfg.patch_size else None)
-    rows = data_lib.store_rows(splits.train)
+    why_not = ("--device-store off" if cfg.device_store == "off" else "streaming" if cfg.streaming
+               else "no decoded store" if splits.pixels is None else "--patch-size 0" if not cfg.patch_size else None)
+    rows = data_lib.store_rows(splits.train) if why_not is None else None
     size = int(sum(data_lib.pair_bytes(splits.pixels, rows))) if why_not is None else 0
     if why_not is None and cfg.device_store == "auto":
         room = torch.cuda.get_device_properties(device).total_memory // 4 if device.type == "cuda" else 0
