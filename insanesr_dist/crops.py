@@ -106,10 +106,10 @@ def _transformed(images: torch.Tensor, codes: torch.Tensor) -> torch.Tensor:
     """(B, H, W, 3) uint8, each flipped/rotated by its code -> (B, 3, H, W) (channels-last memory)."""
     batch, height, width, _ = images.shape
     if height * width > _TABLE_PIXELS:  # whole images (--patch-size 0): a table per size would cost too much
-        one = [torch.rot90(image, int(code) // 2 if height == width else int(code) // 2 & 2, (0, 1))
-               for image, code in zip(images, codes.tolist())]
-        one = [image.flip(1) if int(code) % 2 else image for image, code in zip(one, codes.tolist())]
-        return torch.stack(one).permute(0, 3, 1, 2)
+        each = zip(images, codes.tolist())
+        turned = [(torch.rot90(image, code // 2 if height == width else code // 2 & 2, (0, 1)), code)
+                  for image, code in each]
+        return torch.stack([image.flip(1) if code % 2 else image for image, code in turned]).permute(0, 3, 1, 2)
     sources = _transform_tables(height, width, images.device)[codes.long()]  # (B, H*W)
     pixels = images.reshape(batch, height * width, 3)[torch.arange(batch, device=images.device)[:, None], sources]
     return pixels.view(batch, height, width, 3).permute(0, 3, 1, 2)

@@ -258,12 +258,6 @@ def store_rows(table: datasets.Dataset) -> np.ndarray:
     return np.asarray(table["store_row"], dtype=np.int64)
 
 
-def pair_bytes(pixels: store.Store, rows: np.ndarray) -> np.ndarray:
-    """Decoded bytes of each of these store rows, LR and HR."""
-    lr_pixels = np.array([pixels.rows[r]["lr_height"] * pixels.rows[r]["lr_width"] for r in rows])
-    return lr_pixels * 3 * (1 + pixels.scale**2)
-
-
 class TrainPairs(torch.utils.data.Dataset):
     """Map-style training samples: one pair's window per index.
 

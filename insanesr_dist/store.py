@@ -42,6 +42,11 @@ STORE_FORMAT = 1
 _HEADER_BYTES = 1 << 16  # enough for a PNG's or BMP's header, and a JPEG's unless its metadata is huge
 
 
+def pair_bytes(lr_height: int, lr_width: int, scale: int) -> int:
+    """Bytes of a decoded pair as stored: RGB uint8, the LR then the HR (scale x scale times the LR's pixels)."""
+    return lr_height * lr_width * 3 * (1 + scale * scale)
+
+
 def default_dir() -> Path:
     """Beside the Hugging Face datasets cache (HF_DATASETS_CACHE, else HF_HOME/datasets), read when called."""
     import datasets
@@ -64,6 +69,10 @@ class Store:
     part: np.ndarray  # per row: index into `parts` (-1: no pixels)
     offset: np.ndarray  # per row: byte offset of its LR pixels (its HR pixels follow)
 
+    def nbytes(self, rows) -> int:
+        """Bytes of these rows' decoded pairs."""
+        return sum(pair_bytes(self.rows[r]["lr_height"], self.rows[r]["lr_width"], self.scale) for r in rows)
+
     def __getstate__(self) -> dict:  # sent to DataLoader workers: the index, never the mapped files
         return {k: v for k, v in self.__dict__.items() if k != "_maps"}
 
@@ -78,7 +87,7 @@ class Store:
         start, lr_bytes = int(self.offset[row]), h * w * 3
         data = maps[part]
         lr = data[start : start + lr_bytes].reshape(h, w, 3)
-        hr = data[start + lr_bytes : start + lr_bytes * (1 + s * s)].reshape(h * s, w * s, 3)
+        hr = data[start + lr_bytes : start + pair_bytes(h, w, s)].reshape(h * s, w * s, 3)
         return lr, hr
 
 
@@ -189,7 +198,7 @@ def _decoded_bytes(table, scale: int) -> int:
             except OSError:
                 head = b""
         width, height = samples.header_size(head) or (0, 0)
-        total += width * height * 3 * (1 + scale * scale)
+        total += pair_bytes(height, width, scale)
     return total
 
 
@@ -209,7 +218,7 @@ def _read_index(root: Path, scale: int) -> dict | None:
         needed: dict[str, int] = {}
         for row in index["rows"]:
             if row["part"]:
-                end = row["offset"] + row["lr_height"] * row["lr_width"] * 3 * (1 + scale * scale)
+                end = row["offset"] + pair_bytes(row["lr_height"], row["lr_width"], scale)
                 needed[row["part"]] = max(needed.get(row["part"], 0), end)
         if any((root / part).stat().st_size < end for part, end in needed.items()):
             return None
@@ -220,7 +229,7 @@ def _read_index(root: Path, scale: int) -> dict | None:
 
 def _index(scale: int, pixels: bool, entries: list[dict[str, Any]], decoded: int | None = None) -> dict:
     if decoded is None:
-        decoded = sum(e["lr_height"] * e["lr_width"] * 3 * (1 + scale * scale) for e in entries)
+        decoded = sum(pair_bytes(e["lr_height"], e["lr_width"], scale) for e in entries)
     return {"format": STORE_FORMAT, "scale": scale, "pixels": pixels, "decoded_bytes": decoded, "rows": entries}
 
 

@@ -125,7 +125,7 @@ def _device_pairs(cfg: TrainConfig, splits: data_lib.Splits, device: torch.devic
     why_not = ("--device-store off" if cfg.device_store == "off" else "streaming" if cfg.streaming
                else "no decoded store" if splits.pixels is None else "--patch-size 0" if not cfg.patch_size else None)
     rows = data_lib.store_rows(splits.train) if why_not is None else None
-    size = int(sum(data_lib.pair_bytes(splits.pixels, rows))) if why_not is None else 0
+    size = splits.pixels.nbytes(rows) if why_not is None else 0
     if why_not is None and cfg.device_store == "auto":
         room = torch.cuda.get_device_properties(device).total_memory // 4 if device.type == "cuda" else 0
         why_not = ("auto: not on a GPU" if device.type != "cuda" else
