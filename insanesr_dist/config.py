@@ -118,6 +118,10 @@ class TrainConfig:
     val_every: int = setting(1, "Validate (scores, best.safetensors, panels) every N epochs and at the last; "
                                 "other epochs still save latest weights, the checkpoint and the training loss.")
     submit_every: int = setting(1, "Write the test-set submission CSV every N epochs and at the last.")
+    val_every_steps: int = setting(0, "Also validate every N optimizer steps, mid-epoch too, for long or streaming "
+                                      "epochs (0: off); each such validation also saves the checkpoint.")
+    submit_every_steps: int = setting(0, "Also write a submission CSV (submissions/step_NNNNNNN.csv) every N "
+                                         "optimizer steps (0: off).")
     val_max_images: int = setting(0, "Validate on this many images of the validation split, the same seeded subset "
                                      "every epoch and run; 0: all of them.")
     val_tile: int = setting(512, "Validation and test images with an LR edge over this are upscaled in tiles of this "
@@ -159,6 +163,8 @@ class TrainConfig:
             (self.panel_images >= 0, "panel_images must be >= 0"),
             (self.val_every >= 1, "val_every must be >= 1"),
             (self.submit_every >= 1, "submit_every must be >= 1"),
+            (self.val_every_steps >= 0, "val_every_steps must be >= 0"),
+            (self.submit_every_steps >= 0, "submit_every_steps must be >= 0"),
             (self.val_max_images >= 0, "val_max_images must be >= 0"),
             (self.val_tile >= 0, "val_tile must be >= 0"),
             (not self.streaming or self.max_steps is not None, "streaming trains by steps: give max_steps"),

@@ -68,6 +68,20 @@ def log_epoch(accelerator: Accelerator, out_dir: Path, record: dict, epochs: int
     accelerator.print(epoch_line(record, epochs, improved))
 
 
+def log_evaluation(accelerator: Accelerator, scores: dict, *, step: int, epoch: int, seconds: float,
+                   improved: bool) -> None:
+    """Main process: a mid-epoch evaluation (--val-every-steps, --submit-every-steps): its val/* scalars at its
+    step and a console line. metrics.jsonl keeps one line per epoch: these show in TensorBoard and the weights'
+    metadata (best.safetensors, latest.safetensors) instead."""
+    if not accelerator.is_main_process:
+        return
+    if scores:
+        accelerator.log({f"val/{k}": scores[k] for k in VAL_SCALARS if k in scores}, step=step)
+    shown = (f"PSNR {scores['psnr']:.4f}  SSIM {scores['ssim']:.4f}  JM {scores['jm']:.4f}  " if scores
+             else "submission only  ")
+    accelerator.print(f"step {step} (epoch {epoch})  {shown}{seconds:.1f}s eval" + ("  * best" if improved else ""))
+
+
 @torch.no_grad()
 def log_panels(accelerator: Accelerator, forward: Forward, images: list, step: int, tile: int = 0,
                overlap: int = 0) -> None:

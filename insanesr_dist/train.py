@@ -41,7 +41,7 @@ from .predict import float32_forward, predict_pngs
 from .runtime import resolve_precision, stall_message, start_processes
 from .submission import write_submission
 from .tiles import exact_overlap
-from .tracking import end_hparams, keep_epoch_records, log_epoch, log_panels, start_hparams
+from .tracking import end_hparams, keep_epoch_records, log_epoch, log_evaluation, log_panels, start_hparams
 
 
 def lr_at(step: int, *, peak: float, warmup: int, total: int, schedule: str) -> float:
@@ -219,7 +219,8 @@ def _continue(accelerator: Accelerator, state: checkpoint.TrainState, cfg: Train
 # Settings that may change between an interrupted run and its continuation without changing the result.
 RESUMABLE = {"resume", "output_dir", "num_workers", "cpu_threads", "log_every", "epochs", "max_steps",
              "checkpoint_every", "keep_checkpoints", "max_bad_steps", "decoded_cache_mb", "worker_timeout",
-             "dist_timeout", "val_every", "submit_every", "val_tile", "store_dir", "device_store"}
+             "dist_timeout", "val_every", "submit_every", "val_every_steps", "submit_every_steps", "val_tile",
+             "store_dir", "device_store"}
 
 
 def val_subset(count: int, limit: int, seed: int) -> list[int] | None:
@@ -377,7 +378,10 @@ def _train(cfg: TrainConfig, preemption: checkpoint.PreemptionFlag) -> Path:
     )
     val_ids = list(splits.val["id"]) if "id" in splits.val.column_names else []
     accelerator.print(
-        f"evaluation: validate every {cfg.val_every} epoch(s) and at the last, submission every {cfg.submit_every}; "
+        f"evaluation: validate every {cfg.val_every} epoch(s)"
+        + (f" and {cfg.val_every_steps} steps" if cfg.val_every_steps else "")
+        + f" and at the last, submission every {cfg.submit_every}"
+        + (f" and {cfg.submit_every_steps} steps" if cfg.submit_every_steps else "") + "; "
         + (f"{len(splits.val)} of {val_count} val images (seeded subset: {', '.join(map(str, val_ids[:8]))}"
            f"{', ...' if len(val_ids) > 8 else ''})" if kept is not None else f"all {val_count} val images")
         + (f"; images with an LR edge over {cfg.val_tile} in tiles of {cfg.val_tile} (overlap {tile_overlap})"
@@ -401,6 +405,39 @@ def _train(cfg: TrainConfig, preemption: checkpoint.PreemptionFlag) -> Path:
         accelerator.end_training()
         sys.exit(checkpoint.PREEMPTED_EXIT_CODE)
 
+    def due(every_steps: int) -> bool:  # --val-every-steps, --submit-every-steps
+        return bool(every_steps) and step % every_steps == 0
+
+    def evaluate(epoch: int, *, validating: bool, submitting: bool, submission: str) -> tuple[dict, bool, float]:
+        """Score the validation set and/or write the submission `submission` with the current weights: every rank
+        its shard, gathered everywhere; every rank takes the same decisions, so all call the collectives. Rank 0
+        then writes the submission, latest.safetensors (with its scores when validated), best.safetensors when the
+        JM improved, and the panels. Returns the scores ({} when not validating), whether they improved and the
+        seconds it took."""
+        nonlocal best_jm
+        eval_started = time.perf_counter()
+        model.eval()
+        evaluated = ema.module if ema is not None else accelerator.unwrap_model(model)
+        forward = float32_forward(accelerator, evaluated)
+        tiling = (cfg.val_tile, tile_overlap)
+        scores = score_images(forward, val_dl, accelerator, *tiling) if validating else {}
+        pngs = predict_pngs(forward, test_dl, accelerator, *tiling) if submitting and test_dl is not None else None
+        improved = validating and scores["jm"] > best_jm
+        if validating:
+            best_jm = max(best_jm, scores["jm"])
+        if accelerator.is_main_process:
+            if pngs is not None:
+                ids = splits.test["id"]
+                write_submission(out_dir / "submissions" / submission, ((ids[i], pngs[i]) for i in range(len(ids))))
+            meta = {"epoch": epoch, "step": step, **{k: scores[k] for k in ("jm", "psnr", "ssim") if validating}}
+            save_weights(evaluated, out_dir / "latest.safetensors", **meta)  # the EMA weights when EMA is on
+            if improved:
+                save_weights(evaluated, out_dir / "best.safetensors", **meta)
+            if validating:
+                log_panels(accelerator, forward, panel_images, step, *tiling)
+        model.train()
+        return scores, improved, time.perf_counter() - eval_started
+
     step, best_jm = state.step, state.best_jm
     for epoch in range(state.epoch, epochs + 1):
         # ---- train (from the first batch not yet trained on, after a resume)
@@ -420,6 +457,8 @@ def _train(cfg: TrainConfig, preemption: checkpoint.PreemptionFlag) -> Path:
         logged_at, passes_at_log = time.perf_counter(), passes
         data_wait = DataWait()
         waited_at_log = 0.0
+        epoch_batches = steps_now * cfg.grad_accum if cfg.streaming else len(train_dl)
+        mid_epoch_eval_seconds = 0.0
         for batch in data_wait(batches):
             lr_img, hr_img = _model_inputs(batch, accelerator.device, device_pairs, cfg.channels_last)
             with accelerator.accumulate(model):
@@ -460,8 +499,19 @@ def _train(cfg: TrainConfig, preemption: checkpoint.PreemptionFlag) -> Path:
                 bad_steps.read(step, accelerator.print)  # logs skipped steps; stops past --max-bad-steps
             if step >= total_steps:
                 break  # --max-steps reached (mid-epoch)
+            # --val-every-steps/--submit-every-steps before the epoch's last step (which the epoch end evaluates):
+            # not in metrics.jsonl (a line per epoch), but in TensorBoard, the console, the weights and a CSV.
+            mid_epoch = batches_done < epoch_batches
+            validating, submitting = (mid_epoch and due(every) for every in (cfg.val_every_steps,
+                                                                             cfg.submit_every_steps))
+            if validating or submitting:
+                scores, improved, took = evaluate(epoch, validating=validating, submitting=submitting,
+                                                  submission=f"step_{step:07d}.csv")
+                log_evaluation(accelerator, scores, step=step, epoch=epoch, seconds=took, improved=improved)
+                mid_epoch_eval_seconds += took
+                logged_at += took  # the next samples/s reading counts training time only
             stop = step % check_every == 0 and preemption.requested(accelerator)
-            if stop or (cfg.checkpoint_every and step % cfg.checkpoint_every == 0):
+            if stop or (cfg.checkpoint_every and step % cfg.checkpoint_every == 0) or validating:
                 save(epoch, batches_done, loss_sum, passes)
             if stop:
                 bar.close()
@@ -469,42 +519,19 @@ def _train(cfg: TrainConfig, preemption: checkpoint.PreemptionFlag) -> Path:
         bar.close()
         bad_steps.read(step, accelerator.print)  # before validation and any write of this epoch
         train_loss = accelerator.reduce(loss_sum / max(1, passes), "mean").item()
-        seconds = time.perf_counter() - started
+        seconds = time.perf_counter() - started - mid_epoch_eval_seconds
 
-        # ---- validate and predict the test set (--val-every, --submit-every; always at the last epoch): every
-        # rank its shard, gathered everywhere. Every rank takes the same decisions, so all call the collectives.
-        validating, submitting = (evaluates_at(epoch, every, epochs) for every in (cfg.val_every, cfg.submit_every))
-        submitting = submitting and test_dl is not None
-        eval_started = time.perf_counter()
-        model.eval()
-        evaluated = ema.module if ema is not None else accelerator.unwrap_model(model)
-        forward = float32_forward(accelerator, evaluated)
-        tiling = (cfg.val_tile, tile_overlap)
-        scores = score_images(forward, val_dl, accelerator, *tiling) if validating else {}
-        pngs = predict_pngs(forward, test_dl, accelerator, *tiling) if submitting else None
-
-        # ---- rank 0 writes: submission, weights, metrics, TensorBoard. best.safetensors changes only at
-        # validated epochs; latest.safetensors is written every epoch (with its scores when validated).
-        improved = validating and scores["jm"] > best_jm
-        if validating:
-            best_jm = max(best_jm, scores["jm"])
-        if accelerator.is_main_process:
-            if pngs is not None:
-                ids = splits.test["id"]
-                write_submission(out_dir / "submissions" / f"epoch_{epoch:03d}.csv",
-                                 ((ids[i], pngs[i]) for i in range(len(ids))))
-            weights = evaluated  # the EMA weights when EMA is on, as validated
-            meta = {"epoch": epoch, "step": step, **{k: scores[k] for k in ("jm", "psnr", "ssim") if validating}}
-            save_weights(weights, out_dir / "latest.safetensors", **meta)
-            if improved:
-                save_weights(weights, out_dir / "best.safetensors", **meta)
-            if validating:
-                log_panels(accelerator, forward, panel_images, step, *tiling)
+        # ---- validate and predict the test set (--val-every, --submit-every and their step forms; always at the
+        # last epoch)
+        scores, improved, eval_seconds = evaluate(
+            epoch, validating=evaluates_at(epoch, cfg.val_every, epochs) or due(cfg.val_every_steps),
+            submitting=evaluates_at(epoch, cfg.submit_every, epochs) or due(cfg.submit_every_steps),
+            submission=f"epoch_{epoch:03d}.csv")
         # A record without validation keys at epochs that skip it (see tracking.log_epoch).
         record = {"epoch": epoch, "step": step, "train_loss": train_loss, **scores, "seconds": seconds,
                   "samples_per_s": (passes - skip) * cfg.batch_size * accelerator.num_processes / seconds,
                   "data_wait_fraction": data_wait.seconds / seconds,
-                  "eval_seconds": time.perf_counter() - eval_started}
+                  "eval_seconds": mid_epoch_eval_seconds + eval_seconds}
         log_epoch(accelerator, out_dir, record, epochs, improved)
 
         # ---- full state at every epoch end: a rerun continues with the next epoch

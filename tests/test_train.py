@@ -167,6 +167,7 @@ def test_config_file_fills_what_the_command_line_leaves(pair_folder, tmp_path):
         ("ok", ["--data", "{tmp}/d", "--patch-size", "50"], ["--patch-size 50 is larger"]),
         ("ok", ["--data", "{tmp}/d", "--streaming"], ["max_steps"]),
         ("ok", ["--data", "{tmp}/d", "--val-every", "0"], ["val_every must be >= 1"]),
+        ("ok", ["--data", "{tmp}/d", "--submit-every-steps", "-1"], ["submit_every_steps must be >= 0"]),
     ],
 )
 def test_bad_input_is_one_line_and_a_nonzero_exit(tmp_path, setup, args, needles):
@@ -273,3 +274,42 @@ def test_every_epoch_reaches_the_dataset_also_through_a_sharded_loader(pair_fold
     for epoch in (1, 2):
         _epoch_batches(None, shard, epoch, 0)
         assert shard.dataset.epoch == epoch
+
+
+def test_val_every_steps_and_submit_every_steps_evaluate_mid_epoch_without_changing_training(finished_run,
+                                                                                             pair_folder):
+    """The step forms evaluate mid-epoch (TensorBoard, best/latest weights, step CSVs, a console line), leave
+    the epoch's last step to the epoch end, keep metrics.jsonl a line per epoch, and change nothing of the
+    training: the same command as finished_run's, plus the step flags, ends with its losses and weights."""
+    reference, _ = finished_run
+    out = reference.parent / "steps"
+    result = run_cli("accelerate", "launch", "--num_processes", "1", "-m", "insanesr_dist.train",
+                     "--data", str(pair_folder), "--epochs", "2", "--output-dir", str(out), "--log-every", "1",
+                     "--val-every-steps", "2", "--submit-every-steps", "3", *TINY, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    expected = [json.loads(line) for line in (reference / "metrics.jsonl").read_text().splitlines()]
+    assert [r["train_loss"] for r in records] == [r["train_loss"] for r in expected]
+    assert [r["jm"] for r in records] == [r["jm"] for r in expected]
+    ends = [r["step"] for r in records]
+    assert ends[1] == 2 * ends[0] and ends[0] >= 4  # enough steps per epoch for mid-epoch evaluations
+    mine, theirs = (load_model(run / "latest.safetensors").state_dict() for run in (out, reference))
+    assert all(torch.equal(mine[k], theirs[k]) for k in theirs)
+
+    mid = lambda every: [s for s in range(1, ends[1]) if s % every == 0 and s not in ends]  # noqa: E731
+    events = EventAccumulator(str(out / "logs"), size_guidance={"scalars": 0})
+    events.Reload()
+    logged = {e.step: e.value for e in events.Scalars("val/jm")}
+    assert sorted(logged) == sorted(mid(2) + ends)
+    assert sorted(p.name for p in (out / "submissions").iterdir()) == sorted(
+        [f"step_{s:07d}.csv" for s in mid(3)] + ["epoch_001.csv", "epoch_002.csv"])
+    assert [e.step for e in events.Scalars("train/loss")] == list(range(1, ends[1] + 1))
+    for s in mid(2):
+        assert f"step {s} (epoch {1 + (s > ends[0])})  PSNR" in result.stdout
+    for s in set(mid(3)) - set(mid(2)):
+        assert f"step {s} (epoch {1 + (s > ends[0])})  submission only" in result.stdout
+    # best.safetensors: the best JM of every validation, mid-epoch ones included, and its logged score is real.
+    best_step = max(logged, key=logged.get)
+    meta = read_metadata(out / "best.safetensors")
+    assert meta["step"] == best_step and meta["jm"] == pytest.approx(logged[best_step], abs=1e-4)
+    assert independent_val_jm(out / "best.safetensors", pair_folder) == pytest.approx(meta["jm"], abs=1e-9)
