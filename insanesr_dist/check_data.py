@@ -11,8 +11,9 @@ from pathlib import Path
 
 import click
 
-from . import samples
+from . import layouts, samples
 from .errors import UserError
+from .layouts import Folders
 from .samples import Finding
 
 SHOWN_PER_KIND = 10  # conversions and notes repeat per file; bad files are always all listed
@@ -94,23 +95,26 @@ def _read_and_decode(path: Path, report: Report) -> tuple[int, ...] | None:
     return _decode(data, samples.show(path), report)
 
 
-def check_folder(root: Path, patch_size: int, scale: int, report: Report) -> None:
-    lr_dir, hr_dir, test_dir = root / "train" / "LR", root / "train" / "HR", root / "test" / "LR"
-    missing = [d for d in (lr_dir, hr_dir) if not d.is_dir()]
+def check_folders(folders: Folders, patch_size: int, scale: int, report: Report) -> None:
+    sets = [(folders.train_lr, folders.train_hr)] + ([(folders.val_lr, folders.val_hr)] if folders.val_lr else [])
+    missing = [d for d in [d for pair in sets for d in pair] if not d.is_dir()]
     if missing:
         for d in missing:
             report.fatal.append(f"{samples.show(d)}: missing; a data folder needs train/LR and train/HR")
         return
     scanned = {}
-    for d in (lr_dir, hr_dir) + ((test_dir,) if test_dir.is_dir() else ()):
+    for d in [d for pair in sets for d in pair] + ([folders.test_lr] if folders.test_lr else []):
         files, findings = samples.scan_folder(d)
         report.findings += findings
         if not files and not [f for f in findings if f.kind == "bad"]:
             report.fatal.append(f"{samples.show(d)}: empty folder (no images)")
         scanned[d] = files
-    names, orphans = samples.pair_names(scanned[lr_dir], scanned[hr_dir])
-    report.findings += orphans
-    report.pairs = len(names) + len(orphans)
+    pairs = []
+    for (lr_dir, hr_dir), patch in zip(sets, (patch_size, 0)):  # validation images are whole, never cropped
+        names, orphans = samples.pair_names(scanned[lr_dir], scanned[hr_dir], scale)
+        report.findings += orphans
+        report.pairs += len(names) + len(orphans)
+        pairs += [(scanned[lr_dir][lr], scanned[hr_dir][hr], patch) for lr, hr in names]
     shapes = {}
     for files in scanned.values():
         kinds = _sniff_all(files, report)
@@ -119,12 +123,12 @@ def check_folder(root: Path, patch_size: int, scale: int, report: Report) -> Non
             _name_notes(path, report)
             if path in kinds:
                 shapes[path] = _read_and_decode(path, report)
-    for name in names:
-        lr, hr = shapes.get(scanned[lr_dir][name]), shapes.get(scanned[hr_dir][name])
+    for lr_path, hr_path, patch in pairs:
+        lr, hr = shapes.get(lr_path), shapes.get(hr_path)
         if lr is None or hr is None:
             continue
-        report.judge_pair(lr, hr, scanned[lr_dir][name], scanned[hr_dir][name], scale=scale, patch_size=patch_size)
-    report.test = len(scanned.get(test_dir, {}))
+        report.judge_pair(lr, hr, lr_path, hr_path, scale=scale, patch_size=patch)
+    report.test = len(scanned.get(folders.test_lr, {}))
 
 
 def check_table(source: str, path: Path | None, patch_size: int, scale: int, report: Report) -> None:
@@ -156,17 +160,23 @@ def check_table(source: str, path: Path | None, patch_size: int, scale: int, rep
                               patch_size=patch_size)
 
 
-def run_check(source: str, *, patch_size: int, on_bad_sample: str, scale: int = 4, echo=click.echo) -> bool:
-    """Print every finding and a summary; True when training would run."""
+def run_check(source: str | None, *, patch_size: int, on_bad_sample: str, scale: int = 4,
+              given: dict[str, str | None] | None = None, echo=click.echo) -> bool:
+    """Print every finding and a summary; True when training would run. `given`: folders given one by one
+    (layouts.Folders field -> path), as training's --hr-dir and siblings."""
     samples.max_pixels()  # a bad $INSANESR_MAX_PIXELS is one line, not a finding on every file
-    path = Path(source).expanduser()
+    path = Path(source or ".").expanduser()
     report = Report()
-    if samples.is_saved_dataset(path):
+    folders = layouts.resolve(source, given or {}, scale)
+    if folders is not None:
+        source = source or str(folders.train_hr)
+        echo(f"check-data: {folders.describe()}")
+        check_folders(folders, patch_size, scale, report)
+    elif samples.is_saved_dataset(path):
         check_table(source, path, patch_size, scale, report)
-    elif path.is_dir():
-        check_folder(path, patch_size, scale, report)
     elif path.exists() or source.startswith((".", "/", "~")) or source.count("/") > 1:
-        raise UserError(f"{source}: not a data folder (needs train/LR and train/HR) nor a saved dataset")
+        raise UserError(f"{source}: not a data folder (needs train/LR and train/HR, or DIV2K-like X_HR and "
+                        "X_LR_bicubic/X4) nor a saved dataset")
     else:
         check_table(source, None, patch_size, scale, report)
 
@@ -191,25 +201,37 @@ def run_check(source: str, *, patch_size: int, on_bad_sample: str, scale: int = 
 
 
 @click.command("check-data", context_settings={"max_content_width": 110})
-@click.argument("source")
+@click.argument("source", required=False)
+@click.option("--hr-dir", type=click.Path(), help="As for training: a folder of training HR images (with --lr-dir).")
+@click.option("--lr-dir", type=click.Path(), help="As for training: their LR images (0001.png or 0001x4.png).")
+@click.option("--val-hr-dir", type=click.Path(), help="As for training: a given validation set's HR images.")
+@click.option("--val-lr-dir", type=click.Path(), help="As for training: its LR images.")
+@click.option("--test-lr-dir", type=click.Path(), help="As for training: the test LR images.")
 @click.option("--on-bad-sample", type=click.Choice(["error", "skip"]), default="error", show_default=True,
               help="As for training: error stops at a bad file, skip trains without it.")
 @click.option("--patch-size", type=click.IntRange(0), default=None,
               help="As for training: LR images smaller than this cannot give a crop. [default: training's default]")
-def check_data_command(source: str, on_bad_sample: str, patch_size: int | None) -> None:
+def check_data_command(source: str | None, on_bad_sample: str, patch_size: int | None, hr_dir: str | None,
+                       lr_dir: str | None, val_hr_dir: str | None, val_lr_dir: str | None,
+                       test_lr_dir: str | None) -> None:
     """Read every image of a dataset once and list every problem: one line per file (the problem and what
     training will do), then a summary. Exit status 1 when training would stop.
 
-    SOURCE is what `--data` takes: a DIR with train/LR, train/HR (and test/LR), a save_to_disk folder or a hub id.
+    SOURCE is what `--data` takes: a DIR with train/LR, train/HR (and test/LR), a DIV2K-like folder, a
+    save_to_disk folder or a hub id; the folder options are training's too.
 
     \b
     Examples:
       insanesr-dist check-data data/
       insanesr-dist check-data data/ --on-bad-sample skip --patch-size 48
+      insanesr-dist check-data DIV2K/
+      insanesr-dist check-data --hr-dir shots/HR --lr-dir shots/LR
     """
     if patch_size is None:
         from .config import TrainConfig
 
         patch_size = TrainConfig().patch_size
-    if not run_check(source, patch_size=patch_size, on_bad_sample=on_bad_sample):
-        raise UserError(f"{source}: training would stop on this data (see the lines above)")
+    given = layouts.given_folders(dict(hr_dir=hr_dir, lr_dir=lr_dir, val_hr_dir=val_hr_dir, val_lr_dir=val_lr_dir,
+                                       test_lr_dir=test_lr_dir))
+    if not run_check(source, patch_size=patch_size, on_bad_sample=on_bad_sample, given=given):
+        raise UserError(f"{source or hr_dir}: training would stop on this data (see the lines above)")

@@ -35,8 +35,17 @@ def setting(default: Any, help: str) -> Any:
 @dataclass
 class TrainConfig:
     # data
-    data: str | None = setting(None, "Dataset: a DIR with train/LR, train/HR (and test/LR), a save_to_disk "
-                                     "folder, or a hub dataset id. Default: the embedded demo data.")
+    data: str | None = setting(None, "Dataset: a DIR with train/LR, train/HR (and test/LR), a DIV2K-like folder "
+                                     "(DIV2K_train_HR, DIV2K_train_LR_bicubic/X4, ...), a save_to_disk folder, or "
+                                     "a hub dataset id. Default: the embedded demo data.")
+    hr_dir: str | None = setting(None, "Folder of training HR images (sub-folders included), with --lr-dir: instead "
+                                       "of --data, or in place of its HR folder.")
+    lr_dir: str | None = setting(None, "Folder of the training LR images: same names as the HR files, or with the "
+                                       "scale suffix (0001x4.png for 0001.png).")
+    val_hr_dir: str | None = setting(None, "Folder of validation HR images, with --val-lr-dir: validate on them "
+                                           "instead of splitting --val-fraction off the training pairs.")
+    val_lr_dir: str | None = setting(None, "Folder of the validation LR images.")
+    test_lr_dir: str | None = setting(None, "Folder of test LR images for the submission CSVs.")
     val_fraction: float = setting(0.1, "Share of the training pairs held out for validation (seeded split).")
     patch_size: int = setting(None, "LR crop edge for training (HR crop is 4x); 0 trains on full images."
                                     + preset_help("patch_size"))

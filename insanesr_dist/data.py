@@ -25,7 +25,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
-from . import samples, store
+from . import layouts, samples, store
 from .crops import crop_draws, pair_window
 from .errors import UserError
 from .samples import cell_name as _name
@@ -88,28 +88,46 @@ def _table_from_files(pairs: list[tuple[str, str, str | None]]) -> datasets.Data
     return table
 
 
-def _load_folder(root: Path, bad: list[samples.Finding]) -> tuple[datasets.Dataset, datasets.Dataset | None]:
-    """Tables of a DIR-layout folder; unusable files (no partner, undecodable names, ambiguous ids)
-    are left out and reported in `bad`, for `_settle` to stop on or to log."""
-    lr_dir, hr_dir = root / "train" / "LR", root / "train" / "HR"
+def _folder_pairs(lr_dir: Path, hr_dir: Path, scale: int, bad: list[samples.Finding],
+                  counts: dict[str, int]) -> list[tuple[str, str, str]]:
+    """(id, LR path, HR path) of two folders' pairs, the id being the HR file's relative name; files that
+    cannot be used (no partner, undecodable names, ambiguous ids) go to `bad`, and `counts` adds up the
+    pairs, those paired by the scale suffix and the files left over."""
     for d in (lr_dir, hr_dir):
         if not d.is_dir():
             raise UserError(f"{d}: missing; a data folder needs train/LR and train/HR (and optionally test/LR)")
     (lr_files, lr_findings), (hr_files, hr_findings) = samples.scan_folder(lr_dir), samples.scan_folder(hr_dir)
-    names, orphans = samples.pair_names(lr_files, hr_files)
-    bad += [f for f in lr_findings + hr_findings + orphans if f.kind == "bad"]
     if not lr_files and not hr_files:
         raise UserError(f"{lr_dir}: no images found")
-    train = _table_from_files([(n, str(lr_files[n]), str(hr_files[n])) for n in names]) if names else None
-    test_dir = root / "test" / "LR"
+    names, orphans = samples.pair_names(lr_files, hr_files, scale)
+    bad += [f for f in lr_findings + hr_findings + orphans if f.kind == "bad"]
+    counts["pairs"] += len(names)
+    counts["suffixed"] += sum(lr != hr for lr, hr in names)
+    counts["left over"] += len(orphans)
+    return [(hr, str(lr_files[lr]), str(hr_files[hr])) for lr, hr in names]
+
+
+def _load_folders(folders: layouts.Folders, scale: int, bad: list[samples.Finding], say
+                  ) -> tuple[datasets.Dataset | None, datasets.Dataset | None, datasets.Dataset | None]:
+    """Tables of the training pairs, the given validation pairs (None: split off later) and the test images
+    (None: no test set); says in one line what was paired."""
+    counts = dict.fromkeys(("pairs", "suffixed", "left over"), 0)
+    train = _folder_pairs(folders.train_lr, folders.train_hr, scale, bad, counts)
+    trained = counts["pairs"]
+    val = _folder_pairs(folders.val_lr, folders.val_hr, scale, bad, counts) if folders.val_lr else []
     test = None
-    if test_dir.is_dir():
-        test_files, findings = samples.scan_folder(test_dir)
+    if folders.test_lr is not None:
+        test_files, findings = samples.scan_folder(folders.test_lr)
         bad += [f for f in findings if f.kind == "bad"]
         if not test_files and not findings:
-            raise UserError(f"{test_dir}: no images found")
+            raise UserError(f"{folders.test_lr}: no images found")
         test = _table_from_files([(n, str(p), None) for n, p in test_files.items()]) if test_files else None
-    return train, test
+    say(f"data: {folders.describe()}: {trained} training pair(s)"
+        + (f", {len(val)} validation pair(s)" if folders.val_lr else "")
+        + (f" ({counts['suffixed']} by the x{scale} suffix of the LR name)" if counts["suffixed"] else "")
+        + f"; {counts['left over']} file(s) without a partner"
+        + (f"; {len(test) if test is not None else 0} test image(s)" if folders.test_lr else ""))
+    return (_table_from_files(train) if train else None, _table_from_files(val) if val else None, test)
 
 
 def _settle(bad: list[samples.Finding], on_bad_sample: str, say, source: str) -> int:
@@ -128,9 +146,10 @@ def _drop_problems(table: datasets.Dataset, bad: list[samples.Finding], patch_si
     """Keep the rows whose probe found no problem (and, when given, that fit a `patch_size` crop);
     the others go to `bad`, named by the probe's message."""
     keep = []
-    rows = zip(table["problem"], table["problem_file"], table["lr_height"], table["lr_width"])
-    for i, (problem, path, h, w) in enumerate(rows):
-        if not problem and patch_size and min(h, w) < patch_size:
+    held_out = table["held_out"] if "held_out" in table.column_names else [False] * len(table)
+    rows = zip(table["problem"], table["problem_file"], table["lr_height"], table["lr_width"], held_out)
+    for i, (problem, path, h, w, whole) in enumerate(rows):  # a given validation set is never cropped
+        if not problem and patch_size and min(h, w) < patch_size and not whole:
             problem, path = samples.patch_problem((h, w), patch_size), _name(table[i], "lr")
         if problem:
             bad.append(samples.Finding(path, problem))
@@ -179,33 +198,43 @@ def _code_fingerprint(table: datasets.Dataset, function, *args) -> str:
     return hashlib.sha256(repr((table._fingerprint, code, args)).encode()).hexdigest()[:32]
 
 
-def load_splits(data: str | os.PathLike, *, val_fraction: float, seed: int, scale: int = 4,
+def load_splits(data: str | os.PathLike | None, *, val_fraction: float, seed: int, scale: int = 4,
                 on_bad_sample: str = "error", patch_size: int = 0, store_dir: str | None = None,
-                store_gb: float = 64, store_workers: int | None = None, say=print) -> Splits:
+                store_gb: float = 64, store_workers: int | None = None, folders: dict[str, str | None] | None = None,
+                say=print) -> Splits:
     """Load a data source, check every pair once (in the decoded store's pass, store.py), and split off
     validation pairs.
 
-    `data` is a folder with train/LR + train/HR (+ test/LR), a `save_to_disk` folder, or a hub id.
+    `data` is a folder with train/LR + train/HR (+ test/LR), a DIV2K-like folder, a `save_to_disk` folder, or a
+    hub id; `folders` (layouts.Folders field -> path, from --hr-dir and its siblings) replace or stand in for
+    its image folders, and a given validation set replaces the `val_fraction` split.
     Call under `accelerator.main_process_first()` so one rank builds the caches the others reuse.
     Bad files or pairs (the rules of `samples`, the same ones `check-data` applies) stop the run with
     one line naming the first, or with `on_bad_sample="skip"` are left out and each logged once through
     `say` (so are, then, pairs too small for a `patch_size` crop). `store_dir`, `store_gb`: the decoded store's
     folder and budget; `store_workers`: processes that build it (default: one per usable core).
     """
-    source = os.fspath(data)
-    path = Path(source).expanduser()
+    source = os.fspath(data) if data is not None else None
+    path = Path(source or ".").expanduser()
     bad: list[samples.Finding] = []
-    if samples.is_saved_dataset(path):
-        train, test = _load_table(source, path)
-    elif (path / "train").is_dir():
-        train, test = _load_folder(path, bad)
+    val = None  # the given validation set, or None: split off the training pairs
+    found_folders = layouts.resolve(source, folders or {}, scale)
+    if found_folders is not None:
+        source = source or str(found_folders.train_hr)
+        train, val, test = _load_folders(found_folders, scale, bad, say)
         _settle(bad, on_bad_sample, say, source)  # before decoding anything
+    elif samples.is_saved_dataset(path):
+        train, test = _load_table(source, path)
     elif path.exists():
-        raise UserError(f"{source}: not a data folder (needs train/LR and train/HR) nor a saved dataset")
+        raise UserError(f"{source}: not a data folder (needs train/LR and train/HR, or DIV2K-like X_HR and "
+                        "X_LR_bicubic/X4) nor a saved dataset")
     elif source.startswith((".", "/", "~")) or source.count("/") > 1:  # a path, not a hub id
         raise UserError(f"{source}: no such folder")
     else:
         train, test = _load_table(source, None)
+    if val is not None and train is not None:  # one store and one check pass for both; split again below
+        train = datasets.concatenate_datasets([train.add_column("held_out", [False] * len(train)),
+                                               val.add_column("held_out", [True] * len(val))])
 
     # Decode every pair once: bad files fail now, naming the file, instead of in a worker mid-epoch. The same
     # pass, over all cores, writes the decoded store (when it fits the budget): the table's `store_row` finds it.
@@ -224,10 +253,16 @@ def load_splits(data: str | os.PathLike, *, val_fraction: float, seed: int, scal
     skipped = len(bad) + _settle(found, on_bad_sample, say, source)
     if skipped:
         say(f"--on-bad-sample skip: left out {skipped} bad file(s) or pair(s), listed above")
-    if train is None or len(train) < 2:
-        raise UserError(f"{source}: needs at least 2 usable training pairs to hold out a validation pair")
     if test is not None and not len(test):
         test = None
+    if train is not None and "held_out" in train.column_names:
+        held_out = np.asarray(train["held_out"])
+        train, val = (train.select(np.flatnonzero(held_out == side)).remove_columns("held_out") for side in (0, 1))
+        if not len(train) or not len(val):
+            raise UserError(f"{source}: needs at least 1 usable training pair and 1 usable validation pair")
+        return Splits(train=train, val=val, test=test, source=source, skipped=skipped, pixels=pixels)
+    if train is None or len(train) < 2:
+        raise UserError(f"{source}: needs at least 2 usable training pairs to hold out a validation pair")
     parts = train.train_test_split(test_size=val_fraction, seed=seed, shuffle=True)
     return Splits(train=parts["train"], val=parts["test"], test=test, source=source, skipped=skipped, pixels=pixels)
 

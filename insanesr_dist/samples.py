@@ -17,6 +17,7 @@ decompression-bomb guard does: a 1 MB PNG can declare 20000x20000, i.e. 1.2 GB o
 from __future__ import annotations
 
 import os
+import re
 import struct
 from dataclasses import dataclass
 from pathlib import Path
@@ -273,23 +274,30 @@ def is_saved_dataset(path: Path) -> bool:
 
 
 def scan_folder(folder: Path) -> tuple[dict[str, Path], list[Finding]]:
-    """The usable image files of a folder by name, and findings about the rest: non-image files and
-    sub-folders (ignored), names that are not valid UTF-8, and ids that differ only by case or extension."""
+    """The usable image files under a folder (sub-folders included) by relative name ("a.png", "act1/a.png"),
+    and findings about the rest: non-image files and hidden entries (ignored), names that are not valid UTF-8,
+    and ids that differ only by case or extension."""
     files: dict[str, Path] = {}
     findings: list[Finding] = []
-    for path in sorted(folder.iterdir()):
-        if not path.is_file():
+    for path in sorted(folder.rglob("*")):
+        name = path.relative_to(folder).as_posix()
+        if any(part.startswith(".") for part in path.relative_to(folder).parts):
+            if path.name.startswith("."):  # .DS_Store, .ipynb_checkpoints/: said once, not per file inside
+                findings.append(Finding(str(path), "hidden entry", "ignored"))
+        elif path.is_dir():
+            continue
+        elif not path.is_file():
             findings.append(Finding(str(path), "not a file", "ignored"))
         elif path.suffix.lower() not in IMAGE_SUFFIXES:
             findings.append(Finding(str(path), f"not an image file name (images end in "
                                                f"{', '.join(sorted(IMAGE_SUFFIXES))})", "ignored"))
-        elif not _utf8(path.name):
+        elif not _utf8(name):
             findings.append(Finding(str(path), "file name is not valid UTF-8; rename it"))
         else:
-            files[path.name] = path
+            files[name] = path
     by_id: dict[str, list[str]] = {}
     for name in files:
-        by_id.setdefault(Path(name).stem.casefold(), []).append(name)
+        by_id.setdefault(str(Path(name).with_suffix("")).casefold(), []).append(name)
     for names in by_id.values():
         if len(names) > 1:
             for name in names:
@@ -307,16 +315,45 @@ def _utf8(name: str) -> bool:
     return True
 
 
-def pair_names(lr_files: dict[str, Path], hr_files: dict[str, Path]) -> tuple[list[str], list[Finding]]:
-    """Names present in both folders (the pairs), and a finding for each file without a partner."""
-    findings = []
-    for name in sorted(set(lr_files) ^ set(hr_files)):
-        own, other = (lr_files, hr_files) if name in lr_files else (hr_files, lr_files)
-        side = "HR" if own is lr_files else "LR"
-        hint = [n for n in other if Path(n).stem == Path(name).stem]
+_SCALE_SUFFIX = re.compile(r"(?P<base>.+?)[_-]?[xX](?P<scale>[0-9]+)", re.DOTALL)  # file names may hold any
+
+
+def scale_suffix(name: str) -> tuple[str, int] | None:
+    """("0001.png", 4) for an LR file named as DIV2K and Flickr2K name theirs ("0001x4.png", also "0001_x4.png",
+    "0001X4.png"); None for a name without such a suffix."""
+    path = Path(name)
+    match = _SCALE_SUFFIX.fullmatch(path.stem)
+    if match is None:
+        return None
+    return path.with_name(match["base"] + path.suffix).as_posix(), int(match["scale"])
+
+
+def pair_names(lr_files: dict[str, Path], hr_files: dict[str, Path],
+               scale: int = 4) -> tuple[list[tuple[str, str]], list[Finding]]:
+    """The (LR name, HR name) pairs of two folders, and a finding for each file without a partner.
+
+    An LR file pairs with the HR file of the same relative name, or else, when its name ends in the scale
+    ("0001x4.png"), with the HR file named without it ("0001.png"). An LR name for another scale ("0001x2.png"
+    beside an HR 0001.png, training x4) is a finding of its own: the folder holds the wrong LR set."""
+    pairs = {name: name for name in lr_files if name in hr_files}
+    findings, wrong_scale = [], set()
+    for name in sorted(set(lr_files) - set(pairs)):
+        base, named_scale = scale_suffix(name) or (None, None)
+        if base in hr_files and base not in pairs.values():
+            if named_scale == scale:
+                pairs[name] = base
+            else:
+                wrong_scale.add(name)
+                findings.append(Finding(str(lr_files[name]), f"is named for x{named_scale} (partner {base}), "
+                                        f"but training is x{scale}: choose the folder of x{scale} LR images"))
+    lone = [(name, lr_files, hr_files, "HR") for name in set(lr_files) - set(pairs) - wrong_scale]
+    lone += [(name, hr_files, lr_files, "LR") for name in set(hr_files) - set(pairs.values())]
+    for name, own, other, side in sorted(lone, key=lambda entry: entry[0]):
+        stem = Path((scale_suffix(name) or (name,))[0] if side == "HR" else name).with_suffix("")
+        hint = [n for n in other if Path(n).with_suffix("") == stem]
         findings.append(Finding(str(own[name]), f"has no partner of the same name in the {side} folder"
                                 + (f" (it has {hint[0]}; pairs need the same file name)" if hint else "")))
-    return sorted(set(lr_files) & set(hr_files)), findings
+    return sorted(pairs.items(), key=lambda pair: pair[1]), findings
 
 
 def pair_problem(lr_shape: tuple[int, ...], hr_shape: tuple[int, ...], scale: int) -> str | None:

@@ -21,14 +21,26 @@ names = st.text(st.characters(codec="utf-8", exclude_characters="/\\\x00"), min_
 
 
 @FAST
-@given(st.sets(names, max_size=8), st.sets(names, max_size=8))
-def test_pairs_are_exactly_the_shared_names_and_every_other_file_is_named(lr, hr):
+@given(st.sets(names, max_size=8), st.sets(names, max_size=8), st.sets(names, max_size=4), st.sampled_from([2, 4]))
+def test_pairs_are_shared_names_or_the_scale_suffix_and_every_other_file_is_named(lr, hr, suffixed, scale):
     lr_files = {f"{n}.png": Path("LR", f"{n}.png") for n in lr}
-    hr_files = {f"{n}.png": Path("HR", f"{n}.png") for n in hr}
-    pairs, orphans = samples.pair_names(lr_files, hr_files)
-    assert pairs == sorted(set(lr_files) & set(hr_files))
-    assert sorted(Path(f.path).name for f in orphans) == sorted(set(lr_files) ^ set(hr_files))
-    assert all(f.kind == "bad" and "no partner" in f.problem for f in orphans)
+    lr_files.update({f"{n}x4.png": Path("LR", f"{n}x4.png") for n in suffixed})  # DIV2K's LR names
+    hr_files = {f"{n}.png": Path("HR", f"{n}.png") for n in hr | suffixed}
+    pairs, findings = samples.pair_names(lr_files, hr_files, scale)
+    # the same name always pairs; otherwise only LR name = HR name + the scale's suffix
+    assert {lr for lr, hr in pairs if lr == hr} == set(lr_files) & set(hr_files)
+    for lr_name, hr_name in pairs:
+        assert lr_name == hr_name or samples.scale_suffix(lr_name) == (hr_name, scale)
+    assert len({hr for _, hr in pairs}) == len(pairs)  # no HR file in two pairs
+    # every file is in a pair or named by exactly one finding
+    named = [Path(f.path).name for f in findings]
+    paired = {lr for lr, _ in pairs} | {hr for _, hr in pairs}
+    assert sorted(named) == sorted((set(lr_files) - {lr for lr, _ in pairs}) | (set(hr_files) - {h for _, h in pairs}))
+    assert all(f.kind == "bad" for f in findings)
+    for n in suffixed:  # a suffixed LR file finds its HR partner at its own scale, and is named at another
+        if f"{n}.png" not in lr_files and f"{n}x4.png" not in hr_files:
+            assert (f"{n}.png" in paired) == (scale == 4)
+            assert (scale == 4) or any(f"is named for x4 (partner {n}.png)" in f.problem for f in findings)
 
 
 MODES = ["L", "RGB", "RGBA", "LA", "P", "I;16", "RGB16"]

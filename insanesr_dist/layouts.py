@@ -1,0 +1,138 @@
+"""Where a data folder keeps its images: the toolkit's own layout, the DIV2K/Flickr2K layout, or folders given
+one by one (--hr-dir, --lr-dir, --val-hr-dir, --val-lr-dir, --test-lr-dir). Training and `check-data` both start
+here, so they read the same files.
+
+    DIR/train/LR, DIR/train/HR [, DIR/test/LR]           the toolkit's layout: 90:10 split of train
+    ROOT/DIV2K_train_HR, ROOT/DIV2K_train_LR_bicubic/X4  DIV2K (any prefix: Flickr2K/Flickr2K_HR, ...); a
+    [, ROOT/DIV2K_valid_HR + DIV2K_valid_LR_bicubic/X4]  "valid" set is the validation set, a "test" LR set the
+    [, ROOT/DIV2K_test_LR_bicubic/X4]                    test set; the folders may sit one level down
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+from .errors import UserError
+from .samples import show
+
+
+@dataclass(frozen=True)
+class Folders:
+    """The folders of one data source; LR/HR names pair as `samples.pair_names` says."""
+
+    train_lr: Path | None = None
+    train_hr: Path | None = None
+    val_lr: Path | None = None  # a given validation set instead of the 90:10 split
+    val_hr: Path | None = None
+    test_lr: Path | None = None
+    layout: str = "given folders"
+
+    def describe(self) -> str:
+        parts = [f"train {show(self.train_lr)} + {show(self.train_hr)}"]
+        if self.val_lr:
+            parts.append(f"validation {show(self.val_lr)} + {show(self.val_hr)}")
+        if self.test_lr:
+            parts.append(f"test {show(self.test_lr)}")
+        return f"{self.layout}: " + "; ".join(parts)
+
+
+# --hr-dir and its siblings, by the Folders field each one sets
+OPTIONS = {"train_hr": "--hr-dir", "train_lr": "--lr-dir", "val_hr": "--val-hr-dir", "val_lr": "--val-lr-dir",
+           "test_lr": "--test-lr-dir"}
+
+
+def given_folders(settings: dict) -> dict[str, str | None]:
+    """Folders field -> path of the options among `settings` (keyword names: hr_dir, lr_dir, ...)."""
+    return {field: settings.get(option[2:].replace("-", "_")) for field, option in OPTIONS.items()}
+
+
+def resolve(data: str | None, given: dict[str, str | None], scale: int) -> Folders | None:
+    """The folders to read: those of `data`'s layout (None when `data` is no image folder: a dataset), with
+    every folder given by an option in place of the layout's own."""
+    given = {field: Path(value).expanduser() for field, value in given.items() if value}
+    for field, path in given.items():
+        if not path.is_dir():
+            raise UserError(f"{path}: no such folder ({OPTIONS[field]})")
+    if data is None:
+        folders = Folders()
+    else:
+        folders = find(Path(data).expanduser(), scale)
+        if folders is None:
+            if given:
+                raise UserError(f"{data}: {', '.join(OPTIONS[f] for f in given)} need a folder of images, "
+                                "not a dataset")
+            return None
+    folders = dataclasses.replace(folders, **given)
+    for a, b in (("train_lr", "train_hr"), ("val_lr", "val_hr")):
+        if bool(getattr(folders, a)) != bool(getattr(folders, b)):
+            have, need = (a, b) if getattr(folders, a) else (b, a)
+            raise UserError(f"{getattr(folders, have)}: {OPTIONS[have]} needs {OPTIONS[need]} too")
+    if folders.train_lr is None:
+        raise UserError("no training data: give --data DIR, or --hr-dir and --lr-dir")
+    return folders
+
+
+def find(root: Path, scale: int) -> Folders | None:
+    """The layout of an image folder: the toolkit's own or DIV2K-like; None for a folder that holds a dataset
+    (parquet, arrow, ...) or for a path that does not exist."""
+    if (root / "train" / "LR").is_dir() or (root / "train" / "HR").is_dir():
+        test = root / "test" / "LR"
+        return Folders(root / "train" / "LR", root / "train" / "HR", test_lr=test if test.is_dir() else None,
+                       layout="DIR layout")
+    if root.is_dir():
+        sets = _div2k_sets(root, scale) or next(
+            (found for sub in sorted(root.iterdir()) if sub.is_dir() and (found := _div2k_sets(sub, scale))), None)
+        if sets:
+            return sets
+    return None
+
+
+_HR = re.compile(r"^(?P<prefix>.+)_HR$")
+
+
+def _div2k_sets(root: Path, scale: int) -> Folders | None:
+    """DIV2K-like folders directly in `root`: <prefix>_HR beside <prefix>_LR_<kind>/X<scale> (bicubic first).
+    A prefix with "valid" is the validation set, one with "test" (LR only) the test set, any other the
+    training set (one only)."""
+    sets: dict[str, tuple[Path | None, Path]] = {}  # prefix -> (HR, LR)
+    for hr in sorted(root.iterdir()):
+        match = _HR.match(hr.name)
+        if hr.is_dir() and match:
+            sets[match["prefix"]] = (hr, _lr_folder(root, match["prefix"], scale))
+    for lr_kind in sorted(root.glob(f"*_LR_*/X{scale}")):
+        prefix = lr_kind.parent.name.split("_LR_")[0]
+        sets.setdefault(prefix, (None, _lr_folder(root, prefix, scale)))
+    if not sets:
+        return None
+    fields: dict[str, Path] = {}
+    for prefix, (hr, lr) in sets.items():
+        role = "val" if "valid" in prefix.lower() else "test" if "test" in prefix.lower() else "train"
+        if lr is None:
+            kinds = sorted(p.name for p in root.glob(f"{prefix}_LR_*"))
+            raise UserError(f"{hr}: no LR folder {prefix}_LR_<kind>/X{scale} beside it"
+                            + (f" (it has {', '.join(kinds)} without X{scale})" if kinds else "")
+                            + "; give it with --lr-dir")
+        if role == "test":
+            fields["test_lr"] = lr
+        elif hr is not None:
+            if f"{role}_hr" in fields:
+                raise UserError(f"{root}: several {role} sets ({fields[f'{role}_hr'].name}, {hr.name}); choose one "
+                                f"with {OPTIONS[role + '_hr']} and {OPTIONS[role + '_lr']}")
+            fields[f"{role}_hr"], fields[f"{role}_lr"] = hr, lr
+    if "train_hr" not in fields:
+        return None
+    return Folders(**fields, layout=f"DIV2K layout in {show(root)}")
+
+
+def _lr_folder(root: Path, prefix: str, scale: int) -> Path | None:
+    """<prefix>_LR_bicubic/X<scale>, else the only <prefix>_LR_<kind>/X<scale> (DIV2K also ships unknown,
+    mild, difficult and wild degradations: which one is meant must be said)."""
+    candidates = sorted(root.glob(f"{prefix}_LR_*/X{scale}"))
+    bicubic = [c for c in candidates if c.parent.name == f"{prefix}_LR_bicubic"]
+    if bicubic or len(candidates) <= 1:
+        return (bicubic or candidates or [None])[0]
+    raise UserError(f"{root}: several LR sets for {prefix} ({', '.join(c.parent.name for c in candidates)}); "
+                    "choose one with --lr-dir")
