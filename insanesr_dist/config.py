@@ -36,7 +36,13 @@ def setting(default: Any, help: str) -> Any:
 class TrainConfig:
     # data
     data: str | None = setting(None, "Dataset: a DIR with train/LR, train/HR (and test/LR), a save_to_disk "
-                                     "folder, or a hub dataset id. Default: the embedded demo data.")
+                                     "folder, a folder of parquet/arrow/jsonl/csv files (a hub dataset on disk), "
+                                     "or a hub dataset id. Default: the embedded demo data.")
+    lr_column: str = setting("lr", "A dataset's column of LR images (images, file paths or encoded bytes); the "
+                                   "test split's too.")
+    hr_column: str = setting("hr", "A dataset's column of HR images (images, file paths or encoded bytes).")
+    id_column: str = setting("id", "A dataset's column of image ids (the submission's names); without one, ids "
+                                   "are 00000.png, 00001.png, ...")
     val_fraction: float = setting(0.1, "Share of the training pairs held out for validation (seeded split).")
     patch_size: int = setting(None, "LR crop edge for training (HR crop is 4x); 0 trains on full images."
                                     + preset_help("patch_size"))

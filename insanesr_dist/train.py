@@ -302,7 +302,8 @@ def _train(cfg: TrainConfig, preemption: checkpoint.PreemptionFlag) -> Path:
         source = cfg.data or str(ensure_demo_data())
         splits = data_lib.load_splits(source, val_fraction=cfg.val_fraction, seed=cfg.seed, scale=cfg.scale,
                                       on_bad_sample=cfg.on_bad_sample, patch_size=cfg.patch_size,
-                                      store_dir=cfg.store_dir, store_gb=cfg.store_gb, say=accelerator.print)
+                                      store_dir=cfg.store_dir, store_gb=cfg.store_gb,
+                                      columns=(cfg.lr_column, cfg.hr_column, cfg.id_column), say=accelerator.print)
     data_lib.check_patch_size(splits.train, cfg.patch_size, cfg.batch_size, source)
     val_count = len(splits.val)
     kept = val_subset(val_count, cfg.val_max_images, cfg.seed)
