@@ -11,10 +11,10 @@ from pathlib import Path
 
 import click
 
-from . import layouts, samples
+from . import samples, sources
 from .errors import UserError
-from .layouts import Folders
 from .samples import Finding
+from .sources import Folders
 
 SHOWN_PER_KIND = 10  # conversions and notes repeat per file; bad files are always all listed
 
@@ -131,11 +131,21 @@ def check_folders(folders: Folders, patch_size: int, scale: int, report: Report)
     report.test = len(scanned.get(folders.test_lr, {}))
 
 
-def check_table(source: str, path: Path | None, patch_size: int, scale: int, report: Report) -> None:
+def _read_cell(cell: dict | None, name: str, report: Report) -> tuple[int, ...] | None:
+    """An image cell's decoded shape: its bytes, or its file (which a table of paths may lack)."""
+    cell = cell or {}
+    if cell.get("bytes") or not cell.get("path"):
+        return _decode(cell.get("bytes") or b"", name, report)
+    return _read_and_decode(Path(cell["path"]), report)
+
+
+def check_table(source: str, kind: str, columns: tuple[str, str, str], patch_size: int, scale: int,
+                report: Report) -> None:
+    """The tables training reads (data._load_table: the same columns, ids and image cells), row by row."""
     from .data import _load_table
 
-    train, test = _load_table(source, path)
-    for split, table, columns in (("train", train, ("lr", "hr")), ("test", test, ("lr",))):
+    train, test = _load_table(source, kind, columns)
+    for split, table, images in (("train", train, ("lr", "hr")), ("test", test, ("lr",))):
         if table is None:
             continue
         seen: dict[str, str] = {}
@@ -145,11 +155,7 @@ def check_table(source: str, path: Path | None, patch_size: int, scale: int, rep
                 report.add(f"{source} ({split}) id {row['id']}", f"same id as {seen[key]} up to case or extension")
                 continue
             seen[key] = row["id"]
-            found = []
-            for column in columns:
-                cell = row[column] or {}
-                data = cell.get("bytes") or (Path(cell["path"]).read_bytes() if cell.get("path") else b"")
-                found.append(_decode(data, samples.cell_name(row, column), report))
+            found = [_read_cell(row[column], samples.cell_name(row, column), report) for column in images]
             if split == "test":
                 report.test += 1
                 continue
@@ -161,24 +167,21 @@ def check_table(source: str, path: Path | None, patch_size: int, scale: int, rep
 
 
 def run_check(source: str | None, *, patch_size: int, on_bad_sample: str, scale: int = 4,
-              given: dict[str, str | None] | None = None, echo=click.echo) -> bool:
-    """Print every finding and a summary; True when training would run. `given`: folders given one by one
-    (layouts.Folders field -> path), as training's --hr-dir and siblings."""
+              columns: tuple[str, str, str] = ("lr", "hr", "id"), given: dict[str, str | None] | None = None,
+              echo=click.echo) -> bool:
+    """Print every finding and a summary; True when training would run. `columns`: a table source's LR, HR
+    and id columns, as training's --lr-column, --hr-column, --id-column; `given`: folders given one by one
+    (sources.Folders field -> path), as training's --hr-dir and siblings."""
     samples.max_pixels()  # a bad $INSANESR_MAX_PIXELS is one line, not a finding on every file
-    path = Path(source or ".").expanduser()
     report = Report()
-    folders = layouts.resolve(source, given or {}, scale)
+    kind = sources.source_kind(source, scale) if source is not None else "folder"
+    folders = sources.resolve(source, given or {}, scale)  # None for a dataset
     if folders is not None:
         source = source or str(folders.train_hr)
         echo(f"check-data: {folders.describe()}")
         check_folders(folders, patch_size, scale, report)
-    elif samples.is_saved_dataset(path):
-        check_table(source, path, patch_size, scale, report)
-    elif path.exists() or source.startswith((".", "/", "~")) or source.count("/") > 1:
-        raise UserError(f"{source}: not a data folder (needs train/LR and train/HR, or DIV2K-like X_HR and "
-                        "X_LR_bicubic/X4) nor a saved dataset")
     else:
-        check_table(source, None, patch_size, scale, report)
+        check_table(source, kind, columns, patch_size, scale, report)
 
     shown = collections.Counter()
     for finding in report.findings:
@@ -211,14 +214,18 @@ def run_check(source: str | None, *, patch_size: int, on_bad_sample: str, scale:
               help="As for training: error stops at a bad file, skip trains without it.")
 @click.option("--patch-size", type=click.IntRange(0), default=None,
               help="As for training: LR images smaller than this cannot give a crop. [default: training's default]")
+@click.option("--lr-column", default="lr", show_default=True, help="As for training: a dataset's LR image column.")
+@click.option("--hr-column", default="hr", show_default=True, help="As for training: a dataset's HR image column.")
+@click.option("--id-column", default="id", show_default=True, help="As for training: a dataset's id column.")
 def check_data_command(source: str | None, on_bad_sample: str, patch_size: int | None, hr_dir: str | None,
-                       lr_dir: str | None, val_hr_dir: str | None, val_lr_dir: str | None,
-                       test_lr_dir: str | None) -> None:
+                       lr_dir: str | None, val_hr_dir: str | None, val_lr_dir: str | None, test_lr_dir: str | None,
+                       lr_column: str, hr_column: str, id_column: str) -> None:
     """Read every image of a dataset once and list every problem: one line per file (the problem and what
     training will do), then a summary. Exit status 1 when training would stop.
 
     SOURCE is what `--data` takes: a DIR with train/LR, train/HR (and test/LR), a DIV2K-like folder, a
-    save_to_disk folder or a hub id; the folder options are training's too.
+    save_to_disk folder, a folder of parquet/arrow/jsonl/csv files (a hub dataset on disk) or a hub id; the
+    folder and column options are training's too.
 
     \b
     Examples:
@@ -226,12 +233,14 @@ def check_data_command(source: str | None, on_bad_sample: str, patch_size: int |
       insanesr-dist check-data data/ --on-bad-sample skip --patch-size 48
       insanesr-dist check-data DIV2K/
       insanesr-dist check-data --hr-dir shots/HR --lr-dir shots/LR
+      insanesr-dist check-data hub-dataset/ --lr-column low --hr-column high --id-column name
     """
     if patch_size is None:
         from .config import TrainConfig
 
         patch_size = TrainConfig().patch_size
-    given = layouts.given_folders(dict(hr_dir=hr_dir, lr_dir=lr_dir, val_hr_dir=val_hr_dir, val_lr_dir=val_lr_dir,
+    given = sources.given_folders(dict(hr_dir=hr_dir, lr_dir=lr_dir, val_hr_dir=val_hr_dir, val_lr_dir=val_lr_dir,
                                        test_lr_dir=test_lr_dir))
-    if not run_check(source, patch_size=patch_size, on_bad_sample=on_bad_sample, given=given):
+    columns = (lr_column, hr_column, id_column)
+    if not run_check(source, patch_size=patch_size, on_bad_sample=on_bad_sample, columns=columns, given=given):
         raise UserError(f"{source or hr_dir}: training would stop on this data (see the lines above)")

@@ -36,8 +36,9 @@ def setting(default: Any, help: str) -> Any:
 class TrainConfig:
     # data
     data: str | None = setting(None, "Dataset: a DIR with train/LR, train/HR (and test/LR), a DIV2K-like folder "
-                                     "(DIV2K_train_HR, DIV2K_train_LR_bicubic/X4, ...), a save_to_disk folder, or "
-                                     "a hub dataset id. Default: the embedded demo data.")
+                                     "(DIV2K_train_HR, DIV2K_train_LR_bicubic/X4, ...), a save_to_disk folder, a "
+                                     "folder of parquet/arrow/jsonl/csv files (a hub dataset on disk), or a hub "
+                                     "dataset id. Default: the embedded demo data.")
     hr_dir: str | None = setting(None, "Folder of training HR images (sub-folders included), with --lr-dir: instead "
                                        "of --data, or in place of its HR folder.")
     lr_dir: str | None = setting(None, "Folder of the training LR images: same names as the HR files, or with the "
@@ -46,6 +47,11 @@ class TrainConfig:
                                            "instead of splitting --val-fraction off the training pairs.")
     val_lr_dir: str | None = setting(None, "Folder of the validation LR images.")
     test_lr_dir: str | None = setting(None, "Folder of test LR images for the submission CSVs.")
+    lr_column: str = setting("lr", "A dataset's column of LR images (images, file paths or encoded bytes); the "
+                                   "test split's too.")
+    hr_column: str = setting("hr", "A dataset's column of HR images (images, file paths or encoded bytes).")
+    id_column: str = setting("id", "A dataset's column of image ids (the submission's names); without one, ids "
+                                   "are 00000.png, 00001.png, ...")
     val_fraction: float = setting(0.1, "Share of the training pairs held out for validation (seeded split).")
     patch_size: int = setting(None, "LR crop edge for training (HR crop is 4x); 0 trains on full images."
                                     + preset_help("patch_size"))

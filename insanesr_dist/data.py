@@ -9,10 +9,12 @@ above its budget, decode pairs themselves), and the training step flips/rotates 
 
 from __future__ import annotations
 
+import collections
 import functools
 import hashlib
 import multiprocessing
 import os
+import re
 import signal
 import sys
 import zlib
@@ -25,7 +27,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
-from . import layouts, samples, store
+from . import samples, sources, store
 from .crops import crop_draws, pair_window
 from .errors import UserError
 from .samples import cell_name as _name
@@ -107,7 +109,7 @@ def _folder_pairs(lr_dir: Path, hr_dir: Path, scale: int, bad: list[samples.Find
     return [(hr, str(lr_files[lr]), str(hr_files[hr])) for lr, hr in names]
 
 
-def _load_folders(folders: layouts.Folders, scale: int, bad: list[samples.Finding], say
+def _load_folders(folders: sources.Folders, scale: int, bad: list[samples.Finding], say
                   ) -> tuple[datasets.Dataset | None, datasets.Dataset | None, datasets.Dataset | None]:
     """Tables of the training pairs, the given validation pairs (None: split off later) and the test images
     (None: no test set); says in one line what was paired."""
@@ -159,22 +161,84 @@ def _drop_problems(table: datasets.Dataset, bad: list[samples.Finding], patch_si
     return table.remove_columns(["problem", "problem_file"])
 
 
-def _with_ids_and_images(table: datasets.Dataset, columns: tuple[str, ...], where: str) -> datasets.Dataset:
-    """Normalise a user's table: `id` column (made from the row index when absent), undecoded images."""
-    missing = [c for c in columns if c not in table.column_names]
-    if missing:
-        raise UserError(f"{where}: needs image columns {', '.join(columns)}; missing {', '.join(missing)}")
+Columns = tuple[str, str, str]  # the source's LR, HR and id columns (--lr-column, --hr-column, --id-column)
+
+
+def _resolved_paths(batch: dict[str, list], column: str, root: str) -> dict[str, list]:
+    """Relative paths of a batch's `column` resolved against `root`; absolute ones stay as they are."""
+    return {column: [None if p is None else os.path.join(root, p) for p in batch[column]]}
+
+
+def _as_image_cells(table: datasets.Dataset, column: str, what: str, root: Path | None) -> datasets.Dataset:
+    """A column of images, file paths or encoded bytes as undecoded image cells. Relative paths are resolved
+    against the dataset's folder (`root`), so a table loads the same from any working directory."""
+    kind = table.features[column]
+    if isinstance(kind, datasets.Value) and kind.dtype in ("string", "large_string"):
+        if root is not None:
+            # A map (a new cached table), not remove_columns + add_column: that table's empty leftover block
+            # breaks its unpickling in the store's worker processes (datasets 5.2).
+            table = table.map(_resolved_paths, batched=True, fn_kwargs={"column": column, "root": str(root)},
+                              desc=f"Resolving {column} paths")
+    elif not (isinstance(kind, datasets.Image)
+              or isinstance(kind, datasets.Value) and kind.dtype in ("binary", "large_binary")):
+        raise UserError(f"{what} holds {kind}, not images, file paths or encoded bytes")
+    return table.cast_column(column, datasets.Image(decode=False))
+
+
+def _with_ids_and_images(table: datasets.Dataset, columns: dict[str, str], where: str,
+                         root: Path | None) -> datasets.Dataset:
+    """Normalise a user's table to ours: its `columns` (our name -> its name; `id` optional when it is the
+    default "id") become `id` (string; made from the row index when absent) and undecoded image cells."""
+    if len(set(columns.values())) < len(columns):
+        roles = ", ".join(f"--{ours}-column {theirs}" for ours, theirs in columns.items())
+        raise UserError(f"{where}: one column given two roles ({roles})")
+    for ours, theirs in columns.items():
+        if theirs not in table.column_names and (ours, theirs) != ("id", "id"):
+            raise UserError(f"{where}: no column '{theirs}' (--{ours}-column); it has: {', '.join(table.column_names)}")
+    present = {theirs: ours for ours, theirs in columns.items() if theirs in table.column_names}
+    table = table.select_columns(list(present)).rename_columns(present)
     if "id" not in table.column_names:
         table = table.add_column("id", [f"{i:05d}.png" for i in range(len(table))])
-    table = table.select_columns(["id", *columns])
-    for column in columns:
-        table = table.cast_column(column, datasets.Image(decode=False))
-    return table
+    elif table.features["id"] != datasets.Value("string"):
+        table = table.cast_column("id", datasets.Value("string"))  # numbered ids become "1", "2", ...
+    images = [ours for ours in ("lr", "hr") if ours in columns]
+    for ours in images:
+        table = _as_image_cells(table, ours, f"{where}: column '{columns[ours]}' (--{ours}-column)", root)
+    return table.select_columns(["id", *images])
 
 
-def _load_table(source: str, path: Path | None) -> tuple[datasets.Dataset, datasets.Dataset | None]:
+def _builder_and_files(root: Path) -> tuple[str, dict[str, list[str]]]:
+    """`datasets.load_dataset` arguments for a folder of data files: the builder of its most common format,
+    and those files by split, named as on the hub (data/train-00000-of-00001.parquet, test.jsonl; a file with
+    no split in its name is training data). Named explicitly, not left to load_dataset(folder) to infer: beside
+    the images a table of paths names, it would take the folder for an image folder."""
+    from datasets.data_files import SPLIT_KEYWORDS
+
+    files = sources.data_files(root)
+    suffix = collections.Counter(f.suffix for f in files).most_common(1)[0][0]
+    by_split: dict[str, list[str]] = {}
+    for file in (f for f in files if f.suffix == suffix):
+        words = set(re.split(r"[-._ 0-9/]+", str(file.relative_to(root).with_suffix("")).lower()))
+        split = next((str(s) for s, keywords in SPLIT_KEYWORDS.items() if words & set(keywords)), "train")
+        by_split.setdefault(split, []).append(str(file))
+    return {".jsonl": "json"}.get(suffix, suffix[1:]), by_split
+
+
+def _load_table(source: str, kind: str, columns: Columns = ("lr", "hr", "id")
+                ) -> tuple[datasets.Dataset, datasets.Dataset | None]:
+    """The train and test tables of a saved dataset, a folder of data files or a hub dataset (`kind`, from
+    sources.source_kind), with the source's `columns` (LR, HR, id) normalised to ours."""
+    root = Path(source).expanduser() if kind != "hub" else None
     try:
-        loaded = datasets.load_from_disk(str(path)) if path else datasets.load_dataset(source)
+        if kind == "saved":
+            loaded = datasets.load_from_disk(str(root))
+        elif kind == "files":
+            # Split by split: one load would give every split the first file's columns, and test has no HR.
+            builder, files = _builder_and_files(root)
+            loaded = datasets.DatasetDict({split: datasets.load_dataset(builder, data_files={split: paths}, split=split)
+                                           for split, paths in files.items()})
+        else:
+            loaded = datasets.load_dataset(source)
     except Exception as e:  # the hub and disk loaders raise many types; the user needs one line
         raise UserError(f"{source}: cannot be loaded as a dataset ({type(e).__name__}: {e})") from None
     if isinstance(loaded, datasets.DatasetDict):
@@ -183,8 +247,10 @@ def _load_table(source: str, path: Path | None) -> tuple[datasets.Dataset, datas
         train, test = loaded["train"], loaded.get("test")
     else:
         train, test = loaded, None
-    train = _with_ids_and_images(train, ("lr", "hr"), f"{source} (train)")
-    test = _with_ids_and_images(test, ("lr",), f"{source} (test)") if test is not None else None
+    lr, hr, image_id = columns
+    train = _with_ids_and_images(train, {"lr": lr, "hr": hr, "id": image_id}, f"{source} (train)", root)
+    if test is not None:
+        test = _with_ids_and_images(test, {"lr": lr, "id": image_id}, f"{source} (test)", root)
     return train, test
 
 
@@ -200,14 +266,16 @@ def _code_fingerprint(table: datasets.Dataset, function, *args) -> str:
 
 def load_splits(data: str | os.PathLike | None, *, val_fraction: float, seed: int, scale: int = 4,
                 on_bad_sample: str = "error", patch_size: int = 0, store_dir: str | None = None,
-                store_gb: float = 64, store_workers: int | None = None, folders: dict[str, str | None] | None = None,
-                say=print) -> Splits:
+                store_gb: float = 64, store_workers: int | None = None, columns: Columns = ("lr", "hr", "id"),
+                folders: dict[str, str | None] | None = None, say=print) -> Splits:
     """Load a data source, check every pair once (in the decoded store's pass, store.py), and split off
     validation pairs.
 
-    `data` is a folder with train/LR + train/HR (+ test/LR), a DIV2K-like folder, a `save_to_disk` folder, or a
-    hub id; `folders` (layouts.Folders field -> path, from --hr-dir and its siblings) replace or stand in for
-    its image folders, and a given validation set replaces the `val_fraction` split.
+    `data` is a folder with train/LR + train/HR (+ test/LR), a DIV2K-like folder, a `save_to_disk` folder, a folder
+    of data files `datasets.load_dataset` reads (a hub dataset on disk), or a hub id; `columns`: the LR, HR and id
+    columns of a table source (the test split's LR and id too); `folders` (sources.Folders field -> path, from
+    --hr-dir and its siblings) replace or stand in for an image folder's own, and a given validation set
+    replaces the `val_fraction` split.
     Call under `accelerator.main_process_first()` so one rank builds the caches the others reuse.
     Bad files or pairs (the rules of `samples`, the same ones `check-data` applies) stop the run with
     one line naming the first, or with `on_bad_sample="skip"` are left out and each logged once through
@@ -215,23 +283,16 @@ def load_splits(data: str | os.PathLike | None, *, val_fraction: float, seed: in
     folder and budget; `store_workers`: processes that build it (default: one per usable core).
     """
     source = os.fspath(data) if data is not None else None
-    path = Path(source or ".").expanduser()
     bad: list[samples.Finding] = []
     val = None  # the given validation set, or None: split off the training pairs
-    found_folders = layouts.resolve(source, folders or {}, scale)
-    if found_folders is not None:
-        source = source or str(found_folders.train_hr)
-        train, val, test = _load_folders(found_folders, scale, bad, say)
+    kind = sources.source_kind(source, scale) if source is not None else "folder"
+    found = sources.resolve(source, folders or {}, scale)  # None for a dataset
+    if found is not None:
+        source = source or str(found.train_hr)
+        train, val, test = _load_folders(found, scale, bad, say)
         _settle(bad, on_bad_sample, say, source)  # before decoding anything
-    elif samples.is_saved_dataset(path):
-        train, test = _load_table(source, path)
-    elif path.exists():
-        raise UserError(f"{source}: not a data folder (needs train/LR and train/HR, or DIV2K-like X_HR and "
-                        "X_LR_bicubic/X4) nor a saved dataset")
-    elif source.startswith((".", "/", "~")) or source.count("/") > 1:  # a path, not a hub id
-        raise UserError(f"{source}: no such folder")
     else:
-        train, test = _load_table(source, None)
+        train, test = _load_table(source, kind, columns)
     if val is not None and train is not None:  # one store and one check pass for both; split again below
         train = datasets.concatenate_datasets([train.add_column("held_out", [False] * len(train)),
                                                val.add_column("held_out", [True] * len(val))])

@@ -315,17 +315,19 @@ def _utf8(name: str) -> bool:
     return True
 
 
-_SCALE_SUFFIX = re.compile(r"(?P<base>.+?)[_-]?[xX](?P<scale>[0-9]+)", re.DOTALL)  # file names may hold any
+_SCALE_SUFFIX = re.compile(r"(?P<base>.+?)(?P<separator>[_-]?)[xX](?P<scale>[0-9]+)", re.DOTALL)  # any characters
 
 
-def scale_suffix(name: str) -> tuple[str, int] | None:
-    """("0001.png", 4) for an LR file named as DIV2K and Flickr2K name theirs ("0001x4.png", also "0001_x4.png",
-    "0001X4.png"); None for a name without such a suffix."""
+def scale_suffix(name: str) -> tuple[list[str], int] | None:
+    """The HR names an LR file named as DIV2K and Flickr2K name theirs may belong to, and the scale its name
+    says: (["0001.png"], 4) for "0001x4.png"; (["0001.png", "0001_.png"], 4) for "0001_x4.png" (the separator
+    may be part of the HR name); None for a name without such a suffix."""
     path = Path(name)
     match = _SCALE_SUFFIX.fullmatch(path.stem)
     if match is None:
         return None
-    return path.with_name(match["base"] + path.suffix).as_posix(), int(match["scale"])
+    bases = dict.fromkeys([match["base"], match["base"] + match["separator"]])
+    return [path.with_name(base + path.suffix).as_posix() for base in bases], int(match["scale"])
 
 
 def pair_names(lr_files: dict[str, Path], hr_files: dict[str, Path],
@@ -338,19 +340,23 @@ def pair_names(lr_files: dict[str, Path], hr_files: dict[str, Path],
     pairs = {name: name for name in lr_files if name in hr_files}
     findings, wrong_scale = [], set()
     for name in sorted(set(lr_files) - set(pairs)):
-        base, named_scale = scale_suffix(name) or (None, None)
-        if base in hr_files and base not in pairs.values():
-            if named_scale == scale:
-                pairs[name] = base
-            else:
-                wrong_scale.add(name)
-                findings.append(Finding(str(lr_files[name]), f"is named for x{named_scale} (partner {base}), "
-                                        f"but training is x{scale}: choose the folder of x{scale} LR images"))
+        bases, named_scale = scale_suffix(name) or ([], None)
+        taken = set(pairs.values())
+        base = next((b for b in bases if b in hr_files and b not in taken), None)
+        if base is None:
+            continue
+        if named_scale == scale:
+            pairs[name] = base
+        else:
+            wrong_scale.add(name)
+            findings.append(Finding(str(lr_files[name]), f"is named for x{named_scale} (partner {base}), "
+                                    f"but training is x{scale}: choose the folder of x{scale} LR images"))
     lone = [(name, lr_files, hr_files, "HR") for name in set(lr_files) - set(pairs) - wrong_scale]
     lone += [(name, hr_files, lr_files, "LR") for name in set(hr_files) - set(pairs.values())]
     for name, own, other, side in sorted(lone, key=lambda entry: entry[0]):
-        stem = Path((scale_suffix(name) or (name,))[0] if side == "HR" else name).with_suffix("")
-        hint = [n for n in other if Path(n).with_suffix("") == stem]
+        partners = [name] + ((scale_suffix(name) or ([],))[0] if side == "HR" else [])
+        stems = {Path(n).with_suffix("") for n in partners}
+        hint = [n for n in other if Path(n).with_suffix("") in stems]
         findings.append(Finding(str(own[name]), f"has no partner of the same name in the {side} folder"
                                 + (f" (it has {hint[0]}; pairs need the same file name)" if hint else "")))
     return sorted(pairs.items(), key=lambda pair: pair[1]), findings

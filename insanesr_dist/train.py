@@ -26,7 +26,7 @@ from accelerate.utils import broadcast_object_list, set_seed
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
-from . import checkpoint, faults, layouts
+from . import checkpoint, faults, sources
 from . import data as data_lib
 from .config import TrainConfig, field_specs, read_config_file, save_config
 from .crops import DevicePairs, DevicePlans, augment
@@ -299,11 +299,12 @@ def _train(cfg: TrainConfig, preemption: checkpoint.PreemptionFlag) -> Path:
 
     # ---- data: the main process builds the dataset caches first, the others reuse them
     with accelerator.main_process_first():
-        given = layouts.given_folders(cfg.to_dict())
+        given = sources.given_folders(cfg.to_dict())
         data = cfg.data or (None if given["train_hr"] or given["train_lr"] else str(ensure_demo_data()))
         splits = data_lib.load_splits(data, val_fraction=cfg.val_fraction, seed=cfg.seed, scale=cfg.scale,
                                       on_bad_sample=cfg.on_bad_sample, patch_size=cfg.patch_size,
-                                      store_dir=cfg.store_dir, store_gb=cfg.store_gb, folders=given,
+                                      store_dir=cfg.store_dir, store_gb=cfg.store_gb,
+                                      columns=(cfg.lr_column, cfg.hr_column, cfg.id_column), folders=given,
                                       say=accelerator.print)
     source = splits.source
     data_lib.check_patch_size(splits.train, cfg.patch_size, cfg.batch_size, source)

@@ -1,3 +1,4 @@
+import shutil
 from pathlib import Path
 
 import cv2
@@ -9,8 +10,9 @@ from torch.utils.data import DataLoader
 from insanesr_dist import crops as C
 from insanesr_dist import data as D
 from insanesr_dist.errors import UserError
+from insanesr_dist.submission import read_submission
 
-from conftest import make_pair_folder, read_rgb, write_png
+from conftest import TINY, assert_one_line_error, make_pair_folder, read_rgb, run_cli, write_png
 
 
 def test_folder_pairs_by_file_name_and_keeps_paths_not_bytes(pair_folder):
@@ -230,3 +232,101 @@ def test_without_a_store_each_decoded_pair_gives_several_crops(pair_folder, monk
         assert len(batches) == len(train) // 4 and len(decoded) == 2 * len(train) // 4  # LR + HR, once per 4 crops
         chosen.append(sorted(set(decoded)))
     assert chosen[0] != chosen[1]  # each epoch its own pairs
+
+
+# ---------------------------------------------------------------------------------------------
+# Table sources named by their columns (--lr-column, --hr-column, --id-column): a hub dataset on disk
+
+
+def _png_bytes(rgb: np.ndarray) -> bytes:
+    return cv2.imencode(".png", cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR))[1].tobytes()
+
+
+def make_hub_folder(root: Path, *, num_train: int = 6, num_test: int = 2) -> tuple[Path, dict[str, np.ndarray]]:
+    """A hub dataset as downloaded: data/{train,test}-00000-of-00001.parquet holding the images themselves, LR
+    in an image column `low`, HR as encoded bytes in a binary column `high`, ids in `name`. Also the source pixels,
+    by "LR/<name>" and "HR/<name>" (the PNG files they came from are deleted: the parquet alone must do)."""
+    pairs = make_pair_folder(root / "pngs", num_train=num_train, num_test=num_test)
+    pixels = {f"{d}/{p.name}": read_rgb(p) for d in ("LR", "HR") for p in (pairs / "train" / d).iterdir()}
+    pixels |= {f"LR/{p.name}": read_rgb(p) for p in (pairs / "test" / "LR").iterdir()}
+    names = sorted(p.name for p in (pairs / "train" / "LR").iterdir())
+    tests = sorted(p.name for p in (pairs / "test" / "LR").iterdir())
+    image = lambda name: {"bytes": _png_bytes(pixels[f"LR/{name}"]), "path": None}  # noqa: E731
+    train = datasets.Dataset.from_dict({"low": [image(n) for n in names], "name": names,
+                                        "high": [_png_bytes(pixels[f"HR/{n}"]) for n in names]})
+    test = datasets.Dataset.from_dict({"low": [image(n) for n in tests], "name": tests})
+    (root / "hub" / "data").mkdir(parents=True)
+    for split, table in (("train", train), ("test", test)):
+        table = table.cast_column("low", datasets.Image())
+        table.to_parquet(str(root / "hub" / "data" / f"{split}-00000-of-00001.parquet"))
+    shutil.rmtree(pairs)
+    return root / "hub", pixels
+
+
+HUB_COLUMNS = ("low", "high", "name")
+
+
+def test_parquet_hub_folder_with_mapped_columns_gives_the_source_pixels(tmp_path):
+    hub, pixels = make_hub_folder(tmp_path)
+    splits = D.load_splits(hub, val_fraction=0.2, seed=0, columns=HUB_COLUMNS)
+    assert sorted([*splits.train["id"], *splits.val["id"]]) == [f"img_{i:03d}.png" for i in range(6)]
+    assert list(splits.test["id"]) == ["img_006.png", "img_007.png"]
+    assert splits.train.features["lr"] == splits.train.features["hr"] == datasets.Image(decode=False)
+    for table in (splits.train, splits.val):
+        for row in table:
+            lr, hr = splits.pixels.pair(row["store_row"])
+            assert np.array_equal(lr, pixels[f"LR/{row['id']}"]) and np.array_equal(hr, pixels[f"HR/{row['id']}"])
+    test = D.EvalImages(splits.test, with_hr=False)
+    for i, image_id in enumerate(splits.test["id"]):
+        assert np.array_equal(test[i][1].permute(1, 2, 0).numpy(), pixels[f"LR/{image_id}"])
+
+
+@pytest.mark.parametrize("fmt", ["jsonl", "csv"])
+def test_data_file_folder_with_path_columns(tmp_path, fmt):
+    """Relative paths are resolved against the dataset's folder (not the working directory), absolute ones kept."""
+    root = tmp_path / "ds"
+    make_pair_folder(root / "images", num_train=4, num_test=0)
+    names = sorted(p.name for p in (root / "images" / "train" / "LR").iterdir())
+    table = datasets.Dataset.from_dict({
+        "small": [f"images/train/LR/{n}" for n in names],
+        "big": [str(root / "images" / "train" / "HR" / n) for n in names],
+    })
+    (table.to_json if fmt == "jsonl" else table.to_csv)(str(root / f"train.{fmt}"))
+    splits = D.load_splits(root, val_fraction=0.25, seed=0, columns=("small", "big", "id"))
+    assert len(splits.train) == 3 and len(splits.val) == 1 and splits.test is None
+    for row in splits.train:  # without an id column, ids are row numbers: row 2 is the third file
+        name = names[int(Path(row["id"]).stem)]
+        assert row["lr"]["path"] == str(root / "images" / "train" / "LR" / name)
+        lr, hr = splits.pixels.pair(row["store_row"])
+        assert np.array_equal(lr, read_rgb(root / "images" / "train" / "LR" / name))
+        assert np.array_equal(hr, read_rgb(root / "images" / "train" / "HR" / name))
+
+
+def test_missing_columns_and_unusable_folders_are_one_line_errors(tmp_path):
+    hub, _ = make_hub_folder(tmp_path, num_train=3, num_test=1)
+    with pytest.raises(UserError) as e:
+        D.load_splits(hub, val_fraction=0.2, seed=0, columns=("lr_image", "high", "name"))
+    assert str(e.value) == f"{hub} (train): no column 'lr_image' (--lr-column); it has: low, name, high"
+    with pytest.raises(UserError, match=r"\(train\): no column 'ident' \(--id-column\); it has: low, name, high$"):
+        D.load_splits(hub, val_fraction=0.2, seed=0, columns=("low", "high", "ident"))
+    (tmp_path / "docs").mkdir()
+    (tmp_path / "docs" / "README.md").write_text("no data here")
+    with pytest.raises(UserError, match="not a data folder .*parquet, arrow, jsonl, csv"):
+        D.load_splits(tmp_path / "docs", val_fraction=0.1, seed=0)
+
+
+def test_train_and_check_data_on_a_hub_folder_through_the_cli(tmp_path):
+    hub, _ = make_hub_folder(tmp_path)
+    flags = ["--lr-column", "low", "--hr-column", "high", "--id-column", "name"]
+    checked = run_cli("insanesr-dist", "check-data", str(hub), *flags, "--patch-size", "8")
+    assert checked.returncode == 0, checked.stdout + checked.stderr
+    assert "6 training pair(s), 6 usable; 2 test image(s); 0 bad" in checked.stdout.splitlines()[-1]
+    assert_one_line_error(run_cli("insanesr-dist", "check-data", str(hub), "--lr-column", "lr_image"),
+                          "(train): no column 'lr_image' (--lr-column); it has: low, name, high")
+    out = tmp_path / "run"
+    result = run_cli("insanesr-dist", "train", "--data", str(hub), *flags, "--epochs", "1", "--max-steps", "1",
+                     *TINY, "--output-dir", str(out))
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert (out / "latest.safetensors").is_file()
+    submission = read_submission(next((out / "submissions").glob("*.csv")))
+    assert {k: v.shape for k, v in submission.items()} == {"img_006.png": (64, 80, 3), "img_007.png": (64, 80, 3)}

@@ -1,6 +1,11 @@
-"""Where a data folder keeps its images: the toolkit's own layout, the DIV2K/Flickr2K layout, or folders given
-one by one (--hr-dir, --lr-dir, --val-hr-dir, --val-lr-dir, --test-lr-dir). Training and `check-data` both start
-here, so they read the same files.
+"""What `--data` (and check-data's SOURCE) names, decided by looking at it, and where an image folder keeps its
+pairs. Training and `check-data` both start here, so they read the same files.
+
+Kept apart from data.py so check-data can decide without importing torch (its memory is measured), and apart
+from samples.py, whose text is part of every decoded store's key (an edit there decodes every store again).
+
+Image folders: the toolkit's own layout, the DIV2K/Flickr2K layout, or folders given one by one (--hr-dir,
+--lr-dir, --val-hr-dir, --val-lr-dir, --test-lr-dir):
 
     DIR/train/LR, DIR/train/HR [, DIR/test/LR]           the toolkit's layout: 90:10 split of train
     ROOT/DIV2K_train_HR, ROOT/DIV2K_train_LR_bicubic/X4  DIV2K (any prefix: Flickr2K/Flickr2K_HR, ...); a
@@ -11,12 +16,47 @@ here, so they read the same files.
 from __future__ import annotations
 
 import dataclasses
+import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
 
+from . import samples
 from .errors import UserError
 from .samples import show
+
+# Files `datasets.load_dataset(folder)` reads as tables: a hub dataset downloaded or cloned to disk.
+DATA_FILE_SUFFIXES = (".parquet", ".arrow", ".jsonl", ".csv")
+
+
+def data_files(folder: Path) -> list[Path]:
+    """The table files in a folder or below it (a hub dataset keeps them in data/). Hidden folders (.git, .cache,
+    .huggingface) are not looked in: a clone's history is no data."""
+    found = []
+    for parent, subfolders, files in os.walk(folder):
+        subfolders[:] = sorted(d for d in subfolders if not d.startswith("."))
+        found += [Path(parent, name) for name in sorted(files) if name.endswith(DATA_FILE_SUFFIXES)]
+    return found
+
+
+def source_kind(source: str, scale: int = 4) -> str:
+    """"saved" (a save_to_disk folder), "folder" (an image folder: our layout or DIV2K-like, see `find`),
+    "files" (a folder of table files that `datasets.load_dataset` reads) or "hub" (a hub dataset id); a one-line
+    UserError for anything else."""
+    path = Path(source).expanduser()
+    if samples.is_saved_dataset(path):
+        return "saved"
+    if find(path, scale) is not None:
+        return "folder"
+    if path.is_dir() and data_files(path):
+        return "files"
+    if path.exists():
+        raise UserError(f"{source}: not a data folder (needs train/LR and train/HR, or DIV2K-like X_HR and "
+                        "X_LR_bicubic/X4), nor a saved dataset, nor a folder of data files "
+                        f"({', '.join(s[1:] for s in DATA_FILE_SUFFIXES)})")
+    if source.startswith((".", "/", "~")) or source.count("/") > 1:  # a path, not a hub id
+        raise UserError(f"{source}: no such folder")
+    return "hub"
 
 
 @dataclass(frozen=True)
@@ -50,21 +90,17 @@ def given_folders(settings: dict) -> dict[str, str | None]:
 
 
 def resolve(data: str | None, given: dict[str, str | None], scale: int) -> Folders | None:
-    """The folders to read: those of `data`'s layout (None when `data` is no image folder: a dataset), with
-    every folder given by an option in place of the layout's own."""
+    """The image folders to read: those of `data`'s layout, with every folder given by an option in place of
+    the layout's own; None when `data` is a dataset (see `source_kind`) and no folder is given."""
     given = {field: Path(value).expanduser() for field, value in given.items() if value}
     for field, path in given.items():
         if not path.is_dir():
             raise UserError(f"{path}: no such folder ({OPTIONS[field]})")
-    if data is None:
-        folders = Folders()
-    else:
-        folders = find(Path(data).expanduser(), scale)
-        if folders is None:
-            if given:
-                raise UserError(f"{data}: {', '.join(OPTIONS[f] for f in given)} need a folder of images, "
-                                "not a dataset")
-            return None
+    folders = Folders() if data is None else find(Path(data).expanduser(), scale)
+    if folders is None:
+        if given:
+            raise UserError(f"{data}: {', '.join(OPTIONS[f] for f in given)} need a folder of images, not a dataset")
+        return None
     folders = dataclasses.replace(folders, **given)
     for a, b in (("train_lr", "train_hr"), ("val_lr", "val_hr")):
         if bool(getattr(folders, a)) != bool(getattr(folders, b)):

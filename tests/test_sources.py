@@ -1,4 +1,4 @@
-"""Data as users have it: the DIV2K/Flickr2K layouts, folders given one by one (--hr-dir, --lr-dir, ...), pairing
+"""Data as users have it (sources.py): the DIV2K/Flickr2K layouts, folders given one by one (--hr-dir, ...), pairing
 by the scale suffix, and the one-line errors of pairing mistakes; through load_splits, check-data and train."""
 
 from __future__ import annotations
@@ -76,7 +76,7 @@ def test_given_folders_pair_recursively_with_or_without_the_suffix(tmp_path):
     for i, (sub, lr_name) in enumerate([("act1", "a.png"), ("act1", "bx4.png"), ("act2", "c_x4.png"),
                                         ("act2", "d.png")]):
         lr, hr = _pair_images(rng)
-        hr_name = (samples.scale_suffix(lr_name) or (lr_name,))[0]
+        hr_name = (samples.scale_suffix(lr_name) or ([lr_name],))[0][0]
         write_png(tmp_path / "hr" / sub / hr_name, hr)
         write_png(tmp_path / "lr" / sub / lr_name, lr)
     write_png(tmp_path / "test" / "t.png", _pair_images(rng)[0])
