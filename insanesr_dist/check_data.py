@@ -12,6 +12,7 @@ from pathlib import Path
 import click
 
 from . import samples, sources
+from .degrade import KERNELS
 from .errors import UserError
 from .samples import Finding
 from .sources import Folders
@@ -27,6 +28,16 @@ class Report:
 
     def add(self, path, problem: str, kind: str = "bad") -> None:
         self.findings.append(Finding(str(path), problem, kind))
+
+    def lr_from_hr(self, hr: tuple[int, ...], hr_name, scale: int) -> tuple[tuple[int, ...], tuple[int, ...]]:
+        """The LR and HR shapes training makes of an HR image (--lr-from-hr): HR cropped to a multiple of the
+        scale (recorded as a conversion when it loses rows or columns), LR 1/scale of that."""
+        (h, w), rest = hr[:2], hr[2:]
+        if h % scale or w % scale:
+            self.add(hr_name, f"HR is {w}x{h}, not a multiple of {scale}: its last {h % scale} row(s) and "
+                              f"{w % scale} column(s) are cropped ({w - w % scale}x{h - h % scale}) before its LR "
+                              "is made", "converted")
+        return (h // scale, w // scale, *rest), (h - h % scale, w - w % scale, *rest)
 
     def judge_pair(self, lr: tuple[int, ...], hr: tuple[int, ...], lr_name, hr_name, *, scale: int,
                    patch_size: int) -> None:
@@ -96,14 +107,17 @@ def _read_and_decode(path: Path, report: Report) -> tuple[int, ...] | None:
 
 
 def check_folders(folders: Folders, patch_size: int, scale: int, report: Report) -> None:
-    sets = [(folders.train_lr, folders.train_hr)] + ([(folders.val_lr, folders.val_hr)] if folders.val_lr else [])
-    missing = [d for d in [d for pair in sets for d in pair] if not d.is_dir()]
+    """The folders training reads, file by file; without LR folders (--lr-from-hr) each HR image and the LR
+    made from it."""
+    sets = [(folders.train_lr, folders.train_hr)] + ([(folders.val_lr, folders.val_hr)] if folders.val_hr else [])
+    dirs = [d for pair in sets for d in pair if d is not None]
+    missing = [d for d in dirs if not d.is_dir()]
     if missing:
         for d in missing:
             report.fatal.append(f"{samples.show(d)}: missing; a data folder needs train/LR and train/HR")
         return
     scanned = {}
-    for d in [d for pair in sets for d in pair] + ([folders.test_lr] if folders.test_lr else []):
+    for d in dirs + ([folders.test_lr] if folders.test_lr else []):
         files, findings = samples.scan_folder(d)
         report.findings += findings
         if not files and not [f for f in findings if f.kind == "bad"]:
@@ -111,10 +125,11 @@ def check_folders(folders: Folders, patch_size: int, scale: int, report: Report)
         scanned[d] = files
     pairs = []
     for (lr_dir, hr_dir), patch in zip(sets, (patch_size, 0)):  # validation images are whole, never cropped
-        names, orphans = samples.pair_names(scanned[lr_dir], scanned[hr_dir], scale)
+        lr_files = scanned[lr_dir or hr_dir]
+        names, orphans = samples.pair_names(lr_files, scanned[hr_dir], scale)
         report.findings += orphans
         report.pairs += len(names) + len(orphans)
-        pairs += [(scanned[lr_dir][lr], scanned[hr_dir][hr], patch) for lr, hr in names]
+        pairs += [(lr_files[lr], scanned[hr_dir][hr], patch) for lr, hr in names]
     shapes = {}
     for files in scanned.values():
         kinds = _sniff_all(files, report)
@@ -127,6 +142,8 @@ def check_folders(folders: Folders, patch_size: int, scale: int, report: Report)
         lr, hr = shapes.get(lr_path), shapes.get(hr_path)
         if lr is None or hr is None:
             continue
+        if folders.train_lr is None:
+            lr, hr = report.lr_from_hr(hr, hr_path, scale)
         report.judge_pair(lr, hr, lr_path, hr_path, scale=scale, patch_size=patch)
     report.test = len(scanned.get(folders.test_lr, {}))
 
@@ -140,12 +157,13 @@ def _read_cell(cell: dict | None, name: str, report: Report) -> tuple[int, ...] 
 
 
 def check_table(source: str, kind: str, columns: tuple[str, str, str], patch_size: int, scale: int,
-                report: Report) -> None:
+                report: Report, lr_from_hr: str | None = None) -> None:
     """The tables training reads (data._load_table: the same columns, ids and image cells), row by row."""
     from .data import _load_table
 
-    train, test = _load_table(source, kind, columns)
-    for split, table, images in (("train", train, ("lr", "hr")), ("test", test, ("lr",))):
+    train, test = _load_table(source, kind, columns, lr_from_hr)
+    pair = ("hr",) if lr_from_hr else ("lr", "hr")
+    for split, table, images in (("train", train, pair), ("test", test, ("lr",))):
         if table is None:
             continue
         seen: dict[str, str] = {}
@@ -162,26 +180,29 @@ def check_table(source: str, kind: str, columns: tuple[str, str, str], patch_siz
             report.pairs += 1
             if None in found:
                 continue
+            if lr_from_hr:
+                found = report.lr_from_hr(found[0], samples.cell_name(row, "hr"), scale)
             report.judge_pair(*found, samples.cell_name(row, "lr"), samples.cell_name(row, "hr"), scale=scale,
                               patch_size=patch_size)
 
 
 def run_check(source: str | None, *, patch_size: int, on_bad_sample: str, scale: int = 4,
               columns: tuple[str, str, str] = ("lr", "hr", "id"), given: dict[str, str | None] | None = None,
-              echo=click.echo) -> bool:
+              lr_from_hr: str | None = None, echo=click.echo) -> bool:
     """Print every finding and a summary; True when training would run. `columns`: a table source's LR, HR
     and id columns, as training's --lr-column, --hr-column, --id-column; `given`: folders given one by one
     (sources.Folders field -> path), as training's --hr-dir and siblings."""
     samples.max_pixels()  # a bad $INSANESR_MAX_PIXELS is one line, not a finding on every file
     report = Report()
-    kind = sources.source_kind(source, scale) if source is not None else "folder"
-    folders = sources.resolve(source, given or {}, scale)  # None for a dataset
+    hr_only = bool(lr_from_hr)
+    kind = sources.source_kind(source, scale, hr_only) if source is not None else "folder"
+    folders = sources.resolve(source, given or {}, scale, hr_only)  # None for a dataset
     if folders is not None:
         source = source or str(folders.train_hr)
         echo(f"check-data: {folders.describe()}")
         check_folders(folders, patch_size, scale, report)
     else:
-        check_table(source, kind, columns, patch_size, scale, report)
+        check_table(source, kind, columns, patch_size, scale, report, lr_from_hr)
 
     shown = collections.Counter()
     for finding in report.findings:
@@ -217,9 +238,11 @@ def run_check(source: str | None, *, patch_size: int, on_bad_sample: str, scale:
 @click.option("--lr-column", default="lr", show_default=True, help="As for training: a dataset's LR image column.")
 @click.option("--hr-column", default="hr", show_default=True, help="As for training: a dataset's HR image column.")
 @click.option("--id-column", default="id", show_default=True, help="As for training: a dataset's id column.")
+@click.option("--lr-from-hr", type=click.Choice(KERNELS), default=None,
+              help="As for training: HR images only, each LR made from its HR by this kernel.")
 def check_data_command(source: str | None, on_bad_sample: str, patch_size: int | None, hr_dir: str | None,
                        lr_dir: str | None, val_hr_dir: str | None, val_lr_dir: str | None, test_lr_dir: str | None,
-                       lr_column: str, hr_column: str, id_column: str) -> None:
+                       lr_column: str, hr_column: str, id_column: str, lr_from_hr: str | None) -> None:
     """Read every image of a dataset once and list every problem: one line per file (the problem and what
     training will do), then a summary. Exit status 1 when training would stop.
 
@@ -242,5 +265,6 @@ def check_data_command(source: str | None, on_bad_sample: str, patch_size: int |
     given = sources.given_folders(dict(hr_dir=hr_dir, lr_dir=lr_dir, val_hr_dir=val_hr_dir, val_lr_dir=val_lr_dir,
                                        test_lr_dir=test_lr_dir))
     columns = (lr_column, hr_column, id_column)
-    if not run_check(source, patch_size=patch_size, on_bad_sample=on_bad_sample, columns=columns, given=given):
+    if not run_check(source, patch_size=patch_size, on_bad_sample=on_bad_sample, columns=columns, given=given,
+                     lr_from_hr=lr_from_hr):
         raise UserError(f"{source or hr_dir}: training would stop on this data (see the lines above)")

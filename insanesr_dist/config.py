@@ -25,6 +25,7 @@ OutputHead = Literal["sigmoid", "residual"]
 Preset = Literal["seed", "default"]
 OnBadSample = Literal["error", "skip"]
 DeviceStore = Literal["auto", "on", "off"]
+LrFromHr = Literal["bicubic", "bicubic-antialias", "area"]  # degrade.KERNELS
 
 
 def setting(default: Any, help: str) -> Any:
@@ -47,6 +48,10 @@ class TrainConfig:
                                            "instead of splitting --val-fraction off the training pairs.")
     val_lr_dir: str | None = setting(None, "Folder of the validation LR images.")
     test_lr_dir: str | None = setting(None, "Folder of test LR images for the submission CSVs.")
+    lr_from_hr: LrFromHr | None = setting(None, "Make the training and validation LR images from the HR ones "
+                                                "(HR-only sets; LR files are not read): bicubic (OpenCV INTER_CUBIC), "
+                                                "bicubic-antialias (PIL-style), area (OpenCV INTER_AREA); see "
+                                                "degrade.py. HR sizes are first cropped to a multiple of 4.")
     lr_column: str = setting("lr", "A dataset's column of LR images (images, file paths or encoded bytes); the "
                                    "test split's too.")
     hr_column: str = setting("hr", "A dataset's column of HR images (images, file paths or encoded bytes).")

@@ -90,17 +90,20 @@ def _table_from_files(pairs: list[tuple[str, str, str | None]]) -> datasets.Data
     return table
 
 
-def _folder_pairs(lr_dir: Path, hr_dir: Path, scale: int, bad: list[samples.Finding],
+def _folder_pairs(lr_dir: Path | None, hr_dir: Path, scale: int, bad: list[samples.Finding],
                   counts: dict[str, int]) -> list[tuple[str, str, str]]:
-    """(id, LR path, HR path) of two folders' pairs, the id being the HR file's relative name; files that
-    cannot be used (no partner, undecodable names, ambiguous ids) go to `bad`, and `counts` adds up the
-    pairs, those paired by the scale suffix and the files left over."""
+    """(id, LR path, HR path) of two folders' pairs, the id being the HR file's relative name (without an LR
+    folder, --lr-from-hr: the HR path twice); files that cannot be used (no partner, undecodable names,
+    ambiguous ids) go to `bad`, and `counts` adds up the pairs, those paired by the scale suffix and the files
+    left over."""
     for d in (lr_dir, hr_dir):
-        if not d.is_dir():
-            raise UserError(f"{d}: missing; a data folder needs train/LR and train/HR (and optionally test/LR)")
-    (lr_files, lr_findings), (hr_files, hr_findings) = samples.scan_folder(lr_dir), samples.scan_folder(hr_dir)
+        if d is not None and not d.is_dir():
+            raise UserError(f"{d}: missing; a data folder needs train/LR and train/HR (and optionally test/LR); "
+                            "with HR images only, --lr-from-hr makes the LR")
+    hr_files, hr_findings = samples.scan_folder(hr_dir)
+    lr_files, lr_findings = samples.scan_folder(lr_dir) if lr_dir is not None else (hr_files, [])
     if not lr_files and not hr_files:
-        raise UserError(f"{lr_dir}: no images found")
+        raise UserError(f"{lr_dir or hr_dir}: no images found")
     names, orphans = samples.pair_names(lr_files, hr_files, scale)
     bad += [f for f in lr_findings + hr_findings + orphans if f.kind == "bad"]
     counts["pairs"] += len(names)
@@ -109,14 +112,29 @@ def _folder_pairs(lr_dir: Path, hr_dir: Path, scale: int, bad: list[samples.Find
     return [(hr, str(lr_files[lr]), str(hr_files[hr])) for lr, hr in names]
 
 
-def _load_folders(folders: sources.Folders, scale: int, bad: list[samples.Finding], say
+def _hr_as_lr(batch: dict[str, list], kernel: str) -> dict[str, list]:
+    return {"lr": batch["hr"], "lr_from_hr": [kernel] * len(batch["hr"])}
+
+
+def _lr_made_from_hr(table: datasets.Dataset | None, kernel: str | None) -> datasets.Dataset | None:
+    """A table whose LR cells are its HR ones and whose `lr_from_hr` column names the kernel that makes the
+    LR from them when decoded (samples.decode_pair): the store then keeps the HR once and the LR beside it."""
+    if table is None or not kernel:
+        return table
+    features = table.features.copy()
+    features.update(lr=datasets.Image(decode=False), lr_from_hr=datasets.Value("string"))
+    return table.map(_hr_as_lr, batched=True, fn_kwargs={"kernel": kernel}, features=features,
+                     desc=f"LR by {kernel}")
+
+
+def _load_folders(folders: sources.Folders, scale: int, bad: list[samples.Finding], say, lr_from_hr: str | None
                   ) -> tuple[datasets.Dataset | None, datasets.Dataset | None, datasets.Dataset | None]:
     """Tables of the training pairs, the given validation pairs (None: split off later) and the test images
     (None: no test set); says in one line what was paired."""
     counts = dict.fromkeys(("pairs", "suffixed", "left over"), 0)
     train = _folder_pairs(folders.train_lr, folders.train_hr, scale, bad, counts)
     trained = counts["pairs"]
-    val = _folder_pairs(folders.val_lr, folders.val_hr, scale, bad, counts) if folders.val_lr else []
+    val = _folder_pairs(folders.val_lr, folders.val_hr, scale, bad, counts) if folders.val_hr else []
     test = None
     if folders.test_lr is not None:
         test_files, findings = samples.scan_folder(folders.test_lr)
@@ -124,12 +142,15 @@ def _load_folders(folders: sources.Folders, scale: int, bad: list[samples.Findin
         if not test_files and not findings:
             raise UserError(f"{folders.test_lr}: no images found")
         test = _table_from_files([(n, str(p), None) for n, p in test_files.items()]) if test_files else None
-    say(f"data: {folders.describe()}: {trained} training pair(s)"
-        + (f", {len(val)} validation pair(s)" if folders.val_lr else "")
+    kind = "HR image(s)" if lr_from_hr else "pair(s)"
+    say(f"data: {folders.describe()}: {trained} training {kind}"
+        + (f", {len(val)} validation {kind}" if folders.val_hr else "")
         + (f" ({counts['suffixed']} by the x{scale} suffix of the LR name)" if counts["suffixed"] else "")
-        + f"; {counts['left over']} file(s) without a partner"
+        + (f"; LR made from HR by {lr_from_hr} (--lr-from-hr)" if lr_from_hr
+           else f"; {counts['left over']} file(s) without a partner")
         + (f"; {len(test) if test is not None else 0} test image(s)" if folders.test_lr else ""))
-    return (_table_from_files(train) if train else None, _table_from_files(val) if val else None, test)
+    train, val = (_lr_made_from_hr(_table_from_files(pairs), lr_from_hr) if pairs else None for pairs in (train, val))
+    return train, val, test
 
 
 def _settle(bad: list[samples.Finding], on_bad_sample: str, say, source: str) -> int:
@@ -224,10 +245,11 @@ def _builder_and_files(root: Path) -> tuple[str, dict[str, list[str]]]:
     return {".jsonl": "json"}.get(suffix, suffix[1:]), by_split
 
 
-def _load_table(source: str, kind: str, columns: Columns = ("lr", "hr", "id")
+def _load_table(source: str, kind: str, columns: Columns = ("lr", "hr", "id"), lr_from_hr: str | None = None
                 ) -> tuple[datasets.Dataset, datasets.Dataset | None]:
     """The train and test tables of a saved dataset, a folder of data files or a hub dataset (`kind`, from
-    sources.source_kind), with the source's `columns` (LR, HR, id) normalised to ours."""
+    sources.source_kind), with the source's `columns` (LR, HR, id) normalised to ours; with `lr_from_hr`,
+    the training LR is made from the HR (its LR column is not read)."""
     root = Path(source).expanduser() if kind != "hub" else None
     try:
         if kind == "saved":
@@ -248,7 +270,8 @@ def _load_table(source: str, kind: str, columns: Columns = ("lr", "hr", "id")
     else:
         train, test = loaded, None
     lr, hr, image_id = columns
-    train = _with_ids_and_images(train, {"lr": lr, "hr": hr, "id": image_id}, f"{source} (train)", root)
+    wanted = {"hr": hr, "id": image_id} if lr_from_hr else {"lr": lr, "hr": hr, "id": image_id}
+    train = _lr_made_from_hr(_with_ids_and_images(train, wanted, f"{source} (train)", root), lr_from_hr)
     if test is not None:
         test = _with_ids_and_images(test, {"lr": lr, "id": image_id}, f"{source} (test)", root)
     return train, test
@@ -267,7 +290,7 @@ def _code_fingerprint(table: datasets.Dataset, function, *args) -> str:
 def load_splits(data: str | os.PathLike | None, *, val_fraction: float, seed: int, scale: int = 4,
                 on_bad_sample: str = "error", patch_size: int = 0, store_dir: str | None = None,
                 store_gb: float = 64, store_workers: int | None = None, columns: Columns = ("lr", "hr", "id"),
-                folders: dict[str, str | None] | None = None, say=print) -> Splits:
+                folders: dict[str, str | None] | None = None, lr_from_hr: str | None = None, say=print) -> Splits:
     """Load a data source, check every pair once (in the decoded store's pass, store.py), and split off
     validation pairs.
 
@@ -275,7 +298,8 @@ def load_splits(data: str | os.PathLike | None, *, val_fraction: float, seed: in
     of data files `datasets.load_dataset` reads (a hub dataset on disk), or a hub id; `columns`: the LR, HR and id
     columns of a table source (the test split's LR and id too); `folders` (sources.Folders field -> path, from
     --hr-dir and its siblings) replace or stand in for an image folder's own, and a given validation set
-    replaces the `val_fraction` split.
+    replaces the `val_fraction` split; `lr_from_hr` (a degrade.KERNELS name): the training and validation LR
+    images are made from the HR ones, LR files are not read.
     Call under `accelerator.main_process_first()` so one rank builds the caches the others reuse.
     Bad files or pairs (the rules of `samples`, the same ones `check-data` applies) stop the run with
     one line naming the first, or with `on_bad_sample="skip"` are left out and each logged once through
@@ -285,14 +309,15 @@ def load_splits(data: str | os.PathLike | None, *, val_fraction: float, seed: in
     source = os.fspath(data) if data is not None else None
     bad: list[samples.Finding] = []
     val = None  # the given validation set, or None: split off the training pairs
-    kind = sources.source_kind(source, scale) if source is not None else "folder"
-    found = sources.resolve(source, folders or {}, scale)  # None for a dataset
+    hr_only = bool(lr_from_hr)
+    kind = sources.source_kind(source, scale, hr_only) if source is not None else "folder"
+    found = sources.resolve(source, folders or {}, scale, hr_only)  # None for a dataset
     if found is not None:
         source = source or str(found.train_hr)
-        train, val, test = _load_folders(found, scale, bad, say)
+        train, val, test = _load_folders(found, scale, bad, say, lr_from_hr)
         _settle(bad, on_bad_sample, say, source)  # before decoding anything
     else:
-        train, test = _load_table(source, kind, columns)
+        train, test = _load_table(source, kind, columns, lr_from_hr)
     if val is not None and train is not None:  # one store and one check pass for both; split again below
         train = datasets.concatenate_datasets([train.add_column("held_out", [False] * len(train)),
                                                val.add_column("held_out", [True] * len(val))])
@@ -392,8 +417,7 @@ class TrainPairs(torch.utils.data.Dataset):
             return self.pixels.pair(self.rows[index])
         pair = self._cache.get(index)
         if pair is None:
-            row = self.table[index]
-            pair = decode_rgb(row["lr"], _name(row, "lr")), decode_rgb(row["hr"], _name(row, "hr"))
+            pair = samples.decode_pair(self.table[index], self.scale)
             size = pair[0].nbytes + pair[1].nbytes
             if size <= self._cache_room:
                 self._cache[index], self._cache_room = pair, self._cache_room - size
@@ -436,7 +460,7 @@ class StreamedPairs(torch.utils.data.IterableDataset):
             if self.pixels is not None:
                 lr, hr = self.pixels.pair(row["store_row"])
             else:
-                lr, hr = decode_rgb(row["lr"], _name(row, "lr")), decode_rgb(row["hr"], _name(row, "hr"))
+                lr, hr = samples.decode_pair(row, self.scale)
             key = zlib.crc32(row["id"].encode()) * self.crops_per_decode
             for crop in range(self.crops_per_decode):
                 yield pair_window(lr, hr, self.patch_size, self.scale, crop_draws(self.seed, self.epoch, key + crop))
@@ -445,8 +469,9 @@ class StreamedPairs(torch.utils.data.IterableDataset):
 class EvalImages(torch.utils.data.Dataset):
     """Whole images for validation or prediction: (index, LR) or (index, LR, HR), uint8 CHW."""
 
-    def __init__(self, table: datasets.Dataset, *, with_hr: bool, pixels: store.Store | None = None) -> None:
-        self.table, self.with_hr = table, with_hr
+    def __init__(self, table: datasets.Dataset, *, with_hr: bool, pixels: store.Store | None = None,
+                 scale: int = 4) -> None:
+        self.table, self.with_hr, self.scale = table, with_hr, scale
         self.pixels, self.rows = pixels, store_rows(table) if pixels is not None else None
 
     def __len__(self) -> int:
@@ -457,10 +482,10 @@ class EvalImages(torch.utils.data.Dataset):
             lr, hr = self.pixels.pair(self.rows[index])
             return (index, to_chw(lr), to_chw(hr)) if self.with_hr else (index, to_chw(lr))
         row = self.table[index]
-        lr = to_chw(decode_rgb(row["lr"], _name(row, "lr")))
         if not self.with_hr:
-            return index, lr
-        return index, lr, to_chw(decode_rgb(row["hr"], _name(row, "hr")))
+            return index, to_chw(decode_rgb(row["lr"], _name(row, "lr")))
+        lr, hr = samples.decode_pair(row, self.scale)
+        return index, to_chw(lr), to_chw(hr)
 
 
 def check_patch_size(table: datasets.Dataset, patch_size: int, batch_size: int, source: str) -> None:

@@ -25,6 +25,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from . import degrade
 from .errors import UserError
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".webp", ".tif", ".tiff"}
@@ -221,6 +222,27 @@ def cell_name(row: dict, column: str) -> str:
     """The file an image cell of a dataset row came from (its path when known), for messages."""
     cell = row[column]
     return (cell.get("path") if isinstance(cell, dict) else None) or f"{column} of {row['id']}"
+
+
+def pair_columns(row: dict) -> tuple[str, ...]:
+    """The image columns a table row's pair is decoded from: its HR only when its `lr_from_hr` column names the
+    kernel that makes the LR (--lr-from-hr, degrade.py)."""
+    return ("hr",) if row.get("lr_from_hr") else ("lr", "hr")
+
+
+def as_pair(images: list[np.ndarray], row: dict, scale: int) -> tuple[np.ndarray, np.ndarray]:
+    """The (LR, HR) of a row from its decoded `pair_columns` images."""
+    kernel = row.get("lr_from_hr")
+    if kernel:
+        hr = degrade.mod_crop(images[0], scale)
+        return degrade.lr_from_hr(hr, scale, kernel), hr
+    return images[0], images[1]
+
+
+def decode_pair(row: dict, scale: int) -> tuple[np.ndarray, np.ndarray]:
+    """A table row's LR and HR images (HxWx3 uint8), errors naming the file."""
+    return as_pair([decode_rgb(row[c], cell_name(row, c)) for c in pair_columns(row)], row, scale)
+
 
 def _note(notes: list[str] | None, text: str) -> None:
     if notes is not None:

@@ -39,14 +39,14 @@ def data_files(folder: Path) -> list[Path]:
     return found
 
 
-def source_kind(source: str, scale: int = 4) -> str:
+def source_kind(source: str, scale: int = 4, hr_only: bool = False) -> str:
     """"saved" (a save_to_disk folder), "folder" (an image folder: our layout or DIV2K-like, see `find`),
     "files" (a folder of table files that `datasets.load_dataset` reads) or "hub" (a hub dataset id); a one-line
     UserError for anything else."""
     path = Path(source).expanduser()
     if samples.is_saved_dataset(path):
         return "saved"
-    if find(path, scale) is not None:
+    if find(path, scale, hr_only) is not None:
         return "folder"
     if path.is_dir() and data_files(path):
         return "files"
@@ -71,9 +71,9 @@ class Folders:
     layout: str = "given folders"
 
     def describe(self) -> str:
-        parts = [f"train {show(self.train_lr)} + {show(self.train_hr)}"]
-        if self.val_lr:
-            parts.append(f"validation {show(self.val_lr)} + {show(self.val_hr)}")
+        parts = [f"train {' + '.join(show(d) for d in (self.train_lr, self.train_hr) if d)}"]
+        if self.val_hr:
+            parts.append(f"validation {' + '.join(show(d) for d in (self.val_lr, self.val_hr) if d)}")
         if self.test_lr:
             parts.append(f"test {show(self.test_lr)}")
         return f"{self.layout}: " + "; ".join(parts)
@@ -89,19 +89,25 @@ def given_folders(settings: dict) -> dict[str, str | None]:
     return {field: settings.get(option[2:].replace("-", "_")) for field, option in OPTIONS.items()}
 
 
-def resolve(data: str | None, given: dict[str, str | None], scale: int) -> Folders | None:
+def resolve(data: str | None, given: dict[str, str | None], scale: int, hr_only: bool = False) -> Folders | None:
     """The image folders to read: those of `data`'s layout, with every folder given by an option in place of
-    the layout's own; None when `data` is a dataset (see `source_kind`) and no folder is given."""
+    the layout's own; None when `data` is a dataset (see `source_kind`) and no folder is given. `hr_only`
+    (--lr-from-hr): LR folders are neither needed nor read."""
     given = {field: Path(value).expanduser() for field, value in given.items() if value}
     for field, path in given.items():
         if not path.is_dir():
             raise UserError(f"{path}: no such folder ({OPTIONS[field]})")
-    folders = Folders() if data is None else find(Path(data).expanduser(), scale)
+    folders = Folders() if data is None else find(Path(data).expanduser(), scale, hr_only)
     if folders is None:
         if given:
             raise UserError(f"{data}: {', '.join(OPTIONS[f] for f in given)} need a folder of images, not a dataset")
         return None
     folders = dataclasses.replace(folders, **given)
+    if hr_only:
+        folders = dataclasses.replace(folders, train_lr=None, val_lr=None)
+        if folders.train_hr is None:
+            raise UserError("no training data: give --data DIR, or --hr-dir (with --lr-from-hr, no LR is read)")
+        return folders
     for a, b in (("train_lr", "train_hr"), ("val_lr", "val_hr")):
         if bool(getattr(folders, a)) != bool(getattr(folders, b)):
             have, need = (a, b) if getattr(folders, a) else (b, a)
@@ -111,7 +117,7 @@ def resolve(data: str | None, given: dict[str, str | None], scale: int) -> Folde
     return folders
 
 
-def find(root: Path, scale: int) -> Folders | None:
+def find(root: Path, scale: int, hr_only: bool = False) -> Folders | None:
     """The layout of an image folder: the toolkit's own or DIV2K-like; None for a folder that holds a dataset
     (parquet, arrow, ...) or for a path that does not exist."""
     if (root / "train" / "LR").is_dir() or (root / "train" / "HR").is_dir():
@@ -119,8 +125,9 @@ def find(root: Path, scale: int) -> Folders | None:
         return Folders(root / "train" / "LR", root / "train" / "HR", test_lr=test if test.is_dir() else None,
                        layout="DIR layout")
     if root.is_dir():
-        sets = _div2k_sets(root, scale) or next(
-            (found for sub in sorted(root.iterdir()) if sub.is_dir() and (found := _div2k_sets(sub, scale))), None)
+        sets = _div2k_sets(root, scale, hr_only) or next(
+            (found for sub in sorted(root.iterdir()) if sub.is_dir() and (found := _div2k_sets(sub, scale, hr_only))),
+            None)
         if sets:
             return sets
     return None
@@ -129,7 +136,7 @@ def find(root: Path, scale: int) -> Folders | None:
 _HR = re.compile(r"^(?P<prefix>.+)_HR$")
 
 
-def _div2k_sets(root: Path, scale: int) -> Folders | None:
+def _div2k_sets(root: Path, scale: int, hr_only: bool = False) -> Folders | None:
     """DIV2K-like folders directly in `root`: <prefix>_HR beside <prefix>_LR_<kind>/X<scale> (bicubic first).
     A prefix with "valid" is the validation set, one with "test" (LR only) the test set, any other the
     training set (one only)."""
@@ -146,13 +153,14 @@ def _div2k_sets(root: Path, scale: int) -> Folders | None:
     fields: dict[str, Path] = {}
     for prefix, (hr, lr) in sets.items():
         role = "val" if "valid" in prefix.lower() else "test" if "test" in prefix.lower() else "train"
-        if lr is None:
+        if lr is None and not hr_only:
             kinds = sorted(p.name for p in root.glob(f"{prefix}_LR_*"))
             raise UserError(f"{hr}: no LR folder {prefix}_LR_<kind>/X{scale} beside it"
                             + (f" (it has {', '.join(kinds)} without X{scale})" if kinds else "")
                             + "; give it with --lr-dir")
         if role == "test":
-            fields["test_lr"] = lr
+            if lr is not None:
+                fields["test_lr"] = lr
         elif hr is not None:
             if f"{role}_hr" in fields:
                 raise UserError(f"{root}: several {role} sets ({fields[f'{role}_hr'].name}, {hr.name}); choose one "

@@ -34,7 +34,7 @@ from typing import Any
 
 import numpy as np
 
-from . import samples
+from . import degrade, samples
 from .atomic import write_text_atomic
 from .errors import UserError
 
@@ -159,11 +159,13 @@ def _key(table, scale: int, local: bool) -> str:
         data = table.data
         named = (data.column("id").to_pylist(), *(data.column(c).combine_chunks().field("path").to_pylist()
                                                  for c in ("lr", "hr")))
-        identity = repr(named)
+        kernels = data.column("lr_from_hr").to_pylist() if "lr_from_hr" in table.column_names else None
+        identity = repr((named, kernels))
     else:  # the table's content, as datasets fingerprints it
         identity = table._fingerprint
-    # The rules a pair is checked by are part of the key: an upgrade that changes them checks every pair again.
-    rules = hashlib.sha256(Path(samples.__file__).read_bytes()).hexdigest()
+    # The rules a pair is checked (and its LR made, degrade.py) by are part of the key: an upgrade that changes
+    # them checks every pair again.
+    rules = hashlib.sha256(b"".join(Path(m.__file__).read_bytes() for m in (samples, degrade))).hexdigest()
     return hashlib.sha256(f"{STORE_FORMAT} {scale} {rules} {identity}".encode()).hexdigest()[:24]
 
 
@@ -187,6 +189,7 @@ def _decide(decoded: int, budget: int, store_dir: Path, on_disk: bool) -> tuple[
 def _decoded_bytes(table, scale: int) -> int:
     """Bytes of the decoded training pairs, from the files' headers (an unreadable header counts as 0)."""
     total = 0
+    derived = "lr_from_hr" in table.column_names
     for row in range(len(table)):
         cell = table.data.slice(row, 1).column("lr").to_pylist()[0]
         if cell["bytes"] is not None:
@@ -198,6 +201,8 @@ def _decoded_bytes(table, scale: int) -> int:
             except OSError:
                 head = b""
         width, height = samples.header_size(head) or (0, 0)
+        if derived:  # the cell is the HR image's (--lr-from-hr)
+            width, height = width // scale, height // scale
         total += pair_bytes(height, width, scale)
     return total
 
@@ -283,7 +288,7 @@ def _decode_rows(rows: list[int]) -> list[dict[str, Any]]:
                  "offset": 0, "lr_height": 0, "lr_width": 0, "problem": "", "problem_file": ""}
         entries.append(entry)
         decoded = []
-        for column in ("lr", "hr"):
+        for column in samples.pair_columns(record):
             try:
                 decoded.append(samples.decode_rgb(record[column], ""))
             except UserError as e:  # its message is ": <problem>", as no name was given
@@ -291,7 +296,7 @@ def _decode_rows(rows: list[int]) -> list[dict[str, Any]]:
                 break
         if entry["problem"]:
             continue
-        lr, hr = decoded
+        lr, hr = samples.as_pair(decoded, record, b["scale"])
         entry.update(lr_height=lr.shape[0], lr_width=lr.shape[1], problem_file=samples.cell_name(record, "hr"),
                      problem=samples.pair_problem(lr.shape, hr.shape, b["scale"]) or "")
         if b["pixels"] and not entry["problem"]:

@@ -305,7 +305,7 @@ def _train(cfg: TrainConfig, preemption: checkpoint.PreemptionFlag) -> Path:
                                       on_bad_sample=cfg.on_bad_sample, patch_size=cfg.patch_size,
                                       store_dir=cfg.store_dir, store_gb=cfg.store_gb,
                                       columns=(cfg.lr_column, cfg.hr_column, cfg.id_column), folders=given,
-                                      say=accelerator.print)
+                                      lr_from_hr=cfg.lr_from_hr, say=accelerator.print)
     source = splits.source
     data_lib.check_patch_size(splits.train, cfg.patch_size, cfg.batch_size, source)
     val_count = len(splits.val)

@@ -142,8 +142,8 @@ def test_streaming_shards_cover_every_pair_once_across_ranks(pair_folder):
 def test_decoded_cache_serves_later_epochs_without_decoding(pair_folder, monkeypatch):
     train = D.load_splits(pair_folder, val_fraction=0.1, seed=0).train
     decoded = []
-    real_decode = D.decode_rgb
-    monkeypatch.setattr(D, "decode_rgb", lambda image, name: decoded.append(name) or real_decode(image, name))
+    real_decode = D.samples.decode_rgb
+    monkeypatch.setattr(D.samples, "decode_rgb", lambda image, name: decoded.append(name) or real_decode(image, name))
     cached = D.TrainPairs(train, patch_size=8, scale=4, seed=0, cache_mb=64)
     uncached = D.TrainPairs(train, patch_size=8, scale=4, seed=0, cache_mb=0)
     for epoch in (1, 2):
@@ -221,8 +221,8 @@ def test_workers_start_from_a_fork_server_and_keep_the_signal_block(tmp_path):
 def test_without_a_store_each_decoded_pair_gives_several_crops(pair_folder, monkeypatch):
     train = D.load_splits(pair_folder, val_fraction=0.1, seed=0, store_gb=0).train
     decoded = []
-    real_decode = D.decode_rgb
-    monkeypatch.setattr(D, "decode_rgb", lambda image, name: decoded.append(name) or real_decode(image, name))
+    real_decode = D.samples.decode_rgb
+    monkeypatch.setattr(D.samples, "decode_rgb", lambda image, name: decoded.append(name) or real_decode(image, name))
     loader = D.train_loader(train, batch_size=4, patch_size=4, scale=4, seed=0, num_workers=0, crops_per_decode=4)
     chosen = []
     for epoch in (0, 1):
