@@ -140,7 +140,7 @@ def _div2k_sets(root: Path, scale: int, hr_only: bool = False) -> Folders | None
     """DIV2K-like folders directly in `root`: <prefix>_HR beside <prefix>_LR_<kind>/X<scale> (bicubic first).
     A prefix with "valid" is the validation set, one with "test" (LR only) the test set, any other the
     training set (one only)."""
-    sets: dict[str, tuple[Path | None, Path]] = {}  # prefix -> (HR, LR)
+    sets: dict[str, tuple[Path | None, Path | None]] = {}  # prefix -> (HR, LR)
     for hr in sorted(root.iterdir()):
         match = _HR.match(hr.name)
         if hr.is_dir() and match:
