@@ -55,6 +55,9 @@ class TrainState:
     precision: str = ""
     steps_per_epoch: int = 0
     total_steps: int = 0
+    # --early-stop-patience: validations since the JM last rose above `stale_reference` + min delta
+    stale_validations: int = 0
+    stale_reference: float = float("-inf")
 
 
 def checkpoint_dir(out_dir: Path, step: int) -> Path:

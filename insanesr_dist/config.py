@@ -124,6 +124,15 @@ class TrainConfig:
     output_head: OutputHead = setting(None, "sigmoid(tail + bilinear skip) as the seed, or residual: "
                                             "clamp(tail + skip) with a zero-initialised tail."
                                             + preset_help("output_head"))
+    # starting point and stopping
+    init_from: str | None = setting(None, "Start from these weights (a run directory: its best.safetensors; a "
+                                          ".safetensors file; an exported model folder; a hub id) with a fresh "
+                                          "optimizer and schedule. config.json records the file used.")
+    init_strict: bool = setting(True, "With --init-from: every tensor must fit the model; --no-init-strict copies "
+                                      "those that fit and lists the rest, left at their initial value.")
+    early_stop_patience: int = setting(0, "Stop (as finished) after this many validations without a JM above the "
+                                          "best so far + --early-stop-min-delta; 0: never.")
+    early_stop_min_delta: float = setting(0.0, "The JM gain that counts as better for --early-stop-patience.")
     # checkpoints
     resume: str = setting("auto", "auto: continue from the newest complete checkpoint in the output dir; "
                                   "none: start fresh (never over an existing run); or a checkpoint path.")
@@ -133,6 +142,9 @@ class TrainConfig:
     # outputs
     output_dir: str | None = setting(None, "Run directory. Default: runs/<timestamp>.")
     log_every: int = setting(10, "Optimizer steps between loss readings (progress bar, TensorBoard).")
+    report_to: str = setting("tensorboard", "Trackers, comma-separated, as accelerate's log_with (mlflow, wandb, "
+                                            "comet_ml, aim, clearml, dvclive, ...): the same scalars and settings; "
+                                            "TensorBoard is always written (panels, hparams).")
     panel_images: int = setting(4, "Fixed validation images shown as LR|SR|HR panels in TensorBoard.")
     # evaluation cadence and size (the last epoch always validates and writes its submission)
     val_every: int = setting(1, "Validate (scores, best.safetensors, panels) every N epochs and at the last; "
@@ -184,6 +196,8 @@ class TrainConfig:
             (self.val_every >= 1, "val_every must be >= 1"),
             (self.submit_every >= 1, "submit_every must be >= 1"),
             (self.val_every_steps >= 0, "val_every_steps must be >= 0"),
+            (self.early_stop_patience >= 0, "early_stop_patience must be >= 0"),
+            (self.early_stop_min_delta >= 0, "early_stop_min_delta must be >= 0"),
             (self.submit_every_steps >= 0, "submit_every_steps must be >= 0"),
             (self.val_max_images >= 0, "val_max_images must be >= 0"),
             (self.val_tile >= 0, "val_tile must be >= 0"),

@@ -12,11 +12,30 @@ import torch.nn.functional as F
 from accelerate import Accelerator
 
 from .atomic import append_line_atomic, write_text_atomic
+from .errors import UserError
 from .host_memory import own_peak_rss_mb
 from .metrics import to_uint8
 from .predict import Forward, upscale_for_eval
 
 VAL_SCALARS = ("psnr", "ssim", "jm", "psnr_piq", "ssim_piq")
+
+
+def trackers(report_to: str) -> list[str]:
+    """--report-to as accelerate's `log_with`: TensorBoard always (the panels and the hparams table are written to
+    it), then the other trackers named. A name accelerate does not know, or whose package is not installed, is one
+    line (accelerate itself would drop it with a warning)."""
+    import accelerate.utils
+    from accelerate.tracking import LOGGER_TYPE_TO_CLASS
+
+    names = list(dict.fromkeys(["tensorboard", *(n.strip() for n in report_to.split(",") if n.strip())]))
+    for name in names:
+        if name not in LOGGER_TYPE_TO_CLASS:
+            raise UserError(f"--report-to {report_to}: no tracker {name!r}; accelerate knows "
+                            f"{', '.join(sorted(LOGGER_TYPE_TO_CLASS))}")
+        if not getattr(accelerate.utils, f"is_{name}_available", lambda: False)():
+            extra = " (pip install 'insanesr-dist[mlflow]')" if name == "mlflow" else ""
+            raise UserError(f"--report-to {report_to}: {name} is not installed{extra}")
+    return names
 
 
 def peak_memory_mb() -> dict[str, float]:
@@ -114,9 +133,13 @@ HPARAM_METRICS = ("val/jm", "val/psnr", "val/ssim", "perf/samples_per_s", "perf/
 def start_hparams(accelerator: Accelerator, hparams: dict) -> None:
     """Main process: the run's settings for TensorBoard's hparams plugin, written into the run's own event
     files (not a sub-run, as `add_hparams` would), so the dashboard reads the final val JM, throughput and
-    memory straight from the run's scalars, also while it trains or after a preemption."""
+    memory straight from the run's scalars, also while it trains or after a preemption. Other trackers
+    (--report-to) get them as their run's parameters."""
     if not accelerator.is_main_process:
         return
+    for tracker in accelerator.trackers:
+        if tracker.name != "tensorboard":
+            tracker.store_init_configuration(hparams)
     from torch.utils.tensorboard.summary import hparams as hparams_summaries
 
     metrics = [tag for tag in HPARAM_METRICS if tag != "perf/peak_gpu_mb" or torch.cuda.is_available()]

@@ -26,7 +26,7 @@ from accelerate.utils import broadcast_object_list, set_seed
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
-from . import checkpoint, faults, sources
+from . import checkpoint, faults, sources, weights
 from . import data as data_lib
 from .config import TrainConfig, field_specs, read_config_file, save_config
 from .crops import DevicePairs, DevicePlans, augment
@@ -36,12 +36,13 @@ from .errors import UserError
 from .evaluate import score_images
 from .host_memory import keep_freed_memory
 from .losses import training_loss
-from .model import InsaneSRNet, count_parameters, save_weights
+from .model import InsaneSRNet, count_parameters, read_metadata, save_weights
 from .predict import float32_forward, predict_pngs
 from .runtime import resolve_precision, stall_message, start_processes
 from .submission import write_submission
 from .tiles import exact_overlap
-from .tracking import end_hparams, keep_epoch_records, log_epoch, log_evaluation, log_panels, start_hparams
+from .tracking import (end_hparams, keep_epoch_records, log_epoch, log_evaluation, log_panels, start_hparams,
+                       trackers)
 
 
 def lr_at(step: int, *, peak: float, warmup: int, total: int, schedule: str) -> float:
@@ -58,6 +59,18 @@ def build_model(cfg: TrainConfig) -> InsaneSRNet:
     """The model as trained: channels-last memory makes oneDNN and cuDNN pick their fast conv kernels."""
     model = InsaneSRNet(**asdict(cfg.model))
     return model.to(memory_format=torch.channels_last) if cfg.channels_last else model
+
+
+def _start_from(model: InsaneSRNet, cfg: TrainConfig, say) -> TrainConfig:
+    """--init-from: the weights copied into `model`, said in one line; returns the config recording the file."""
+    source = weights.init_source(cfg.init_from)
+    left = weights.init_weights(model, source, strict=cfg.init_strict)
+    meta = read_metadata(source) if source.endswith(".safetensors") else {}
+    origin = ", ".join(f"{k} {meta[k]:.4f}" if isinstance(meta[k], float) else f"{k} {meta[k]}"
+                       for k in ("epoch", "step", "jm") if k in meta)
+    say(f"init: weights from {source}" + (f" ({origin})" if origin else "") + "; a fresh optimizer and schedule"
+        + (f"; {len(left)} tensor(s) left at their initial value: {', '.join(left)}" if left else ""))
+    return dataclasses.replace(cfg, init_from=source)
 
 
 def _agree_on_output_dir(state: PartialState, requested: str | None) -> Path:
@@ -220,7 +233,7 @@ def _continue(accelerator: Accelerator, state: checkpoint.TrainState, cfg: Train
 RESUMABLE = {"resume", "output_dir", "num_workers", "cpu_threads", "log_every", "epochs", "max_steps",
              "checkpoint_every", "keep_checkpoints", "max_bad_steps", "decoded_cache_mb", "worker_timeout",
              "dist_timeout", "val_every", "submit_every", "val_every_steps", "submit_every_steps", "val_tile",
-             "store_dir", "device_store"}
+             "store_dir", "device_store", "init_from", "init_strict", "report_to"}
 
 
 def val_subset(count: int, limit: int, seed: int) -> list[int] | None:
@@ -231,6 +244,11 @@ def val_subset(count: int, limit: int, seed: int) -> list[int] | None:
     import numpy as np
 
     return sorted(np.random.default_rng([seed, 14]).permutation(count)[:limit].tolist())
+
+
+def total_steps_of(cfg: TrainConfig, steps_per_epoch: int) -> int:
+    """The run's step budget: --epochs of `steps_per_epoch`, or --max-steps when that ends it first."""
+    return min(cfg.max_steps or sys.maxsize, cfg.epochs * steps_per_epoch)
 
 
 def evaluates_at(epoch: int, every: int, last: int) -> bool:
@@ -276,16 +294,20 @@ def _train(cfg: TrainConfig, preemption: checkpoint.PreemptionFlag) -> Path:
     cpu = launch.device.type == "cpu"
     out_dir = _agree_on_output_dir(launch, cfg.output_dir)
     resume_from, state = _resume_point(cfg, out_dir, launch)
+    extended_from = 0  # a finished run given a larger budget: the total it had
     if state.finished:
-        if launch.is_main_process:
-            print(f"{out_dir}: this run already finished (step {state.step}); nothing to do")
-        return out_dir
+        planned = total_steps_of(cfg, state.steps_per_epoch) if state.steps_per_epoch else 0
+        if planned <= state.total_steps:
+            if launch.is_main_process:
+                print(f"{out_dir}: this run already finished (step {state.step}); nothing to do")
+            return out_dir
+        extended_from, state = state.total_steps, dataclasses.replace(state, finished=False)
     precision, precision_note = resolve_precision(cfg.mixed_precision, cpu=cpu)
     accelerator = Accelerator(
         cpu=cpu,
         mixed_precision=precision,
         gradient_accumulation_steps=cfg.grad_accum,
-        log_with="tensorboard",
+        log_with=trackers(cfg.report_to),
         project_dir=str(out_dir),
         # non_blocking: host-to-GPU copies of pinned batches overlap the step instead of syncing it.
         dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True, non_blocking=True),
@@ -339,6 +361,8 @@ def _train(cfg: TrainConfig, preemption: checkpoint.PreemptionFlag) -> Path:
 
     # ---- model and optimizer (Adam, as the seed); the learning rate is set per step by lr_at
     model = build_model(cfg)
+    if cfg.init_from and not resume_from:  # a resumed run continues from its checkpoint's weights
+        cfg = _start_from(model, cfg, accelerator.print)
     optimizer = faults.make_optimizer(model.parameters(), cfg.lr)  # fused Adam: can skip a bad step in-kernel
     # EMA (--ema-decay): a float32 copy outside accelerate's wrappers; it is what gets validated and saved,
     # and its state is part of every checkpoint.
@@ -359,7 +383,7 @@ def _train(cfg: TrainConfig, preemption: checkpoint.PreemptionFlag) -> Path:
     check_every = cfg.log_every if accelerator.device.type == "cuda" else 1
 
     steps_per_epoch = math.ceil(cfg.max_steps / cfg.epochs) if cfg.streaming else math.ceil(len(train_dl) / cfg.grad_accum)
-    total_steps = min(cfg.max_steps or sys.maxsize, cfg.epochs * steps_per_epoch)
+    total_steps = total_steps_of(cfg, steps_per_epoch)
     epochs = math.ceil(total_steps / steps_per_epoch)
     if resume_from:  # another process count or precision than the checkpoint's: say so, adapt the budget
         state, total_steps = _continue(accelerator, state, cfg, steps_per_epoch, total_steps)
@@ -369,7 +393,8 @@ def _train(cfg: TrainConfig, preemption: checkpoint.PreemptionFlag) -> Path:
         save_config(cfg, out_dir / "config.json")
         if resume_from:  # epochs after the checkpoint will be run (and recorded) again
             keep_epoch_records(out_dir / "metrics.jsonl", before=state.epoch)
-    accelerator.init_trackers("logs")
+    accelerator.init_trackers("logs", init_kwargs={"mlflow": {"run_name": out_dir.name},
+                                                   "wandb": {"name": out_dir.name}})
     start_hparams(accelerator, cfg.hparams())  # settings + final val JM, speed, memory in the hparams tab
     panel_images = [(splits.val[i]["id"], *data_lib.EvalImages(splits.val, with_hr=True, pixels=splits.pixels)[i][1:])
                     for i in range(min(cfg.panel_images, len(splits.val)))] if accelerator.is_main_process else []
@@ -379,6 +404,8 @@ def _train(cfg: TrainConfig, preemption: checkpoint.PreemptionFlag) -> Path:
         f"parameters; {accelerator.num_processes} process(es) on {accelerator.device.type}, "
         f"precision {accelerator.mixed_precision}; {epochs} epoch(s), {total_steps} steps -> {out_dir}"
         + (f"\nresuming from {resume_from} (epoch {state.epoch}, step {state.step})" if resume_from else "")
+        + (f"; the run had finished: its budget grows from {extended_from} to {total_steps} steps, the learning rate "
+           f"follows the {cfg.schedule} schedule of the new total from step {state.step}" if extended_from else "")
     )
     val_ids = list(splits.val["id"]) if "id" in splits.val.column_names else []
     accelerator.print(
@@ -397,7 +424,8 @@ def _train(cfg: TrainConfig, preemption: checkpoint.PreemptionFlag) -> Path:
         total_loss = accelerator.reduce(loss_sum.clone(), "sum").item()
         checkpoint.save_checkpoint(accelerator, out_dir, checkpoint.TrainState(
             epoch, batches_done, step, best_jm, total_loss, passes, finished, steps_per_epoch=steps_per_epoch,
-            total_steps=total_steps), keep=cfg.keep_checkpoints, ema=ema)
+            total_steps=total_steps, stale_validations=stale, stale_reference=stale_reference),
+            keep=cfg.keep_checkpoints, ema=ema)
 
     def stop_for_preemption() -> typing.NoReturn:
         accelerator.print(f"preempted: checkpoint saved at step {step}; the same command resumes from it")
@@ -418,7 +446,7 @@ def _train(cfg: TrainConfig, preemption: checkpoint.PreemptionFlag) -> Path:
         then writes the submission, latest.safetensors (with its scores when validated), best.safetensors when the
         JM improved, and the panels. Returns the scores ({} when not validating), whether they improved and the
         seconds it took."""
-        nonlocal best_jm
+        nonlocal best_jm, stale, stale_reference, last_validation, last_submission
         eval_started = time.perf_counter()
         model.eval()
         evaluated = ema.module if ema is not None else accelerator.unwrap_model(model)
@@ -429,11 +457,20 @@ def _train(cfg: TrainConfig, preemption: checkpoint.PreemptionFlag) -> Path:
         improved = validating and scores["jm"] > best_jm
         if validating:
             best_jm = max(best_jm, scores["jm"])
+            last_validation = step, scores
+            if scores["jm"] > stale_reference + cfg.early_stop_min_delta:  # --early-stop-patience
+                stale, stale_reference = 0, scores["jm"]
+            else:
+                stale += 1
+        if pngs is not None:
+            last_submission = step
         if accelerator.is_main_process:
             if pngs is not None:
                 ids = splits.test["id"]
                 write_submission(out_dir / "submissions" / submission, ((ids[i], pngs[i]) for i in range(len(ids))))
-            meta = {"epoch": epoch, "step": step, **{k: scores[k] for k in ("jm", "psnr", "ssim") if validating}}
+            # The scores of these weights: this call's, or a validation's at this same step (an early stop's CSV)
+            shown = last_validation[1] if last_validation[0] == step else {}
+            meta = {"epoch": epoch, "step": step, **{k: shown[k] for k in ("jm", "psnr", "ssim") if k in shown}}
             save_weights(evaluated, out_dir / "latest.safetensors", **meta)  # the EMA weights when EMA is on
             if improved:
                 save_weights(evaluated, out_dir / "best.safetensors", **meta)
@@ -442,7 +479,12 @@ def _train(cfg: TrainConfig, preemption: checkpoint.PreemptionFlag) -> Path:
         model.train()
         return scores, improved, time.perf_counter() - eval_started
 
+    def out_of_patience() -> bool:
+        return bool(cfg.early_stop_patience) and stale >= cfg.early_stop_patience
+
     step, best_jm = state.step, state.best_jm
+    stale, stale_reference = state.stale_validations, state.stale_reference
+    last_validation, last_submission = (-1, {}), -1  # the step of the latest of each, and its scores
     for epoch in range(state.epoch, epochs + 1):
         # ---- train (from the first batch not yet trained on, after a resume)
         model.train()
@@ -514,6 +556,8 @@ def _train(cfg: TrainConfig, preemption: checkpoint.PreemptionFlag) -> Path:
                 log_evaluation(accelerator, scores, step=step, epoch=epoch, seconds=took, improved=improved)
                 mid_epoch_eval_seconds += took
                 logged_at += took  # the next samples/s reading counts training time only
+                if out_of_patience():
+                    break  # the epoch end finishes the run
             stop = step % check_every == 0 and preemption.requested(accelerator)
             if stop or (cfg.checkpoint_every and step % cfg.checkpoint_every == 0) or validating:
                 save(epoch, batches_done, loss_sum, passes)
@@ -525,12 +569,21 @@ def _train(cfg: TrainConfig, preemption: checkpoint.PreemptionFlag) -> Path:
         train_loss = accelerator.reduce(loss_sum / max(1, passes), "mean").item()
         seconds = time.perf_counter() - started - mid_epoch_eval_seconds
 
-        # ---- validate and predict the test set (--val-every, --submit-every and their step forms; always at the
-        # last epoch)
+        # ---- validate and predict the test set (--val-every, --submit-every and their step forms): always at the
+        # last epoch and at an early stop, which ends the run like the last epoch; stopped right after a mid-epoch
+        # validation, its scores stand for this epoch's.
+        final = epoch == epochs or out_of_patience()
         scores, improved, eval_seconds = evaluate(
-            epoch, validating=evaluates_at(epoch, cfg.val_every, epochs) or due(cfg.val_every_steps),
-            submitting=evaluates_at(epoch, cfg.submit_every, epochs) or due(cfg.submit_every_steps),
+            epoch, validating=(evaluates_at(epoch, cfg.val_every, epochs) or due(cfg.val_every_steps) or final)
+            and last_validation[0] != step,
+            submitting=(evaluates_at(epoch, cfg.submit_every, epochs) or due(cfg.submit_every_steps) or final)
+            and last_submission != step,
             submission=f"epoch_{epoch:03d}.csv")
+        if not final and out_of_patience():  # at this validation: the run ends here, with a CSV as the last epoch
+            final = True
+            eval_seconds += evaluate(epoch, validating=False, submitting=last_submission != step,
+                                     submission=f"epoch_{epoch:03d}.csv")[2]
+        scores = scores or (last_validation[1] if last_validation[0] == step else {})
         # A record without validation keys at epochs that skip it (see tracking.log_epoch).
         record = {"epoch": epoch, "step": step, "train_loss": train_loss, **scores, "seconds": seconds,
                   "samples_per_s": (passes - skip) * cfg.batch_size * accelerator.num_processes / seconds,
@@ -539,7 +592,12 @@ def _train(cfg: TrainConfig, preemption: checkpoint.PreemptionFlag) -> Path:
         log_epoch(accelerator, out_dir, record, epochs, improved)
 
         # ---- full state at every epoch end: a rerun continues with the next epoch
-        save(epoch + 1, 0, torch.zeros((), device=accelerator.device), 0, finished=epoch == epochs)
+        save(epoch + 1, 0, torch.zeros((), device=accelerator.device), 0, finished=final)
+        if final and epoch < epochs:
+            accelerator.print(f"early stop: {stale} validation(s) without a JM above {stale_reference:.4f} + "
+                              f"{cfg.early_stop_min_delta:g} (--early-stop-patience {cfg.early_stop_patience}); "
+                              "the run is finished")
+            break
         if torch.cuda.is_available():
             torch.cuda.empty_cache()
         if epoch < epochs and preemption.requested(accelerator):

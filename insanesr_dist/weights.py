@@ -81,3 +81,36 @@ def mismatch(model: torch.nn.Module, state: dict[str, torch.Tensor]) -> str | No
     if not problems:
         return None
     return "; ".join(problems[:3]) + (f"; and {len(problems) - 3} more" if len(problems) > 3 else "")
+
+
+def init_source(source: str | os.PathLike) -> str:
+    """The weights --init-from means: a run directory's best.safetensors (latest.safetensors before its first
+    validation), an exported model folder's weights file; a weights file or a hub id as given."""
+    from .export import WEIGHTS_FILE
+
+    path = os.fspath(source)
+    if not os.path.isdir(path):
+        return path
+    for name in (WEIGHTS_FILE, "best.safetensors", "latest.safetensors"):
+        if os.path.isfile(os.path.join(path, name)):
+            return os.path.join(path, name)
+    raise UserError(f"{path}: neither a run directory with best.safetensors or latest.safetensors nor an exported "
+                    f"model folder ({WEIGHTS_FILE})")
+
+
+def init_weights(model: torch.nn.Module, source: str | os.PathLike, *, strict: bool = True) -> list[str]:
+    """Copy the weights of `source` (see init_source; already resolved) into `model`. Strict: every tensor must
+    exist with its shape, or one line names the first that does not. Not strict: the tensors that fit are
+    copied; returns the names of those left at their initial value (missing from the file, or shaped otherwise).
+    """
+    from .model import load_model
+
+    state = load_model(source).state_dict()
+    own = model.state_dict()
+    problem = mismatch(model, state)
+    if problem and strict:
+        raise UserError(f"{source}: does not fit this model ({problem}); --no-init-strict copies the tensors "
+                        "that fit and leaves the rest at their initial value")
+    fits = {k: v for k, v in state.items() if k in own and tuple(v.shape) == tuple(own[k].shape)}
+    model.load_state_dict(fits, strict=False)
+    return sorted(k for k in own if k not in fits)

@@ -16,7 +16,7 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 
 from insanesr_dist.model import load_model
 
-from conftest import TINY, free_port, read_rgb, run_cli, upscale
+from conftest import TINY, assert_one_line_error, free_port, read_rgb, run_cli, upscale
 
 RUN = "logs"  # the run name TensorBoard gives OUT/logs when started with --logdir OUT
 
@@ -148,3 +148,33 @@ def test_epochs_shorter_than_log_every_still_log_their_training_loss(pair_folder
     logged = [(e.step, e.value) for e in events.Scalars("train/epoch_loss")]
     assert [step for step, _ in logged] == [r["step"] for r in records] == [5, 10]  # each epoch's last step
     assert all(math.isclose(value, r["train_loss"], rel_tol=1e-6) for (_, value), r in zip(logged, records))
+
+
+def test_report_to_mlflow_receives_the_same_scalars_and_settings(pair_folder, tmp_path, monkeypatch):
+    """A real second tracker, offline: MLflow with a local file store, read back with MLflow's own client."""
+    from mlflow.tracking import MlflowClient
+
+    store = f"file://{tmp_path / 'mlruns'}"
+    out = tmp_path / "out"
+    for name, value in (("MLFLOW_TRACKING_URI", store), ("MLFLOW_ALLOW_FILE_STORE", "true"),
+                        ("MLFLOW_EXPERIMENT_NAME", "insanesr-test")):
+        monkeypatch.setenv(name, value)
+    result = run_cli("insanesr-dist", "train", "--data", str(pair_folder), "--epochs", "2", "--log-every", "1",
+                     "--report-to", "mlflow", "--output-dir", str(out), *TINY, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    client = MlflowClient(tracking_uri=store)
+    [run] = client.search_runs([client.get_experiment_by_name("insanesr-test").experiment_id])
+    assert run.info.run_name == "out" and run.data.params["batch_size"] == "4"
+    records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    for tag, key in (("val/jm", "jm"), ("val/psnr", "psnr"), ("train/epoch_loss", "train_loss")):
+        logged = {m.step: m.value for m in client.get_metric_history(run.info.run_id, tag)}
+        assert logged == pytest.approx({r["step"]: r[key] for r in records}), tag
+    events = EventAccumulator(str(out / "logs"), size_guidance={"scalars": 0})  # TensorBoard still written
+    events.Reload()
+    assert [e.step for e in events.Scalars("val/jm")] == [r["step"] for r in records]
+
+
+def test_an_unknown_or_missing_tracker_is_one_line(pair_folder, tmp_path):
+    result = run_cli("insanesr-dist", "train", "--data", str(pair_folder), "--report-to", "tensorbored",
+                     "--output-dir", str(tmp_path / "out"), *TINY, timeout=120)
+    assert_one_line_error(result, "--report-to tensorbored: no tracker 'tensorbored'", "mlflow")

@@ -313,3 +313,105 @@ def test_val_every_steps_and_submit_every_steps_evaluate_mid_epoch_without_chang
     meta = read_metadata(out / "best.safetensors")
     assert meta["step"] == best_step and meta["jm"] == pytest.approx(logged[best_step], abs=1e-4)
     assert independent_val_jm(out / "best.safetensors", pair_folder) == pytest.approx(meta["jm"], abs=1e-9)
+
+
+def _tensors(path: Path) -> dict[str, torch.Tensor]:
+    return load_model(path).state_dict()
+
+
+def test_init_from_a_run_directory_and_an_exported_folder_starts_from_their_weights(finished_run, pair_folder,
+                                                                                   tmp_path):
+    """--init-from RUN takes its best.safetensors, an exported folder its model.safetensors; with a learning rate
+    too small to move a float32 weight, the run's weights after one step are the source's."""
+    from insanesr_dist.export import save_folder
+
+    run, _ = finished_run
+    save_folder(load_model(run / "latest.safetensors"), tmp_path / "exported")
+    for source, expected in ((run, run / "best.safetensors"),
+                             (tmp_path / "exported", tmp_path / "exported" / "model.safetensors")):
+        out = tmp_path / f"from-{source.name}"
+        result = run_cli("insanesr-dist", "train", "--data", str(pair_folder), "--init-from", str(source),
+                         "--lr", "1e-30", "--ema-decay", "0", "--epochs", "1", "--max-steps", "1",
+                         "--output-dir", str(out), *TINY, timeout=300)
+        assert result.returncode == 0, result.stderr[-3000:]
+        assert f"init: weights from {expected}" in result.stdout
+        assert json.loads((out / "config.json").read_text())["init_from"] == str(expected)
+        mine, theirs = _tensors(out / "latest.safetensors"), _tensors(expected)
+        assert all(torch.allclose(mine[k], theirs[k], rtol=0, atol=1e-12) for k in theirs)
+
+
+def test_a_partial_init_lists_what_it_left_and_a_strict_one_names_the_tensor(tmp_path):
+    from insanesr_dist.errors import UserError
+    from insanesr_dist.model import InsaneSRNet, save_weights
+    from insanesr_dist.weights import init_weights
+
+    small = InsaneSRNet(num_rrdb=1, channels=8, growth=8, layers_per_block=2)
+    save_weights(small, tmp_path / "small.safetensors")
+    bigger = InsaneSRNet(num_rrdb=2, channels=8, growth=8, layers_per_block=2)
+    before = {k: v.clone() for k, v in bigger.state_dict().items()}
+    with pytest.raises(UserError, match=r"small.safetensors: does not fit this model \(trunk\.1\..* missing"):
+        init_weights(bigger, tmp_path / "small.safetensors", strict=True)
+    left = init_weights(bigger, tmp_path / "small.safetensors", strict=False)
+    after, source = bigger.state_dict(), small.state_dict()
+    assert left and all(k.startswith("trunk.1.") for k in left)
+    assert all(torch.equal(after[k], before[k]) for k in left)  # left at their initial value
+    assert all(torch.equal(after[k], source[k]) for k in after if k not in left)  # the rest copied
+
+
+@pytest.mark.parametrize("extra, stop_step", [([], None), (["--val-every-steps", "2"], 4)])
+def test_early_stopping_ends_the_run_as_finished_at_the_expected_validation(pair_folder, tmp_path, extra, stop_step):
+    """Patience 1 with a min delta no JM gain reaches: the first validation sets the bar, the second stops the
+    run — at the end of epoch 2, or mid-epoch at step 4 with --val-every-steps 2; the run ends with its CSV and
+    is finished (a rerun does nothing)."""
+    out = tmp_path / "out"
+    args = ["insanesr-dist", "train", "--data", str(pair_folder), "--epochs", "4", "--early-stop-patience", "1",
+            "--early-stop-min-delta", "1000", "--output-dir", str(out), *extra, *TINY]
+    result = run_cli(*args, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    stop = stop_step or 2 * records[0]["step"]
+    assert records[-1]["step"] == stop and "jm" in records[-1]
+    assert [r["epoch"] for r in records] == ([1] if stop_step else [1, 2])
+    assert "early stop: 1 validation(s) without a JM above" in result.stdout
+    assert read_metadata(out / "latest.safetensors")["step"] == stop
+    assert read_metadata(out / "latest.safetensors")["jm"] == pytest.approx(records[-1]["jm"], abs=1e-9)
+    assert (out / "submissions" / f"epoch_{records[-1]['epoch']:03d}.csv").is_file()
+    again = run_cli(*args, timeout=120)
+    assert again.returncode == 0 and "this run already finished" in again.stdout
+
+
+@pytest.mark.slow
+def test_a_finished_run_given_a_larger_budget_continues_from_its_final_state(pair_folder, tmp_path):
+    """A finished 1-epoch run rerun with --epochs 2 continues (step count, Adam moments, EMA and RNG carried
+    over): under --schedule constant it ends exactly as a 2-epoch run; under cosine its learning rate follows the
+    new total's schedule from the step it stopped at; the same budget again does nothing."""
+    def train(out: Path, *args: str) -> str:
+        result = run_cli("insanesr-dist", "train", "--data", str(pair_folder), "--output-dir", str(out),
+                         "--log-every", "1", *args, *TINY, timeout=300)
+        assert result.returncode == 0, result.stderr[-3000:]
+        return result.stdout
+
+    train(tmp_path / "straight", "--epochs", "2", "--schedule", "constant")
+    train(tmp_path / "extended", "--epochs", "1", "--schedule", "constant")
+    said = train(tmp_path / "extended", "--epochs", "2", "--schedule", "constant")
+    straight, extended = ([json.loads(line) for line in (tmp_path / run / "metrics.jsonl").read_text().splitlines()]
+                          for run in ("straight", "extended"))
+    steps = straight[0]["step"]
+    assert f"the run had finished: its budget grows from {steps} to {2 * steps} steps" in said
+    for key in ("epoch", "step", "train_loss", "jm"):
+        assert [r[key] for r in extended] == [r[key] for r in straight], key
+    mine, theirs = (_tensors(tmp_path / run / "latest.safetensors") for run in ("extended", "straight"))
+    assert all(torch.equal(mine[k], theirs[k]) for k in theirs)
+    assert "already finished" in train(tmp_path / "extended", "--epochs", "2", "--schedule", "constant")
+
+    train(tmp_path / "cosine", "--epochs", "1")
+    train(tmp_path / "cosine", "--epochs", "2")
+    events = EventAccumulator(str(tmp_path / "cosine" / "logs"), size_guidance={"scalars": 0})
+    events.Reload()
+    lrs = {e.step: e.value for e in events.Scalars("train/lr")}
+    config = json.loads((tmp_path / "cosine" / "config.json").read_text())
+    for step in (steps + 1, 2 * steps):  # the lr set for a step is the schedule's at the steps taken before it
+        expected = lr_at(step - 1, peak=config["lr"], warmup=config["warmup_steps"], total=2 * steps, schedule="cosine")
+        assert lrs[step] == pytest.approx(expected, rel=1e-6)
+    assert lrs[steps] == pytest.approx(lr_at(steps - 1, peak=config["lr"], warmup=config["warmup_steps"],
+                                             total=steps, schedule="cosine"), rel=1e-6)
