@@ -356,6 +356,9 @@ def test_a_partial_init_lists_what_it_left_and_a_strict_one_names_the_tensor(tmp
     assert left and all(k.startswith("trunk.1.") for k in left)
     assert all(torch.equal(after[k], before[k]) for k in left)  # left at their initial value
     assert all(torch.equal(after[k], source[k]) for k in after if k not in left)  # the rest copied
+    same = InsaneSRNet(num_rrdb=1, channels=8, growth=8, layers_per_block=2)  # a weights file that fits: all of it
+    assert init_weights(same, tmp_path / "small.safetensors") == []
+    assert all(torch.equal(same.state_dict()[k], v) for k, v in source.items())
 
 
 @pytest.mark.parametrize("extra, stop_step", [([], None), (["--val-every-steps", "2"], 4)])
