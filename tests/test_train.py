@@ -191,7 +191,9 @@ def test_bad_input_is_one_line_and_a_nonzero_exit(tmp_path, setup, args, needles
 def test_a_finished_run_is_never_overwritten(finished_run, pair_folder):
     out, _ = finished_run
     before = {p: p.read_bytes() for p in out.glob("*.safetensors")}
-    again = run_cli("insanesr-dist", "train", "--data", str(pair_folder), "--output-dir", str(out), *TINY)
+    # The same budget (a larger one trains the finished run further, see below)
+    again = run_cli("insanesr-dist", "train", "--data", str(pair_folder), "--output-dir", str(out), "--epochs", "2",
+                    *TINY)
     assert again.returncode == 0 and "already finished" in again.stdout, again.stderr
     fresh = run_cli("insanesr-dist", "train", "--data", str(pair_folder), "--output-dir", str(out), *TINY,
                     "--resume", "none")
