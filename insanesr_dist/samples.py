@@ -301,13 +301,15 @@ def scan_folder(folder: Path) -> tuple[dict[str, Path], list[Finding]]:
     and ids that differ only by case or extension."""
     files: dict[str, Path] = {}
     findings: list[Finding] = []
-    for path in sorted(folder.rglob("*")):
+    entries = []
+    for parent, subfolders, names in os.walk(folder):  # symlinked folders are not entered, as rglob does
+        hidden = [d for d in subfolders if d.startswith(".")]
+        subfolders[:] = [d for d in subfolders if not d.startswith(".")]  # .git/, .ipynb_checkpoints/: not read
+        entries += [Path(parent, entry) for entry in hidden + names]
+    for path in sorted(entries):
         name = path.relative_to(folder).as_posix()
-        if any(part.startswith(".") for part in path.relative_to(folder).parts):
-            if path.name.startswith("."):  # .DS_Store, .ipynb_checkpoints/: said once, not per file inside
-                findings.append(Finding(str(path), "hidden entry", "ignored"))
-        elif path.is_dir():
-            continue
+        if path.name.startswith("."):  # .DS_Store, .ipynb_checkpoints/: said once, not per file inside
+            findings.append(Finding(str(path), "hidden entry", "ignored"))
         elif not path.is_file():
             findings.append(Finding(str(path), "not a file", "ignored"))
         elif path.suffix.lower() not in IMAGE_SUFFIXES:
