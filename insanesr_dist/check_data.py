@@ -194,9 +194,7 @@ def run_check(source: str | None, *, patch_size: int, on_bad_sample: str, scale:
     (sources.Folders field -> path), as training's --hr-dir and siblings."""
     samples.max_pixels()  # a bad $INSANESR_MAX_PIXELS is one line, not a finding on every file
     report = Report()
-    hr_only = bool(lr_from_hr)
-    kind = sources.source_kind(source, scale, hr_only) if source is not None else "folder"
-    folders = sources.resolve(source, given or {}, scale, hr_only)  # None for a dataset
+    kind, folders = sources.locate(source, given or {}, scale, hr_only=bool(lr_from_hr))
     if folders is not None:
         source = source or str(folders.train_hr)
         echo(f"check-data: {folders.describe()}")

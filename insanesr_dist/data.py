@@ -309,9 +309,7 @@ def load_splits(data: str | os.PathLike | None, *, val_fraction: float, seed: in
     source = os.fspath(data) if data is not None else None
     bad: list[samples.Finding] = []
     val = None  # the given validation set, or None: split off the training pairs
-    hr_only = bool(lr_from_hr)
-    kind = sources.source_kind(source, scale, hr_only) if source is not None else "folder"
-    found = sources.resolve(source, folders or {}, scale, hr_only)  # None for a dataset
+    kind, found = sources.locate(source, folders or {}, scale, hr_only=bool(lr_from_hr))
     if found is not None:
         source = source or str(found.train_hr)
         train, val, test = _load_folders(found, scale, bad, say, lr_from_hr)

@@ -89,6 +89,14 @@ def given_folders(settings: dict) -> dict[str, str | None]:
     return {field: settings.get(option[2:].replace("-", "_")) for field, option in OPTIONS.items()}
 
 
+def locate(data: str | None, given: dict[str, str | None], scale: int,
+           hr_only: bool = False) -> tuple[str, Folders | None]:
+    """What training and check-data read: the source's kind (see `source_kind`; "folder" when only folder options
+    are given) and, for image folders, their Folders (see `resolve`; None for a dataset)."""
+    kind = source_kind(data, scale, hr_only) if data is not None else "folder"
+    return kind, resolve(data, given, scale, hr_only)
+
+
 def resolve(data: str | None, given: dict[str, str | None], scale: int, hr_only: bool = False) -> Folders | None:
     """The image folders to read: those of `data`'s layout, with every folder given by an option in place of
     the layout's own; None when `data` is a dataset (see `source_kind`) and no folder is given. `hr_only`
