@@ -1,3 +1,3 @@
-from .cli import cli
+from insanesr_dist.cli import cli
 
 cli()

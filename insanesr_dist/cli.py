@@ -11,22 +11,22 @@ from pathlib import Path
 
 import click
 
-from . import __version__
+from insanesr_dist import __version__
 
 # name -> (module:attribute of the click command, the one line `insanesr-dist --help` shows for it)
 LAZY_COMMANDS = {
     "train": ("insanesr_dist.train:main", "Train InsaneSRNet (one process; accelerate launch for more)."),
     "predict": ("insanesr_dist.predict:main", "Upscale LR images x4: PNG files and/or a submission CSV."),
-    "evaluate": ("insanesr_dist.evaluate:evaluate_command", "Score predictions against HR images (grader-exact JM)."),
-    "check-submission": ("insanesr_dist.submission:check_submission_command",
+    "evaluate": ("insanesr_dist.tools.evaluate:evaluate_command", "Score predictions against HR images (grader-exact JM)."),
+    "check-submission": ("insanesr_dist.scoring.submission:check_submission_command",
                          "Check a submission CSV before uploading it."),
-    "visualize": ("insanesr_dist.visualize:visualize_command", "Draw LR | prediction | ground truth panels."),
-    "export": ("insanesr_dist.export:export_command",
+    "visualize": ("insanesr_dist.tools.visualize:visualize_command", "Draw LR | prediction | ground truth panels."),
+    "export": ("insanesr_dist.tools.export:export_command",
                "Write a model folder to share (config.json, model.safetensors, model card; --onnx)."),
-    "bench": ("insanesr_dist.bench:bench", "Measure speed and peak memory."),
-    "check-data": ("insanesr_dist.check_data:check_data_command",
+    "bench": ("insanesr_dist.tools.bench:bench", "Measure speed and peak memory."),
+    "check-data": ("insanesr_dist.tools.check_data:check_data_command",
                    "List every problem of a dataset (one line per file) before training on it."),
-    "study": ("insanesr_dist.study:study_command",
+    "study": ("insanesr_dist.tools.study:study_command",
               "Model-quality grid: each recipe lever alone and the default preset, at one step budget."),
 }
 
@@ -83,7 +83,7 @@ class HrSize(click.ParamType):
         if isinstance(value, tuple):
             return value
         # numpy and cv2: imported only when the command runs, never for `insanesr-dist --help`.
-        from .demo_data import parse_size
+        from insanesr_dist.data.demo import parse_size
 
         try:
             return parse_size(value)
@@ -117,7 +117,7 @@ def make_demo_data(out_dir: Path, num_train: int, num_test: int, hr_size: tuple[
     """
     import os
 
-    from .demo_data import write_demo_data
+    from insanesr_dist.data.demo import write_demo_data
 
     workers = workers or len(os.sched_getaffinity(0))
     try:

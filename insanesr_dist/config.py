@@ -15,8 +15,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from .model import ModelConfig
-from .presets import PRESETS, preset_help
+from insanesr_dist.model.architecture import ModelConfig
+from insanesr_dist.presets import PRESETS, preset_help
 
 Precision = Literal["auto", "no", "fp16", "bf16"]
 Loss = Literal["mse", "l1", "charbonnier"]
@@ -260,6 +260,6 @@ def read_config_file(path: str | Path) -> dict[str, Any]:
 
 
 def save_config(cfg: TrainConfig, path: str | Path) -> None:
-    from .atomic import write_text_atomic
+    from insanesr_dist.atomic import write_text_atomic
 
     write_text_atomic(path, json.dumps(cfg.to_dict(), indent=2) + "\n")

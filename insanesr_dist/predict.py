@@ -12,7 +12,6 @@ import os
 import sys
 import time
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -21,105 +20,15 @@ import numpy as np
 import torch
 from accelerate import Accelerator, PartialState
 from accelerate.utils import gather_object
-from torch import nn
-from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
-from .atomic import atomic_path
-from .errors import UserError
-from .submission import encode_png, write_submission
-from .tiles import Forward, exact_overlap, self_ensemble, upscale_image
-
-PRECISIONS = {"no": None, "bf16": torch.bfloat16, "fp16": torch.float16}
-
-
-def _fp32_precision_knobs() -> list:
-    """torch's float32 precision settings for convolutions and matmuls (the `fp32_precision` API of
-    torch >= 2.9): cuDNN's and oneDNN's convolutions, cuBLAS's and oneDNN's matmuls."""
-    b = torch.backends
-    return [b.cudnn.conv, b.cuda.matmul, b.mkldnn.conv, b.mkldnn.matmul]
-
-
-@contextmanager
-def ieee_float32() -> Iterator[None]:
-    """IEEE float32 convolutions and matmuls inside, the previous settings restored after.
-
-    torch defaults cuDNN convolutions to TF32 (a 10-bit mantissa) on Ampere and later GPUs, and
-    `torch.set_float32_matmul_precision("high")` does the same to matmuls: a "float32" score or
-    submission would then depend on the GPU. Scoped, so `--mixed-precision no` training keeps TF32's speed.
-    """
-    knobs = _fp32_precision_knobs()
-    before = [knob.fp32_precision for knob in knobs]
-    try:
-        for knob in knobs:
-            knob.fp32_precision = "ieee"
-        yield
-    finally:
-        for knob, value in zip(knobs, before):
-            knob.fp32_precision = value
-
-
-def float32_forward(accelerator: Accelerator, model: nn.Module) -> Forward:
-    """The model's own forward, bypassing the autocast wrapper `accelerator.prepare` installs and
-    the DDP wrapper: validation scores and submissions come from an IEEE float32 forward (no TF32)."""
-    inner = accelerator.unwrap_model(model)
-
-    def forward(x: torch.Tensor) -> torch.Tensor:
-        with ieee_float32():
-            return type(inner).forward(inner, x)
-
-    return forward
-
-
-def needs_tiles(lr: torch.Tensor, tile: int) -> bool:
-    """Whether training's evaluation upscales this (...xHxW) image in tiles: an edge over `tile` (0: never)."""
-    return bool(tile) and max(lr.shape[-2:]) > tile
-
-
-def upscale_for_eval(forward: Forward, lr: torch.Tensor, *, tile: int = 0, overlap: int = 0) -> torch.Tensor:
-    """One 3xHxW uint8 image upscaled as training validates and submits it, uint8 on the image's device:
-    whole, or in tiles of `tile` LR pixels with `overlap` pixels of context (training passes the model's
-    `exact_overlap`, so the tiles give the whole image's result up to float rounding) when `needs_tiles`."""
-    if needs_tiles(lr, tile):
-        return upscale_image(forward, lr, tile=tile, overlap=overlap, device=lr.device).to(lr.device)
-    return upscale_image(forward, lr)
-
-
-@torch.no_grad()
-def predict_pngs(forward: Forward, loader: DataLoader, accelerator: Accelerator, tile: int = 0,
-                 overlap: int = 0) -> dict[int, bytes]:
-    """PNG bytes of the prediction for every image of an (index, LR) loader, on every rank.
-
-    Images are upscaled as validation scores them (`upscale_for_eval`: whole, or tiled above `tile`, so the
-    submissions match the scores). Each rank predicts its shard and encodes its PNGs (the encoding is parallel
-    work too), then the encoded images are gathered; `gather_for_metrics` drops the padding samples of uneven
-    shards.
-    """
-    pngs: dict[int, bytes] = {}
-    for index, lr in loader:
-        local = [(int(i), encode_png(_hwc(upscale_for_eval(forward, image, tile=tile, overlap=overlap).cpu())))
-                 for i, image in zip(index, lr)]
-        pngs.update(accelerator.gather_for_metrics(local, use_gather_object=True))
-    return pngs
-
-
-def model_forward(model: nn.Module, device: torch.device, precision: str) -> Forward:
-    """Batches in, float32 batches out; `bf16`/`fp16` run the convolutions under autocast, `no` in IEEE
-    float32 (no TF32, see ieee_float32).
-    channels_last: oneDNN's and cuDNN's fast convolution kernels want NHWC (over 3x faster on this project's CPU)."""
-    dtype = PRECISIONS[precision]
-
-    def forward(x: torch.Tensor) -> torch.Tensor:
-        x = x.to(device).contiguous(memory_format=torch.channels_last)
-        with torch.autocast(device.type, dtype=dtype, enabled=dtype is not None), \
-                (ieee_float32() if dtype is None else nullcontext()):
-            return model(x).float()
-
-    return forward
-
-
-def _hwc(image: torch.Tensor) -> np.ndarray:
-    return np.ascontiguousarray(image.permute(1, 2, 0).numpy())
+from insanesr_dist.atomic import atomic_path
+from insanesr_dist.errors import UserError
+from insanesr_dist.data.images import encode_png
+from insanesr_dist.scoring.submission import write_submission
+from insanesr_dist.inference.tiles import exact_overlap, self_ensemble, upscale_image
+from insanesr_dist.data.tensors import to_hwc
+from insanesr_dist.inference.forward import PRECISIONS, model_forward
 
 
 # ---------------------------------------------------------------------------------------------
@@ -135,13 +44,14 @@ class Source:
     read: Callable[[], object]
 
     def decode(self) -> torch.Tensor:
-        from .data import decode_rgb
+        from insanesr_dist.data.images import decode_rgb
 
         return torch.from_numpy(np.ascontiguousarray(decode_rgb(self.read(), self.name).transpose(2, 0, 1)))
 
 
 def list_inputs(path: Path, split: str | None) -> list[Source]:
-    from .samples import IMAGE_SUFFIXES, image_files, is_saved_dataset
+    from insanesr_dist.data.images import IMAGE_SUFFIXES
+    from insanesr_dist.data.pairs import image_files, is_saved_dataset
 
     if is_saved_dataset(path):
         return _dataset_inputs(path, split)
@@ -219,7 +129,7 @@ def predicted_rows(sources: list[Source], upscale: Callable[[torch.Tensor], torc
             local = []
             if first + rank < len(sources):
                 try:
-                    local = [(first + rank, encode_png(_hwc(upscale(sources[first + rank].decode()))), None)]
+                    local = [(first + rank, encode_png(to_hwc(upscale(sources[first + rank].decode()))), None)]
                 except UserError as e:
                     local = [(first + rank, None, e.message)]
             got = gather_object(local) if world > 1 else local
@@ -233,7 +143,7 @@ def predicted_rows(sources: list[Source], upscale: Callable[[torch.Tensor], torc
 def predict(*, checkpoint: Path, inputs: Path, output_dir: Path | None, csv: Path | None, split: str | None,
             tile: int, overlap: int, batch_size: int, tta: bool, precision: str, allow_pickle: bool = False) -> None:
     """Upscale every input, write the PNGs and/or the CSV (main process), print a one-line summary."""
-    from .model import load_model
+    from insanesr_dist.model.weights import load_model
 
     started = time.perf_counter()
     cpu = not torch.cuda.is_available()

@@ -26,33 +26,32 @@ from accelerate.utils import broadcast_object_list, set_seed
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
-from . import checkpoint, faults, sources, weights
-from . import data as data_lib
-from .config import TrainConfig, field_specs, read_config_file, save_config
-from .crops import DevicePairs, DevicePlans, augment
-from .demo_data import ensure_demo_data
-from .ema import WeightEMA
-from .errors import UserError
-from .evaluate import score_images
-from .host_memory import keep_freed_memory
-from .losses import training_loss
-from .model import InsaneSRNet, count_parameters, read_metadata, save_weights
-from .predict import float32_forward, predict_pngs
-from .runtime import resolve_precision, stall_message, start_processes
-from .submission import write_submission
-from .tiles import exact_overlap
-from .tracking import (end_hparams, keep_epoch_records, log_epoch, log_evaluation, log_panels, start_hparams,
-                       trackers)
-
-
-def lr_at(step: int, *, peak: float, warmup: int, total: int, schedule: str) -> float:
-    """Learning rate for optimizer step `step` (0-based): linear warmup, then constant or cosine to 0."""
-    if step < warmup:
-        return peak * (step + 1) / warmup
-    if schedule == "constant":
-        return peak
-    progress = (step - warmup) / max(1, total - warmup)
-    return peak * 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
+from insanesr_dist.training import checkpoint
+from insanesr_dist.training.preemption import PREEMPTED_EXIT_CODE, PreemptionFlag, requeue_if_slurm
+from insanesr_dist.training import faults
+from insanesr_dist.training.optimizer import make_optimizer
+from insanesr_dist.data import sources
+from insanesr_dist.model import weights
+from insanesr_dist.data.loaders import EvalImages, StreamedPairs, collate_windows, eval_loader, loader_kwargs, start_worker_server, store_rows, streaming_train, train_loader
+from insanesr_dist.data.splits import Splits, check_patch_size, load_splits
+from insanesr_dist.config import TrainConfig, field_specs, read_config_file, save_config
+from insanesr_dist.data.crops import DevicePairs, DevicePlans, augment
+from insanesr_dist.data.demo import ensure_demo_data
+from insanesr_dist.training.ema import WeightEMA
+from insanesr_dist.errors import UserError
+from insanesr_dist.scoring.evaluate import score_images
+from insanesr_dist.training.host_memory import keep_freed_memory
+from insanesr_dist.training.losses import training_loss
+from insanesr_dist.model.architecture import InsaneSRNet, count_parameters
+from insanesr_dist.model.weights import read_metadata, save_weights
+from insanesr_dist.inference.forward import float32_forward
+from insanesr_dist.inference.sharded import predict_pngs
+from insanesr_dist.training.precision import resolve_precision
+from insanesr_dist.training.runtime import stall_message, start_processes
+from insanesr_dist.scoring.submission import write_submission
+from insanesr_dist.inference.tiles import exact_overlap
+from insanesr_dist.training.tracking import end_hparams, keep_epoch_records, log_epoch, log_evaluation, log_panels, start_hparams, trackers
+from insanesr_dist.training.optimizer import lr_at
 
 
 def build_model(cfg: TrainConfig) -> InsaneSRNet:
@@ -133,11 +132,11 @@ class DataWait:
             yield batch
 
 
-def _device_pairs(cfg: TrainConfig, splits: data_lib.Splits, device: torch.device) -> tuple[DevicePairs | None, str]:
+def _device_pairs(cfg: TrainConfig, splits: Splits, device: torch.device) -> tuple[DevicePairs | None, str]:
     """The training pairs on the device (--device-store), or None, and a line saying which and why."""
     why_not = ("--device-store off" if cfg.device_store == "off" else "streaming" if cfg.streaming
                else "no decoded store" if splits.pixels is None else "--patch-size 0" if not cfg.patch_size else None)
-    rows = data_lib.store_rows(splits.train) if why_not is None else None
+    rows = store_rows(splits.train) if why_not is None else None
     size = splits.pixels.nbytes(rows) if why_not is None else 0
     if why_not is None and cfg.device_store == "auto":
         room = torch.cuda.get_device_properties(device).total_memory // 4 if device.type == "cuda" else 0
@@ -263,9 +262,9 @@ def train(cfg: TrainConfig) -> Path:
     # The DataLoader workers' fork server first: starting it (and multiprocessing's resource tracker with it)
     # unblocks SIGTERM in this process, so the preemption flag's signal block must come after it.
     if cfg.num_workers:
-        data_lib.start_worker_server()
+        start_worker_server()
     # Then, before any thread exists: threads inherit the signal block (and so do workers, see data.py).
-    preemption = checkpoint.PreemptionFlag()
+    preemption = PreemptionFlag()
     try:
         return _train(cfg, preemption)
     except BaseException as e:
@@ -289,7 +288,7 @@ def train(cfg: TrainConfig) -> Path:
         preemption.close()
 
 
-def _train(cfg: TrainConfig, preemption: checkpoint.PreemptionFlag) -> Path:
+def _train(cfg: TrainConfig, preemption: PreemptionFlag) -> Path:
     launch = start_processes(cfg.dist_timeout)
     cpu = launch.device.type == "cpu"
     out_dir = _agree_on_output_dir(launch, cfg.output_dir)
@@ -323,30 +322,30 @@ def _train(cfg: TrainConfig, preemption: checkpoint.PreemptionFlag) -> Path:
     with accelerator.main_process_first():
         given = sources.given_folders(cfg.to_dict())
         data = cfg.data or (None if given["train_hr"] or given["train_lr"] else str(ensure_demo_data()))
-        splits = data_lib.load_splits(data, val_fraction=cfg.val_fraction, seed=cfg.seed, scale=cfg.scale,
+        splits = load_splits(data, val_fraction=cfg.val_fraction, seed=cfg.seed, scale=cfg.scale,
                                       on_bad_sample=cfg.on_bad_sample, patch_size=cfg.patch_size,
                                       store_dir=cfg.store_dir, store_gb=cfg.store_gb,
                                       columns=(cfg.lr_column, cfg.hr_column, cfg.id_column), folders=given,
                                       lr_from_hr=cfg.lr_from_hr, say=accelerator.print)
     source = splits.source
-    data_lib.check_patch_size(splits.train, cfg.patch_size, cfg.batch_size, source)
+    check_patch_size(splits.train, cfg.patch_size, cfg.batch_size, source)
     val_count = len(splits.val)
     kept = val_subset(val_count, cfg.val_max_images, cfg.seed)
     if kept is not None:  # the same rows on every rank: the split and the permutation are both seeded
         splits = dataclasses.replace(splits, val=splits.val.select(kept))
     tile_overlap = exact_overlap(cfg.model)  # tiles then equal the whole image up to float rounding (tiles.py)
     workers = dict(num_workers=cfg.num_workers, timeout=cfg.worker_timeout)
-    loaders = [data_lib.eval_loader(splits.val, with_hr=True, pixels=splits.pixels, **workers)]
+    loaders = [eval_loader(splits.val, with_hr=True, pixels=splits.pixels, **workers)]
     if splits.test is not None:
-        loaders.append(data_lib.eval_loader(splits.test, with_hr=False, **workers))
+        loaders.append(eval_loader(splits.test, with_hr=False, **workers))
     crops = dict(patch_size=cfg.patch_size, scale=cfg.scale, seed=cfg.seed)
     if cfg.streaming:  # not prepared: the stream is already this rank's share
-        stream = data_lib.streaming_train(splits.train, seed=cfg.seed, rank=accelerator.process_index,
+        stream = streaming_train(splits.train, seed=cfg.seed, rank=accelerator.process_index,
                                           world_size=accelerator.num_processes, workers=cfg.num_workers)
-        samples = data_lib.StreamedPairs(stream, pixels=splits.pixels, crops_per_decode=cfg.crops_per_decode, **crops)
+        samples = StreamedPairs(stream, pixels=splits.pixels, crops_per_decode=cfg.crops_per_decode, **crops)
         train_dl = DataLoader(samples, batch_size=cfg.batch_size,
-                              collate_fn=data_lib.collate_windows,
-                              **data_lib.loader_kwargs(cfg.num_workers, persistent=False, timeout=cfg.worker_timeout))
+                              collate_fn=collate_windows,
+                              **loader_kwargs(cfg.num_workers, persistent=False, timeout=cfg.worker_timeout))
     device_pairs, device_note = _device_pairs(cfg, splits, accelerator.device)
     accelerator.print(device_note)
     if device_pairs is not None:  # the loader only plans: the crops are cut on the device
@@ -354,7 +353,7 @@ def _train(cfg: TrainConfig, preemption: checkpoint.PreemptionFlag) -> Path:
                               drop_last=len(splits.train) >= cfg.batch_size)
         loaders.insert(0, train_dl)
     elif not cfg.streaming:
-        train_dl = data_lib.train_loader(splits.train, batch_size=cfg.batch_size, cache_mb=cfg.decoded_cache_mb,
+        train_dl = train_loader(splits.train, batch_size=cfg.batch_size, cache_mb=cfg.decoded_cache_mb,
                                          pixels=splits.pixels, crops_per_decode=cfg.crops_per_decode, **workers,
                                          **crops)
         loaders.insert(0, train_dl)
@@ -363,7 +362,7 @@ def _train(cfg: TrainConfig, preemption: checkpoint.PreemptionFlag) -> Path:
     model = build_model(cfg)
     if cfg.init_from and not resume_from:  # a resumed run continues from its checkpoint's weights
         cfg = _start_from(model, cfg, accelerator.print)
-    optimizer = faults.make_optimizer(model.parameters(), cfg.lr)  # fused Adam: can skip a bad step in-kernel
+    optimizer = make_optimizer(model.parameters(), cfg.lr)  # fused Adam: can skip a bad step in-kernel
     # EMA (--ema-decay): a float32 copy outside accelerate's wrappers; it is what gets validated and saved,
     # and its state is part of every checkpoint.
     ema = WeightEMA(model, cfg.ema_decay) if cfg.ema_decay else None
@@ -396,7 +395,7 @@ def _train(cfg: TrainConfig, preemption: checkpoint.PreemptionFlag) -> Path:
     accelerator.init_trackers("logs", init_kwargs={"mlflow": {"run_name": out_dir.name},
                                                    "wandb": {"name": out_dir.name}})
     start_hparams(accelerator, cfg.hparams())  # settings + final val JM, speed, memory in the hparams tab
-    panel_images = [(splits.val[i]["id"], *data_lib.EvalImages(splits.val, with_hr=True, pixels=splits.pixels)[i][1:])
+    panel_images = [(splits.val[i]["id"], *EvalImages(splits.val, with_hr=True, pixels=splits.pixels)[i][1:])
                     for i in range(min(cfg.panel_images, len(splits.val)))] if accelerator.is_main_process else []
     accelerator.print(
         f"insanesr-dist: {source}: {len(splits.train)} train / {len(splits.val)} val / "
@@ -430,12 +429,12 @@ def _train(cfg: TrainConfig, preemption: checkpoint.PreemptionFlag) -> Path:
     def stop_for_preemption() -> typing.NoReturn:
         accelerator.print(f"preempted: checkpoint saved at step {step}; the same command resumes from it")
         if accelerator.is_main_process and preemption.wants_requeue:
-            checkpoint.requeue_if_slurm(os.environ.get("SLURM_JOB_ID"), say=accelerator.print)
+            requeue_if_slurm(os.environ.get("SLURM_JOB_ID"), say=accelerator.print)
         # No rank exits before the requeue: a rank that left first would fail its node's launcher, and
         # `srun --kill-on-bad-exit=1` would end the step, rank 0 with its requeue still to do included.
         accelerator.wait_for_everyone()
         accelerator.end_training()
-        sys.exit(checkpoint.PREEMPTED_EXIT_CODE)
+        sys.exit(PREEMPTED_EXIT_CODE)
 
     def due(every_steps: int) -> bool:  # --val-every-steps, --submit-every-steps
         return bool(every_steps) and step % every_steps == 0

@@ -74,9 +74,9 @@ def independent_val_jm(weights: Path, data: Path, *, val_fraction: float = 0.1, 
     """Mean JM of a weights file on the validation split, computed in this process from the files."""
     import torch
 
-    from insanesr_dist.data import load_splits
-    from insanesr_dist.metrics import joint_metric, psnr_ssim
-    from insanesr_dist.model import load_model
+    from insanesr_dist.data.splits import load_splits
+    from insanesr_dist.scoring.metrics import joint_metric, psnr_ssim
+    from insanesr_dist.model.weights import load_model
 
     model = load_model(weights).eval()
     val = load_splits(data, val_fraction=val_fraction, seed=seed).val

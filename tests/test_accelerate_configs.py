@@ -13,7 +13,7 @@ import pytest
 from accelerate.commands.config.config_args import ClusterConfig, load_config_from_file
 from accelerate.utils import DistributedType
 
-from insanesr_dist.runtime import native_bf16
+from insanesr_dist.training.precision import native_bf16
 
 from conftest import TINY, run_cli
 

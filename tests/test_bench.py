@@ -6,8 +6,8 @@ import json
 
 import pytest
 
-from insanesr_dist.bench_stages import training_flops_per_lr_pixel
-from insanesr_dist.model import InsaneSRNet
+from insanesr_dist.tools.bench_stages import training_flops_per_lr_pixel
+from insanesr_dist.model.architecture import InsaneSRNet
 
 from conftest import run_cli
 

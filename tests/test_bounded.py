@@ -16,9 +16,11 @@ import torch
 from bad_data import bomb_png
 from conftest import assert_one_line_error, make_pair_folder, read_rgb, run_cli
 
-from insanesr_dist import check_data, samples
-from insanesr_dist.model import InsaneSRNet, save_weights
-from insanesr_dist.submission import encode_png
+from insanesr_dist.tools import check_data
+from insanesr_dist.data import images as samples
+from insanesr_dist.model.architecture import InsaneSRNet
+from insanesr_dist.model.weights import save_weights
+from insanesr_dist.data.images import encode_png
 
 BOMB = "20000x20000 (400,000,000 pixels), above the limit of 268,435,456 pixels"
 MB = 1024  # ru_maxrss is in KiB on Linux
@@ -61,7 +63,7 @@ def test_check_data_reads_judges_and_drops_one_file_at_a_time(tmp_path, monkeypa
     events = []
     real_read, real_decode = Path.read_bytes, samples.decode_image
     monkeypatch.setattr(Path, "read_bytes", lambda self: events.append("read") or real_read(self))
-    monkeypatch.setattr(samples, "decode_image", lambda *a, **k: events.append("decode") or real_decode(*a, **k))
+    monkeypatch.setattr(check_data, "decode_image", lambda *a, **k: events.append("decode") or real_decode(*a, **k))
     assert check_data.run_check(str(root), patch_size=8, on_bad_sample="error", echo=lambda line: None)
     assert events == ["read", "decode"] * 10  # never a second file read before the first is judged
 

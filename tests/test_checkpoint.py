@@ -14,7 +14,8 @@ import torch
 from safetensors.torch import load_file
 from tensorboard.backend.event_processing.event_file_loader import LegacyEventFileLoader
 
-from insanesr_dist import checkpoint as C
+from insanesr_dist.training import checkpoint
+from insanesr_dist.training import preemption
 from insanesr_dist.errors import UserError
 
 from conftest import TINY, kill_tree, run_cli, run_tree
@@ -23,12 +24,12 @@ RUN = ["--epochs", "3", "--batch-size", "2", "--log-every", "1", "--checkpoint-e
 
 
 def fake_checkpoint(out: Path, step: int, *, complete: bool = True) -> Path:
-    path = C.checkpoint_dir(out, step)
+    path = checkpoint.checkpoint_dir(out, step)
     path.mkdir(parents=True)
     (path / "model.safetensors").write_bytes(b"x" * 100)
-    (path / C.STATE_FILE).write_text(json.dumps({"step": step}))
+    (path / checkpoint.STATE_FILE).write_text(json.dumps({"step": step}))
     if complete:
-        (path / C.MARKER).write_text(json.dumps({"model.safetensors": 100, C.STATE_FILE: len(json.dumps({"step": step}))}))
+        (path / checkpoint.MARKER).write_text(json.dumps({"model.safetensors": 100, checkpoint.STATE_FILE: len(json.dumps({"step": step}))}))
     return path
 
 
@@ -38,14 +39,14 @@ def test_only_complete_checkpoints_count(tmp_path):
     fake_checkpoint(tmp_path, 6, complete=False)  # interrupted before the marker
     truncated = fake_checkpoint(tmp_path, 8)
     (truncated / "model.safetensors").write_bytes(b"x" * 10)  # marker written, file cut short later
-    assert C.find_resume("auto", tmp_path, warn=warnings.append) == good
+    assert checkpoint.find_resume("auto", tmp_path, warn=warnings.append) == good
     assert any("step_00000006" in w and "COMPLETE" in w for w in warnings)
     assert any("step_00000008" in w and "10 bytes, expected 100" in w for w in warnings)
-    assert C.find_resume("none", tmp_path) is None
-    assert C.find_resume(str(good), tmp_path) == good
+    assert checkpoint.find_resume("none", tmp_path) is None
+    assert checkpoint.find_resume(str(good), tmp_path) == good
     with pytest.raises(UserError, match="cannot resume"):
-        C.find_resume(str(truncated), tmp_path)
-    assert C.find_resume("auto", tmp_path / "empty") is None
+        checkpoint.find_resume(str(truncated), tmp_path)
+    assert checkpoint.find_resume("auto", tmp_path / "empty") is None
 
 
 def test_pruning_keeps_the_newest_complete_ones(tmp_path):
@@ -53,7 +54,7 @@ def test_pruning_keeps_the_newest_complete_ones(tmp_path):
         fake_checkpoint(tmp_path, step)
     fake_checkpoint(tmp_path, 0, complete=False)  # stale, older than a complete one
     fake_checkpoint(tmp_path, 9, complete=False)  # maybe being written right now: never touched
-    C._prune(tmp_path, keep=2)
+    checkpoint._prune(tmp_path, keep=2)
     assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir()) == ["step_00000002", "step_00000003",
                                                                            "step_00000009"]
 
@@ -61,8 +62,8 @@ def test_pruning_keeps_the_newest_complete_ones(tmp_path):
 def test_a_real_signal_is_noticed_and_everything_is_restored_after():
     from accelerate import PartialState
 
-    before = {s: signal.getsignal(s) for s in C.PreemptionFlag.SIGNALS}
-    flag = C.PreemptionFlag()
+    before = {s: signal.getsignal(s) for s in preemption.PreemptionFlag.SIGNALS}
+    flag = preemption.PreemptionFlag()
     try:
         state = PartialState(cpu=True)
 
@@ -84,15 +85,15 @@ def test_a_real_signal_is_noticed_and_everything_is_restored_after():
         assert sees(signal.SIGTERM) and not flag.wants_requeue
     finally:
         flag.close()
-    assert {s: signal.getsignal(s) for s in C.PreemptionFlag.SIGNALS} == before
-    assert not signal.pthread_sigmask(signal.SIG_BLOCK, []) & set(C.PreemptionFlag.SIGNALS)
+    assert {s: signal.getsignal(s) for s in preemption.PreemptionFlag.SIGNALS} == before
+    assert not signal.pthread_sigmask(signal.SIG_BLOCK, []) & set(preemption.PreemptionFlag.SIGNALS)
     assert not signal.sigpending()
 
 
 def test_a_signal_arriving_during_the_ranks_comparison_is_kept():
     """A handler can run between reading the local signal and storing the agreed one (it did, once in a few
     hundred rounds): the later SIGTERM must survive it, so the next comparison cancels instead of requeueing."""
-    flag = C.PreemptionFlag()
+    flag = preemption.PreemptionFlag()
     try:
         flag._handle(signal.SIGUSR1, None)
 
@@ -143,7 +144,7 @@ def wait_for(predicate, timeout: float, what: str) -> None:
 
 
 def newest_complete(out: Path) -> Path | None:
-    found = C.complete_checkpoints(out, warn=lambda _: None)
+    found = checkpoint.complete_checkpoints(out, warn=lambda _: None)
     return found[-1] if found else None
 
 
@@ -160,11 +161,11 @@ def test_kill_9_and_rerun_equals_an_uninterrupted_run(pair_folder, tmp_path, pro
                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     # Kill the whole process tree mid-epoch 2, right after a mid-epoch checkpoint completes.
     try:
-        wait_for(lambda: (C.checkpoint_dir(out, 12) / C.MARKER).exists() or job.poll() is not None, 300, "step 12")
+        wait_for(lambda: (checkpoint.checkpoint_dir(out, 12) / checkpoint.MARKER).exists() or job.poll() is not None, 300, "step 12")
     finally:
         kill_tree(job)
     resumed_from = newest_complete(out)
-    assert resumed_from is not None and not C.read_state(resumed_from).finished
+    assert resumed_from is not None and not checkpoint.read_state(resumed_from).finished
 
     rerun = run_tree(launch(processes, *args, "--output-dir", str(out)), timeout=600)
     assert rerun.returncode == 0, rerun.stderr[-3000:]
@@ -202,7 +203,7 @@ def test_sigterm_to_a_two_process_job_saves_and_stops_then_the_rerun_finishes(pa
     assert job.returncode != 0, output[-3000:]
     assert "preempted: checkpoint saved at step" in output and "Exception ignored" not in output, output[-3000:]
     saved = newest_complete(out)
-    state = C.read_state(saved)
+    state = checkpoint.read_state(saved)
     assert not state.finished and state.step > 0
     assert all((saved / f"random_states_{rank}.pkl").is_file() for rank in range(2))
 
@@ -210,13 +211,13 @@ def test_sigterm_to_a_two_process_job_saves_and_stops_then_the_rerun_finishes(pa
     rerun = run_tree(launch(2, *short, "--output-dir", str(out)), timeout=600)
     assert rerun.returncode == 0, rerun.stderr[-3000:]
     assert f"resuming from {saved}" in rerun.stdout
-    assert C.read_state(newest_complete(out)).finished
+    assert checkpoint.read_state(newest_complete(out)).finished
 
 
 def test_the_multi_tensor_ema_update_equals_the_per_tensor_lerp_bit_for_bit():
-    from insanesr_dist.bench_stages import per_tensor_ema_update
-    from insanesr_dist.ema import WeightEMA
-    from insanesr_dist.model import InsaneSRNet
+    from insanesr_dist.tools.bench_stages import per_tensor_ema_update
+    from insanesr_dist.training.ema import WeightEMA
+    from insanesr_dist.model.architecture import InsaneSRNet
 
     torch.manual_seed(0)
     live = InsaneSRNet().to(memory_format=torch.channels_last)  # the default model, laid out as trained
@@ -256,34 +257,34 @@ def test_a_checkpoint_without_scaler_state_resumes_under_fp16_with_a_fresh_scale
 
     try:
         accelerator, path = tiny_accelerator_state(tmp_path)
-        assert not (path / C.SCALER_FILE).exists()
+        assert not (path / checkpoint.SCALER_FILE).exists()
         accelerator.scaler = scaler = torch.amp.GradScaler("cpu", init_scale=4.0)
         with pytest.raises(FileNotFoundError, match="scaler.pt"):  # accelerate's own load_state: every rerun alike
             accelerator.load_state(str(path))
         said = []
-        C.load_checkpoint(accelerator, path, say=said.append)
+        checkpoint.load_checkpoint(accelerator, path, say=said.append)
         assert accelerator.scaler is scaler and scaler.get_scale() == 4.0  # the fresh one, as a new run has
         assert len(said) == 1 and "fresh gradient scaler" in said[0]
         # Random states that the weights_only loader refuses (accelerate would skip them silently) are said.
         torch.save({"random_state": argparse.Namespace()}, path / "random_states_0.pkl")
-        C.load_checkpoint(accelerator, path, say=said.append)
+        checkpoint.load_checkpoint(accelerator, path, say=said.append)
         assert "cannot load this rank's random states" in capsys.readouterr().out
         # A checkpoint from an older version with the pickled EMA is refused, never unpickled.
         (path / "custom_checkpoint_0.pkl").write_bytes(b"not loaded")
         with pytest.raises(UserError, match="custom_checkpoint_0.pkl.*not loaded"):
-            C.load_checkpoint(accelerator, path, say=said.append)
+            checkpoint.load_checkpoint(accelerator, path, say=said.append)
     finally:
         AcceleratorState._reset_state(True)
 
 
 def test_a_state_continued_by_another_process_count_skips_the_same_global_batches():
-    two = C.TrainState(epoch=2, batches_done=3, step=9, loss_sum=6.0, passes=3, processes=2)
-    one = C.for_processes(two, 1)
+    two = checkpoint.TrainState(epoch=2, batches_done=3, step=9, loss_sum=6.0, passes=3, processes=2)
+    one = checkpoint.for_processes(two, 1)
     assert (one.batches_done, one.passes, one.processes) == (6, 6, 1)
     # The epoch's mean loss is kept: the sum over ranks shared out again, over each rank's passes.
     assert two.loss_sum / two.processes / two.passes == one.loss_sum / 1 / one.passes
-    assert C.for_processes(one, 2) == two
-    assert C.for_processes(C.TrainState(batches_done=5), 2).batches_done == 5  # count unknown: as it was
+    assert checkpoint.for_processes(one, 2) == two
+    assert checkpoint.for_processes(checkpoint.TrainState(batches_done=5), 2).batches_done == 5  # count unknown: as it was
 
 
 def run_logged(command: list[str], log_path: Path, timeout: float) -> tuple[int, str]:
@@ -306,7 +307,7 @@ def killed_after_a_checkpoint(command: list[str], out: Path) -> Path:
     finally:
         kill_tree(job)
     saved = newest_complete(out)
-    assert saved is not None and not C.read_state(saved).finished
+    assert saved is not None and not checkpoint.read_state(saved).finished
     return saved
 
 
@@ -316,11 +317,11 @@ def test_resuming_with_another_process_count_says_so_and_finishes(pair_folder, t
     args = ["--data", str(pair_folder), *TINY, "--batch-size", "2", "--checkpoint-every", "2"]
     out = tmp_path / "out"
     saved = killed_after_a_checkpoint(launch(before, *args, "--epochs", "30", "--output-dir", str(out)), out)
-    state = C.read_state(saved)
+    state = checkpoint.read_state(saved)
     assert state.processes == before and state.precision == "no" and state.batches_done % 2 == 0
     # The EMA (on in the default preset) is in the checkpoint as safetensors, listed in COMPLETE; no pickle of it.
-    listed = json.loads((saved / C.MARKER).read_text())
-    assert C.EMA_WEIGHTS in listed and C.EMA_COUNTERS in listed and not list(saved.glob("custom_checkpoint_*"))
+    listed = json.loads((saved / checkpoint.MARKER).read_text())
+    assert checkpoint.EMA_WEIGHTS in listed and checkpoint.EMA_COUNTERS in listed and not list(saved.glob("custom_checkpoint_*"))
 
     code, output = run_logged(launch(after, *args, "--epochs", str(state.epoch), "--output-dir", str(out)),
                               tmp_path / "rerun.log", timeout=600)
@@ -331,7 +332,7 @@ def test_resuming_with_another_process_count_says_so_and_finishes(pair_folder, t
     assert f"resuming from {saved}" in output
     # The epoch went on after the global batches already trained on, to its end: the step budget followed.
     steps_per_epoch = int(note.split(" -> ")[1].split(",")[0])
-    final = C.read_state(newest_complete(out))
+    final = checkpoint.read_state(newest_complete(out))
     assert final.finished and final.processes == after
     assert final.step == state.step + steps_per_epoch - state.batches_done * before // after
 

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from insanesr_dist.submission import read_submission
+from insanesr_dist.scoring.submission import read_submission
 
 from conftest import TINY, free_port, kill_tree
 

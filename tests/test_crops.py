@@ -7,8 +7,9 @@ import pytest
 import torch
 from torch.utils.data import DataLoader
 
-from insanesr_dist import crops as C
-from insanesr_dist import data as D
+from insanesr_dist.data import crops as C
+from insanesr_dist.data import loaders
+from insanesr_dist.data.splits import load_splits
 
 
 def test_the_vectorised_draws_equal_the_scalar_ones():
@@ -42,11 +43,11 @@ def test_a_device_store_cuts_the_same_batches_as_the_workers(tmp_path):
     from conftest import make_pair_folder
 
     folder = make_pair_folder(tmp_path / "d", num_train=10, num_test=0, lr_size=(14, 22))
-    splits = D.load_splits(folder, val_fraction=0.2, seed=0, store_dir=str(tmp_path / "s"), say=lambda line: None)
-    pairs = C.DevicePairs(splits.pixels.pair, D.store_rows(splits.train), patch=6, scale=4, seed=5,
+    splits = load_splits(folder, val_fraction=0.2, seed=0, store_dir=str(tmp_path / "s"), say=lambda line: None)
+    pairs = C.DevicePairs(splits.pixels.pair, loaders.store_rows(splits.train), patch=6, scale=4, seed=5,
                           device=torch.device("cpu"))
     assert pairs.nbytes == splits.pixels.decoded_bytes * len(splits.train) // 10
-    plans, samples = C.DevicePlans(pairs), D.TrainPairs(splits.train, patch_size=6, scale=4, seed=5,
+    plans, samples = C.DevicePlans(pairs), loaders.TrainPairs(splits.train, patch_size=6, scale=4, seed=5,
                                                          pixels=splits.pixels)
     for epoch in (0, 3):
         plans.set_epoch(epoch)
@@ -55,7 +56,7 @@ def test_a_device_store_cuts_the_same_batches_as_the_workers(tmp_path):
         plan = next(iter(DataLoader(plans, batch_size=len(order), sampler=order)))
         cut_lr, cut_hr = pairs.cut(plan)
         batch = next(iter(DataLoader(samples, batch_size=len(order), sampler=order, num_workers=1,
-                                     collate_fn=D.collate_windows)))
+                                     collate_fn=loaders.collate_windows)))
         want_lr, want_hr = C.augment(*map(torch.from_numpy, batch))
         assert torch.equal(cut_lr, want_lr) and torch.equal(cut_hr, want_hr)
 

@@ -7,16 +7,18 @@ import numpy as np
 import pytest
 from torch.utils.data import DataLoader
 
-from insanesr_dist import crops as C
-from insanesr_dist import data as D
+from insanesr_dist.data import crops as C
+from insanesr_dist.data import loaders
+from insanesr_dist.data import pairs
+from insanesr_dist.data.splits import check_patch_size, load_splits
 from insanesr_dist.errors import UserError
-from insanesr_dist.submission import read_submission
+from insanesr_dist.scoring.submission import read_submission
 
 from conftest import TINY, assert_one_line_error, make_pair_folder, read_rgb, run_cli, write_png
 
 
 def test_folder_pairs_by_file_name_and_keeps_paths_not_bytes(pair_folder):
-    splits = D.load_splits(pair_folder, val_fraction=0.1, seed=0)
+    splits = load_splits(pair_folder, val_fraction=0.1, seed=0)
     assert len(splits.train) + len(splits.val) == 23 and len(splits.val) == 3
     assert sorted(splits.test["id"]) == ["img_023.png", "img_024.png", "img_025.png"]
     row = splits.train[0]
@@ -28,7 +30,7 @@ def test_folder_pairs_by_file_name_and_keeps_paths_not_bytes(pair_folder):
 
 
 def test_split_is_deterministic_by_seed(pair_folder):
-    ids = lambda seed: sorted(D.load_splits(pair_folder, val_fraction=0.2, seed=seed).val["id"])  # noqa: E731
+    ids = lambda seed: sorted(load_splits(pair_folder, val_fraction=0.2, seed=seed).val["id"])  # noqa: E731
     assert ids(1) == ids(1)
     assert ids(1) != ids(2)
     assert len(ids(1)) == 5
@@ -55,19 +57,19 @@ def test_bad_pairs_name_the_file(tmp_path, name, data, message):
     root = make_pair_folder(tmp_path / "d", num_train=4, num_test=0)
     path = _break(root, name, data)
     with pytest.raises(UserError, match=message) as e:
-        D.load_splits(root, val_fraction=0.25, seed=0)
+        load_splits(root, val_fraction=0.25, seed=0)
     assert path.name in str(e.value)
 
 
 def test_missing_sources_are_one_line_errors(tmp_path):
     with pytest.raises(UserError, match="no such folder"):
-        D.load_splits(str(tmp_path / "nope" / "x" / "y"), val_fraction=0.1, seed=0)
+        load_splits(str(tmp_path / "nope" / "x" / "y"), val_fraction=0.1, seed=0)
     (tmp_path / "empty").mkdir()
     with pytest.raises(UserError, match="not a data folder"):
-        D.load_splits(tmp_path / "empty", val_fraction=0.1, seed=0)
+        load_splits(tmp_path / "empty", val_fraction=0.1, seed=0)
     (tmp_path / "half" / "train" / "LR").mkdir(parents=True)
     with pytest.raises(UserError, match="train/HR: missing"):
-        D.load_splits(tmp_path / "half", val_fraction=0.1, seed=0)
+        load_splits(tmp_path / "half", val_fraction=0.1, seed=0)
 
 
 def test_saved_dataset_with_image_columns(tmp_path, pair_folder):
@@ -79,10 +81,10 @@ def test_saved_dataset_with_image_columns(tmp_path, pair_folder):
     features = datasets.Features({"lr": datasets.Image(), "hr": datasets.Image()})
     table = datasets.Dataset.from_dict({"lr": [png(a) for a in lrs], "hr": [png(a) for a in hrs]}, features=features)
     datasets.DatasetDict({"train": table, "test": table.remove_columns("hr")}).save_to_disk(tmp_path / "saved")
-    splits = D.load_splits(tmp_path / "saved", val_fraction=0.2, seed=0)
+    splits = load_splits(tmp_path / "saved", val_fraction=0.2, seed=0)
     assert len(splits.train) == 4 and len(splits.val) == 1
     assert splits.test["id"] == [f"{i:05d}.png" for i in range(5)]  # ids made from row numbers
-    sample = D.EvalImages(splits.val, with_hr=True)[0]
+    sample = loaders.EvalImages(splits.val, with_hr=True)[0]
     assert sample[1].shape == (3, 8, 8) and sample[2].shape == (3, 32, 32)
 
 
@@ -104,8 +106,8 @@ def test_crops_stay_aligned_through_every_flip_and_rotation():
 
 
 def test_training_samples_depend_on_seed_epoch_and_index_only(pair_folder):
-    splits = D.load_splits(pair_folder, val_fraction=0.1, seed=0)
-    samples = D.TrainPairs(splits.train, patch_size=4, scale=4, seed=7)
+    splits = load_splits(pair_folder, val_fraction=0.1, seed=0)
+    samples = loaders.TrainPairs(splits.train, patch_size=4, scale=4, seed=7)
     lr0, hr0, code = samples[3]
     assert lr0.dtype == np.uint8 and lr0.shape == (4, 4, 3) and hr0.shape == (16, 16, 3) and 0 <= code < 8
     assert np.array_equal(samples[3][0], lr0)
@@ -113,46 +115,46 @@ def test_training_samples_depend_on_seed_epoch_and_index_only(pair_folder):
     assert not np.array_equal(samples[3][0], lr0)
     # Workers see the same samples as the main process.
     samples.set_epoch(0)
-    loader = DataLoader(samples, batch_size=4, num_workers=2, collate_fn=D.collate_windows)
+    loader = DataLoader(samples, batch_size=4, num_workers=2, collate_fn=loaders.collate_windows)
     first = next(iter(loader))[0]
     assert np.array_equal(first[3], lr0)
 
 
 def test_patch_size_and_batching_are_checked_before_training(pair_folder):
-    splits = D.load_splits(pair_folder, val_fraction=0.1, seed=0)
-    D.check_patch_size(splits.train, 16, 4, "data")
+    splits = load_splits(pair_folder, val_fraction=0.1, seed=0)
+    check_patch_size(splits.train, 16, 4, "data")
     with pytest.raises(UserError, match="larger than the smallest LR image"):
-        D.check_patch_size(splits.train, 17, 4, "data")
-    D.check_patch_size(splits.train, 0, 4, "data")  # all images the same size: full images batch fine
+        check_patch_size(splits.train, 17, 4, "data")
+    check_patch_size(splits.train, 0, 4, "data")  # all images the same size: full images batch fine
 
 
 def test_streaming_shards_cover_every_pair_once_across_ranks(pair_folder):
-    splits = D.load_splits(pair_folder, val_fraction=0.1, seed=0)
+    splits = load_splits(pair_folder, val_fraction=0.1, seed=0)
     seen = []
     for rank in range(2):
-        stream = D.streaming_train(splits.train, seed=0, rank=rank, world_size=2, workers=2)
+        stream = loaders.streaming_train(splits.train, seed=0, rank=rank, world_size=2, workers=2)
         ids = [row["id"] for row in stream]
         assert ids, f"rank {rank} got nothing"
         seen.extend(ids)
-        loader = DataLoader(D.StreamedPairs(stream, patch_size=4, scale=4, seed=0), batch_size=1, num_workers=2)
+        loader = DataLoader(loaders.StreamedPairs(stream, patch_size=4, scale=4, seed=0), batch_size=1, num_workers=2)
         assert sum(1 for _ in loader) == len(ids)  # the two workers split the shards, no repeats
     assert sorted(seen) == sorted(splits.train["id"])
 
 
 def test_decoded_cache_serves_later_epochs_without_decoding(pair_folder, monkeypatch):
-    train = D.load_splits(pair_folder, val_fraction=0.1, seed=0).train
+    train = load_splits(pair_folder, val_fraction=0.1, seed=0).train
     decoded = []
-    real_decode = D.samples.decode_rgb
-    monkeypatch.setattr(D.samples, "decode_rgb", lambda image, name: decoded.append(name) or real_decode(image, name))
-    cached = D.TrainPairs(train, patch_size=8, scale=4, seed=0, cache_mb=64)
-    uncached = D.TrainPairs(train, patch_size=8, scale=4, seed=0, cache_mb=0)
+    real_decode = loaders.samples.decode_rgb
+    monkeypatch.setattr(pairs, "decode_rgb", lambda image, name: decoded.append(name) or real_decode(image, name))
+    cached = loaders.TrainPairs(train, patch_size=8, scale=4, seed=0, cache_mb=64)
+    uncached = loaders.TrainPairs(train, patch_size=8, scale=4, seed=0, cache_mb=0)
     for epoch in (1, 2):
         cached.set_epoch(epoch), uncached.set_epoch(epoch)
         for i in range(len(train)):
             a, b = cached[i], uncached[i]
             assert np.array_equal(a[0], b[0]) and np.array_equal(a[1], b[1])
     assert len(decoded) == 2 * len(train) * 3  # LR + HR: once for the cached set, every epoch for the other
-    tight = D.TrainPairs(train, patch_size=8, scale=4, seed=0, cache_mb=0)
+    tight = loaders.TrainPairs(train, patch_size=8, scale=4, seed=0, cache_mb=0)
     tight._cache_room = 3 * (16 * 20 + 64 * 80) * 3  # room for three pairs: the rest is decoded every time
     decoded.clear()
     for _ in range(2):
@@ -162,11 +164,11 @@ def test_decoded_cache_serves_later_epochs_without_decoding(pair_folder, monkeyp
 
 def test_persistent_workers_follow_the_epoch(pair_folder):
     """Workers started once must still crop by each new epoch (the epoch lives in shared memory)."""
-    train = D.load_splits(pair_folder, val_fraction=0.1, seed=0).train
-    samples = D.TrainPairs(train, patch_size=8, scale=4, seed=0, cache_mb=64)
-    loader = DataLoader(samples, batch_size=4, collate_fn=D.collate_windows, **D.loader_kwargs(num_workers=1))
+    train = load_splits(pair_folder, val_fraction=0.1, seed=0).train
+    samples = loaders.TrainPairs(train, patch_size=8, scale=4, seed=0, cache_mb=64)
+    loader = DataLoader(samples, batch_size=4, collate_fn=loaders.collate_windows, **loaders.loader_kwargs(num_workers=1))
     assert loader.persistent_workers
-    reference = D.TrainPairs(train, patch_size=8, scale=4, seed=0)  # in this process, no workers
+    reference = loaders.TrainPairs(train, patch_size=8, scale=4, seed=0)  # in this process, no workers
     for epoch in (1, 2, 3):
         samples.set_epoch(epoch)
         reference.set_epoch(epoch)
@@ -219,11 +221,11 @@ def test_workers_start_from_a_fork_server_and_keep_the_signal_block(tmp_path):
 
 
 def test_without_a_store_each_decoded_pair_gives_several_crops(pair_folder, monkeypatch):
-    train = D.load_splits(pair_folder, val_fraction=0.1, seed=0, store_gb=0).train
+    train = load_splits(pair_folder, val_fraction=0.1, seed=0, store_gb=0).train
     decoded = []
-    real_decode = D.samples.decode_rgb
-    monkeypatch.setattr(D.samples, "decode_rgb", lambda image, name: decoded.append(name) or real_decode(image, name))
-    loader = D.train_loader(train, batch_size=4, patch_size=4, scale=4, seed=0, num_workers=0, crops_per_decode=4)
+    real_decode = loaders.samples.decode_rgb
+    monkeypatch.setattr(pairs, "decode_rgb", lambda image, name: decoded.append(name) or real_decode(image, name))
+    loader = loaders.train_loader(train, batch_size=4, patch_size=4, scale=4, seed=0, num_workers=0, crops_per_decode=4)
     chosen = []
     for epoch in (0, 1):
         loader.dataset.set_epoch(epoch)
@@ -268,7 +270,7 @@ HUB_COLUMNS = ("low", "high", "name")
 
 def test_parquet_hub_folder_with_mapped_columns_gives_the_source_pixels(tmp_path):
     hub, pixels = make_hub_folder(tmp_path)
-    splits = D.load_splits(hub, val_fraction=0.2, seed=0, columns=HUB_COLUMNS)
+    splits = load_splits(hub, val_fraction=0.2, seed=0, columns=HUB_COLUMNS)
     assert sorted([*splits.train["id"], *splits.val["id"]]) == [f"img_{i:03d}.png" for i in range(6)]
     assert list(splits.test["id"]) == ["img_006.png", "img_007.png"]
     assert splits.train.features["lr"] == splits.train.features["hr"] == datasets.Image(decode=False)
@@ -276,7 +278,7 @@ def test_parquet_hub_folder_with_mapped_columns_gives_the_source_pixels(tmp_path
         for row in table:
             lr, hr = splits.pixels.pair(row["store_row"])
             assert np.array_equal(lr, pixels[f"LR/{row['id']}"]) and np.array_equal(hr, pixels[f"HR/{row['id']}"])
-    test = D.EvalImages(splits.test, with_hr=False)
+    test = loaders.EvalImages(splits.test, with_hr=False)
     for i, image_id in enumerate(splits.test["id"]):
         assert np.array_equal(test[i][1].permute(1, 2, 0).numpy(), pixels[f"LR/{image_id}"])
 
@@ -292,7 +294,7 @@ def test_data_file_folder_with_path_columns(tmp_path, fmt):
         "big": [str(root / "images" / "train" / "HR" / n) for n in names],
     })
     (table.to_json if fmt == "jsonl" else table.to_csv)(str(root / f"train.{fmt}"))
-    splits = D.load_splits(root, val_fraction=0.25, seed=0, columns=("small", "big", "id"))
+    splits = load_splits(root, val_fraction=0.25, seed=0, columns=("small", "big", "id"))
     assert len(splits.train) == 3 and len(splits.val) == 1 and splits.test is None
     for row in splits.train:  # without an id column, ids are row numbers: row 2 is the third file
         name = names[int(Path(row["id"]).stem)]
@@ -305,14 +307,14 @@ def test_data_file_folder_with_path_columns(tmp_path, fmt):
 def test_missing_columns_and_unusable_folders_are_one_line_errors(tmp_path):
     hub, _ = make_hub_folder(tmp_path, num_train=3, num_test=1)
     with pytest.raises(UserError) as e:
-        D.load_splits(hub, val_fraction=0.2, seed=0, columns=("lr_image", "high", "name"))
+        load_splits(hub, val_fraction=0.2, seed=0, columns=("lr_image", "high", "name"))
     assert str(e.value) == f"{hub} (train): no column 'lr_image' (--lr-column); it has: low, name, high"
     with pytest.raises(UserError, match=r"\(train\): no column 'ident' \(--id-column\); it has: low, name, high$"):
-        D.load_splits(hub, val_fraction=0.2, seed=0, columns=("low", "high", "ident"))
+        load_splits(hub, val_fraction=0.2, seed=0, columns=("low", "high", "ident"))
     (tmp_path / "docs").mkdir()
     (tmp_path / "docs" / "README.md").write_text("no data here")
     with pytest.raises(UserError, match="not a data folder .*parquet, arrow, jsonl, csv"):
-        D.load_splits(tmp_path / "docs", val_fraction=0.1, seed=0)
+        load_splits(tmp_path / "docs", val_fraction=0.1, seed=0)
 
 
 def test_train_and_check_data_on_a_hub_folder_through_the_cli(tmp_path):

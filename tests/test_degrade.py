@@ -11,8 +11,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from insanesr_dist.data import EvalImages, load_splits
-from insanesr_dist.degrade import lr_from_hr, mod_crop
+from insanesr_dist.data.loaders import EvalImages
+from insanesr_dist.data.splits import load_splits
+from insanesr_dist.data.degrade import lr_from_hr, mod_crop
 
 from conftest import TINY, make_pair_folder, run_cli, write_png
 

@@ -14,15 +14,9 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from insanesr_dist import demo_data
+from insanesr_dist.data import demo as demo_data
 from insanesr_dist.cli import cli
-from insanesr_dist.demo_data import (
-    DEMO_VERSION,
-    demo_data_dir,
-    ensure_demo_data,
-    parse_size,
-    write_demo_data,
-)
+from insanesr_dist.data.demo import DEMO_VERSION, demo_data_dir, ensure_demo_data, parse_size, write_demo_data
 
 SMALL = {"num_train": 6, "num_test": 2, "hr_size": 64}
 REPO = Path(__file__).resolve().parents[1]

@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from insanesr_dist.submission import read_submission
+from insanesr_dist.scoring.submission import read_submission
 
 from conftest import TINY, independent_val_jm, run_cli
 

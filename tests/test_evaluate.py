@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 from skimage.metrics import peak_signal_noise_ratio, structural_similarity
 
-from insanesr_dist.evaluate import evaluate_predictions, score_images, score_predictions
+from insanesr_dist.tools.evaluate import evaluate_predictions, score_predictions
+from insanesr_dist.scoring.evaluate import score_images
 
 from conftest import assert_one_line_error, make_pair_folder, read_rgb, run_cli, write_png
 
@@ -88,10 +89,12 @@ def test_tiled_validation_and_submissions_match_the_whole_image_forward(tmp_path
     import torch
     from accelerate import Accelerator
 
-    from insanesr_dist.data import eval_loader, load_splits
-    from insanesr_dist.model import InsaneSRNet
-    from insanesr_dist.predict import float32_forward, predict_pngs
-    from insanesr_dist.tiles import exact_overlap, layout
+    from insanesr_dist.data.loaders import eval_loader
+    from insanesr_dist.data.splits import load_splits
+    from insanesr_dist.model.architecture import InsaneSRNet
+    from insanesr_dist.inference.forward import float32_forward
+    from insanesr_dist.inference.sharded import predict_pngs
+    from insanesr_dist.inference.tiles import exact_overlap, layout
 
     root = make_pair_folder(tmp_path / "d", num_train=10, num_test=2, lr_size=(44, 52), seed=3)
     splits = load_splits(str(root), val_fraction=0.3, seed=0)

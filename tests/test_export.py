@@ -9,8 +9,9 @@ import pytest
 import torch
 
 from insanesr_dist.errors import UserError
-from insanesr_dist.export import export
-from insanesr_dist.model import InsaneSRNet, load_model, read_metadata
+from insanesr_dist.tools.export import export
+from insanesr_dist.model.architecture import InsaneSRNet
+from insanesr_dist.model.weights import load_model, read_metadata
 
 from conftest import assert_one_line_error, read_rgb, run_cli, write_png
 

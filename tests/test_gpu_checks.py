@@ -8,7 +8,7 @@ import sys
 import time
 from pathlib import Path
 
-from insanesr_dist.gpu_checks import _run_child, markdown_table, per_step_syncs
+from insanesr_dist.tools.gpu_checks import _run_child, markdown_table, per_step_syncs
 
 from conftest import assert_one_line_error
 
@@ -30,7 +30,7 @@ def test_syncs_count_per_step_only_after_warm_up_and_outside_epoch_ends():
 
 
 def test_the_nan_check_passes_on_the_cpu_and_renders_as_a_table():
-    from insanesr_dist.gpu_checks import _rows_nan
+    from insanesr_dist.tools.gpu_checks import _rows_nan
 
     result = _run_child("nan_step", {"device": "cpu"}, timeout=300)
     rows = _rows_nan(result)
@@ -56,7 +56,7 @@ def test_one_table_row_per_check_from_the_children_results(monkeypatch):
     # The GPU run's path through main(), with the children's results as they would come back.
     from click.testing import CliRunner
 
-    from insanesr_dist import gpu_checks
+    from insanesr_dist.tools import gpu_checks
 
     nan = {"channels_last_grads": True, "weights_unchanged": True, "moments_unchanged": True, "counted": 1,
            "next_step_updates": True}
@@ -84,7 +84,7 @@ def test_one_table_row_per_check_from_the_children_results(monkeypatch):
 
 
 def test_a_check_over_its_time_is_cut_off_with_its_children(tmp_path):
-    from insanesr_dist.gpu_checks import _run_json
+    from insanesr_dist.tools.gpu_checks import _run_json
 
     marker = tmp_path / "grandchild.pid"
     code = ("import subprocess, sys, time; p = subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(60)'])"

@@ -3,7 +3,7 @@ import sys
 
 FAULTS_PER_STEP = """
 import resource, sys, torch
-from insanesr_dist.host_memory import keep_freed_memory
+from insanesr_dist.training.host_memory import keep_freed_memory
 
 def faults_per_step():
     # A step's worth of fresh activations, five times: four 40 MiB tensors (the default model's largest

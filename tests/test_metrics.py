@@ -3,7 +3,8 @@ import pytest
 import torch
 from skimage.metrics import peak_signal_noise_ratio, structural_similarity
 
-from insanesr_dist.metrics import joint_metric, piq_psnr_ssim, psnr_ssim, to_uint8
+from insanesr_dist.scoring.metrics import joint_metric, piq_psnr_ssim, psnr_ssim
+from insanesr_dist.data.tensors import to_uint8
 
 
 def grader(a: np.ndarray, b: np.ndarray) -> tuple[float, float]:

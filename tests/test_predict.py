@@ -12,12 +12,12 @@ import pytest
 import torch
 
 from insanesr_dist.errors import UserError
-from insanesr_dist.evaluate import evaluate_predictions
-from insanesr_dist.model import InsaneSRNet, ModelConfig, save_weights
+from insanesr_dist.tools.evaluate import evaluate_predictions
+from insanesr_dist.model.architecture import InsaneSRNet, ModelConfig
+from insanesr_dist.model.weights import save_weights
 from insanesr_dist.predict import list_inputs
-from insanesr_dist.submission import read_submission
-from insanesr_dist.tiles import (RAMP, axis_weights, exact_overlap, layout, receptive_radius, self_ensemble,
-                                 upscale_image)
+from insanesr_dist.scoring.submission import read_submission
+from insanesr_dist.inference.tiles import RAMP, axis_weights, exact_overlap, layout, receptive_radius, self_ensemble, upscale_image
 
 from conftest import TINY, assert_one_line_error, make_pair_folder, read_rgb, run_cli, write_png
 
@@ -341,7 +341,7 @@ def spy_on_precisions(monkeypatch) -> list:
 def test_the_float32_forward_is_ieee_inside_and_restores_the_settings_after(which, monkeypatch):
     from types import SimpleNamespace
 
-    from insanesr_dist.predict import float32_forward, model_forward
+    from insanesr_dist.inference.forward import float32_forward, model_forward
 
     model = tiny_model()
     x = torch.rand(2, 3, 9, 11)
@@ -361,7 +361,7 @@ def test_the_float32_forward_is_ieee_inside_and_restores_the_settings_after(whic
 
 
 def test_the_settings_are_restored_when_the_forward_fails():
-    from insanesr_dist.predict import ieee_float32
+    from insanesr_dist.inference.forward import ieee_float32
 
     with tf32_everywhere() as settings:
         with pytest.raises(RuntimeError), ieee_float32():
@@ -371,7 +371,7 @@ def test_the_settings_are_restored_when_the_forward_fails():
 
 
 def test_bf16_predict_is_left_to_autocast(monkeypatch):
-    from insanesr_dist.predict import model_forward
+    from insanesr_dist.inference.forward import model_forward
 
     seen = spy_on_precisions(monkeypatch)
     with tf32_everywhere() as settings, torch.no_grad():

@@ -11,11 +11,12 @@ import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 
 from insanesr_dist.config import TrainConfig
-from insanesr_dist.ema import WeightEMA
-from insanesr_dist.losses import pixel_loss, training_loss
-from insanesr_dist.model import InsaneSRNet, ModelConfig, count_parameters, load_model, read_metadata
+from insanesr_dist.training.ema import WeightEMA
+from insanesr_dist.training.losses import pixel_loss, training_loss
+from insanesr_dist.model.architecture import InsaneSRNet, ModelConfig, count_parameters
+from insanesr_dist.model.weights import load_model, read_metadata
 from insanesr_dist.presets import PRESETS
-from insanesr_dist.train import lr_at
+from insanesr_dist.training.optimizer import lr_at
 
 from conftest import run_cli
 

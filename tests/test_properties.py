@@ -12,9 +12,11 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from PIL import Image
 
-from insanesr_dist import samples
-from insanesr_dist.crops import random_pair_crop
-from insanesr_dist.submission import encode_png, read_submission, write_submission
+from insanesr_dist.data.images import decode_image, header_size
+from insanesr_dist.data.pairs import pair_names, scale_suffix
+from insanesr_dist.data.crops import random_pair_crop
+from insanesr_dist.data.images import encode_png
+from insanesr_dist.scoring.submission import read_submission, write_submission
 
 FAST = settings(max_examples=30, deadline=None)
 names = st.text(st.characters(codec="utf-8", exclude_characters="/\\\x00"), min_size=1, max_size=8)
@@ -26,12 +28,12 @@ def test_pairs_are_shared_names_or_the_scale_suffix_and_every_other_file_is_name
     lr_files = {f"{n}.png": Path("LR", f"{n}.png") for n in lr}
     lr_files.update({f"{n}x4.png": Path("LR", f"{n}x4.png") for n in suffixed})  # DIV2K's LR names
     hr_files = {f"{n}.png": Path("HR", f"{n}.png") for n in hr | suffixed}
-    pairs, findings = samples.pair_names(lr_files, hr_files, scale)
+    pairs, findings = pair_names(lr_files, hr_files, scale)
     # the same name always pairs; otherwise only LR name = HR name + the scale's suffix
     assert {lr for lr, hr in pairs if lr == hr} == set(lr_files) & set(hr_files)
     for lr_name, hr_name in pairs:
-        assert lr_name == hr_name or (hr_name in samples.scale_suffix(lr_name)[0]
-                                      and samples.scale_suffix(lr_name)[1] == scale)
+        assert lr_name == hr_name or (hr_name in scale_suffix(lr_name)[0]
+                                      and scale_suffix(lr_name)[1] == scale)
     assert len({hr for _, hr in pairs}) == len(pairs)  # no HR file in two pairs
     # every file is in a pair or named by exactly one finding
     named = [Path(f.path).name for f in findings]
@@ -74,7 +76,7 @@ def _encode(mode: str, h: int, w: int, rng) -> tuple[bytes, np.ndarray]:
 def test_every_mode_decodes_to_the_documented_rgb(mode, h, w, seed):
     data, expected = _encode(mode, h, w, np.random.default_rng(seed))
     notes: list[str] = []
-    rgb = samples.decode_image(data, "x.png", notes)
+    rgb = decode_image(data, "x.png", notes)
     assert rgb.dtype == np.uint8 and rgb.shape == (h, w, 3)
     assert np.array_equal(rgb, expected)
     assert bool(notes) == (mode != "RGB")  # every conversion is reported, and only conversions
@@ -118,4 +120,4 @@ def test_the_header_size_is_the_decoded_size(ext, height, width, channels, lossl
         array = array[..., :3]
     params = [cv2.IMWRITE_WEBP_QUALITY, 101 if lossless else 80] if ext == ".webp" else []
     data = cv2.imencode(ext, array, params)[1].tobytes()
-    assert samples.header_size(data) == (width, height) == samples.decode_image(data, "x").shape[1::-1]
+    assert header_size(data) == (width, height) == decode_image(data, "x").shape[1::-1]

@@ -17,12 +17,16 @@ from bad_data import PATCH, make_bad_folder, make_empty_folder
 from conftest import TINY, assert_one_line_error, make_pair_folder, run_cli, run_patched_train
 from PIL import Image
 
-from insanesr_dist import atomic, samples
-from insanesr_dist.data import load_splits
+from insanesr_dist import atomic
+from insanesr_dist.data import images
+from insanesr_dist.data import pairs
+from insanesr_dist.data.splits import load_splits
 from insanesr_dist.errors import UserError
-from insanesr_dist.faults import BadSteps, make_optimizer
-from insanesr_dist.model import InsaneSRNet, load_model, read_metadata, save_weights
-from insanesr_dist.submission import read_submission, write_submission
+from insanesr_dist.training.faults import BadSteps
+from insanesr_dist.training.optimizer import make_optimizer
+from insanesr_dist.model.architecture import InsaneSRNet
+from insanesr_dist.model.weights import load_model, read_metadata, save_weights
+from insanesr_dist.scoring.submission import read_submission, write_submission
 
 ARGS = [*TINY, "--patch-size", str(PATCH)]  # the bad cases are built around this crop size
 
@@ -34,7 +38,7 @@ def bad_folder(tmp_path_factory):
 
 
 def _lines_about(output: str, path: Path) -> list[str]:
-    return [line for line in output.splitlines() if line.startswith(samples.show(path) + ":")]
+    return [line for line in output.splitlines() if line.startswith(pairs.show(path) + ":")]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -70,7 +74,7 @@ def test_training_stops_on_the_first_bad_file_or_skips_each_once(bad_folder, tmp
     refused = run_cli("insanesr-dist", "train", "--data", str(root), *ARGS, "--output-dir", str(tmp_path / "a"))
     assert_one_line_error(refused, "check-data")
     error = next(line for line in refused.stderr.splitlines() if line.startswith("Error:"))
-    assert any(samples.show(c.path) in error for c in cases.values() if c.kind == "bad"), error
+    assert any(pairs.show(c.path) in error for c in cases.values() if c.kind == "bad"), error
 
     # fp16 asked for on a CPU: the run explains the choice it made instead of failing
     run = run_cli("insanesr-dist", "train", "--data", str(root), *ARGS, "--epochs", "1", "--on-bad-sample", "skip",
@@ -79,7 +83,7 @@ def test_training_stops_on_the_first_bad_file_or_skips_each_once(bad_folder, tmp
     out = run.stdout + run.stderr
     assert "fp16 needs a CUDA GPU" in out
     for name, case in cases.items():
-        skipped = [line for line in out.splitlines() if line.startswith(f"skipping {samples.show(case.path)}:")]
+        skipped = [line for line in out.splitlines() if line.startswith(f"skipping {pairs.show(case.path)}:")]
         assert len(skipped) == (case.kind == "bad"), (name, skipped)
     total = sum(line.startswith("skipping ") for line in out.splitlines())  # cases + their partners and twins
     assert total >= sum(c.kind == "bad" for c in cases.values()) and f"left out {total} bad file(s)" in out
@@ -104,14 +108,14 @@ def test_bad_fault_options_are_usage_errors(tmp_path, args, needle):
 
 def test_conversions_match_an_independent_reader(bad_folder):
     root, cases = bad_folder
-    gray = samples.read_image(cases["grayscale"].path)
+    gray = images.read_image(cases["grayscale"].path)
     ref = np.asarray(Image.open(cases["grayscale"].path))
     assert all(np.array_equal(gray[..., c], ref) for c in range(3))
-    pal = samples.read_image(cases["palette"].path)
+    pal = images.read_image(cases["palette"].path)
     assert np.array_equal(pal, np.asarray(Image.open(cases["palette"].path).convert("RGB")))
-    rgba = samples.read_image(cases["RGBA"].path)
+    rgba = images.read_image(cases["RGBA"].path)
     assert np.array_equal(rgba, np.asarray(Image.open(cases["RGBA"].path))[..., :3])  # RGB as stored
-    deep = samples.read_image(cases["16-bit"].path)
+    deep = images.read_image(cases["16-bit"].path)
     raw = cv2.cvtColor(cv2.imread(str(cases["16-bit"].path), cv2.IMREAD_UNCHANGED), cv2.COLOR_BGR2RGB)
     assert raw.dtype == np.uint16 and np.array_equal(deep, np.round(raw / 257).astype(np.uint8))
 
@@ -249,7 +253,7 @@ def _half_then_fail(real):
 
 
 def test_a_failed_write_leaves_the_previous_files_readable(tmp_path, monkeypatch):
-    import insanesr_dist.model as model_module
+    import insanesr_dist.model.weights as model_module
 
     old = InsaneSRNet(num_rrdb=1, channels=8, growth=4, layers_per_block=2)
     save_weights(old, tmp_path / "latest.safetensors", epoch=1)
@@ -289,7 +293,7 @@ def test_a_failed_write_leaves_the_previous_files_readable(tmp_path, monkeypatch
 
 
 DISK_FULL_AT_EPOCH_2 = """
-import insanesr_dist.model as M
+import insanesr_dist.model.weights as M
 real = M.save_file
 def save_file(state, path, metadata=None):  # the disk fills up while epoch 2's weights are written
     real(state, path, metadata=metadata)

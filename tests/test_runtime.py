@@ -6,7 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from insanesr_dist import runtime
+from insanesr_dist.training import precision
+from insanesr_dist.training import runtime
 
 from conftest import TINY, assert_one_line_error, patched_train_script, run_cli
 
@@ -46,9 +47,9 @@ def test_only_an_explicit_float32_request_is_float32(tmp_path):
 def test_resolving_an_explicit_float32_request_gives_float32(monkeypatch):
     monkeypatch.setattr(runtime, "native_bf16", lambda cpu: True)
     monkeypatch.setattr(runtime, "launch_precision", lambda: "no")
-    assert runtime.resolve_precision("auto", cpu=True) == ("no", None)
+    assert precision.resolve_precision("auto", cpu=True) == ("no", None)
     monkeypatch.setattr(runtime, "launch_precision", lambda: None)
-    assert runtime.resolve_precision("auto", cpu=True)[0] == "bf16"
+    assert precision.resolve_precision("auto", cpu=True)[0] == "bf16"
 
 
 @pytest.mark.parametrize("config, cpu", [("cpu.yaml", True), ("single_gpu.yaml", False)])

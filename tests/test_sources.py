@@ -9,8 +9,9 @@ import cv2
 import numpy as np
 import pytest
 
-from insanesr_dist import samples
-from insanesr_dist.data import EvalImages, load_splits
+from insanesr_dist.data import pairs as samples
+from insanesr_dist.data.loaders import EvalImages
+from insanesr_dist.data.splits import load_splits
 from insanesr_dist.errors import UserError
 
 from conftest import TINY, assert_one_line_error, read_rgb, run_cli, write_png

@@ -11,8 +11,10 @@ import pytest
 import torch
 from conftest import assert_one_line_error, make_pair_folder, run_tree, write_png
 
-from insanesr_dist import data as D
-from insanesr_dist import store
+from insanesr_dist.data import loaders
+from insanesr_dist.data import sources
+from insanesr_dist.data.splits import load_splits
+from insanesr_dist.data import store
 from insanesr_dist.errors import UserError
 
 
@@ -23,7 +25,7 @@ def folder(tmp_path):
 
 def _load(folder, tmp_path, lines=None, **options):
     say = (lines.append if lines is not None else lambda line: None)
-    return D.load_splits(folder, val_fraction=0.25, seed=0, store_dir=str(tmp_path / "store"), say=say, **options)
+    return load_splits(folder, val_fraction=0.25, seed=0, store_dir=str(tmp_path / "store"), say=say, **options)
 
 
 def _only_store(tmp_path):
@@ -35,14 +37,14 @@ def test_crops_and_validation_images_from_the_store_equal_decoded_ones(folder, t
     splits = _load(folder, tmp_path)
     assert splits.pixels is not None
     crops = dict(patch_size=8, scale=4, seed=3)
-    stored, decoded = (D.TrainPairs(splits.train, pixels=p, **crops) for p in (splits.pixels, None))
+    stored, decoded = (loaders.TrainPairs(splits.train, pixels=p, **crops) for p in (splits.pixels, None))
     for epoch in (0, 1):
         stored.set_epoch(epoch)
         decoded.set_epoch(epoch)
         for i in range(len(stored)):
             (lr, hr, code), (lr_d, hr_d, code_d) = stored[i], decoded[i]
             assert lr.dtype == np.uint8 and np.array_equal(lr, lr_d) and np.array_equal(hr, hr_d) and code == code_d
-    val_stored, val_decoded = (D.EvalImages(splits.val, with_hr=True, pixels=p) for p in (splits.pixels, None))
+    val_stored, val_decoded = (loaders.EvalImages(splits.val, with_hr=True, pixels=p) for p in (splits.pixels, None))
     for i in range(len(val_stored)):
         for a, b in zip(val_stored[i][1:], val_decoded[i][1:]):
             assert torch.equal(a, b)
@@ -101,7 +103,7 @@ def test_above_the_budget_only_the_checks_are_stored_and_workers_decode(folder, 
     # A process that decodes says so itself (every rank would: a second build must show).
     assert "no decoded store (above --store-gb 1e-06" in capsys.readouterr().out
     assert not list(_only_store(tmp_path).glob("part-*.u8"))
-    loader = D.train_loader(splits.train, batch_size=2, patch_size=8, scale=4, seed=0, num_workers=0)
+    loader = loaders.train_loader(splits.train, batch_size=2, patch_size=8, scale=4, seed=0, num_workers=0)
     assert next(iter(loader))[1].shape == (2, 32, 32, 3)  # HR windows, as stored
     lines.clear()  # a larger budget later: the pixels are added
     assert _load(folder, tmp_path, lines).pixels is not None
@@ -109,7 +111,7 @@ def test_above_the_budget_only_the_checks_are_stored_and_workers_decode(folder, 
 
 
 def _table(folder):
-    return D._table_from_files([(p.name, str(p), str(folder / "train" / "HR" / p.name))
+    return sources._table_from_files([(p.name, str(p), str(folder / "train" / "HR" / p.name))
                                 for p in sorted((folder / "train" / "LR").iterdir())])
 
 

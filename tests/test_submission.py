@@ -9,7 +9,8 @@ import cv2
 import numpy as np
 import pytest
 
-from insanesr_dist.submission import check_submission, encode_png, read_submission, write_submission
+from insanesr_dist.scoring.submission import check_submission, read_submission, write_submission
+from insanesr_dist.data.images import encode_png
 
 from conftest import make_pair_folder, read_rgb, run_cli
 
@@ -116,7 +117,7 @@ def test_every_kind_of_problem_is_named(case, expected, test_lr, tmp_path):
 
 
 def test_a_wrong_size_is_read_from_the_png_header_without_decoding(test_lr, tmp_path, monkeypatch):
-    from insanesr_dist import submission
+    from insanesr_dist.scoring import submission
 
     lr_dir, predictions = test_lr
     rows = [[k, b64(encode_png(v))] for k, v in predictions.items()]

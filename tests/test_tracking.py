@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from insanesr_dist.model import load_model
+from insanesr_dist.model.weights import load_model
 
 from conftest import TINY, assert_one_line_error, free_port, read_rgb, run_cli, upscale
 

@@ -10,12 +10,12 @@ import pytest
 import torch
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from insanesr_dist.evaluate import evaluate_predictions
-from insanesr_dist.metrics import joint_metric, psnr_ssim
-from insanesr_dist.model import load_model, read_metadata
-from insanesr_dist.submission import read_submission
-from insanesr_dist.runtime import resolve_precision
-from insanesr_dist.train import lr_at
+from insanesr_dist.tools.evaluate import evaluate_predictions
+from insanesr_dist.scoring.metrics import joint_metric, psnr_ssim
+from insanesr_dist.model.weights import load_model, read_metadata
+from insanesr_dist.scoring.submission import read_submission
+from insanesr_dist.training.precision import resolve_precision
+from insanesr_dist.training.optimizer import lr_at
 
 from conftest import (TINY, assert_one_line_error, independent_val_jm, make_pair_folder, read_rgb, run_cli,
                       run_patched_train, upscale, write_png)
@@ -40,7 +40,7 @@ def test_fp16_on_a_cpu_becomes_bf16_with_a_note(monkeypatch):
 
 @pytest.mark.parametrize("native", [True, False])
 def test_auto_precision_is_bf16_only_where_it_is_native(monkeypatch, native):
-    import insanesr_dist.runtime as runtime
+    import insanesr_dist.training.precision as runtime
 
     monkeypatch.setattr(runtime, "native_bf16", lambda cpu: native)
     monkeypatch.delenv("ACCELERATE_MIXED_PRECISION", raising=False)  # not launched by accelerate: nothing said
@@ -226,8 +226,8 @@ def test_a_bug_mid_epoch_exits_with_its_traceback_instead_of_hanging(pair_folder
 def test_val_every_submit_every_and_val_max_images_through_the_cli(pair_folder, tmp_path):
     """--val-every 2 --submit-every 2 over 3 epochs: validation and submissions at epochs 2 and 3 (the last
     always), epoch 1 a train-only record; --val-max-images 2 scores the same 2 seeded images, named up front."""
-    from insanesr_dist.data import load_splits
-    from insanesr_dist.study import read_row
+    from insanesr_dist.data.splits import load_splits
+    from insanesr_dist.tools.study import read_row
     from insanesr_dist.train import val_subset
 
     out = tmp_path / "out"
@@ -266,11 +266,12 @@ def test_every_epoch_reaches_the_dataset_also_through_a_sharded_loader(pair_fold
     (several ranks): the crops would repeat every epoch unless the loop sets it too."""
     from accelerate.data_loader import prepare_data_loader
 
-    from insanesr_dist import data as D
+    from insanesr_dist.data import loaders
+    from insanesr_dist.data import splits
     from insanesr_dist.train import _epoch_batches
 
-    train = D.load_splits(pair_folder, val_fraction=0.1, seed=0).train
-    loader = D.train_loader(train, batch_size=2, patch_size=4, scale=4, seed=0, num_workers=0)
+    train = splits.load_splits(pair_folder, val_fraction=0.1, seed=0).train
+    loader = loaders.train_loader(train, batch_size=2, patch_size=4, scale=4, seed=0, num_workers=0)
     shard = prepare_data_loader(loader, num_processes=2, process_index=1, put_on_device=False,
                                 use_seedable_sampler=True)
     for epoch in (1, 2):
@@ -325,7 +326,7 @@ def test_init_from_a_run_directory_and_an_exported_folder_starts_from_their_weig
                                                                                    tmp_path):
     """--init-from RUN takes its best.safetensors, an exported folder its model.safetensors; with a learning rate
     too small to move a float32 weight, the run's weights after one step are the source's."""
-    from insanesr_dist.export import save_folder
+    from insanesr_dist.model.weights import save_folder
 
     run, _ = finished_run
     save_folder(load_model(run / "latest.safetensors"), tmp_path / "exported")
@@ -344,8 +345,9 @@ def test_init_from_a_run_directory_and_an_exported_folder_starts_from_their_weig
 
 def test_a_partial_init_lists_what_it_left_and_a_strict_one_names_the_tensor(tmp_path):
     from insanesr_dist.errors import UserError
-    from insanesr_dist.model import InsaneSRNet, save_weights
-    from insanesr_dist.weights import init_weights
+    from insanesr_dist.model.architecture import InsaneSRNet
+    from insanesr_dist.model.weights import save_weights
+    from insanesr_dist.model.weights import init_weights
 
     small = InsaneSRNet(num_rrdb=1, channels=8, growth=8, layers_per_block=2)
     save_weights(small, tmp_path / "small.safetensors")

@@ -11,11 +11,13 @@ from pathlib import Path
 
 import click
 
-from . import samples, sources
-from .degrade import KERNELS
-from .errors import UserError
-from .samples import Finding
-from .sources import Folders
+from insanesr_dist.data.images import decode_image, max_pixels, sniff_format
+from insanesr_dist.data.pairs import cell_name, pair_names, pair_problem, patch_problem, scan_folder, show
+from insanesr_dist.data import sources
+from insanesr_dist.data.degrade import KERNELS
+from insanesr_dist.errors import UserError
+from insanesr_dist.data.pairs import Finding
+from insanesr_dist.data.sources import Folders
 
 SHOWN_PER_KIND = 10  # conversions and notes repeat per file; bad files are always all listed
 
@@ -42,10 +44,10 @@ class Report:
     def judge_pair(self, lr: tuple[int, ...], hr: tuple[int, ...], lr_name, hr_name, *, scale: int,
                    patch_size: int) -> None:
         """Record a decoded pair as usable, or the one problem that makes it not (sizes first)."""
-        problem = samples.pair_problem(lr, hr, scale)
+        problem = pair_problem(lr, hr, scale)
         if problem:
             self.add(hr_name, problem)
-        elif too_small := samples.patch_problem(lr, patch_size):
+        elif too_small := patch_problem(lr, patch_size):
             self.add(lr_name, too_small + " (set a smaller --patch-size)")
         else:
             self.usable += 1
@@ -55,7 +57,7 @@ def _decode(data: bytes, name: str, report: Report) -> tuple[int, ...] | None:
     """The decoded shape, recording conversions; None (recorded as bad) when the file is unusable."""
     notes: list[str] = []
     try:
-        shape = samples.decode_image(data, name, notes).shape
+        shape = decode_image(data, name, notes).shape
     except UserError as e:
         report.add(name, e.message[len(name) + 2:])
         return None
@@ -78,7 +80,7 @@ def _sniff_all(files: dict[str, Path], report: Report) -> dict[Path, str | None]
     for path in files.values():
         try:
             with open(path, "rb") as f:
-                kinds[path] = samples.sniff_format(f.read(16))
+                kinds[path] = sniff_format(f.read(16))
         except OSError as e:
             report.add(path, f"cannot be read ({e.strerror})")
     return kinds
@@ -103,7 +105,7 @@ def _read_and_decode(path: Path, report: Report) -> tuple[int, ...] | None:
     except OSError as e:
         report.add(path, f"cannot be read ({e.strerror})")
         return None
-    return _decode(data, samples.show(path), report)
+    return _decode(data, show(path), report)
 
 
 def check_folders(folders: Folders, patch_size: int, scale: int, report: Report) -> None:
@@ -114,19 +116,19 @@ def check_folders(folders: Folders, patch_size: int, scale: int, report: Report)
     missing = [d for d in dirs if not d.is_dir()]
     if missing:
         for d in missing:
-            report.fatal.append(f"{samples.show(d)}: missing; a data folder needs train/LR and train/HR")
+            report.fatal.append(f"{show(d)}: missing; a data folder needs train/LR and train/HR")
         return
     scanned = {}
     for d in dirs + ([folders.test_lr] if folders.test_lr else []):
-        files, findings = samples.scan_folder(d)
+        files, findings = scan_folder(d)
         report.findings += findings
         if not files and not [f for f in findings if f.kind == "bad"]:
-            report.fatal.append(f"{samples.show(d)}: empty folder (no images)")
+            report.fatal.append(f"{show(d)}: empty folder (no images)")
         scanned[d] = files
     pairs = []
     for (lr_dir, hr_dir), patch in zip(sets, (patch_size, 0)):  # validation images are whole, never cropped
         lr_files = scanned[lr_dir or hr_dir]
-        names, orphans = samples.pair_names(lr_files, scanned[hr_dir], scale)
+        names, orphans = pair_names(lr_files, scanned[hr_dir], scale)
         report.findings += orphans
         report.pairs += len(names) + len(orphans)
         pairs += [(lr_files[lr], scanned[hr_dir][hr], patch) for lr, hr in names]
@@ -158,10 +160,10 @@ def _read_cell(cell: dict | None, name: str, report: Report) -> tuple[int, ...] 
 
 def check_table(source: str, kind: str, columns: tuple[str, str, str], patch_size: int, scale: int,
                 report: Report, lr_from_hr: str | None = None) -> None:
-    """The tables training reads (data._load_table: the same columns, ids and image cells), row by row."""
-    from .data import _load_table
+    """The tables training reads (data.load_table: the same columns, ids and image cells), row by row."""
+    from insanesr_dist.data.sources import load_table
 
-    train, test = _load_table(source, kind, columns, lr_from_hr)
+    train, test = load_table(source, kind, columns, lr_from_hr)
     pair = ("hr",) if lr_from_hr else ("lr", "hr")
     for split, table, images in (("train", train, pair), ("test", test, ("lr",))):
         if table is None:
@@ -173,7 +175,7 @@ def check_table(source: str, kind: str, columns: tuple[str, str, str], patch_siz
                 report.add(f"{source} ({split}) id {row['id']}", f"same id as {seen[key]} up to case or extension")
                 continue
             seen[key] = row["id"]
-            found = [_read_cell(row[column], samples.cell_name(row, column), report) for column in images]
+            found = [_read_cell(row[column], cell_name(row, column), report) for column in images]
             if split == "test":
                 report.test += 1
                 continue
@@ -181,8 +183,8 @@ def check_table(source: str, kind: str, columns: tuple[str, str, str], patch_siz
             if None in found:
                 continue
             if lr_from_hr:
-                found = report.lr_from_hr(found[0], samples.cell_name(row, "hr"), scale)
-            report.judge_pair(*found, samples.cell_name(row, "lr"), samples.cell_name(row, "hr"), scale=scale,
+                found = report.lr_from_hr(found[0], cell_name(row, "hr"), scale)
+            report.judge_pair(*found, cell_name(row, "lr"), cell_name(row, "hr"), scale=scale,
                               patch_size=patch_size)
 
 
@@ -192,7 +194,7 @@ def run_check(source: str | None, *, patch_size: int, on_bad_sample: str, scale:
     """Print every finding and a summary; True when training would run. `columns`: a table source's LR, HR
     and id columns, as training's --lr-column, --hr-column, --id-column; `given`: folders given one by one
     (sources.Folders field -> path), as training's --hr-dir and siblings."""
-    samples.max_pixels()  # a bad $INSANESR_MAX_PIXELS is one line, not a finding on every file
+    max_pixels()  # a bad $INSANESR_MAX_PIXELS is one line, not a finding on every file
     report = Report()
     kind, folders = sources.locate(source, given or {}, scale, hr_only=bool(lr_from_hr))
     if folders is not None:
@@ -257,7 +259,7 @@ def check_data_command(source: str | None, on_bad_sample: str, patch_size: int |
       insanesr-dist check-data hub-dataset/ --lr-column low --hr-column high --id-column name
     """
     if patch_size is None:
-        from .config import TrainConfig
+        from insanesr_dist.config import TrainConfig
 
         patch_size = TrainConfig().patch_size
     given = sources.given_folders(dict(hr_dir=hr_dir, lr_dir=lr_dir, val_hr_dir=val_hr_dir, val_lr_dir=val_lr_dir,

@@ -17,69 +17,19 @@ import click
 import numpy as np
 import torch
 
-from . import __version__
-from .atomic import atomic_path, write_text_atomic
-from .errors import UserError
-from .model import InsaneSRNet, count_parameters, load_model, model_from_config, read_metadata, save_weights
+from insanesr_dist import __version__
+from insanesr_dist.atomic import atomic_path, write_text_atomic
+from insanesr_dist.errors import UserError
+from insanesr_dist.model.architecture import InsaneSRNet, count_parameters
+from insanesr_dist.model.weights import load_model, read_metadata
+from insanesr_dist.model.weights import CARD_FILE, CONFIG_FILE, ONNX_FILE, WEIGHTS_FILE
 
-CONFIG_FILE, WEIGHTS_FILE, CARD_FILE, ONNX_FILE = "config.json", "model.safetensors", "README.md", "model.onnx"
-MODEL_TYPE = "insanesr"
 ONNX_TOLERANCE = 1e-4  # max abs difference from the PyTorch output, on [0, 1] pixels
 TRACE_SIZE = (32, 32)  # height, width of the image the ONNX export traces; both stay dynamic
 
 
 # ---------------------------------------------------------------------------------------------
 # Model folders: save and load
-
-
-def save_folder(model: InsaneSRNet, folder: str | os.PathLike, **metadata: object) -> None:
-    folder = Path(folder)
-    config = {"model_type": MODEL_TYPE, "architectures": [type(model).__name__], **asdict(model.config),
-              "insanesr_dist_version": __version__}
-    save_weights(model, folder / WEIGHTS_FILE, **metadata)
-    write_text_atomic(folder / CONFIG_FILE, json.dumps(config, indent=2) + "\n")
-
-
-def _hub_snapshot(repo_id: str) -> Path:
-    """A Hub model repository's folder files, downloaded into (or found in) the Hugging Face cache."""
-    from huggingface_hub import snapshot_download
-
-    try:
-        return Path(snapshot_download(repo_id, allow_patterns=[CONFIG_FILE, WEIGHTS_FILE, CARD_FILE]))
-    except Exception as e:  # many network/auth/offline error types; the user needs one line
-        raise UserError(f"{repo_id}: no such folder here, and not downloadable from the Hugging Face Hub "
-                        f"({type(e).__name__})") from None
-
-
-def load_folder(folder: str | os.PathLike) -> InsaneSRNet:
-    from .model import _hub_id
-
-    path = Path(folder)
-    if _hub_id(folder):
-        path = _hub_snapshot(os.fspath(folder))
-    if not path.is_dir():
-        raise UserError(f"{folder}: model folder not found")
-    weights, config_file = path / WEIGHTS_FILE, path / CONFIG_FILE
-    if not weights.is_file() or not config_file.is_file():
-        hint = ("; this is a training run: pass RUN/best.safetensors or run `insanesr-dist export` on it"
-                if (path / "best.safetensors").is_file() else "")
-        raise UserError(f"{path}: not an exported model folder (needs {CONFIG_FILE} and {WEIGHTS_FILE}){hint}")
-    try:
-        config = json.loads(config_file.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as e:
-        raise UserError(f"{config_file}: not readable JSON ({e})") from None
-    if not isinstance(config, dict) or config.get("model_type") != MODEL_TYPE:
-        raise UserError(f"{config_file}: model_type is not {MODEL_TYPE!r}; not an InsaneSRNet folder")
-    model = model_from_config(config, f"{config_file}: unusable model config")
-    from safetensors import SafetensorError
-    from safetensors.torch import load_file
-
-    try:
-        model.load_state_dict(load_file(os.fspath(weights)))
-    except (SafetensorError, RuntimeError, OSError) as e:
-        first_line = str(e).strip().splitlines()[0]
-        raise UserError(f"{weights}: weights do not fit {CONFIG_FILE} ({first_line})") from None
-    return model.eval()  # as Hugging Face's from_pretrained: ready for inference
 
 
 # ---------------------------------------------------------------------------------------------
@@ -236,7 +186,7 @@ def onnx_max_abs_diff(model: InsaneSRNet, path: Path, lr: np.ndarray) -> float:
 def check_image(path: Path | None) -> np.ndarray:
     """The image the ONNX model is checked on: the user's, or a seeded smooth one of a size not traced."""
     if path is not None:
-        from .data import decode_rgb
+        from insanesr_dist.data.images import decode_rgb
 
         return decode_rgb(path.read_bytes(), str(path))
     rng = np.random.default_rng(0)

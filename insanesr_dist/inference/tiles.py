@@ -22,15 +22,15 @@ strip of float accumulator, and the accelerator holds `batch_size` tiles.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
 
-from .metrics import to_uint8
-from .model import ModelConfig
+from insanesr_dist.data.tensors import to_uint8
+from insanesr_dist.model.architecture import ModelConfig
 
-Forward = Callable[[torch.Tensor], torch.Tensor]
+from insanesr_dist.inference.forward import Forward
+
 RAMP = 0.5  # blend width as a fraction of the overlap
 
 
@@ -165,3 +165,17 @@ def upscale_image(forward: Forward, lr: torch.Tensor, *, tile: int = 0, overlap:
             result[:, strip_top:done] = finish(strip[:, :done - strip_top])
             strip, strip_top = strip[:, done - strip_top:].clone(), done
     return result
+
+
+def needs_tiles(lr: torch.Tensor, tile: int) -> bool:
+    """Whether training's evaluation upscales this (...xHxW) image in tiles: an edge over `tile` (0: never)."""
+    return bool(tile) and max(lr.shape[-2:]) > tile
+
+
+def upscale_for_eval(forward: Forward, lr: torch.Tensor, *, tile: int = 0, overlap: int = 0) -> torch.Tensor:
+    """One 3xHxW uint8 image upscaled as training validates and submits it, uint8 on the image's device:
+    whole, or in tiles of `tile` LR pixels with `overlap` pixels of context (training passes the model's
+    `exact_overlap`, so the tiles give the whole image's result up to float rounding) when `needs_tiles`."""
+    if needs_tiles(lr, tile):
+        return upscale_image(forward, lr, tile=tile, overlap=overlap, device=lr.device).to(lr.device)
+    return upscale_image(forward, lr)

@@ -14,7 +14,7 @@ import sys
 
 import click
 
-from .bench_stages import peak_rss_mb
+from insanesr_dist.tools.bench_stages import peak_rss_mb
 
 RSS_LIMIT_MB = 3072  # the acceptance bound for a 2048x2048 LR image on 2 CPU cores
 
@@ -90,7 +90,7 @@ def bench_predict(size: int, untiled_size: int, tile: int, overlap: int, batch_s
 
 
 def _demo_or(data: str | None) -> str:
-    from .demo_data import ensure_demo_data
+    from insanesr_dist.data.demo import ensure_demo_data
 
     return data or str(ensure_demo_data())
 
@@ -138,7 +138,8 @@ def bench_train(data, batch_size, patch_size, threads, as_json, precision, chann
       insanesr-dist bench train --baseline
       insanesr-dist bench train --mixed-precision no --json
     """
-    from .runtime import resolve_precision, wants_cpu
+    from insanesr_dist.training.precision import resolve_precision
+    from insanesr_dist.training.runtime import wants_cpu
 
     data = _demo_or(data)
     precision = resolve_precision(precision, cpu=wants_cpu())[0]
@@ -242,8 +243,8 @@ def bench_data(data, batch_size, patch_size, threads, as_json, crops, cache_mb, 
 
 def gpu_consumption(patch_size: int) -> dict:
     """Samples/s a large GPU would train at, from the default model's FLOPs per sample (not measured here)."""
-    from .bench_stages import training_flops_per_lr_pixel
-    from .model import InsaneSRNet
+    from insanesr_dist.tools.bench_stages import training_flops_per_lr_pixel
+    from insanesr_dist.model.architecture import InsaneSRNet
 
     flops = training_flops_per_lr_pixel(InsaneSRNet()) * patch_size**2
     peak = 990e12  # H100/H200 SXM dense bf16

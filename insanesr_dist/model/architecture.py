@@ -6,18 +6,13 @@ The layer structure and parameter names follow the report's listing, so its `sta
 
 from __future__ import annotations
 
-import json
 import os
-from dataclasses import asdict, dataclass, fields
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
-from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
 from torch import nn
 
-from .atomic import atomic_path
-from .errors import UserError
 
 
 class ResidualDenseBlock(nn.Module):
@@ -152,13 +147,13 @@ class InsaneSRNet(nn.Module):
     def from_pretrained(cls, folder: str | os.PathLike) -> "InsaneSRNet":
         """Load a folder written by `save_pretrained` / `insanesr-dist export`, or a Hub repo id holding one;
         in eval mode, on the CPU."""
-        from .export import load_folder
+        from insanesr_dist.model.weights import load_folder
 
         return load_folder(folder)
 
     def save_pretrained(self, folder: str | os.PathLike, **metadata: object) -> None:
         """Write config.json and model.safetensors into `folder` (`metadata` as for `save_weights`)."""
-        from .export import save_folder
+        from insanesr_dist.model.weights import save_folder
 
         save_folder(self, folder, **metadata)
 
@@ -167,78 +162,3 @@ def count_parameters(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
 
 
-def save_weights(model: InsaneSRNet, path: str | os.PathLike, **metadata: object) -> None:
-    """Write the model's weights and config to one safetensors file, atomically.
-
-    `metadata` (epoch, step, jm, ...) is stored as JSON strings beside the config.
-    """
-    state = {k: v.detach().to("cpu").contiguous() for k, v in model.state_dict().items()}
-    header = {"insanesr_config": json.dumps(asdict(model.config))}
-    header.update({k: json.dumps(v) for k, v in metadata.items()})
-    with atomic_path(path) as tmp:
-        save_file(state, tmp, metadata=header)
-
-
-def read_metadata(path: str | os.PathLike) -> dict[str, object]:
-    """The JSON metadata of a weights file (config under `insanesr_config`), without loading tensors."""
-    from safetensors import safe_open
-
-    try:
-        with safe_open(os.fspath(path), framework="pt") as f:
-            raw = f.metadata() or {}
-    except (SafetensorError, OSError) as e:
-        raise UserError(f"{path}: not a readable safetensors weights file ({e})") from None
-    return {k: json.loads(v) for k, v in raw.items()}
-
-
-def _hub_id(path: str | os.PathLike) -> bool:
-    """`owner/name` that is no local path: a model folder on the Hugging Face Hub."""
-    text = os.fspath(path)
-    return (not os.path.exists(text) and text.count("/") == 1 and not text.startswith((".", "/", "~"))
-            and not text.endswith(".safetensors"))
-
-
-def model_from_config(config: dict, problem: str) -> InsaneSRNet:
-    """The model a stored config describes (keys it does not know are ignored, e.g. a config.json's
-    model_type); a config it cannot build is `problem` plus why, as one line."""
-    known = {f.name for f in fields(ModelConfig)}
-    try:
-        return InsaneSRNet(**{k: v for k, v in config.items() if k in known})
-    except (TypeError, ValueError) as e:
-        raise UserError(f"{problem} ({e})") from None
-
-
-def load_model(path: str | os.PathLike, map_location: str | torch.device = "cpu", *,
-               allow_pickle: bool = False) -> InsaneSRNet:
-    """Rebuild an InsaneSRNet from one weights file written by `save_weights`, or from an exported folder.
-
-    A pickle (`torch.save`) state_dict is refused unless `allow_pickle` (see weights.py); its sizes are
-    then read off the tensors' shapes."""
-    from . import weights
-
-    if os.path.isdir(path) or _hub_id(path):
-        return InsaneSRNet.from_pretrained(path).to(map_location)
-    if not os.path.isfile(path):
-        raise UserError(f"{path}: weights file not found")
-    if weights.is_pickle(path):
-        state = weights.load_pickled_state(path, allow_pickle, map_location)
-        model = InsaneSRNet(**weights.config_from_state(state, path))
-        problem = weights.mismatch(model, state)
-        if problem:
-            raise UserError(f"{path}: not InsaneSRNet weights ({problem})")
-        model.load_state_dict(state)
-        return model.to(map_location)
-    config = read_metadata(path).get("insanesr_config")
-    if not isinstance(config, dict):
-        raise UserError(f"{path}: no InsaneSRNet config in the file's metadata")
-    model = model_from_config(config, f"{path}: unusable model config in the file's metadata")
-    try:
-        state = load_file(os.fspath(path), device=str(map_location))
-    except (SafetensorError, RuntimeError, OSError) as e:
-        first_line = str(e).strip().splitlines()[0]
-        raise UserError(f"{path}: not a readable safetensors weights file ({first_line})") from None
-    problem = weights.mismatch(model, state)
-    if problem:
-        raise UserError(f"{path}: weights do not fit the model config stored in the file: {problem}")
-    model.load_state_dict(state)
-    return model

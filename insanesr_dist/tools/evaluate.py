@@ -1,52 +1,22 @@
-"""Scoring: sharded validation inside training, and the `evaluate` command on PNG folders or CSVs, with a
-per-image report and bilinear/bicubic baselines."""
+"""TODO docstring: tools.evaluate."""
 
 from __future__ import annotations
-
 import csv
 from pathlib import Path
-
 import click
 import cv2
 import numpy as np
-import torch
-from accelerate import Accelerator
-from torch.utils.data import DataLoader
+from insanesr_dist.atomic import atomic_path
+from insanesr_dist.errors import UserError
+from insanesr_dist.scoring.metrics import joint_metric, psnr_ssim
 
-from .atomic import atomic_path
-from .errors import UserError
-from .metrics import joint_metric, piq_psnr_ssim, psnr_ssim, to_uint8
-from .predict import Forward, needs_tiles, upscale_for_eval
 
 BASELINES = {"bilinear": cv2.INTER_LINEAR, "bicubic": cv2.INTER_CUBIC}
 
 
-@torch.no_grad()
-def score_images(forward: Forward, loader: DataLoader, accelerator: Accelerator, tile: int = 0,
-                 overlap: int = 0) -> dict[str, float]:
-    """Mean grader PSNR/SSIM/JM (and piq's PSNR/SSIM) over an (index, LR, HR) loader.
-
-    Every rank scores its shard on uint8-quantized outputs; per-image scores are gathered with
-    `gather_for_metrics`, which drops the samples repeated to even out the last batch. Images with an LR
-    edge over `tile` (0: none) are upscaled in tiles with `overlap` pixels of context (predict.upscale_for_eval),
-    so a 4K-class image needs the memory of one tile, not of the whole image.
-    """
-    rows = []
-    for _, lr, hr in loader:
-        if needs_tiles(lr, tile):
-            sr = torch.stack([upscale_for_eval(forward, image, tile=tile, overlap=overlap) for image in lr])
-        else:
-            sr = to_uint8(forward(lr.float() / 255))
-        scores = torch.cat([psnr_ssim(sr, hr), piq_psnr_ssim(sr, hr)], 1)
-        rows.append(accelerator.gather_for_metrics(scores))
-    psnr, ssim, psnr_piq, ssim_piq = torch.cat(rows).mean(0).tolist()
-    return {"psnr": psnr, "ssim": ssim, "jm": joint_metric(psnr, ssim), "psnr_piq": psnr_piq,
-            "ssim_piq": ssim_piq, "images": sum(len(r) for r in rows)}
-
-
 def _read_folder(folder: Path) -> dict[str, object]:
-    from .data import decode_rgb
-    from .samples import image_files
+    from insanesr_dist.data.images import decode_rgb
+    from insanesr_dist.data.pairs import image_files
 
     files = image_files(folder)
     if not files:
@@ -56,7 +26,7 @@ def _read_folder(folder: Path) -> dict[str, object]:
 
 def read_predictions(path: Path) -> dict[str, object]:
     """id -> HxWx3 uint8 RGB from a folder of images or a submission CSV."""
-    from .submission import read_submission
+    from insanesr_dist.scoring.submission import read_submission
 
     if path.is_dir():
         return _read_folder(path)
@@ -70,7 +40,7 @@ class Partners:
     the same stem (`predict --output-dir` writes `a.jpg`'s prediction as `a.png`)."""
 
     def __init__(self, folder: Path, what: str) -> None:
-        from .samples import image_files
+        from insanesr_dist.data.pairs import image_files
 
         self.folder, self.what, self.by_stem = folder, what, {}
         for p in image_files(folder):
@@ -86,7 +56,7 @@ class Partners:
         return path
 
     def image(self, image_id: str) -> np.ndarray:
-        from .data import decode_rgb
+        from insanesr_dist.data.images import decode_rgb
 
         path = self.path(image_id)
         return decode_rgb(path.read_bytes(), str(path))

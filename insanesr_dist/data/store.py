@@ -34,9 +34,11 @@ from typing import Any
 
 import numpy as np
 
-from . import degrade, samples
-from .atomic import write_text_atomic
-from .errors import UserError
+from insanesr_dist.data import degrade
+from insanesr_dist.data import images
+from insanesr_dist.data import pairs
+from insanesr_dist.atomic import write_text_atomic
+from insanesr_dist.errors import UserError
 
 STORE_FORMAT = 1
 _HEADER_BYTES = 1 << 16  # enough for a PNG's or BMP's header, and a JPEG's unless its metadata is huge
@@ -123,7 +125,7 @@ def open_or_build(table, *, scale: int, store_dir: Path | None, budget_gb: float
         else:
             changed = _changed_rows(table, index) if local else []
             for row in changed:
-                say(f"store: {samples.show(_paths(table, row)[1])} or its LR changed since the store was built; "
+                say(f"store: {images.show(_paths(table, row)[1])} or its LR changed since the store was built; "
                     "decoding the pair again")
             if changed:
                 index = _update(table, scale, root, index, changed, workers)
@@ -165,7 +167,7 @@ def _key(table, scale: int, local: bool) -> str:
         identity = table._fingerprint
     # The rules a pair is checked (and its LR made, degrade.py) by are part of the key: an upgrade that changes
     # them checks every pair again.
-    rules = hashlib.sha256(b"".join(Path(m.__file__).read_bytes() for m in (samples, degrade))).hexdigest()
+    rules = hashlib.sha256(b"".join(Path(m.__file__).read_bytes() for m in (images, pairs, degrade))).hexdigest()
     return hashlib.sha256(f"{STORE_FORMAT} {scale} {rules} {identity}".encode()).hexdigest()[:24]
 
 
@@ -200,7 +202,7 @@ def _decoded_bytes(table, scale: int) -> int:
                     head = f.read(_HEADER_BYTES)
             except OSError:
                 head = b""
-        width, height = samples.header_size(head) or (0, 0)
+        width, height = images.header_size(head) or (0, 0)
         if derived:  # the cell is the HR image's (--lr-from-hr)
             width, height = width // scale, height // scale
         total += pair_bytes(height, width, scale)
@@ -288,17 +290,17 @@ def _decode_rows(rows: list[int]) -> list[dict[str, Any]]:
                  "offset": 0, "lr_height": 0, "lr_width": 0, "problem": "", "problem_file": ""}
         entries.append(entry)
         decoded = []
-        for column in samples.pair_columns(record):
+        for column in pairs.pair_columns(record):
             try:
-                decoded.append(samples.decode_rgb(record[column], ""))
+                decoded.append(images.decode_rgb(record[column], ""))
             except UserError as e:  # its message is ": <problem>", as no name was given
-                entry.update(problem=e.message[2:], problem_file=samples.cell_name(record, column))
+                entry.update(problem=e.message[2:], problem_file=pairs.cell_name(record, column))
                 break
         if entry["problem"]:
             continue
-        lr, hr = samples.as_pair(decoded, record, b["scale"])
-        entry.update(lr_height=lr.shape[0], lr_width=lr.shape[1], problem_file=samples.cell_name(record, "hr"),
-                     problem=samples.pair_problem(lr.shape, hr.shape, b["scale"]) or "")
+        lr, hr = pairs.as_pair(decoded, record, b["scale"])
+        entry.update(lr_height=lr.shape[0], lr_width=lr.shape[1], problem_file=pairs.cell_name(record, "hr"),
+                     problem=pairs.pair_problem(lr.shape, hr.shape, b["scale"]) or "")
         if b["pixels"] and not entry["problem"]:
             if b["part"] is None:  # unique across processes and hosts sharing the folder
                 name = f"part-{socket.gethostname()}-{os.getpid()}-{time.time_ns()}.u8"
@@ -317,7 +319,7 @@ def _decode_all(table, scale: int, folder: Path, rows: list[int], *, pixels: boo
     """Decode `rows` with `workers` processes (started from the fork server, as DataLoader workers are)."""
     from tqdm.auto import tqdm
 
-    from .data import worker_context
+    from insanesr_dist.data.loaders import worker_context
 
     chunk = max(1, min(4, len(rows) // (4 * max(1, workers))))  # small: the processes finish together
     chunks = [rows[i : i + chunk] for i in range(0, len(rows), chunk)]

@@ -11,11 +11,12 @@ import torch
 import torch.nn.functional as F
 from accelerate import Accelerator
 
-from .atomic import append_line_atomic, write_text_atomic
-from .errors import UserError
-from .host_memory import own_peak_rss_mb
-from .metrics import to_uint8
-from .predict import Forward, upscale_for_eval
+from insanesr_dist.atomic import append_line_atomic, write_text_atomic
+from insanesr_dist.errors import UserError
+from insanesr_dist.training.host_memory import own_peak_rss_mb
+from insanesr_dist.data.tensors import to_uint8
+from insanesr_dist.inference.forward import Forward
+from insanesr_dist.inference.tiles import upscale_for_eval
 
 VAL_SCALARS = ("psnr", "ssim", "jm", "psnr_piq", "ssim_piq")
 

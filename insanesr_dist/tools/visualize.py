@@ -15,11 +15,11 @@ import cv2
 import numpy as np
 import torch
 
-from .atomic import atomic_path
-from .errors import UserError
-from .evaluate import Partners, baseline, read_predictions
-from .metrics import joint_metric, psnr_ssim
-from .submission import encode_png
+from insanesr_dist.atomic import atomic_path
+from insanesr_dist.errors import UserError
+from insanesr_dist.tools.evaluate import Partners, baseline, read_predictions
+from insanesr_dist.scoring.metrics import joint_metric, psnr_ssim
+from insanesr_dist.data.images import encode_png
 
 MIN_WIDTH = 256  # each image is shown at least this wide
 STRIP = 26  # caption strip height in pixels
@@ -58,9 +58,9 @@ def panel(name: str, lr: np.ndarray, pred: np.ndarray, hr: np.ndarray | None = N
 
 
 def _predictor(checkpoint: Path, tile: int, overlap: int, tta: bool, allow_pickle: bool = False):
-    from .model import load_model
-    from .predict import model_forward
-    from .tiles import self_ensemble, upscale_image
+    from insanesr_dist.model.weights import load_model
+    from insanesr_dist.inference.forward import model_forward
+    from insanesr_dist.inference.tiles import self_ensemble, upscale_image
 
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     model = load_model(checkpoint, allow_pickle=allow_pickle).to(device, memory_format=torch.channels_last).eval()
@@ -119,8 +119,8 @@ def visualize_command(lr_dir: Path, checkpoint: Path | None, pred: Path | None, 
       insanesr-dist visualize --checkpoint runs/a/best.safetensors --lr data/val/LR --hr data/val/HR --output-dir figs
       insanesr-dist visualize --pred submission.csv --lr data/test/LR --output-dir figs --limit 0
     """
-    from .data import decode_rgb
-    from .samples import image_files
+    from insanesr_dist.data.images import decode_rgb
+    from insanesr_dist.data.pairs import image_files
 
     if (checkpoint is None) == (pred is None):
         raise click.UsageError("give exactly one of --checkpoint (predict now) and --pred (stored predictions)")

@@ -24,11 +24,12 @@ def _stage(spec: dict) -> dict:
     import numpy as np
     import torch
 
-    from .host_memory import own_peak_rss_mb
-    from .model import InsaneSRNet, load_model
-    from .predict import model_forward
-    from .submission import encode_png
-    from .tiles import upscale_image
+    from insanesr_dist.training.host_memory import own_peak_rss_mb
+    from insanesr_dist.model.architecture import InsaneSRNet
+    from insanesr_dist.model.weights import load_model
+    from insanesr_dist.inference.forward import model_forward
+    from insanesr_dist.data.images import encode_png
+    from insanesr_dist.inference.tiles import upscale_image
 
     torch.set_num_threads(spec["threads"])
     torch.manual_seed(0)
@@ -112,12 +113,12 @@ def _bare_step(spec: dict) -> dict:
 
     import torch
 
-    from . import faults
-    from .config import TrainConfig
-    from .host_memory import keep_freed_memory
-    from .losses import training_loss
-    from .predict import PRECISIONS
-    from .train import build_model
+    from insanesr_dist.training import optimizer as faults
+    from insanesr_dist.config import TrainConfig
+    from insanesr_dist.training.host_memory import keep_freed_memory
+    from insanesr_dist.training.losses import training_loss
+    from insanesr_dist.inference.forward import PRECISIONS
+    from insanesr_dist.train import build_model
 
     torch.set_num_threads(spec["threads"])
     torch.manual_seed(0)
@@ -191,9 +192,9 @@ def _seed_baseline(spec: dict) -> dict:
     import torch
     from torch.utils.data import DataLoader, Dataset
 
-    from .crops import crop_draws, random_pair_crop
-    from .data import load_splits
-    from .model import InsaneSRNet
+    from insanesr_dist.data.crops import crop_draws, random_pair_crop
+    from insanesr_dist.data.splits import load_splits
+    from insanesr_dist.model.architecture import InsaneSRNet
 
     torch.set_num_threads(spec["threads"])
     torch.manual_seed(0)
@@ -247,20 +248,21 @@ def _data_pipeline(spec: dict) -> dict:
     import torch
     from torch.utils.data import DataLoader, RandomSampler
 
-    from . import data as D
+    from insanesr_dist.data import loaders
+    from insanesr_dist.data.splits import load_splits
 
     torch.set_num_threads(1)
     crops, batch = spec["crops"], spec["batch_size"]
 
     def splits(store_dir: str, store_gb: float = 1e6, workers: int | None = None):
-        return D.load_splits(spec["data"], val_fraction=0.1, seed=0, store_dir=store_dir, store_gb=store_gb,
+        return load_splits(spec["data"], val_fraction=0.1, seed=0, store_dir=store_dir, store_gb=store_gb,
                              store_workers=workers, say=lambda line: None)
 
-    def crops_per_s(pairs: D.TrainPairs, epochs: int = 2, count: int = crops) -> list[float]:
+    def crops_per_s(pairs: loaders.TrainPairs, epochs: int = 2, count: int = crops) -> list[float]:
         """Crops per second of one persistent worker, epoch by epoch (`count` random pairs each)."""
         sampler = RandomSampler(pairs, replacement=True, num_samples=count)
-        loader = DataLoader(pairs, batch_size=batch, sampler=sampler, collate_fn=D.collate_windows,
-                            **D.loader_kwargs(1))
+        loader = DataLoader(pairs, batch_size=batch, sampler=sampler, collate_fn=loaders.collate_windows,
+                            **loaders.loader_kwargs(1))
         rates = []
         for epoch in range(epochs):
             pairs.set_epoch(epoch)
@@ -272,8 +274,8 @@ def _data_pipeline(spec: dict) -> dict:
 
     # As train() does first: the fork server that starts DataLoader and store-building processes, warmed up, so
     # its one-time start (importing torch and datasets) is not counted as building time.
-    D.start_worker_server()
-    with ProcessPoolExecutor(1, mp_context=D.worker_context()) as pool:
+    loaders.start_worker_server()
+    with ProcessPoolExecutor(1, mp_context=loaders.worker_context()) as pool:
         pool.submit(abs, 0).result()
     result = {}
     with tempfile.TemporaryDirectory(dir=spec.get("store_dir")) as stores:
@@ -287,8 +289,8 @@ def _data_pipeline(spec: dict) -> dict:
         started = time.perf_counter()
         built = splits(f"{stores}/1")  # a second run over the same files: nothing decoded
         result["reopen_seconds"] = time.perf_counter() - started
-        pairs = D.TrainPairs(built.train, patch_size=spec["patch_size"], scale=4, seed=0, pixels=built.pixels)
-        loader = DataLoader(pairs, batch_size=batch, shuffle=True, collate_fn=D.collate_windows, **D.loader_kwargs(1))
+        pairs = loaders.TrainPairs(built.train, patch_size=spec["patch_size"], scale=4, seed=0, pixels=built.pixels)
+        loader = DataLoader(pairs, batch_size=batch, shuffle=True, collate_fn=loaders.collate_windows, **loaders.loader_kwargs(1))
         next(iter(loader))
         result["startup_seconds"] = time.perf_counter() - started  # reopened store to a first batch
         del loader
@@ -298,9 +300,9 @@ def _data_pipeline(spec: dict) -> dict:
         result["store_files_mb"] = sum(p.stat().st_size for p in Path(stores, "1").rglob("*")) / 2**20
         # Without a store: a crop per decoded pair (no cache), and crops from a worker's decoded cache.
         plain = splits(f"{stores}/none", store_gb=0).train
-        pairs = D.TrainPairs(plain, patch_size=spec["patch_size"], scale=4, seed=0)
+        pairs = loaders.TrainPairs(plain, patch_size=spec["patch_size"], scale=4, seed=0)
         result["decode_crops_per_s"] = crops_per_s(pairs, 1, min(crops, len(plain)))[0]
-        pairs = D.TrainPairs(plain, patch_size=spec["patch_size"], scale=4, seed=0, cache_mb=spec["cache_mb"])
+        pairs = loaders.TrainPairs(plain, patch_size=spec["patch_size"], scale=4, seed=0, cache_mb=spec["cache_mb"])
         result["cached_crops_per_s"] = crops_per_s(pairs)[-1]
     result["peak_rss_mb"] = peak_rss_mb()
     result["peak_worker_rss_mb"] = peak_rss_mb(resource.RUSAGE_CHILDREN)
@@ -315,8 +317,9 @@ def _metric_speed(spec: dict) -> dict:
     import numpy as np
     import torch
 
-    from .data import EvalImages, load_splits
-    from .metrics import psnr_ssim
+    from insanesr_dist.data.loaders import EvalImages
+    from insanesr_dist.data.splits import load_splits
+    from insanesr_dist.scoring.metrics import psnr_ssim
 
     torch.set_num_threads(1)
     cv2.setNumThreads(1)
@@ -379,8 +382,8 @@ def _ema_update(spec: dict) -> dict:
 
     import torch
 
-    from .ema import WeightEMA
-    from .model import InsaneSRNet
+    from insanesr_dist.training.ema import WeightEMA
+    from insanesr_dist.model.architecture import InsaneSRNet
 
     torch.set_num_threads(spec["threads"])
     torch.manual_seed(0)

@@ -20,12 +20,7 @@ from __future__ import annotations
 import torch
 from accelerate import Accelerator
 
-from .errors import UserError
-
-
-def make_optimizer(params, lr: float) -> torch.optim.Adam:
-    """Adam (the seed's optimizer), fused: one kernel per step, and able to skip a step in-kernel."""
-    return torch.optim.Adam(params, lr=lr, fused=True)
+from insanesr_dist.errors import UserError
 
 
 class BadSteps:

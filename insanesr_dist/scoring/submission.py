@@ -12,39 +12,17 @@ import click
 import cv2
 import numpy as np
 
-from .atomic import atomic_path
-from .errors import UserError
-from .samples import (
-    decode_image,
-    header_size,
-    image_files,
-    max_pixels,
-    read_image,
-    size_problem,
-    sniff_format,
-)
+from insanesr_dist.atomic import atomic_path
+from insanesr_dist.errors import UserError
+from insanesr_dist.data.images import header_size, max_pixels, read_image, size_problem, sniff_format
+from insanesr_dist.data.pairs import image_files
+from insanesr_dist.data.images import decode_png_base64
 
 # Images are read through samples, never data: checking a CSV needs neither torch nor datasets, whose imports
 # alone take ~780 MB.
 
 COLUMNS = ("id", "Encoded Image")
 csv.field_size_limit(1 << 30)  # one cell holds a whole base64 PNG
-
-
-def encode_png(rgb: np.ndarray) -> bytes:
-    """HxWx3 uint8 RGB -> PNG bytes (colours stored as RGB, as any viewer expects)."""
-    ok, buffer = cv2.imencode(".png", cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR))
-    if not ok:
-        raise RuntimeError("PNG encoding failed")
-    return buffer.tobytes()
-
-
-def decode_png_base64(text: str, name: str) -> np.ndarray:
-    try:
-        data = base64.b64decode(text, validate=True)
-    except ValueError:
-        raise UserError(f"{name}: not valid base64") from None
-    return decode_image(data, name)
 
 
 def write_submission(path: str | os.PathLike, rows: Iterable[tuple[str, bytes]]) -> None:

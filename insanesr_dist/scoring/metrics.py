@@ -37,11 +37,6 @@ def joint_metric(psnr: float | torch.Tensor, ssim: float | torch.Tensor):
     return SSIM_WEIGHT * ssim + psnr
 
 
-def to_uint8(images: torch.Tensor) -> torch.Tensor:
-    """Quantize [0, 1] float images exactly as the submission PNGs store them (round to nearest)."""
-    return (images.detach().float().clamp(0, 1) * 255).round().to(torch.uint8)
-
-
 def _as_batch(images: torch.Tensor | np.ndarray) -> torch.Tensor:
     """uint8 (B,3,H,W) tensor, or one HxWxC uint8 array as the grader takes it -> integer-valued floats
     (B,C,H,W): float32 on CPUs, where integers up to 2^24 are exact and fast (module docstring); float64

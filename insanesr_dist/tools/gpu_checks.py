@@ -1,6 +1,6 @@
 """GPU checks (issue 13): what can only be verified on a CUDA GPU, in one command, as one markdown table.
 
-    launch/gpu_checks.sh            # or: python -m insanesr_dist.gpu_checks [--budget-s 450]
+    launch/gpu_checks.sh            # or: python -m insanesr_dist.tools.gpu_checks [--budget-s 450]
 
 1. fp16 and bf16 training (the real `train()`, a few hundred steps) under
    `torch.cuda.set_sync_debug_mode("warn")`: no host synchronisation per step once warmed up.
@@ -28,7 +28,7 @@ from pathlib import Path
 
 import click
 
-from .errors import UserError
+from insanesr_dist.errors import UserError
 
 SYNC_WARNING = "synchronizing CUDA operation"  # what set_sync_debug_mode("warn") says
 
@@ -49,12 +49,14 @@ def _sync_debug_training(spec: dict) -> dict:
 
     import torch
 
-    from . import train as T
-    from .config import TrainConfig
+    from insanesr_dist.scoring import evaluate
+    from insanesr_dist import train
+    from insanesr_dist.training import losses
+    from insanesr_dist.config import TrainConfig
 
     now = {"step": 0, "phase": "setup"}
     hits, epoch_ends = [], set()
-    real_loss, real_score = T.training_loss, T.score_images
+    real_loss, real_score = losses.training_loss, evaluate.score_images
 
     def training_loss(*args):
         now["step"], now["phase"] = now["step"] + 1, "train"
@@ -69,7 +71,7 @@ def _sync_debug_training(spec: dict) -> dict:
         if SYNC_WARNING in str(message):
             hits.append((now["step"], now["phase"], _caller(traceback.extract_stack())))
 
-    T.training_loss, T.score_images = training_loss, score_images
+    losses.training_loss, evaluate.score_images = training_loss, score_images
     warnings.simplefilter("always")  # the default filter would show each call site only once
     warnings.showwarning = record
     # Batch 4: more steps per epoch (fewer epoch ends) than the preset's 16; what syncs does not depend on it.
@@ -80,7 +82,7 @@ def _sync_debug_training(spec: dict) -> dict:
     if cuda:
         torch.cuda.set_sync_debug_mode("warn")
     started = time.perf_counter()
-    T.train(TrainConfig(**settings))
+    train.train(TrainConfig(**settings))
     if cuda:
         torch.cuda.set_sync_debug_mode(0)
     per_step = per_step_syncs(hits, epoch_ends, spec["warmup"])
@@ -122,8 +124,9 @@ def _nan_case(device, scaled: bool) -> dict:
 
     import torch
 
-    from .faults import BadSteps, make_optimizer
-    from .model import InsaneSRNet
+    from insanesr_dist.training.faults import BadSteps
+    from insanesr_dist.training.optimizer import make_optimizer
+    from insanesr_dist.model.architecture import InsaneSRNet
 
     torch.manual_seed(0)
     model = InsaneSRNet(num_rrdb=1, channels=16, growth=8, layers_per_block=2)
@@ -176,18 +179,20 @@ def _ieee_vs_tf32(spec: dict) -> dict:
     import torch
     from accelerate import Accelerator
 
-    from . import data as data_lib
-    from .demo_data import ensure_demo_data
-    from .evaluate import score_images
-    from .model import InsaneSRNet, load_model
-    from .predict import float32_forward
+    from insanesr_dist.data import loaders
+    from insanesr_dist.data import splits
+    from insanesr_dist.data.demo import ensure_demo_data
+    from insanesr_dist.scoring.evaluate import score_images
+    from insanesr_dist.model.architecture import InsaneSRNet
+    from insanesr_dist.model.weights import load_model
+    from insanesr_dist.inference.forward import float32_forward
 
     accelerator = Accelerator(mixed_precision="no")
     weights = Path(spec["weights"]) if spec.get("weights") else None
     model = load_model(weights) if weights and weights.is_file() else InsaneSRNet()
     model = model.to(accelerator.device).eval()
-    val = data_lib.load_splits(spec.get("data") or str(ensure_demo_data()), val_fraction=0.1, seed=0).val
-    loader = accelerator.prepare(data_lib.eval_loader(val, with_hr=True, num_workers=1))
+    val = splits.load_splits(spec.get("data") or str(ensure_demo_data()), val_fraction=0.1, seed=0).val
+    loader = accelerator.prepare(loaders.eval_loader(val, with_hr=True, num_workers=1))
     ieee = float32_forward(accelerator, model)
     knobs = [torch.backends.cudnn.conv, torch.backends.cuda.matmul]
     before = [k.fp32_precision for k in knobs]
@@ -210,8 +215,8 @@ def _ieee_vs_tf32(spec: dict) -> dict:
 def _device_store_speed(spec: dict) -> dict:
     """Issue 14: the full toolkit step (bf16, batch 16, LR patch 32) on DIV2K-sized pairs (384 synthetic 2040x1344
     HR frames), crops cut on the GPU from the device store against DataLoader workers cutting them."""
-    from .bench_stages import _toolkit_step
-    from .demo_data import write_demo_data
+    from insanesr_dist.tools.bench_stages import _toolkit_step
+    from insanesr_dist.data.demo import write_demo_data
 
     cores = len(os.sched_getaffinity(0))
     data = write_demo_data(Path(spec["out"]) / "div2k-sized", num_train=384, num_test=0, hr_size=(1344, 2040),
@@ -347,7 +352,7 @@ def main(budget_s: int, steps: int, warmup: int, data: str | None) -> None:
     \b
     Example (about 8 minutes on an H200):
       launch/gpu_checks.sh
-      python -m insanesr_dist.gpu_checks --budget-s 900 --steps 500
+      python -m insanesr_dist.tools.gpu_checks --budget-s 900 --steps 500
     """
     device = require_cuda()
     deadline = time.monotonic() + budget_s

@@ -20,8 +20,8 @@ from pathlib import Path
 import click
 import numpy as np
 
-from .atomic import atomic_path, write_text_atomic
-from .errors import UserError
+from insanesr_dist.atomic import atomic_path, write_text_atomic
+from insanesr_dist.errors import UserError
 
 # The base is the seed report's recipe on 32x32 LR crops, batch 16; each lever below changes one thing,
 # "default" combines the winners, and the last rows take one lever out of it again. Full images (the seed's way) appear as a patch/batch variant with
@@ -86,14 +86,15 @@ def read_row(name: str, settings: dict[str, object], run_dir: Path) -> dict[str,
 
 def baseline_rows(data: str | None, seed: int = 0, val_fraction: float = 0.1) -> list[dict[str, object]]:
     """Bicubic and bilinear x4 of the validation LR images (the split training uses), scored like the models."""
-    from . import data as data_lib
-    from .demo_data import ensure_demo_data
-    from .evaluate import BASELINES, baseline
-    from .metrics import joint_metric, psnr_ssim
+    from insanesr_dist.data import loaders
+    from insanesr_dist.data.splits import load_splits
+    from insanesr_dist.data.demo import ensure_demo_data
+    from insanesr_dist.tools.evaluate import BASELINES, baseline
+    from insanesr_dist.scoring.metrics import joint_metric, psnr_ssim
 
-    splits = data_lib.load_splits(data or str(ensure_demo_data()), val_fraction=val_fraction, seed=seed,
+    splits = load_splits(data or str(ensure_demo_data()), val_fraction=val_fraction, seed=seed,
                                   say=lambda *_: None)
-    images = data_lib.EvalImages(splits.val, with_hr=True)
+    images = loaders.EvalImages(splits.val, with_hr=True)
     rows = []
     for kind in BASELINES:
         scores = []

@@ -1,0 +1,21 @@
+"""TODO docstring: training.optimizer."""
+
+from __future__ import annotations
+import torch
+
+import math
+
+
+def make_optimizer(params, lr: float) -> torch.optim.Adam:
+    """Adam (the seed's optimizer), fused: one kernel per step, and able to skip a step in-kernel."""
+    return torch.optim.Adam(params, lr=lr, fused=True)
+
+
+def lr_at(step: int, *, peak: float, warmup: int, total: int, schedule: str) -> float:
+    """Learning rate for optimizer step `step` (0-based): linear warmup, then constant or cosine to 0."""
+    if step < warmup:
+        return peak * (step + 1) / warmup
+    if schedule == "constant":
+        return peak
+    progress = (step - warmup) / max(1, total - warmup)
+    return peak * 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
