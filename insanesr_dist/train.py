@@ -39,7 +39,7 @@ from insanesr_dist.data.crops import DevicePairs, DevicePlans, augment
 from insanesr_dist.data.demo import ensure_demo_data
 from insanesr_dist.training.ema import WeightEMA
 from insanesr_dist.errors import UserError
-from insanesr_dist.scoring.evaluate import score_images
+from insanesr_dist.scoring.validation import score_images
 from insanesr_dist.training.host_memory import keep_freed_memory
 from insanesr_dist.training.losses import training_loss
 from insanesr_dist.model.architecture import InsaneSRNet, count_parameters
@@ -52,6 +52,7 @@ from insanesr_dist.scoring.submission import write_submission
 from insanesr_dist.inference.tiles import exact_overlap
 from insanesr_dist.training.tracking import end_hparams, keep_epoch_records, log_epoch, log_evaluation, log_panels, start_hparams, trackers
 from insanesr_dist.training.optimizer import lr_at
+from insanesr_dist import run_files
 
 
 def build_model(cfg: TrainConfig) -> InsaneSRNet:
@@ -186,12 +187,12 @@ def _resume_point(cfg: TrainConfig, out_dir: Path,
 def _choose_checkpoint(cfg: TrainConfig, out_dir: Path) -> Path | None:
     """Rank 0: the checkpoint to continue from, refusing to overwrite a run it cannot continue."""
     resume_from = checkpoint.find_resume(cfg.resume, out_dir)
-    if resume_from is None and (out_dir / "metrics.jsonl").exists():
+    if resume_from is None and (out_dir / run_files.METRICS).exists():
         raise UserError(f"{out_dir}: already holds a run with no complete checkpoint to resume from "
                         "(--resume none never overwrites one); choose another --output-dir")
     if resume_from is None:
         return None
-    saved = json.loads((out_dir / "config.json").read_text()) if (out_dir / "config.json").is_file() else {}
+    saved = json.loads((out_dir / run_files.CONFIG).read_text()) if (out_dir / run_files.CONFIG).is_file() else {}
     if "ema_decay" in saved and bool(saved["ema_decay"]) != bool(cfg.ema_decay):
         raise UserError(f"{out_dir}: cannot resume with --ema-decay {cfg.ema_decay}: the checkpoint was written "
                         f"with --ema-decay {saved['ema_decay']}; use that, or another --output-dir")
@@ -389,10 +390,10 @@ def _train(cfg: TrainConfig, preemption: PreemptionFlag) -> Path:
 
     if accelerator.is_main_process:
         out_dir.mkdir(parents=True, exist_ok=True)
-        save_config(cfg, out_dir / "config.json")
+        save_config(cfg, out_dir / run_files.CONFIG)
         if resume_from:  # epochs after the checkpoint will be run (and recorded) again
-            keep_epoch_records(out_dir / "metrics.jsonl", before=state.epoch)
-    accelerator.init_trackers("logs", init_kwargs={"mlflow": {"run_name": out_dir.name},
+            keep_epoch_records(out_dir / run_files.METRICS, before=state.epoch)
+    accelerator.init_trackers(run_files.LOGS, init_kwargs={"mlflow": {"run_name": out_dir.name},
                                                    "wandb": {"name": out_dir.name}})
     start_hparams(accelerator, cfg.hparams())  # settings + final val JM, speed, memory in the hparams tab
     panel_images = [(splits.val[i]["id"], *EvalImages(splits.val, with_hr=True, pixels=splits.pixels)[i][1:])
@@ -466,13 +467,13 @@ def _train(cfg: TrainConfig, preemption: PreemptionFlag) -> Path:
         if accelerator.is_main_process:
             if pngs is not None:
                 ids = splits.test["id"]
-                write_submission(out_dir / "submissions" / submission, ((ids[i], pngs[i]) for i in range(len(ids))))
+                write_submission(out_dir / run_files.SUBMISSIONS / submission, ((ids[i], pngs[i]) for i in range(len(ids))))
             # The scores of these weights: this call's, or a validation's at this same step (an early stop's CSV)
             shown = last_validation[1] if last_validation[0] == step else {}
             meta = {"epoch": epoch, "step": step, **{k: shown[k] for k in ("jm", "psnr", "ssim") if k in shown}}
-            save_weights(evaluated, out_dir / "latest.safetensors", **meta)  # the EMA weights when EMA is on
+            save_weights(evaluated, out_dir / run_files.LATEST, **meta)  # the EMA weights when EMA is on
             if improved:
-                save_weights(evaluated, out_dir / "best.safetensors", **meta)
+                save_weights(evaluated, out_dir / run_files.BEST, **meta)
             if validating:
                 log_panels(accelerator, forward, panel_images, step, *tiling)
         model.train()

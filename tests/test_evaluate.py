@@ -10,7 +10,7 @@ import pytest
 from skimage.metrics import peak_signal_noise_ratio, structural_similarity
 
 from insanesr_dist.tools.evaluate import evaluate_predictions, score_predictions
-from insanesr_dist.scoring.evaluate import score_images
+from insanesr_dist.scoring.validation import score_images
 
 from conftest import assert_one_line_error, make_pair_folder, read_rgb, run_cli, write_png
 

@@ -27,6 +27,7 @@ from insanesr_dist import __version__
 from insanesr_dist.atomic import write_text_atomic
 from insanesr_dist.model.architecture import InsaneSRNet
 from insanesr_dist.model.architecture import ModelConfig
+from insanesr_dist import run_files
 
 CONFIG_FILE, WEIGHTS_FILE, CARD_FILE, ONNX_FILE = "config.json", "model.safetensors", "README.md", "model.onnx"
 MODEL_TYPE = "insanesr"
@@ -104,7 +105,7 @@ def init_source(source: str | os.PathLike) -> str:
     path = os.fspath(source)
     if not os.path.isdir(path):
         return path
-    for name in (WEIGHTS_FILE, "best.safetensors", "latest.safetensors"):
+    for name in (WEIGHTS_FILE, run_files.BEST, run_files.LATEST):
         if os.path.isfile(os.path.join(path, name)):
             return os.path.join(path, name)
     raise UserError(f"{path}: neither a run directory with best.safetensors or latest.safetensors nor an exported "
@@ -230,7 +231,7 @@ def load_folder(folder: str | os.PathLike) -> InsaneSRNet:
     weights, config_file = path / WEIGHTS_FILE, path / CONFIG_FILE
     if not weights.is_file() or not config_file.is_file():
         hint = ("; this is a training run: pass RUN/best.safetensors or run `insanesr-dist export` on it"
-                if (path / "best.safetensors").is_file() else "")
+                if (path / run_files.BEST).is_file() else "")
         raise UserError(f"{path}: not an exported model folder (needs {CONFIG_FILE} and {WEIGHTS_FILE}){hint}")
     try:
         config = json.loads(config_file.read_text(encoding="utf-8"))

@@ -10,6 +10,7 @@ import os
 import resource
 import subprocess
 import sys
+from insanesr_dist import run_files
 
 
 def peak_rss_mb(who: int = resource.RUSAGE_SELF) -> float:
@@ -171,10 +172,10 @@ def _toolkit_step(spec: dict) -> dict:
         if result.returncode != 0:
             tail = (result.stderr.strip().splitlines() or ["(no output)"])[-1]
             raise RuntimeError(f"training process failed: {tail}")
-        events = EventAccumulator(str(next((out / "logs").rglob("events.out.tfevents.*")).parent))
+        events = EventAccumulator(str(next((out / run_files.LOGS).rglob("events.out.tfevents.*")).parent))
         events.Reload()
         rates = [(e.step, e.value) for e in events.Scalars("perf/train_samples_per_s")]
-        epochs = [json_lib.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+        epochs = [json_lib.loads(line) for line in (out / run_files.METRICS).read_text().splitlines()]
     # Steady state: after the warm-up steps (oneDNN picks its kernels, workers fill their decode caches).
     steady = sorted(v for s, v in rates if s > spec["warmup"]) or sorted(v for _, v in rates)
     return {"samples_per_s": steady[len(steady) // 2], "intervals": len(steady),

@@ -23,6 +23,7 @@ from insanesr_dist.errors import UserError
 from insanesr_dist.model.architecture import InsaneSRNet, count_parameters
 from insanesr_dist.model.weights import load_model, read_metadata
 from insanesr_dist.model.weights import CARD_FILE, CONFIG_FILE, ONNX_FILE, WEIGHTS_FILE
+from insanesr_dist import run_files
 
 ONNX_TOLERANCE = 1e-4  # max abs difference from the PyTorch output, on [0, 1] pixels
 TRACE_SIZE = (32, 32)  # height, width of the image the ONNX export traces; both stay dynamic
@@ -39,7 +40,7 @@ TRACE_SIZE = (32, 32)  # height, width of the image the ONNX export traces; both
 def resolve_source(source: Path, which: str) -> tuple[Path, Path | None]:
     """(weights file, run directory or None) for a run directory, an exported folder or a weights file."""
     if source.is_dir():
-        if (source / WEIGHTS_FILE).is_file() and (source / CONFIG_FILE).is_file() and not (source / "metrics.jsonl").exists():
+        if (source / WEIGHTS_FILE).is_file() and (source / CONFIG_FILE).is_file() and not (source / run_files.METRICS).exists():
             return source / WEIGHTS_FILE, None  # an exported folder: re-export (e.g. to add --onnx)
         weights = source / f"{which}.safetensors"
         if not weights.is_file():
@@ -49,15 +50,15 @@ def resolve_source(source: Path, which: str) -> tuple[Path, Path | None]:
     if not source.is_file():
         raise UserError(f"{source}: no such run directory or weights file")
     run = source.parent
-    return source, (run if (run / "metrics.jsonl").is_file() and (run / "config.json").is_file() else None)
+    return source, (run if (run / run_files.METRICS).is_file() and (run / run_files.CONFIG).is_file() else None)
 
 
 def _read_run(run: Path | None) -> tuple[dict, list[dict]]:
     if run is None:
         return {}, []
     try:
-        settings = json.loads((run / "config.json").read_text(encoding="utf-8"))
-        records = [json.loads(line) for line in (run / "metrics.jsonl").read_text(encoding="utf-8").splitlines()
+        settings = json.loads((run / run_files.CONFIG).read_text(encoding="utf-8"))
+        records = [json.loads(line) for line in (run / run_files.METRICS).read_text(encoding="utf-8").splitlines()
                    if line.strip()]
     except (OSError, ValueError) as e:
         raise UserError(f"{run}: unreadable config.json or metrics.jsonl ({e})") from None

@@ -182,7 +182,7 @@ def _ieee_vs_tf32(spec: dict) -> dict:
     from insanesr_dist.data import loaders
     from insanesr_dist.data import splits
     from insanesr_dist.data.demo import ensure_demo_data
-    from insanesr_dist.scoring.evaluate import score_images
+    from insanesr_dist.scoring.validation import score_images
     from insanesr_dist.model.architecture import InsaneSRNet
     from insanesr_dist.model.weights import load_model
     from insanesr_dist.inference.forward import float32_forward

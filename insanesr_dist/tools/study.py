@@ -22,6 +22,7 @@ import numpy as np
 
 from insanesr_dist.atomic import atomic_path, write_text_atomic
 from insanesr_dist.errors import UserError
+from insanesr_dist import run_files
 
 # The base is the seed report's recipe on 32x32 LR crops, batch 16; each lever below changes one thing,
 # "default" combines the winners, and the last rows take one lever out of it again. Full images (the seed's way) appear as a patch/batch variant with
@@ -74,7 +75,7 @@ def run_variant(name: str, settings: dict[str, object], *, out_dir: Path, steps:
 
 def read_row(name: str, settings: dict[str, object], run_dir: Path) -> dict[str, object]:
     """A finished variant's row from its run directory's metrics.jsonl."""
-    records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    records = [json.loads(line) for line in (run_dir / run_files.METRICS).read_text().splitlines()]
     last = records[-1]
     seconds = sum(r["seconds"] for r in records)
     samples = sum(r["samples_per_s"] * r["seconds"] for r in records)

@@ -27,6 +27,7 @@ from safetensors.torch import load_file, save_file
 
 from insanesr_dist.atomic import write_text_atomic
 from insanesr_dist.errors import UserError
+from insanesr_dist import run_files
 
 MARKER = "COMPLETE"
 STATE_FILE = "train_state.json"
@@ -57,7 +58,7 @@ class TrainState:
 
 
 def checkpoint_dir(out_dir: Path, step: int) -> Path:
-    return out_dir / "checkpoints" / f"step_{step:08d}"
+    return out_dir / run_files.CHECKPOINTS / f"step_{step:08d}"
 
 
 def _is_complete(path: Path) -> str | None:
@@ -83,7 +84,7 @@ def _is_complete(path: Path) -> str | None:
 
 def complete_checkpoints(out_dir: Path, warn=print) -> list[Path]:
     """Complete checkpoints under OUT/checkpoints, oldest first; incomplete ones are reported."""
-    root = out_dir / "checkpoints"
+    root = out_dir / run_files.CHECKPOINTS
     found = []
     for path in sorted(root.glob("step_*")) if root.is_dir() else []:
         problem = _is_complete(path)
@@ -221,7 +222,7 @@ def _prune(out_dir: Path, keep: int) -> None:
     for path in complete[:-max(1, keep)]:
         shutil.rmtree(path, ignore_errors=True)
     newest = complete[-1].name if complete else ""
-    for path in (out_dir / "checkpoints").glob("step_*"):
+    for path in (out_dir / run_files.CHECKPOINTS).glob("step_*"):
         if path.name < newest and not (path / MARKER).is_file():
             shutil.rmtree(path, ignore_errors=True)  # an interrupted save older than a complete one
 

@@ -17,6 +17,7 @@ from insanesr_dist.training.host_memory import own_peak_rss_mb
 from insanesr_dist.data.tensors import to_uint8
 from insanesr_dist.inference.forward import Forward
 from insanesr_dist.inference.tiles import upscale_for_eval
+from insanesr_dist import run_files
 
 VAL_SCALARS = ("psnr", "ssim", "jm", "psnr_piq", "ssim_piq")
 
@@ -72,7 +73,7 @@ def log_epoch(accelerator: Accelerator, out_dir: Path, record: dict, epochs: int
     record = {**record, **peak_memory_mb()}
     # JSON has no infinity: a perfect image's PSNR is written as null.
     clean = {k: (None if isinstance(v, float) and math.isinf(v) else v) for k, v in record.items()}
-    append_line_atomic(out_dir / "metrics.jsonl", json.dumps(clean))
+    append_line_atomic(out_dir / run_files.METRICS, json.dumps(clean))
     scalars = {f"val/{k}": record[k] for k in VAL_SCALARS if k in record}
     # The epoch's mean training loss at its last step: train/loss is only written every --log-every steps,
     # which runs with shorter epochs never reach.
