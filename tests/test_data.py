@@ -144,7 +144,7 @@ def test_streaming_shards_cover_every_pair_once_across_ranks(pair_folder):
 def test_decoded_cache_serves_later_epochs_without_decoding(pair_folder, monkeypatch):
     train = load_splits(pair_folder, val_fraction=0.1, seed=0).train
     decoded = []
-    real_decode = loaders.samples.decode_rgb
+    real_decode = pairs.decode_rgb
     monkeypatch.setattr(pairs, "decode_rgb", lambda image, name: decoded.append(name) or real_decode(image, name))
     cached = loaders.TrainPairs(train, patch_size=8, scale=4, seed=0, cache_mb=64)
     uncached = loaders.TrainPairs(train, patch_size=8, scale=4, seed=0, cache_mb=0)
@@ -178,7 +178,8 @@ def test_persistent_workers_follow_the_epoch(pair_folder):
 
 WORKER_PROBE = """
 import json, os, signal, threading, torch
-from insanesr_dist import checkpoint, data
+from insanesr_dist.data import loaders as data
+from insanesr_dist.training import preemption as checkpoint
 
 class Probe(torch.utils.data.Dataset):
     def __len__(self):
@@ -223,7 +224,7 @@ def test_workers_start_from_a_fork_server_and_keep_the_signal_block(tmp_path):
 def test_without_a_store_each_decoded_pair_gives_several_crops(pair_folder, monkeypatch):
     train = load_splits(pair_folder, val_fraction=0.1, seed=0, store_gb=0).train
     decoded = []
-    real_decode = loaders.samples.decode_rgb
+    real_decode = pairs.decode_rgb
     monkeypatch.setattr(pairs, "decode_rgb", lambda image, name: decoded.append(name) or real_decode(image, name))
     loader = loaders.train_loader(train, batch_size=4, patch_size=4, scale=4, seed=0, num_workers=0, crops_per_decode=4)
     chosen = []

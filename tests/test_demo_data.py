@@ -283,7 +283,7 @@ def test_ensure_from_two_processes_at_once(tmp_path):
     go = tmp_path / "go"
     code = (
         "import sys, time, pathlib\n"
-        "from insanesr_dist.demo_data import ensure_demo_data\n"
+        "from insanesr_dist.data.demo import ensure_demo_data\n"
         "while not pathlib.Path(sys.argv[1]).exists(): time.sleep(0.005)\n"
         "print(ensure_demo_data())\n"
     )

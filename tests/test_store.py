@@ -123,7 +123,7 @@ def test_the_datasets_cache_of_a_folder_holds_no_image_bytes(tmp_path):
 
 BUILD = """
 import resource, sys
-from insanesr_dist import data as D
+from insanesr_dist.data import splits as D
 from insanesr_dist.errors import UserError
 if sys.argv[3] == "limit":
     resource.setrlimit(resource.RLIMIT_FSIZE, (40_000, 40_000))  # as a full disk: the OS refuses the write

@@ -49,14 +49,12 @@ def _sync_debug_training(spec: dict) -> dict:
 
     import torch
 
-    from insanesr_dist.scoring import evaluate
     from insanesr_dist import train
-    from insanesr_dist.training import losses
     from insanesr_dist.config import TrainConfig
 
     now = {"step": 0, "phase": "setup"}
     hits, epoch_ends = [], set()
-    real_loss, real_score = losses.training_loss, evaluate.score_images
+    real_loss, real_score = train.training_loss, train.score_images
 
     def training_loss(*args):
         now["step"], now["phase"] = now["step"] + 1, "train"
@@ -71,7 +69,7 @@ def _sync_debug_training(spec: dict) -> dict:
         if SYNC_WARNING in str(message):
             hits.append((now["step"], now["phase"], _caller(traceback.extract_stack())))
 
-    losses.training_loss, evaluate.score_images = training_loss, score_images
+    train.training_loss, train.score_images = training_loss, score_images
     warnings.simplefilter("always")  # the default filter would show each call site only once
     warnings.showwarning = record
     # Batch 4: more steps per epoch (fewer epoch ends) than the preset's 16; what syncs does not depend on it.
@@ -238,7 +236,7 @@ def _child(name: str, spec: dict) -> dict:
 
 def _run_child(name: str, spec: dict, timeout: float) -> dict:
     """`name(spec)` in a fresh process; its result, or {"error": one line} (a failure or a timeout)."""
-    code = ("import json, sys; from insanesr_dist import gpu_checks as g; "
+    code = ("import json, sys; from insanesr_dist.tools import gpu_checks as g; "
             "print(json.dumps(g._child(sys.argv[1], json.loads(sys.argv[2]))))")
     return _run_json([sys.executable, "-c", code, name, json.dumps(spec)], timeout)
 
