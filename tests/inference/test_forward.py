@@ -89,3 +89,44 @@ def test_bf16_predict_is_left_to_autocast(monkeypatch):
     with tf32_everywhere() as settings, torch.no_grad():
         model_forward(tiny_model(), torch.device("cpu"), "bf16")(torch.rand(1, 3, 8, 8))
     assert seen == [settings]
+
+
+def test_float32_forward_bypasses_a_wrapper_installed_on_the_instance():
+    """accelerate's prepare() wraps `model.forward` in autocast; validation must run the class's own forward."""
+    from types import SimpleNamespace
+
+    from insanesr_dist.inference.forward import float32_forward
+
+    model = tiny_model()
+    x = torch.rand(1, 3, 8, 10)
+    with torch.no_grad():
+        expected = model(x)
+        model.forward = lambda batch: torch.zeros(1)  # what a wrapper on the instance would be
+        unwrapped = []
+        forward = float32_forward(SimpleNamespace(unwrap_model=lambda m: unwrapped.append(m) or m), model)
+        assert unwrapped == [model]
+        assert torch.equal(forward(x), expected)
+
+
+@pytest.mark.parametrize("precision", ["no", "bf16"])
+def test_model_forward_gives_float32_batches_from_a_channels_last_input(precision, monkeypatch):
+    from insanesr_dist.inference.forward import PRECISIONS, model_forward
+
+    assert set(PRECISIONS) == {"no", "bf16", "fp16"}
+    model = tiny_model()
+    x = torch.rand(2, 3, 9, 11)
+    with torch.no_grad():
+        expected = model(x)
+    seen = []
+    real = InsaneSRNet.forward
+    monkeypatch.setattr(InsaneSRNet, "forward", lambda self, batch: (
+        seen.append((batch.is_contiguous(memory_format=torch.channels_last), torch.is_autocast_enabled("cpu"))),
+        real(self, batch))[1])
+    with torch.no_grad():
+        got = model_forward(model, torch.device("cpu"), precision)(x)
+    assert got.dtype == torch.float32 and got.shape == (2, 3, 36, 44)
+    assert seen == [(True, precision == "bf16")]
+    if precision == "no":
+        assert torch.allclose(got, expected, atol=1e-5)
+    else:  # bf16 autocast: close to float32, not equal
+        assert 0 < (got - expected).abs().max() < 0.05
