@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import itertools
 
 import cv2
@@ -304,76 +303,3 @@ def test_two_processes_share_the_images_and_rank_0_writes_each_once(tiny_weights
     assert result.returncode != 0
     assert "ok1.png: cannot be decoded" in result.stderr
     assert not (tmp_path / "bad.csv").exists()
-
-
-# ---------------------------------------------------------------------------------------------
-# IEEE float32: validation, submissions and `predict --mixed-precision no` never use TF32
-
-
-def _precisions() -> list[str]:
-    b = torch.backends
-    return [k.fp32_precision for k in (b.cudnn.conv, b.cuda.matmul, b.mkldnn.conv, b.mkldnn.matmul)]
-
-
-@contextlib.contextmanager
-def tf32_everywhere():
-    """torch's GPU default (TF32 cuDNN convolutions) plus TF32 matmuls and oneDNN, restored after."""
-    b = torch.backends
-    knobs = (b.cudnn.conv, b.cuda.matmul, b.mkldnn.conv, b.mkldnn.matmul)
-    before = [k.fp32_precision for k in knobs]
-    for k in knobs:
-        k.fp32_precision = "tf32"
-    try:
-        yield ["tf32"] * 4
-    finally:
-        for k, v in zip(knobs, before):
-            k.fp32_precision = v
-
-
-def spy_on_precisions(monkeypatch) -> list:
-    """The precision settings each model forward runs under, read inside the forward."""
-    seen, real = [], InsaneSRNet.forward
-    monkeypatch.setattr(InsaneSRNet, "forward", lambda self, x: (seen.append(_precisions()), real(self, x))[1])
-    return seen
-
-
-@pytest.mark.parametrize("which", ["float32_forward", "model_forward"])
-def test_the_float32_forward_is_ieee_inside_and_restores_the_settings_after(which, monkeypatch):
-    from types import SimpleNamespace
-
-    from insanesr_dist.inference.forward import float32_forward, model_forward
-
-    model = tiny_model()
-    x = torch.rand(2, 3, 9, 11)
-    if which == "float32_forward":  # training's validation and submissions; unwrap_model as for one process
-        forward = float32_forward(SimpleNamespace(unwrap_model=lambda m: m), model)
-    else:  # predict's --mixed-precision no (its input goes channels-last)
-        forward = model_forward(model, torch.device("cpu"), "no")
-        x = x.contiguous(memory_format=torch.channels_last)
-    with torch.no_grad():
-        expected = model(x)  # torch's default settings, without the scope
-    seen = spy_on_precisions(monkeypatch)
-    with tf32_everywhere() as settings, torch.no_grad():
-        got = forward(x)
-        assert seen == [["ieee"] * 4]
-        assert _precisions() == settings  # restored: --mixed-precision no training keeps TF32
-    assert torch.equal(got, expected)  # and on a CPU nothing changes numerically
-
-
-def test_the_settings_are_restored_when_the_forward_fails():
-    from insanesr_dist.inference.forward import ieee_float32
-
-    with tf32_everywhere() as settings:
-        with pytest.raises(RuntimeError), ieee_float32():
-            assert _precisions() == ["ieee"] * 4
-            raise RuntimeError("out of memory")
-        assert _precisions() == settings
-
-
-def test_bf16_predict_is_left_to_autocast(monkeypatch):
-    from insanesr_dist.inference.forward import model_forward
-
-    seen = spy_on_precisions(monkeypatch)
-    with tf32_everywhere() as settings, torch.no_grad():
-        model_forward(tiny_model(), torch.device("cpu"), "bf16")(torch.rand(1, 3, 8, 8))
-    assert seen == [settings]

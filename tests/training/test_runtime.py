@@ -11,7 +11,7 @@ from insanesr_dist.training import runtime
 
 from conftest import TINY, assert_one_line_error, patched_train_script, run_cli
 
-CONFIGS = Path(__file__).resolve().parents[1] / "accelerate_configs"
+CONFIGS = Path(__file__).resolve().parents[2] / "accelerate_configs"
 
 PROBE = """
 import json

@@ -12,7 +12,7 @@ from insanesr_dist.tools.gpu_checks import _run_child, markdown_table, per_step_
 
 from conftest import assert_one_line_error
 
-SCRIPT = Path(__file__).resolve().parents[1] / "launch" / "gpu_checks.sh"
+SCRIPT = Path(__file__).resolve().parents[2] / "launch" / "gpu_checks.sh"
 TINY_MODEL = {"num_rrdb": 1, "channels": 8, "growth": 8, "layers_per_block": 2, "patch_size": 8}
 
 

@@ -19,7 +19,7 @@ from insanesr_dist.cli import cli
 from insanesr_dist.data.demo import DEMO_VERSION, demo_data_dir, ensure_demo_data, parse_size, write_demo_data
 
 SMALL = {"num_train": 6, "num_test": 2, "hr_size": 64}
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 
 
 def names(start: int, count: int) -> list[str]:

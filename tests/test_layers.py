@@ -1,0 +1,384 @@
+"""The package's import layers, one way only: a module imports its own subpackage or lower layers, never higher.
+
+Layers, lowest first (README, "Architecture"):
+
+    0  errors, atomic, run_files (and the package's __init__)     foundation
+    1  data.*, model.*                                            data and model never import each other
+    2  config, presets
+    3  training.*
+    4  inference.*
+    5  scoring.*
+    6  train, predict                                             entry points
+    7  tools.*
+    8  cli, __main__
+
+A module may import any lower layer, and its own layer only inside its own subpackage (data.pairs -> data.images,
+training.ema -> training.losses; the top-level modules of one layer count as one group: config -> presets).
+
+What counts as an import, read with `ast` from the source (nothing is imported):
+- every `import` and `from ... import` statement anywhere in the module, inside functions too (lazy imports are
+  dependencies as well), relative ones resolved;
+- every string literal that is exactly a module reference, `insanesr_dist.a.b` or `insanesr_dist.a.b:attribute`
+  (cli.py's lazy command table, `python -m insanesr_dist.train` launches): checked by the same rule, so the lazy
+  table needs no exemption (cli is the top layer) and a string cannot hide a dependency anywhere else;
+- `importlib.import_module` / `__import__` are allowed only in cli.py (its lazy command table, whose strings are
+  checked as above): anywhere else they would hide a dependency from this test.
+
+Also: no module imports a private (underscore) name of another module of the package, neither by
+`from m import _x` nor as `m._x` on an imported module; and every reference names a module that exists.
+"""
+
+from __future__ import annotations
+
+import ast
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+PACKAGE = "insanesr_dist"
+PACKAGE_DIR = Path(__file__).resolve().parents[1] / PACKAGE
+
+# First component of a module's name below the package -> its layer. The package's own __init__ is "".
+LAYERS = {
+    "": 0,
+    "errors": 0,
+    "atomic": 0,
+    "run_files": 0,
+    "data": 1,
+    "model": 1,
+    "config": 2,
+    "presets": 2,
+    "training": 3,
+    "inference": 4,
+    "scoring": 5,
+    "train": 6,
+    "predict": 6,
+    "tools": 7,
+    "cli": 8,
+    "__main__": 8,
+}
+LAYER_NAMES = {
+    0: "foundation",
+    1: "data/model",
+    2: "config/presets",
+    3: "training",
+    4: "inference",
+    5: "scoring",
+    6: "entry points",
+    7: "tools",
+    8: "cli",
+}
+SUBPACKAGES = {"data", "model", "training", "inference", "scoring", "tools"}
+DYNAMIC_IMPORTS_ALLOWED_IN = {"cli"}
+MODULE_STRING = re.compile(rf"{PACKAGE}(\.[A-Za-z_][A-Za-z0-9_]*)*(:[A-Za-z_][A-Za-z0-9_]*)?")
+
+
+@dataclass(frozen=True)
+class Violation:
+    path: str  # relative to the package's parent, e.g. insanesr_dist/data/pairs.py
+    line: int
+    rule: str  # layer, private, unknown, dynamic, unassigned
+    message: str
+
+    def __str__(self) -> str:
+        return f"{self.path}:{self.line}: [{self.rule}] {self.message}"
+
+
+def module_names(package_dir: Path) -> dict[str, Path]:
+    """Dotted name (relative to the package, "" for its __init__) -> file, for every module of the package."""
+    names = {}
+    for path in sorted(package_dir.rglob("*.py")):
+        parts = path.relative_to(package_dir).with_suffix("").parts
+        if parts[-1] == "__init__":
+            parts = parts[:-1]
+        names[".".join(parts)] = path
+    return names
+
+
+def is_package(name: str, modules: dict[str, Path]) -> bool:
+    return modules[name].name == "__init__.py"
+
+
+def layer_of(name: str) -> int | None:
+    return LAYERS.get(name.split(".")[0])
+
+
+def group_of(name: str) -> str:
+    """The subpackage a module belongs to; "" for the top-level modules (one group per layer)."""
+    first = name.split(".")[0]
+    return first if first in SUBPACKAGES else ""
+
+
+def describe(name: str) -> str:
+    layer = layer_of(name)
+    return f"{PACKAGE}.{name}".rstrip(".") + f" (layer {layer}, {LAYER_NAMES.get(layer, '?')})"
+
+
+class References(ast.NodeVisitor):
+    """Every reference of one module to the package: (line, target module, imported name or None, how)."""
+
+    def __init__(self, name: str, modules: dict[str, Path]):
+        self.name, self.modules = name, modules
+        self.package = name if is_package(name, modules) else name.rpartition(".")[0]
+        self.found: list[tuple[int, str, str | None, str]] = []
+        self.aliases: dict[str, str] = {}  # local name -> package module it is bound to
+        self.dynamic: list[int] = []
+
+    def absolute(self, module: str | None, level: int) -> str | None:
+        """`from ..x import y`'s module as a dotted name relative to the package; None when outside the package."""
+        if level:
+            base = self.package.split(".") if self.package else []
+            if level - 1 > len(base):
+                return None
+            base = base[: len(base) - (level - 1)]
+            return ".".join([*base, *(module.split(".") if module else [])])
+        if module == PACKAGE:
+            return ""
+        if module and module.startswith(PACKAGE + "."):
+            return module[len(PACKAGE) + 1 :]
+        return None
+
+    def visit_Import(self, node: ast.Import) -> None:
+        for alias in node.names:
+            target = self.absolute(alias.name, 0)
+            if target is not None:
+                self.found.append((node.lineno, target, None, f"import {alias.name}"))
+                if alias.asname:
+                    self.aliases[alias.asname] = target
+
+    def visit_ImportFrom(self, node: ast.ImportFrom) -> None:
+        target = self.absolute(node.module, node.level)
+        if target is None:
+            return
+        source = "." * node.level + (node.module or "")
+        for alias in node.names:
+            submodule = f"{target}.{alias.name}".lstrip(".")
+            if submodule in self.modules:  # from package import module
+                self.found.append((node.lineno, submodule, None, f"from {source} import {alias.name}"))
+                self.aliases[alias.asname or alias.name] = submodule
+            else:  # from module import name
+                self.found.append((node.lineno, target, alias.name, f"from {source} import {alias.name}"))
+
+    def visit_Call(self, node: ast.Call) -> None:
+        function = node.func
+        called = (
+            function.attr
+            if isinstance(function, ast.Attribute)
+            else function.id
+            if isinstance(function, ast.Name)
+            else None
+        )
+        if called in ("import_module", "__import__"):
+            self.dynamic.append(node.lineno)
+        self.generic_visit(node)
+
+    def visit_Constant(self, node: ast.Constant) -> None:
+        if isinstance(node.value, str) and MODULE_STRING.fullmatch(node.value):
+            module, _, attribute = node.value.partition(":")
+            self.found.append((node.lineno, self.absolute(module, 0), attribute or None, f"string {node.value!r}"))
+
+    def private_attributes(self, tree: ast.AST) -> list[tuple[int, str, str]]:
+        """`m._x` where m is a name this module bound to another module of the package."""
+        uses = []
+        for node in ast.walk(tree):
+            if (
+                isinstance(node, ast.Attribute)
+                and isinstance(node.value, ast.Name)
+                and node.value.id in self.aliases
+                and is_private(node.attr)
+            ):
+                uses.append((node.lineno, self.aliases[node.value.id], f"{node.value.id}.{node.attr}"))
+        return uses
+
+
+def is_private(name: str) -> bool:
+    return name.startswith("_") and not (name.startswith("__") and name.endswith("__"))
+
+
+def check_package(package_dir: Path) -> list[Violation]:
+    """Every violation of the layer, private-name, existence and dynamic-import rules in a package's source."""
+    modules = module_names(package_dir)
+    violations = []
+    for name, path in modules.items():
+        shown = path.relative_to(package_dir.parent).as_posix()
+        own_layer = layer_of(name)
+        if own_layer is None:
+            violations.append(
+                Violation(
+                    shown,
+                    1,
+                    "unassigned",
+                    f"{PACKAGE}.{name} is in no layer: add "
+                    f"{name.split('.')[0]!r} to LAYERS in tests/test_layers.py and to the README",
+                )
+            )
+            continue
+        tree = ast.parse(path.read_text(encoding="utf-8"), filename=str(path))
+        refs = References(name, modules)
+        refs.visit(tree)
+        for line, target, imported, how in refs.found:
+            if target not in modules:
+                violations.append(
+                    Violation(shown, line, "unknown", f"{how}: {PACKAGE}.{target} is not a module of the package")
+                )
+                continue
+            if target != name:
+                target_layer = layer_of(target)
+                if target_layer is None:
+                    continue  # reported as unassigned where it is defined
+                same_group = group_of(target) == group_of(name)
+                if target_layer > own_layer or (target_layer == own_layer and not same_group):
+                    why = "a higher layer" if target_layer > own_layer else "the same layer outside its own subpackage"
+                    violations.append(
+                        Violation(
+                            shown,
+                            line,
+                            "layer",
+                            f"{how}: {describe(name)} depends on {describe(target)}, {why}; "
+                            "a module imports only lower layers or its own subpackage",
+                        )
+                    )
+            if imported and is_private(imported) and target != name:
+                violations.append(
+                    Violation(
+                        shown, line, "private", f"{how}: imports the private name {imported!r} of {PACKAGE}.{target}"
+                    )
+                )
+        for line, target, use in refs.private_attributes(tree):
+            if target != name:
+                violations.append(
+                    Violation(shown, line, "private", f"{use}: uses a private name of {PACKAGE}.{target}")
+                )
+        if name not in DYNAMIC_IMPORTS_ALLOWED_IN:
+            violations.extend(
+                Violation(
+                    shown,
+                    line,
+                    "dynamic",
+                    "importlib.import_module/__import__ outside "
+                    "cli.py's lazy command table hides a dependency from this test",
+                )
+                for line in refs.dynamic
+            )
+    return sorted(violations, key=lambda v: (v.path, v.line, v.rule, v.message))
+
+
+def report(violations: list[Violation]) -> str:
+    return f"{len(violations)} import(s) against the layer rules (see tests/test_layers.py):\n" + "\n".join(
+        map(str, violations)
+    )
+
+
+def test_every_module_of_the_package_is_in_a_layer():
+    assert [name for name in module_names(PACKAGE_DIR) if layer_of(name) is None] == []
+
+
+def test_imports_follow_the_layers_and_leave_private_names_alone():
+    violations = check_package(PACKAGE_DIR)
+    assert not violations, report(violations)
+
+
+# The checker itself, on a small package written here: each rule must be able to fail.
+
+
+def write_tree(root: Path, files: dict[str, str]) -> Path:
+    for relative, text in files.items():
+        path = root / PACKAGE / relative
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(text, encoding="utf-8")
+    return root / PACKAGE
+
+
+def test_the_checker_reports_each_kind_of_violation_with_file_line_and_rule(tmp_path):
+    package = write_tree(
+        tmp_path,
+        {
+            "__init__.py": '__version__ = "0"\n',
+            "errors.py": "class UserError(Exception):\n    pass\n",
+            "config.py": "from insanesr_dist.presets import PRESETS\n",  # same layer, top-level group: fine
+            "presets.py": "PRESETS = {}\n",
+            "data/__init__.py": "",
+            "data/images.py": "def _decode():\n    pass\n\n\ndef decode():\n    pass\n",
+            "data/pairs.py": (
+                "from insanesr_dist.data.images import decode\n"  # 1 own subpackage: fine
+                "from . import images\n"  # 2 relative, own subpackage: fine
+                "from insanesr_dist.errors import UserError\n"  # 3 lower layer: fine
+                "\n"
+                "\n"
+                "def pair():\n"
+                "    from insanesr_dist.model import weights\n"  # 7 lazy, same layer, other subpackage
+                "    images._decode()\n"  # 8 private attribute of an imported module
+                "    return weights\n"
+            ),
+            "model/__init__.py": "",
+            "model/weights.py": (
+                "import insanesr_dist.training.losses as losses\n"  # 1 higher layer
+                "from ..data.images import _decode\n"  # 2 same layer, other subpackage, private name
+                "from insanesr_dist.demo_data import make\n"  # 3 a module that does not exist
+            ),
+            "training/__init__.py": "",
+            "training/losses.py": (
+                "import importlib\n"
+                'TRAIN = "insanesr_dist.train:main"\n'  # 2 a higher layer named in a string
+                'importlib.import_module("json")\n'  # 3 dynamic import outside cli.py
+            ),
+            "train.py": "from insanesr_dist.training import losses\n",  # lower layer: fine
+            "cli.py": (
+                'import importlib\nLAZY = {"train": "insanesr_dist.train:main"}\n'
+                'importlib.import_module(LAZY["train"])\n'
+            ),  # cli's lazy table: fine
+            "extras.py": "",  # in no layer
+        },
+    )
+
+    found = {(v.path, v.line, v.rule) for v in check_package(package)}
+
+    assert found == {
+        ("insanesr_dist/data/pairs.py", 7, "layer"),
+        ("insanesr_dist/data/pairs.py", 8, "private"),
+        ("insanesr_dist/model/weights.py", 1, "layer"),
+        ("insanesr_dist/model/weights.py", 2, "layer"),
+        ("insanesr_dist/model/weights.py", 2, "private"),
+        ("insanesr_dist/model/weights.py", 3, "unknown"),
+        ("insanesr_dist/training/losses.py", 2, "layer"),
+        ("insanesr_dist/training/losses.py", 3, "dynamic"),
+        ("insanesr_dist/extras.py", 1, "unassigned"),
+    }
+    message = report(check_package(package))
+    assert (
+        "insanesr_dist/model/weights.py:1: [layer] import insanesr_dist.training.losses: insanesr_dist.model.weights "
+        "(layer 1, data/model) depends on insanesr_dist.training.losses (layer 3, training), a higher layer"
+    ) in message
+
+
+@pytest.mark.parametrize(
+    ("importer", "imported", "allowed"),
+    [
+        ("data/pairs.py", "insanesr_dist.data.images", True),
+        ("data/pairs.py", "insanesr_dist.model.weights", False),
+        ("model/weights.py", "insanesr_dist.data.images", False),
+        ("training/ema.py", "insanesr_dist.training.losses", True),
+        ("training/ema.py", "insanesr_dist.config", True),
+        ("config.py", "insanesr_dist.training.losses", False),
+        ("inference/tiles.py", "insanesr_dist.scoring.metrics", False),
+        ("scoring/metrics.py", "insanesr_dist.inference.tiles", True),
+        ("train.py", "insanesr_dist.predict", True),
+        ("tools/bench.py", "insanesr_dist.train", True),
+        ("train.py", "insanesr_dist.tools.bench", False),
+        ("errors.py", "insanesr_dist.atomic", True),
+        ("atomic.py", "insanesr_dist.data.images", False),
+        ("cli.py", "insanesr_dist.tools.bench", True),
+        ("tools/bench.py", "insanesr_dist.cli", False),
+    ],
+)
+def test_the_checker_follows_the_layer_order(tmp_path, importer, imported, allowed):
+    files = {
+        "__init__.py": "",
+        importer: f"import {imported}\n",
+        imported.replace(".", "/")[len(PACKAGE) + 1 :] + ".py": "",
+    }
+    files.update({f"{sub}/__init__.py": "" for sub in SUBPACKAGES})
+    violations = check_package(write_tree(tmp_path, files))
+    assert (violations == []) == allowed, report(violations)
