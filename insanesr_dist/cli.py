@@ -12,6 +12,7 @@ from pathlib import Path
 import click
 
 from insanesr_dist import __version__
+from insanesr_dist.commands import Group
 
 # name -> (module:attribute of the click command, the one line `insanesr-dist --help` shows for it)
 LAZY_COMMANDS = {
@@ -31,8 +32,8 @@ LAZY_COMMANDS = {
 }
 
 
-class LazyGroup(click.Group):
-    """A click group whose LAZY_COMMANDS are imported on first use."""
+class LazyGroup(Group):
+    """A click group whose LAZY_COMMANDS are imported on first use (a UserError shows as one line: commands.py)."""
 
     def list_commands(self, ctx: click.Context) -> list[str]:
         return sorted({*super().list_commands(ctx), *LAZY_COMMANDS})
@@ -118,13 +119,14 @@ def make_demo_data(out_dir: Path, num_train: int, num_test: int, hr_size: tuple[
     import os
 
     from insanesr_dist.data.demo import write_demo_data
+    from insanesr_dist.errors import UserError
 
     workers = workers or len(os.sched_getaffinity(0))
     try:
         write_demo_data(out_dir, num_train=num_train, num_test=num_test, hr_size=hr_size, seed=seed,
                         workers=workers)
     except FileExistsError as e:
-        raise click.ClickException(str(e)) from None
+        raise UserError(str(e)) from None
     click.echo(f"wrote {num_train} training pairs and {num_test} test images "
                f"(HR {hr_size[1]}x{hr_size[0]}) to {out_dir}")
 

@@ -6,6 +6,7 @@ from pathlib import Path
 import click
 import cv2
 import numpy as np
+from insanesr_dist.commands import Command
 from insanesr_dist.atomic import atomic_path
 from insanesr_dist.errors import UserError
 from insanesr_dist.scoring.metrics import joint_metric, psnr_ssim
@@ -120,7 +121,7 @@ def write_report(path: Path, rows: list[dict[str, object]]) -> None:
             writer.writerow({k: v if k == "id" else repr(float(v)) for k, v in row.items()})
 
 
-@click.command("evaluate")
+@click.command("evaluate", cls=Command)
 @click.option("--pred", "pred", required=True, type=click.Path(exists=True, path_type=Path),
               help="Predictions: a folder of PNGs or a submission CSV.")
 @click.option("--hr", "hr", required=True, type=click.Path(exists=True, file_okay=False, path_type=Path),

@@ -28,6 +28,7 @@ from pathlib import Path
 
 import click
 
+from insanesr_dist.commands import Command
 from insanesr_dist.errors import UserError
 
 SYNC_WARNING = "synchronizing CUDA operation"  # what set_sync_debug_mode("warn") says
@@ -238,7 +239,7 @@ def _child(name: str, spec: dict) -> dict:
 
 def _run_child(name: str, spec: dict, timeout: float) -> dict:
     """`name(spec)` in a fresh process; its result, or {"error": one line} (a failure or a timeout)."""
-    code = ("import json, sys; from insanesr_dist import gpu_checks as g; "
+    code = ("import json, sys; from insanesr_dist.tools import gpu_checks as g; "
             "print(json.dumps(g._child(sys.argv[1], json.loads(sys.argv[2]))))")
     return _run_json([sys.executable, "-c", code, name, json.dumps(spec)], timeout)
 
@@ -338,7 +339,7 @@ def require_cuda() -> str:
     return torch.cuda.get_device_name()
 
 
-@click.command("gpu-checks", context_settings={"max_content_width": 110})
+@click.command("gpu-checks", cls=Command, context_settings={"max_content_width": 110})
 @click.option("--budget-s", default=450, show_default=True, type=click.IntRange(60),
               help="Seconds for all checks together; a check that would overrun is cut off and reported.")
 @click.option("--steps", default=300, show_default=True, type=click.IntRange(20),

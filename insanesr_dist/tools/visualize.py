@@ -15,6 +15,7 @@ import cv2
 import numpy as np
 import torch
 
+from insanesr_dist.commands import Command
 from insanesr_dist.atomic import atomic_path
 from insanesr_dist.errors import UserError
 from insanesr_dist.tools.evaluate import Partners, baseline, read_predictions
@@ -93,7 +94,7 @@ def _stored(pred: Path):
     return lookup
 
 
-@click.command("visualize", context_settings={"max_content_width": 110})
+@click.command("visualize", cls=Command, context_settings={"max_content_width": 110})
 @click.option("--lr", "lr_dir", required=True, type=click.Path(exists=True, file_okay=False, path_type=Path),
               help="Folder of LR images to show.")
 @click.option("--checkpoint", type=click.Path(path_type=Path),
