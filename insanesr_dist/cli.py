@@ -18,7 +18,8 @@ from insanesr_dist.commands import Group
 LAZY_COMMANDS = {
     "train": ("insanesr_dist.train:main", "Train InsaneSRNet (one process; accelerate launch for more)."),
     "predict": ("insanesr_dist.predict:main", "Upscale LR images x4: PNG files and/or a submission CSV."),
-    "evaluate": ("insanesr_dist.tools.evaluate:evaluate_command", "Score predictions against HR images (grader-exact JM)."),
+    "evaluate": ("insanesr_dist.tools.evaluate:evaluate_command",
+                 "Score predictions against HR images (grader-exact JM)."),
     "check-submission": ("insanesr_dist.scoring.submission:check_submission_command",
                          "Check a submission CSV before uploading it."),
     "visualize": ("insanesr_dist.tools.visualize:visualize_command", "Draw LR | prediction | ground truth panels."),
@@ -68,8 +69,8 @@ def cli() -> None:
       insanesr-dist evaluate --pred runs/x/submissions/epoch_002.csv --hr DIR/HR
     Predict, check and look:
       insanesr-dist predict --checkpoint runs/x/best.safetensors --input DIR/test/LR --csv submission.csv
-      insanesr-dist check-submission submission.csv --lr DIR/test/LR
-      insanesr-dist visualize --checkpoint runs/x/best.safetensors --lr DIR/LR --hr DIR/HR --output-dir panels
+      insanesr-dist check-submission submission.csv --lr-dir DIR/test/LR
+      insanesr-dist visualize --checkpoint runs/x/best.safetensors --lr-dir DIR/LR --hr DIR/HR --output-dir panels
     Share the model (Hugging Face-style folder; ONNX for game engines and chaiNNer):
       insanesr-dist export runs/x models/x --onnx
     """

@@ -50,3 +50,33 @@ class Group(_ShowsUserErrors, click.Group):
 
     command_class = Command
     group_class = type  # subgroups are of this same class
+
+
+class RenamedOption(click.Option):
+    """An option that still accepts its former names for a release (`old_names=["--lr"]`): not shown by --help,
+    and using one prints one deprecation line on stderr, then works as the new name.
+
+    `insanesr-dist evaluate --lr DIR` meant a folder of LR images, while `train --lr` is the learning rate; the
+    folder options are now `--lr-dir` everywhere, as training's own.
+    """
+
+    def __init__(self, *args, old_names: list[str], **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.old_names = list(old_names)
+
+    @property
+    def _old_dest(self) -> str:
+        return f"{self.name} (as {'/'.join(self.old_names)})"
+
+    def add_to_parser(self, parser, ctx: click.Context) -> None:
+        super().add_to_parser(parser, ctx)
+        # The former names go to a slot of their own, so that consume_value knows they were used.
+        parser.add_option(obj=self, opts=self.old_names, dest=self._old_dest, action="store", nargs=self.nargs)
+
+    def consume_value(self, ctx: click.Context, opts):
+        if self.name not in opts and self._old_dest in opts:
+            if not ctx.resilient_parsing:
+                click.echo(f"{'/'.join(self.old_names)} is deprecated and will be removed; use {self.opts[0]} "
+                           "(the same folder)", err=True)
+            opts = {**opts, self.name: opts[self._old_dest]}
+        return super().consume_value(ctx, opts)
