@@ -1,4 +1,10 @@
-"""TODO docstring: tools.evaluate."""
+"""`insanesr-dist evaluate`: score predictions (a folder of PNGs or a submission CSV) against HR images with the
+grader-exact metric, per image and on average, with bilinear and bicubic x4 of the LR images as baselines
+(--lr-dir) and a per-image CSV report.
+
+It scores files already written; training's in-loop validation, which scores the model's output directly, is
+scoring/validation.py.
+"""
 
 from __future__ import annotations
 import csv
