@@ -12,12 +12,14 @@ from pathlib import Path
 import click
 
 from insanesr_dist import __version__
+from insanesr_dist.commands import Group
 
 # name -> (module:attribute of the click command, the one line `insanesr-dist --help` shows for it)
 LAZY_COMMANDS = {
     "train": ("insanesr_dist.train:main", "Train InsaneSRNet (one process; accelerate launch for more)."),
     "predict": ("insanesr_dist.predict:main", "Upscale LR images x4: PNG files and/or a submission CSV."),
-    "evaluate": ("insanesr_dist.tools.evaluate:evaluate_command", "Score predictions against HR images (grader-exact JM)."),
+    "evaluate": ("insanesr_dist.tools.evaluate:evaluate_command",
+                 "Score predictions against HR images (grader-exact JM)."),
     "check-submission": ("insanesr_dist.scoring.submission:check_submission_command",
                          "Check a submission CSV before uploading it."),
     "visualize": ("insanesr_dist.tools.visualize:visualize_command", "Draw LR | prediction | ground truth panels."),
@@ -31,8 +33,8 @@ LAZY_COMMANDS = {
 }
 
 
-class LazyGroup(click.Group):
-    """A click group whose LAZY_COMMANDS are imported on first use."""
+class LazyGroup(Group):
+    """A click group whose LAZY_COMMANDS are imported on first use (a UserError shows as one line: commands.py)."""
 
     def list_commands(self, ctx: click.Context) -> list[str]:
         return sorted({*super().list_commands(ctx), *LAZY_COMMANDS})
@@ -67,8 +69,8 @@ def cli() -> None:
       insanesr-dist evaluate --pred runs/x/submissions/epoch_002.csv --hr DIR/HR
     Predict, check and look:
       insanesr-dist predict --checkpoint runs/x/best.safetensors --input DIR/test/LR --csv submission.csv
-      insanesr-dist check-submission submission.csv --lr DIR/test/LR
-      insanesr-dist visualize --checkpoint runs/x/best.safetensors --lr DIR/LR --hr DIR/HR --output-dir panels
+      insanesr-dist check-submission submission.csv --lr-dir DIR/test/LR
+      insanesr-dist visualize --checkpoint runs/x/best.safetensors --lr-dir DIR/LR --hr DIR/HR --output-dir panels
     Share the model (Hugging Face-style folder; ONNX for game engines and chaiNNer):
       insanesr-dist export runs/x models/x --onnx
     """
@@ -118,13 +120,14 @@ def make_demo_data(out_dir: Path, num_train: int, num_test: int, hr_size: tuple[
     import os
 
     from insanesr_dist.data.demo import write_demo_data
+    from insanesr_dist.errors import UserError
 
     workers = workers or len(os.sched_getaffinity(0))
     try:
         write_demo_data(out_dir, num_train=num_train, num_test=num_test, hr_size=hr_size, seed=seed,
                         workers=workers)
     except FileExistsError as e:
-        raise click.ClickException(str(e)) from None
+        raise UserError(str(e)) from None
     click.echo(f"wrote {num_train} training pairs and {num_test} test images "
                f"(HR {hr_size[1]}x{hr_size[0]}) to {out_dir}")
 

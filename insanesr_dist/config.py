@@ -15,13 +15,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from insanesr_dist.model.architecture import ModelConfig
+from insanesr_dist.model.architecture import ModelConfig, OutputHead
 from insanesr_dist.presets import PRESETS, preset_help
 
 Precision = Literal["auto", "no", "fp16", "bf16"]
 Loss = Literal["mse", "l1", "charbonnier"]
 Schedule = Literal["constant", "cosine"]
-OutputHead = Literal["sigmoid", "residual"]
 Preset = Literal["seed", "default"]
 OnBadSample = Literal["error", "skip"]
 DeviceStore = Literal["auto", "on", "off"]
@@ -31,6 +30,18 @@ LrFromHr = Literal["bicubic", "bicubic-antialias", "area"]  # degrade.KERNELS
 def setting(default: Any, help: str) -> Any:
     """A config field with its one-line help (shown by `--help` and kept beside the value)."""
     return field(default=default, metadata={"help": help})
+
+
+MODEL_SETTINGS = {f.name: f for f in dataclasses.fields(ModelConfig)}
+
+
+def model_setting(name: str, *, preset: bool = False) -> Any:
+    """ModelConfig's field `name` as a training setting, with its default and help; `preset`: no default here,
+    --preset supplies it (the help says which)."""
+    spec = MODEL_SETTINGS[name]
+    if preset:
+        return setting(None, spec.metadata["help"] + preset_help(name))
+    return setting(spec.default, spec.metadata["help"])
 
 
 @dataclass
@@ -116,14 +127,12 @@ class TrainConfig:
     compile: bool = setting(False, "torch.compile the training forward/backward (the compile time is printed); "
                                    "on 2 CPU cores it measured slower than eager, so it is off by default.")
     seed: int = setting(0, "Seed for the split, the shuffling, the crops and the initial weights.")
-    # model
-    num_rrdb: int = setting(5, "RRDB blocks in the trunk.")
-    channels: int = setting(64, "Feature channels of the trunk.")
-    growth: int = setting(32, "Growth channels inside each dense block.")
-    layers_per_block: int = setting(5, "Conv layers per dense block.")
-    output_head: OutputHead = setting(None, "sigmoid(tail + bilinear skip) as the seed, or residual: "
-                                            "clamp(tail + skip) with a zero-initialised tail."
-                                            + preset_help("output_head"))
+    # model: ModelConfig's fields, declared there (default, help); `scale` is fixed, see below
+    num_rrdb: int = model_setting("num_rrdb")
+    channels: int = model_setting("channels")
+    growth: int = model_setting("growth")
+    layers_per_block: int = model_setting("layers_per_block")
+    output_head: OutputHead = model_setting("output_head", preset=True)
     # starting point and stopping
     init_from: str | None = setting(None, "Start from these weights (a run directory: its best.safetensors; a "
                                           ".safetensors file; an exported model folder; a hub id) with a fresh "
@@ -214,8 +223,8 @@ class TrainConfig:
 
     @property
     def model(self) -> ModelConfig:
-        return ModelConfig(self.num_rrdb, self.channels, self.growth, self.layers_per_block, self.scale,
-                           self.output_head)
+        """The model these settings train (ModelConfig's fields, read off this config)."""
+        return ModelConfig(**{name: getattr(self, name) for name in MODEL_SETTINGS})
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

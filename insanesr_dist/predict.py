@@ -22,6 +22,7 @@ from accelerate import Accelerator, PartialState
 from accelerate.utils import gather_object
 from tqdm.auto import tqdm
 
+from insanesr_dist.commands import Command
 from insanesr_dist.atomic import atomic_path
 from insanesr_dist.errors import UserError
 from insanesr_dist.data.images import encode_png
@@ -190,7 +191,7 @@ def predict(*, checkpoint: Path, inputs: Path, output_dir: Path | None, csv: Pat
     accelerator.end_training()  # leaves the process group cleanly, so every rank exits 0
 
 
-@click.command("predict", context_settings={"max_content_width": 110})
+@click.command("predict", cls=Command, context_settings={"max_content_width": 110})
 @click.option("--checkpoint", required=True, type=click.Path(path_type=Path),
               help="A .safetensors weights file (best.safetensors or latest.safetensors; the model config is in it), "
                    "or a model folder written by `insanesr-dist export`.")

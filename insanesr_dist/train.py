@@ -26,6 +26,7 @@ from accelerate.utils import broadcast_object_list, set_seed
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
+from insanesr_dist.commands import Command
 from insanesr_dist.training import checkpoint
 from insanesr_dist.training.preemption import PREEMPTED_EXIT_CODE, PreemptionFlag, requeue_if_slurm
 from insanesr_dist.training import faults
@@ -624,7 +625,7 @@ def _config_options(command):
     return command
 
 
-@click.command("train", context_settings={"max_content_width": 110})
+@click.command("train", cls=Command, context_settings={"max_content_width": 110})
 @click.option("--config", "config_file", type=click.Path(exists=True, dir_okay=False),
               help="YAML or JSON file with the same settings; the command line overrides it.")
 @_config_options

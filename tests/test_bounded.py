@@ -83,7 +83,7 @@ def test_check_submission_reports_a_wrong_size_from_the_header_of_a_bomb(lr_fold
     lr_dir = lr_folder / "test" / "LR"
     good = encode_png(cv2.resize(read_rgb(lr_dir / "img_000.png"), (80, 64)))
     path = _csv(tmp_path / "s.csv", [("img_000.png", good), ("img_001.png", bomb_png())])
-    result, rss, seconds = run_measured(tmp_path, "check-submission", str(path), "--lr", str(lr_dir))
+    result, rss, seconds = run_measured(tmp_path, "check-submission", str(path), "--lr-dir", str(lr_dir))
     assert_one_line_error(result, "1 problem(s)")
     assert "s.csv:3 (id img_001.png): PNG is 20000x20000, expected 80x64 (4x the 20x16 LR)" in result.stderr
     assert rss < 300 and seconds < 30, (rss, seconds)  # the issue measured 3.0 GB and 72 s
@@ -93,7 +93,7 @@ def test_the_limit_is_set_by_the_environment_and_a_bad_value_is_one_line(lr_fold
     lr_dir = lr_folder / "test" / "LR"
     rows = [(p.name, encode_png(cv2.resize(read_rgb(p), (80, 64)))) for p in sorted(lr_dir.iterdir())]
     path = _csv(tmp_path / "s.csv", rows)
-    args = ("check-submission", str(path), "--lr", str(lr_dir))
+    args = ("check-submission", str(path), "--lr-dir", str(lr_dir))
     monkeypatch.setenv("INSANESR_MAX_PIXELS", "5000")  # run_cli passes this process's environment on
     limited = run_cli("insanesr-dist", *args, timeout=120)
     assert_one_line_error(limited, "2 problem(s)")  # 80x64 is 5120 pixels; the 20x16 LR images pass

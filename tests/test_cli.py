@@ -46,3 +46,45 @@ def test_every_command_help_has_examples(command):
         group = group.get_command(ctx, word)
     undocumented = [p.name for p in group.params if isinstance(p, click.Option) and not p.help]
     assert not undocumented, undocumented
+
+
+def test_a_user_error_is_one_error_line_in_parsing_and_running():
+    from insanesr_dist.commands import Command
+    from insanesr_dist.errors import UserError
+
+    assert not isinstance(UserError("x"), click.ClickException)  # the library's error knows nothing of click
+
+    def check(ctx, param, value):
+        if value == "bad":
+            raise UserError(f"{value}: rejected while parsing")
+        return value
+
+    @click.command(cls=Command)
+    @click.option("--path", callback=check)
+    def toy(path):
+        raise UserError(f"{path}: rejected while running")
+
+    for args, message in [(["--path", "bad"], "bad: rejected while parsing"), (["--path", "p"], "p: rejected while running")]:
+        result = CliRunner().invoke(toy, args)
+        assert (result.exit_code, result.stdout, result.stderr) == (1, "", f"Error: {message}\n")
+
+
+def test_every_command_maps_user_errors_when_run_alone():
+    # Each command (not only the group) maps UserError, so `python -m insanesr_dist.train`, accelerate launch and
+    # a CliRunner on the command itself show one line too.
+    from insanesr_dist.commands import Command, Group
+
+    ctx = cli.make_context("insanesr-dist", ["--help"], resilient_parsing=True)
+    for name in [*LAZY_COMMANDS, "make-demo-data"]:
+        command = cli.get_command(ctx, name)
+        assert isinstance(command, (Command, Group)), name
+        for sub in getattr(command, "commands", {}).values():
+            assert isinstance(sub, Command), f"{name} {sub.name}"
+
+
+@pytest.mark.parametrize("entry", [["insanesr-dist", "predict"], [sys.executable, "-m", "insanesr_dist.predict"]])
+def test_a_user_error_from_a_real_command_is_one_line(entry, tmp_path):
+    result = run_cli(*entry, "--checkpoint", str(tmp_path / "missing.safetensors"), "--input", str(tmp_path),
+                     "--output-dir", str(tmp_path / "out"))
+    assert result.returncode == 1, result.stderr
+    assert result.stderr.splitlines() == [f"Error: {tmp_path / 'missing.safetensors'}: weights file not found"]

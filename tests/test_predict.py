@@ -90,7 +90,7 @@ def test_layout_covers_each_axis_with_blend_weights_that_sum_to_one(tile, overla
                                                                             layers_per_block=3, scale=2)])
 def test_receptive_radius_is_where_the_gradient_ends(config):
     torch.manual_seed(0)
-    model = InsaneSRNet(**vars(config)).double()
+    model = InsaneSRNet(config).double()
     radius = receptive_radius(config)
     n = 2 * radius + 9
     reach = 0

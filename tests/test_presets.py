@@ -2,7 +2,6 @@
 the losses, EMA (what gets saved) and loading weights written before the head type existed."""
 
 import json
-from dataclasses import asdict
 
 import piq
 import pytest
@@ -31,7 +30,7 @@ def test_seed_preset_builds_the_report_model_loss_and_optimizer():
     cfg = TrainConfig(preset="seed")
     # Model: the report's InsaneSRNet(num_rrdb=5, channels=64) with `torch.sigmoid(tail + bilinear skip)`.
     torch.manual_seed(0)
-    model = InsaneSRNet(**asdict(cfg.model)).eval()
+    model = InsaneSRNet(cfg.model).eval()
     assert cfg.model == ModelConfig(num_rrdb=5, channels=64, growth=32, layers_per_block=5, scale=4,
                                     output_head="sigmoid")
     assert count_parameters(model) == 3_319_075

@@ -253,7 +253,7 @@ def _half_then_fail(real):
 
 
 def test_a_failed_write_leaves_the_previous_files_readable(tmp_path, monkeypatch):
-    import insanesr_dist.model.weights as model_module
+    import insanesr_dist.model.files as model_module  # save_weights writes with its save_file
 
     old = InsaneSRNet(num_rrdb=1, channels=8, growth=4, layers_per_block=2)
     save_weights(old, tmp_path / "latest.safetensors", epoch=1)

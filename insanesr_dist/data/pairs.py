@@ -1,4 +1,10 @@
-"""TODO docstring: data.pairs."""
+"""LR/HR pairs as files and rows: finding image files in folders (hidden folders pruned), pairing LR and HR
+names (with or without the x4 scale suffix), decoding a row's pair, and the one-line problems of a pair or file
+(`Finding`: wrong size ratio, too small for SSIM or the patch, unreadable).
+
+Separate from images.py (one image's bytes to pixels) and sources.py (which folders or dataset): it is the rules
+a pair must meet, shared by training, check-data and the decoded store.
+"""
 
 from __future__ import annotations
 import os

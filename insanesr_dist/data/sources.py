@@ -1,8 +1,9 @@
 """What `--data` (and check-data's SOURCE) names, decided by looking at it, and where an image folder keeps its
 pairs. Training and `check-data` both start here, so they read the same files.
 
-Kept apart from data.py so check-data can decide without importing torch (its memory is measured), and apart
-from samples.py, whose text is part of every decoded store's key (an edit there decodes every store again).
+Kept apart from the DataLoader modules (loaders.py, tensors.py) so check-data can decide without importing torch
+(its memory is measured), and apart from images.py and pairs.py, whose text is part of every decoded store's key
+(an edit there decodes every store again).
 
 Image folders: the toolkit's own layout, the DIV2K/Flickr2K layout, or folders given one by one (--hr-dir,
 --lr-dir, --val-hr-dir, --val-lr-dir, --test-lr-dir):

@@ -1,4 +1,9 @@
-"""TODO docstring: data.splits."""
+"""The training, validation and test splits of a data source: loaded (sources), checked pair by pair with the
+bad ones reported or dropped (--on-bad-sample), the seeded validation hold-out, and the patch-size check.
+
+It composes sources, pairs and store into what training and check-data consume, and is the only data module
+that decides which pairs a run trains on.
+"""
 
 from __future__ import annotations
 import hashlib

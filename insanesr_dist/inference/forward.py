@@ -1,4 +1,9 @@
-"""TODO docstring: inference.forward."""
+"""The model's forward as inference runs it: float32 with IEEE convolutions and matmuls (validation and
+submissions, so scores do not depend on TF32 or the GPU), or under an autocast precision (`predict
+--mixed-precision`); both as a plain `Forward` callable that tiles.py and sharded.py apply to images.
+
+Kept apart from the training step, whose precision (autocast, gradient scaling) is training/precision.py's.
+"""
 
 from __future__ import annotations
 from collections.abc import Callable, Iterator

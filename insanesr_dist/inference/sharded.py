@@ -1,4 +1,8 @@
-"""TODO docstring: inference.sharded."""
+"""Predicting every image of a loader sharded over the ranks: each rank upscales and PNG-encodes its share, then
+the encoded images are gathered, for training's submission CSVs.
+
+Separate from tiles.py (one image, one process) because only this part talks to accelerate's collectives.
+"""
 
 from __future__ import annotations
 import torch

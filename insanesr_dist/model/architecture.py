@@ -1,18 +1,25 @@
-"""InsaneSRNet, the seed report's x4 super-resolution network, and its safetensors weights files.
+"""InsaneSRNet, the seed report's x4 super-resolution network, and ModelConfig, the one declaration of its
+settings (the training options, weights-file metadata and model folders' config.json all use these fields).
 
 The layer structure and parameter names follow the report's listing, so its `state_dict` keys
-(`head.weight`, `trunk.0.rdb1.layers.0.weight`, ...) load unchanged.
+(`head.weight`, `trunk.0.rdb1.layers.0.weight`, ...) load unchanged. Reading and writing files is files.py's
+(the formats) and weights.py's (loading any weights file); `from_pretrained` / `save_pretrained` use files.py.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import os
-from dataclasses import dataclass
+import typing
+from dataclasses import dataclass, field
+from typing import Literal
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from insanesr_dist.errors import UserError
+from insanesr_dist.model import files
 
 
 class ResidualDenseBlock(nn.Module):
@@ -77,21 +84,37 @@ def _pixel_shuffle_ijc(y: torch.Tensor) -> torch.Tensor:
     return y.reshape(n, 2, 2, c, h, w).permute(0, 3, 4, 1, 5, 2).reshape(n, c, 2 * h, 2 * w)
 
 
-@dataclass(frozen=True)
-class ModelConfig:
-    """Everything needed to rebuild an InsaneSRNet; stored in every weights file's metadata."""
+OutputHead = Literal["sigmoid", "residual"]
+OUTPUT_HEADS = typing.get_args(OutputHead)
 
-    num_rrdb: int = 5
-    channels: int = 64
-    growth: int = 32
-    layers_per_block: int = 5
-    scale: int = 4
+
+def _setting(default: object, help: str) -> typing.Any:
+    """A model setting with its one-line help (`insanesr-dist train --help` shows it)."""
+    return field(default=default, metadata={"help": help})
+
+
+@dataclass(frozen=True, kw_only=True)
+class ModelConfig:
+    """Everything needed to rebuild an InsaneSRNet; stored in every weights file's metadata.
+
+    TrainConfig's model options are these fields (their defaults and help), but for `scale`, fixed at 4.
+    """
+
+    num_rrdb: int = _setting(5, "RRDB blocks in the trunk.")
+    channels: int = _setting(64, "Feature channels of the trunk.")
+    growth: int = _setting(32, "Growth channels inside each dense block.")
+    layers_per_block: int = _setting(5, "Conv layers per dense block.")
+    scale: int = _setting(4, "Upscaling factor, a power of two (x2 blocks).")
     # "sigmoid": the seed's sigmoid(tail + skip); "residual": clamp(tail + skip, 0, 1) with a zero-initialised
     # tail, so an untrained model is exactly the bilinear skip. Files written before this field load as "sigmoid".
-    output_head: str = "sigmoid"
+    output_head: OutputHead = _setting("sigmoid", "sigmoid(tail + bilinear skip) as the seed, or residual: "
+                                                  "clamp(tail + skip) with a zero-initialised tail.")
 
-
-OUTPUT_HEADS = ("sigmoid", "residual")
+    def __post_init__(self) -> None:
+        if self.scale < 2 or self.scale & (self.scale - 1):
+            raise ValueError(f"scale must be a power of two >= 2, got {self.scale}")
+        if self.output_head not in OUTPUT_HEADS:
+            raise ValueError(f"output_head must be one of {', '.join(OUTPUT_HEADS)}, got {self.output_head!r}")
 
 
 class InsaneSRNet(nn.Module):
@@ -99,33 +122,25 @@ class InsaneSRNet(nn.Module):
     the seed's sigmoid or (output_head="residual") a clamp to [0, 1].
 
     Input and output are RGB in [0, 1]; the output is `scale` times larger in each direction.
+    `InsaneSRNet(config)`, `InsaneSRNet(num_rrdb=2, channels=16)` (ModelConfig's fields by keyword, over the
+    defaults) or both (the keywords replace those of `config`).
     """
 
-    def __init__(
-        self,
-        *,
-        num_rrdb: int = 5,
-        channels: int = 64,
-        growth: int = 32,
-        layers_per_block: int = 5,
-        scale: int = 4,
-        output_head: str = "sigmoid",
-    ) -> None:
+    def __init__(self, config: ModelConfig | None = None, /, **settings: typing.Any) -> None:
         super().__init__()
-        if scale < 2 or scale & (scale - 1):
-            raise ValueError(f"scale must be a power of two >= 2, got {scale}")
-        if output_head not in OUTPUT_HEADS:
-            raise ValueError(f"output_head must be one of {', '.join(OUTPUT_HEADS)}, got {output_head!r}")
-        self.config = ModelConfig(num_rrdb, channels, growth, layers_per_block, scale, output_head)
-        block = dict(channels=channels, growth=growth, layers=layers_per_block)
+        if config is not None and not isinstance(config, ModelConfig):
+            raise TypeError(f"InsaneSRNet takes a ModelConfig, and its settings by keyword; got {config!r}")
+        self.config = dataclasses.replace(config or ModelConfig(), **settings)
+        channels, scale = self.config.channels, self.config.scale
+        block = dict(channels=channels, growth=self.config.growth, layers=self.config.layers_per_block)
         self.head = nn.Conv2d(3, channels, kernel_size=3, padding=1)
-        self.trunk = nn.Sequential(*(RRDB(**block) for _ in range(num_rrdb)))
+        self.trunk = nn.Sequential(*(RRDB(**block) for _ in range(self.config.num_rrdb)))
         self.trunk_conv = nn.Conv2d(channels, channels, kernel_size=3, padding=1)
         # The seed has exactly two x2 blocks named upscale1/upscale2; other scales add more.
         for i in range(scale.bit_length() - 1):
             self.add_module(f"upscale{i + 1}", UpscaleBlock(channels=channels))
         self.tail = nn.Conv2d(channels, 3, kernel_size=3, padding=1)
-        if output_head == "residual":
+        if self.config.output_head == "residual":
             # The output starts as the bilinear skip itself; the trunk only learns the correction.
             nn.init.zeros_(self.tail.weight)
             nn.init.zeros_(self.tail.bias)
@@ -142,23 +157,32 @@ class InsaneSRNet(nn.Module):
             return (self.tail(out) + skip).clamp(0, 1)
         return torch.sigmoid(self.tail(out) + skip)
 
-    # Hugging Face-style model folders (config.json + model.safetensors + README.md): see export.py.
+    # Hugging Face-style model folders (config.json + model.safetensors + README.md): see files.py and
+    # tools/export.py.
     @classmethod
-    def from_pretrained(cls, folder: str | os.PathLike) -> "InsaneSRNet":
+    def from_pretrained(cls, folder: str | os.PathLike) -> InsaneSRNet:
         """Load a folder written by `save_pretrained` / `insanesr-dist export`, or a Hub repo id holding one;
         in eval mode, on the CPU."""
-        from insanesr_dist.model.weights import load_folder
-
-        return load_folder(folder)
+        config, config_file, weights = files.read_folder(folder)
+        model = model_from_config(config, f"{config_file}: unusable model config", cls)
+        files.load_folder_weights(model, weights)
+        return model.eval()  # as Hugging Face's from_pretrained: ready for inference
 
     def save_pretrained(self, folder: str | os.PathLike, **metadata: object) -> None:
         """Write config.json and model.safetensors into `folder` (`metadata` as for `save_weights`)."""
-        from insanesr_dist.model.weights import save_folder
+        files.save_folder(self, folder, **metadata)
 
-        save_folder(self, folder, **metadata)
+
+def model_from_config(config: dict, problem: str, cls: type[InsaneSRNet] = InsaneSRNet) -> InsaneSRNet:
+    """The model a stored config describes (keys it does not know are ignored, e.g. a config.json's
+    model_type); a config it cannot build is `problem` plus why, as one line."""
+    known = {f.name for f in dataclasses.fields(ModelConfig)}
+    try:
+        return cls(ModelConfig(**{k: v for k, v in config.items() if k in known}))
+    except (TypeError, ValueError) as e:
+        raise UserError(f"{problem} ({e})") from None
 
 
 def count_parameters(model: nn.Module) -> int:
+    """Trainable and frozen parameters of `model`, all counted."""
     return sum(p.numel() for p in model.parameters())
-
-

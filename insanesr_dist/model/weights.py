@@ -1,10 +1,11 @@
-"""Weights files other than our own safetensors: refusing pickles (unless allowed), reading a plain
-PyTorch `state_dict` (the seed report's `torch.save(model.state_dict(), 'best.pth')`), and naming
-exactly how a file's tensors differ from a model's.
+"""Loading any weights into InsaneSRNet: `load_model` (our safetensors file, an exported model folder or Hub id,
+or a plain PyTorch `state_dict` such as the seed report's `torch.save(model.state_dict(), 'best.pth')`),
+`init_weights` for `train --init-from`, and naming exactly how a file's tensors differ from a model's.
 
 Pickle files can run arbitrary code while they are read, so they are refused unless the user says
 `--allow-pickle`; even then they are read with `torch.load(weights_only=True)`, which only accepts
-tensors and plain containers.
+tensors and plain containers. The file formats themselves (writing weights, metadata, folders) are files.py's;
+their public names are importable from here too, as train and the tests use them.
 """
 
 from __future__ import annotations
@@ -13,24 +14,18 @@ import os
 import re
 
 import torch
-
-from insanesr_dist.errors import UserError
-
-import json
-from dataclasses import asdict, fields
 from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
-from insanesr_dist.atomic import atomic_path
+from safetensors.torch import load_file
 
-from pathlib import Path
-from insanesr_dist import __version__
-from insanesr_dist.atomic import write_text_atomic
-from insanesr_dist.model.architecture import InsaneSRNet
-from insanesr_dist.model.architecture import ModelConfig
 from insanesr_dist import run_files
+from insanesr_dist.errors import UserError
+from insanesr_dist.model.architecture import InsaneSRNet, model_from_config
+from insanesr_dist.model.files import (CARD_FILE, CONFIG_FILE, ONNX_FILE, WEIGHTS_FILE, hub_id, read_metadata,
+                                       save_folder, save_weights)
 
-CONFIG_FILE, WEIGHTS_FILE, CARD_FILE, ONNX_FILE = "config.json", "model.safetensors", "README.md", "model.onnx"
-MODEL_TYPE = "insanesr"
+__all__ = ["CARD_FILE", "CONFIG_FILE", "ONNX_FILE", "WEIGHTS_FILE", "config_from_state", "init_source",
+           "init_weights", "is_pickle", "load_model", "load_pickled_state", "mismatch", "model_from_config",
+           "read_metadata", "save_folder", "save_weights"]
 
 PICKLE_SUFFIXES = {".pth", ".pt", ".bin", ".ckpt", ".pkl", ".pickle", ".tar"}
 
@@ -128,54 +123,13 @@ def init_weights(model: torch.nn.Module, source: str | os.PathLike, *, strict: b
     return sorted(k for k in own if k not in fits)
 
 
-def save_weights(model: InsaneSRNet, path: str | os.PathLike, **metadata: object) -> None:
-    """Write the model's weights and config to one safetensors file, atomically.
-
-    `metadata` (epoch, step, jm, ...) is stored as JSON strings beside the config.
-    """
-    state = {k: v.detach().to("cpu").contiguous() for k, v in model.state_dict().items()}
-    header = {"insanesr_config": json.dumps(asdict(model.config))}
-    header.update({k: json.dumps(v) for k, v in metadata.items()})
-    with atomic_path(path) as tmp:
-        save_file(state, tmp, metadata=header)
-
-
-def read_metadata(path: str | os.PathLike) -> dict[str, object]:
-    """The JSON metadata of a weights file (config under `insanesr_config`), without loading tensors."""
-    from safetensors import safe_open
-
-    try:
-        with safe_open(os.fspath(path), framework="pt") as f:
-            raw = f.metadata() or {}
-    except (SafetensorError, OSError) as e:
-        raise UserError(f"{path}: not a readable safetensors weights file ({e})") from None
-    return {k: json.loads(v) for k, v in raw.items()}
-
-
-def _hub_id(path: str | os.PathLike) -> bool:
-    """`owner/name` that is no local path: a model folder on the Hugging Face Hub."""
-    text = os.fspath(path)
-    return (not os.path.exists(text) and text.count("/") == 1 and not text.startswith((".", "/", "~"))
-            and not text.endswith(".safetensors"))
-
-
-def model_from_config(config: dict, problem: str) -> InsaneSRNet:
-    """The model a stored config describes (keys it does not know are ignored, e.g. a config.json's
-    model_type); a config it cannot build is `problem` plus why, as one line."""
-    known = {f.name for f in fields(ModelConfig)}
-    try:
-        return InsaneSRNet(**{k: v for k, v in config.items() if k in known})
-    except (TypeError, ValueError) as e:
-        raise UserError(f"{problem} ({e})") from None
-
-
 def load_model(path: str | os.PathLike, map_location: str | torch.device = "cpu", *,
                allow_pickle: bool = False) -> InsaneSRNet:
     """Rebuild an InsaneSRNet from one weights file written by `save_weights`, or from an exported folder.
 
-    A pickle (`torch.save`) state_dict is refused unless `allow_pickle` (see weights.py); its sizes are
+    A pickle (`torch.save`) state_dict is refused unless `allow_pickle` (see above); its sizes are
     then read off the tensors' shapes."""
-    if os.path.isdir(path) or _hub_id(path):
+    if os.path.isdir(path) or hub_id(path):
         return InsaneSRNet.from_pretrained(path).to(map_location)
     if not os.path.isfile(path):
         raise UserError(f"{path}: weights file not found")
@@ -201,51 +155,3 @@ def load_model(path: str | os.PathLike, map_location: str | torch.device = "cpu"
         raise UserError(f"{path}: weights do not fit the model config stored in the file: {problem}")
     model.load_state_dict(state)
     return model
-
-
-def save_folder(model: InsaneSRNet, folder: str | os.PathLike, **metadata: object) -> None:
-    folder = Path(folder)
-    config = {"model_type": MODEL_TYPE, "architectures": [type(model).__name__], **asdict(model.config),
-              "insanesr_dist_version": __version__}
-    save_weights(model, folder / WEIGHTS_FILE, **metadata)
-    write_text_atomic(folder / CONFIG_FILE, json.dumps(config, indent=2) + "\n")
-
-
-def _hub_snapshot(repo_id: str) -> Path:
-    """A Hub model repository's folder files, downloaded into (or found in) the Hugging Face cache."""
-    from huggingface_hub import snapshot_download
-
-    try:
-        return Path(snapshot_download(repo_id, allow_patterns=[CONFIG_FILE, WEIGHTS_FILE, CARD_FILE]))
-    except Exception as e:  # many network/auth/offline error types; the user needs one line
-        raise UserError(f"{repo_id}: no such folder here, and not downloadable from the Hugging Face Hub "
-                        f"({type(e).__name__})") from None
-
-
-def load_folder(folder: str | os.PathLike) -> InsaneSRNet:
-    path = Path(folder)
-    if _hub_id(folder):
-        path = _hub_snapshot(os.fspath(folder))
-    if not path.is_dir():
-        raise UserError(f"{folder}: model folder not found")
-    weights, config_file = path / WEIGHTS_FILE, path / CONFIG_FILE
-    if not weights.is_file() or not config_file.is_file():
-        hint = ("; this is a training run: pass RUN/best.safetensors or run `insanesr-dist export` on it"
-                if (path / run_files.BEST).is_file() else "")
-        raise UserError(f"{path}: not an exported model folder (needs {CONFIG_FILE} and {WEIGHTS_FILE}){hint}")
-    try:
-        config = json.loads(config_file.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as e:
-        raise UserError(f"{config_file}: not readable JSON ({e})") from None
-    if not isinstance(config, dict) or config.get("model_type") != MODEL_TYPE:
-        raise UserError(f"{config_file}: model_type is not {MODEL_TYPE!r}; not an InsaneSRNet folder")
-    model = model_from_config(config, f"{config_file}: unusable model config")
-    from safetensors import SafetensorError
-    from safetensors.torch import load_file
-
-    try:
-        model.load_state_dict(load_file(os.fspath(weights)))
-    except (SafetensorError, RuntimeError, OSError) as e:
-        first_line = str(e).strip().splitlines()[0]
-        raise UserError(f"{weights}: weights do not fit {CONFIG_FILE} ({first_line})") from None
-    return model.eval()  # as Hugging Face's from_pretrained: ready for inference

@@ -12,6 +12,7 @@ import click
 import cv2
 import numpy as np
 
+from insanesr_dist.commands import Command, RenamedOption
 from insanesr_dist.atomic import atomic_path
 from insanesr_dist.errors import UserError
 from insanesr_dist.data.images import header_size, max_pixels, read_image, size_problem, sniff_format
@@ -131,9 +132,10 @@ def check_submission(path: str | os.PathLike, lr_dir: str | os.PathLike, scale: 
     return problems, rows
 
 
-@click.command("check-submission")
+@click.command("check-submission", cls=Command)
 @click.argument("csv_path", metavar="CSV", type=click.Path(exists=True, dir_okay=False, path_type=Path))
-@click.option("--lr", "lr_dir", required=True, type=click.Path(exists=True, file_okay=False, path_type=Path),
+@click.option("--lr-dir", "lr_dir", cls=RenamedOption, old_names=["--lr"], required=True,
+              type=click.Path(exists=True, file_okay=False, path_type=Path),
               help="The folder of LR test images the CSV predicts.")
 @click.option("--scale", default=4, show_default=True, type=click.IntRange(1), help="Upscaling factor.")
 def check_submission_command(csv_path: Path, lr_dir: Path, scale: int) -> None:
@@ -144,7 +146,7 @@ def check_submission_command(csv_path: Path, lr_dir: Path, scale: int) -> None:
 
     \b
     Example:
-      insanesr-dist check-submission runs/a/submissions/epoch_010.csv --lr data/test/LR
+      insanesr-dist check-submission runs/a/submissions/epoch_010.csv --lr-dir data/test/LR
     """
     problems, rows = check_submission(csv_path, lr_dir, scale)
     for problem in problems:

@@ -1,5 +1,9 @@
-"""Scoring: sharded validation inside training, and the `evaluate` command on PNG folders or CSVs, with a
-per-image report and bilinear/bicubic baselines."""
+"""Validation inside training: the model's predictions of the validation images scored sharded over the ranks,
+grader-exact, as one mean per metric.
+
+It scores the model's output directly; the `evaluate` command (tools/evaluate.py) scores PNG folders or CSVs
+already written, with a per-image report and baselines.
+"""
 
 from __future__ import annotations
 
@@ -21,8 +25,8 @@ def score_images(forward: Forward, loader: DataLoader, accelerator: Accelerator,
 
     Every rank scores its shard on uint8-quantized outputs; per-image scores are gathered with
     `gather_for_metrics`, which drops the samples repeated to even out the last batch. Images with an LR
-    edge over `tile` (0: none) are upscaled in tiles with `overlap` pixels of context (predict.upscale_for_eval),
-    so a 4K-class image needs the memory of one tile, not of the whole image.
+    edge over `tile` (0: none) are upscaled in tiles with `overlap` pixels of context
+    (inference.tiles.upscale_for_eval), so a 4K-class image needs the memory of one tile, not of the whole image.
     """
     rows = []
     for _, lr, hr in loader:

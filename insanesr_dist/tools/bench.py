@@ -14,6 +14,7 @@ import sys
 
 import click
 
+from insanesr_dist.commands import Group
 from insanesr_dist.tools.bench_stages import peak_rss_mb
 
 RSS_LIMIT_MB = 3072  # the acceptance bound for a 2048x2048 LR image on 2 CPU cores
@@ -30,7 +31,7 @@ def _run_stage(spec: dict, stage: str = "_stage") -> dict:
     return json.loads(result.stdout.strip().splitlines()[-1])
 
 
-@click.group("bench", context_settings={"max_content_width": 110})
+@click.group("bench", cls=Group, context_settings={"max_content_width": 110})
 def bench() -> None:
     """Measure speed and peak memory; each measurement runs in a fresh process.
 

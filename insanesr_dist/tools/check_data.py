@@ -11,6 +11,7 @@ from pathlib import Path
 
 import click
 
+from insanesr_dist.commands import Command
 from insanesr_dist.data.images import decode_image, max_pixels, sniff_format
 from insanesr_dist.data.pairs import cell_name, pair_names, pair_problem, patch_problem, scan_folder, show
 from insanesr_dist.data import sources
@@ -224,7 +225,7 @@ def run_check(source: str | None, *, patch_size: int, on_bad_sample: str, scale:
     return not fails
 
 
-@click.command("check-data", context_settings={"max_content_width": 110})
+@click.command("check-data", cls=Command, context_settings={"max_content_width": 110})
 @click.argument("source", required=False)
 @click.option("--hr-dir", type=click.Path(), help="As for training: a folder of training HR images (with --lr-dir).")
 @click.option("--lr-dir", type=click.Path(), help="As for training: their LR images (0001.png or 0001x4.png).")

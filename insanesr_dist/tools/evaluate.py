@@ -1,4 +1,10 @@
-"""TODO docstring: tools.evaluate."""
+"""`insanesr-dist evaluate`: score predictions (a folder of PNGs or a submission CSV) against HR images with the
+grader-exact metric, per image and on average, with bilinear and bicubic x4 of the LR images as baselines
+(--lr-dir) and a per-image CSV report.
+
+It scores files already written; training's in-loop validation, which scores the model's output directly, is
+scoring/validation.py.
+"""
 
 from __future__ import annotations
 import csv
@@ -6,6 +12,7 @@ from pathlib import Path
 import click
 import cv2
 import numpy as np
+from insanesr_dist.commands import Command, RenamedOption
 from insanesr_dist.atomic import atomic_path
 from insanesr_dist.errors import UserError
 from insanesr_dist.scoring.metrics import joint_metric, psnr_ssim
@@ -120,27 +127,28 @@ def write_report(path: Path, rows: list[dict[str, object]]) -> None:
             writer.writerow({k: v if k == "id" else repr(float(v)) for k, v in row.items()})
 
 
-@click.command("evaluate")
+@click.command("evaluate", cls=Command)
 @click.option("--pred", "pred", required=True, type=click.Path(exists=True, path_type=Path),
               help="Predictions: a folder of PNGs or a submission CSV.")
 @click.option("--hr", "hr", required=True, type=click.Path(exists=True, file_okay=False, path_type=Path),
               help="Folder of ground-truth HR images with the same file names.")
-@click.option("--lr", "lr", type=click.Path(exists=True, file_okay=False, path_type=Path),
+@click.option("--lr-dir", "lr_dir", cls=RenamedOption, old_names=["--lr"],
+              type=click.Path(exists=True, file_okay=False, path_type=Path),
               help="Folder of the LR images: also score their bilinear and bicubic x4 enlargements, as baselines.")
 @click.option("--report", type=click.Path(dir_okay=False, path_type=Path),
-              help="Write per-image scores to this CSV (id, psnr, ssim, jm, and the baselines' with --lr).")
-def evaluate_command(pred: Path, hr: Path, lr: Path | None, report: Path | None) -> None:
+              help="Write per-image scores to this CSV (id, psnr, ssim, jm, and the baselines' with --lr-dir).")
+def evaluate_command(pred: Path, hr: Path, lr_dir: Path | None, report: Path | None) -> None:
     """Score predictions against HR images with the competition's metric (grader-exact).
 
     \b
     Examples:
       insanesr-dist evaluate --pred runs/x/submissions/epoch_010.csv --hr data/val/HR
-      insanesr-dist evaluate --pred pred/ --hr data/val/HR --lr data/val/LR --report scores.csv
+      insanesr-dist evaluate --pred pred/ --hr data/val/HR --lr-dir data/val/LR --report scores.csv
     """
-    rows = score_predictions(pred, hr, lr)
+    rows = score_predictions(pred, hr, lr_dir)
     r = mean_scores(rows)
     click.echo(f"images {r['images']}  PSNR {r['psnr']:.6f}  SSIM {r['ssim']:.6f}  JM {r['jm']:.6f}")
-    for kind in BASELINES if lr else ():
+    for kind in BASELINES if lr_dir else ():
         b = {k: r[f"{kind}_{k}"] for k in ("psnr", "ssim", "jm")}
         click.echo(f"{kind:<8} PSNR {b['psnr']:.6f}  SSIM {b['ssim']:.6f}  JM {b['jm']:.6f}  "
                    f"gain: JM {r['jm'] - b['jm']:+.4f}  PSNR {r['psnr'] - b['psnr']:+.4f}  "

@@ -17,6 +17,7 @@ import click
 import numpy as np
 import torch
 
+from insanesr_dist.commands import Command
 from insanesr_dist import __version__
 from insanesr_dist.atomic import atomic_path, write_text_atomic
 from insanesr_dist.errors import UserError
@@ -234,7 +235,7 @@ def export(source: Path, out_dir: Path, *, which: str = "best", onnx: bool = Fal
             + (f"\n{onnx_note}" if onnx_note else ""))
 
 
-@click.command("export", context_settings={"max_content_width": 110})
+@click.command("export", cls=Command, context_settings={"max_content_width": 110})
 @click.argument("source", metavar="RUN_OR_WEIGHTS", type=click.Path(exists=True, path_type=Path))
 @click.argument("out_dir", metavar="OUT_DIR", type=click.Path(file_okay=False, path_type=Path))
 @click.option("--weights", "which", type=click.Choice(["best", "latest"]), default="best", show_default=True,

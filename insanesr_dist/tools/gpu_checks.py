@@ -28,6 +28,7 @@ from pathlib import Path
 
 import click
 
+from insanesr_dist.commands import Command
 from insanesr_dist.errors import UserError
 
 SYNC_WARNING = "synchronizing CUDA operation"  # what set_sync_debug_mode("warn") says
@@ -336,7 +337,7 @@ def require_cuda() -> str:
     return torch.cuda.get_device_name()
 
 
-@click.command("gpu-checks", context_settings={"max_content_width": 110})
+@click.command("gpu-checks", cls=Command, context_settings={"max_content_width": 110})
 @click.option("--budget-s", default=450, show_default=True, type=click.IntRange(60),
               help="Seconds for all checks together; a check that would overrun is cut off and reported.")
 @click.option("--steps", default=300, show_default=True, type=click.IntRange(20),

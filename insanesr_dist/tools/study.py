@@ -20,6 +20,7 @@ from pathlib import Path
 import click
 import numpy as np
 
+from insanesr_dist.commands import Command
 from insanesr_dist.atomic import atomic_path, write_text_atomic
 from insanesr_dist.errors import UserError
 from insanesr_dist import run_files
@@ -129,7 +130,7 @@ def write_tables(out_dir: Path, rows: list[dict[str, object]], header: str) -> N
     write_text_atomic(out_dir / "study.md", "\n".join(lines) + "\n")
 
 
-@click.command("study")
+@click.command("study", cls=Command)
 @click.option("--data", help="Dataset (as for train). Default: the embedded demo data.")
 @click.option("--steps", default=110, show_default=True, type=click.IntRange(1),
               help="Optimizer steps per variant (110 = the default run on the demo data: 10 epochs of 11 steps).")

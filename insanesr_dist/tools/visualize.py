@@ -15,6 +15,7 @@ import cv2
 import numpy as np
 import torch
 
+from insanesr_dist.commands import Command, RenamedOption
 from insanesr_dist.atomic import atomic_path
 from insanesr_dist.errors import UserError
 from insanesr_dist.tools.evaluate import Partners, baseline, read_predictions
@@ -93,8 +94,9 @@ def _stored(pred: Path):
     return lookup
 
 
-@click.command("visualize", context_settings={"max_content_width": 110})
-@click.option("--lr", "lr_dir", required=True, type=click.Path(exists=True, file_okay=False, path_type=Path),
+@click.command("visualize", cls=Command, context_settings={"max_content_width": 110})
+@click.option("--lr-dir", "lr_dir", cls=RenamedOption, old_names=["--lr"], required=True,
+              type=click.Path(exists=True, file_okay=False, path_type=Path),
               help="Folder of LR images to show.")
 @click.option("--checkpoint", type=click.Path(path_type=Path),
               help="Predict with these weights (.safetensors, or an exported model folder) ...")
@@ -116,8 +118,8 @@ def visualize_command(lr_dir: Path, checkpoint: Path | None, pred: Path | None, 
 
     \b
     Examples:
-      insanesr-dist visualize --checkpoint runs/a/best.safetensors --lr data/val/LR --hr data/val/HR --output-dir figs
-      insanesr-dist visualize --pred submission.csv --lr data/test/LR --output-dir figs --limit 0
+      insanesr-dist visualize --checkpoint runs/a/best.safetensors --lr-dir data/val/LR --hr data/val/HR --output-dir figs
+      insanesr-dist visualize --pred submission.csv --lr-dir data/test/LR --output-dir figs --limit 0
     """
     from insanesr_dist.data.images import decode_rgb
     from insanesr_dist.data.pairs import image_files

@@ -29,12 +29,50 @@ def test_output_is_4x_in_unit_range_and_starts_near_the_bilinear_skip():
     assert torch.corrcoef(torch.stack([y.flatten(), skip.flatten()]))[0, 1] > 0.5
 
 
-def test_constructor_is_keyword_only_and_checks_scale():
+def test_constructor_takes_a_config_and_settings_by_keyword_and_checks_scale():
     with pytest.raises(TypeError):
         InsaneSRNet(5)  # noqa
+    with pytest.raises(TypeError):
+        InsaneSRNet(depth=5)  # not a ModelConfig field
     with pytest.raises(ValueError):
         InsaneSRNet(scale=3)
+    with pytest.raises(ValueError):
+        ModelConfig(output_head="tanh")
     assert len(InsaneSRNet(num_rrdb=1, channels=8, growth=4, scale=8).upscalers()) == 3
+    config = ModelConfig(num_rrdb=1, channels=8, growth=4)
+    assert InsaneSRNet(config).config == config
+    assert InsaneSRNet(config, growth=8).config == ModelConfig(num_rrdb=1, channels=8, growth=8)
+    assert InsaneSRNet().config == ModelConfig()
+
+
+def test_train_options_are_the_model_settings():
+    # ModelConfig declares each model setting once; TrainConfig has the same fields (scale fixed at 4), their
+    # defaults and help, and its `model` reads them back.
+    import typing
+    from dataclasses import fields
+
+    from insanesr_dist.config import TrainConfig, field_specs
+
+    own, model = typing.get_type_hints(TrainConfig), typing.get_type_hints(ModelConfig)
+    specs = {name: (default, help_text) for name, _, default, help_text in field_specs()}
+    for f in fields(ModelConfig):
+        if f.name == "scale":
+            assert typing.get_origin(own["scale"]) is typing.ClassVar and TrainConfig.scale == f.default
+            continue
+        assert own[f.name] in (model[f.name], model[f.name] | None), f.name
+        assert specs[f.name][1].startswith(f.metadata["help"]), f.name
+        assert specs[f.name][0] in (f.default, None), f.name  # None: --preset supplies it
+    cfg = TrainConfig(num_rrdb=2, channels=16, growth=8, layers_per_block=3, output_head="residual")
+    assert cfg.model == ModelConfig(num_rrdb=2, channels=16, growth=8, layers_per_block=3, scale=4,
+                                    output_head="residual")
+
+
+def test_the_model_package_exports_the_documented_api():
+    import insanesr_dist.model as package
+
+    assert package.InsaneSRNet is InsaneSRNet and package.ModelConfig is ModelConfig
+    assert package.load_model is load_model and package.save_weights is save_weights
+    assert package.read_metadata is read_metadata and package.count_parameters is count_parameters
 
 
 @pytest.mark.parametrize("memory_format", [torch.contiguous_format, torch.channels_last])

@@ -46,7 +46,7 @@ def test_written_submission_reads_back_losslessly_and_passes_the_check(test_lr, 
     assert list(back) == list(predictions)
     assert all(np.array_equal(back[k], v) for k, v in predictions.items())
     assert check_submission(path, lr_dir) == ([], 4)
-    result = run_cli("insanesr-dist", "check-submission", str(path), "--lr", str(lr_dir))
+    result = run_cli("insanesr-dist", "check-submission", str(path), "--lr-dir", str(lr_dir))
     assert result.returncode == 0, result.stderr
     assert result.stdout.startswith("OK:") and "4 rows" in result.stdout and not result.stderr.strip()
 
@@ -60,7 +60,7 @@ def test_a_missing_row_a_bad_base64_row_and_a_wrong_size_are_one_line_each(test_
         (ids[2], b64(encode_png(predictions[ids[2]]))),
         (ids[3], b64(encode_png(small))),
     ])  # ids[0] has no row
-    result = run_cli("insanesr-dist", "check-submission", str(path), "--lr", str(lr_dir))
+    result = run_cli("insanesr-dist", "check-submission", str(path), "--lr-dir", str(lr_dir))
     assert result.returncode == 1 and "Traceback" not in result.stderr
     lines = result.stderr.strip().splitlines()
     assert lines[-1].startswith("Error:") and "3 problem(s)" in lines[-1]

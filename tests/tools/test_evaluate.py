@@ -37,7 +37,7 @@ def scored(tmp_path_factory):
 def test_report_matches_the_grader_for_predictions_and_both_baselines(scored, tmp_path):
     report = tmp_path / "out" / "report.csv"
     result = run_cli("insanesr-dist", "evaluate", "--pred", str(scored / "pred"), "--hr", str(scored / "train/HR"),
-                     "--lr", str(scored / "train/LR"), "--report", str(report))
+                     "--lr-dir", str(scored / "train/LR"), "--report", str(report))
     assert result.returncode == 0, result.stderr
     with open(report, newline="") as f:
         rows = list(csv.DictReader(f))
@@ -79,7 +79,7 @@ def test_an_lr_that_is_not_a_quarter_of_its_hr_is_one_line(scored, tmp_path):
     for p in list((scored / "train/LR").iterdir())[1:]:
         write_png(tmp_path / "lr" / p.name, read_rgb(p))
     result = run_cli("insanesr-dist", "evaluate", "--pred", str(scored / "pred"), "--hr", str(scored / "train/HR"),
-                     "--lr", str(tmp_path / "lr"))
+                     "--lr-dir", str(tmp_path / "lr"))
     assert_one_line_error(result, "img_000.png", "LR is 10x10, HR is 80x64")
 
 
@@ -118,3 +118,23 @@ def test_tiled_validation_and_submissions_match_the_whole_image_forward(tmp_path
     for i in pngs[0]:
         a, b = (cv2.imdecode(np.frombuffer(pngs[tile][i], np.uint8), cv2.IMREAD_COLOR).astype(int) for tile in (0, 8))
         assert a.shape == b.shape == (176, 208, 3) and np.abs(a - b).max() <= 1
+
+
+def test_lr_is_a_deprecated_alias_of_lr_dir(scored):
+    # `--lr` meant the LR folder in evaluate, check-submission and visualize; `train --lr` is the learning rate.
+    # The folder options are `--lr-dir`; `--lr` still works for a release, with one line saying so, unlisted.
+    from click.testing import CliRunner
+
+    from insanesr_dist.cli import cli
+
+    args = ["evaluate", "--pred", str(scored / "pred"), "--hr", str(scored / "train/HR")]
+    new, old = (CliRunner().invoke(cli, [*args, flag, str(scored / "train/LR")]) for flag in ("--lr-dir", "--lr"))
+    assert new.exit_code == old.exit_code == 0, old.output
+    assert old.stdout == new.stdout and "bicubic" in new.stdout
+    assert new.stderr == "" and old.stderr.splitlines() == ["--lr is deprecated and will be removed; use --lr-dir "
+                                                            "(the same folder)"]
+    for command in ("evaluate", "check-submission", "visualize"):
+        shown = CliRunner().invoke(cli, [command, "--help"]).output
+        assert "--lr-dir" in shown and "--lr " not in shown and "--lr," not in shown, command
+    missing = CliRunner().invoke(cli, ["check-submission", str(scored / "pred" / "img_000.png")])
+    assert missing.exit_code == 2 and "Missing option '--lr-dir'" in missing.stderr

@@ -30,7 +30,7 @@ def pairs(tmp_path_factory):
 def test_panels_from_weights_show_lr_prediction_and_truth_with_captions(pairs, tmp_path):
     root, model = pairs
     result = run_cli("insanesr-dist", "visualize", "--checkpoint", str(root / "tiny.safetensors"),
-                     "--lr", str(root / "train/LR"), "--hr", str(root / "train/HR"), "--output-dir", str(tmp_path),
+                     "--lr-dir", str(root / "train/LR"), "--hr", str(root / "train/HR"), "--output-dir", str(tmp_path),
                      "--limit", "2")
     assert result.returncode == 0, result.stderr[-3000:]
     names = sorted(p.name for p in tmp_path.iterdir())
@@ -54,7 +54,7 @@ def test_panels_from_a_submission_csv_without_ground_truth(pairs, tmp_path):
     root, _ = pairs
     rows = [(p.name, encode_png(cv2.resize(read_rgb(p), (80, 64)))) for p in sorted((root / "train/LR").iterdir())]
     write_submission(tmp_path / "sub.csv", rows)
-    result = run_cli("insanesr-dist", "visualize", "--pred", str(tmp_path / "sub.csv"), "--lr",
+    result = run_cli("insanesr-dist", "visualize", "--pred", str(tmp_path / "sub.csv"), "--lr-dir",
                      str(root / "train/LR"), "--output-dir", str(tmp_path / "figs"), "--limit", "0")
     assert result.returncode == 0, result.stderr[-3000:]
     figures = sorted((tmp_path / "figs").iterdir())
@@ -66,5 +66,5 @@ def test_panels_from_a_submission_csv_without_ground_truth(pairs, tmp_path):
 def test_weights_and_stored_predictions_together_are_refused(pairs, tmp_path):
     root, _ = pairs
     result = run_cli("insanesr-dist", "visualize", "--checkpoint", str(root / "tiny.safetensors"), "--pred",
-                     str(root / "train/HR"), "--lr", str(root / "train/LR"), "--output-dir", str(tmp_path))
+                     str(root / "train/HR"), "--lr-dir", str(root / "train/LR"), "--output-dir", str(tmp_path))
     assert_one_line_error(result, "exactly one of --checkpoint")
