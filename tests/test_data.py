@@ -166,7 +166,8 @@ def test_persistent_workers_follow_the_epoch(pair_folder):
     """Workers started once must still crop by each new epoch (the epoch lives in shared memory)."""
     train = load_splits(pair_folder, val_fraction=0.1, seed=0).train
     samples = loaders.TrainPairs(train, patch_size=8, scale=4, seed=0, cache_mb=64)
-    loader = DataLoader(samples, batch_size=4, collate_fn=loaders.collate_windows, **loaders.loader_kwargs(num_workers=1))
+    loader = DataLoader(samples, batch_size=4, collate_fn=loaders.collate_windows,
+                        **loaders.loader_kwargs(num_workers=1))
     assert loader.persistent_workers
     reference = loaders.TrainPairs(train, patch_size=8, scale=4, seed=0)  # in this process, no workers
     for epoch in (1, 2, 3):
