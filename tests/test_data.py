@@ -144,7 +144,7 @@ def test_streaming_shards_cover_every_pair_once_across_ranks(pair_folder):
 def test_decoded_cache_serves_later_epochs_without_decoding(pair_folder, monkeypatch):
     train = load_splits(pair_folder, val_fraction=0.1, seed=0).train
     decoded = []
-    real_decode = loaders.samples.decode_rgb
+    real_decode = pairs.decode_rgb
     monkeypatch.setattr(pairs, "decode_rgb", lambda image, name: decoded.append(name) or real_decode(image, name))
     cached = loaders.TrainPairs(train, patch_size=8, scale=4, seed=0, cache_mb=64)
     uncached = loaders.TrainPairs(train, patch_size=8, scale=4, seed=0, cache_mb=0)
@@ -179,7 +179,8 @@ def test_persistent_workers_follow_the_epoch(pair_folder):
 
 WORKER_PROBE = """
 import json, os, signal, threading, torch
-from insanesr_dist import checkpoint, data
+from insanesr_dist.data import loaders
+from insanesr_dist.training.preemption import PreemptionFlag
 
 class Probe(torch.utils.data.Dataset):
     def __len__(self):
@@ -190,10 +191,11 @@ class Probe(torch.utils.data.Dataset):
         return torch.tensor([os.getppid(), *blocked])
 
 if __name__ == "__main__":
-    data.start_worker_server()  # as train() does: first the server, then the block
-    flag = checkpoint.PreemptionFlag()
+    loaders.start_worker_server()  # as train() does: first the server, then the block
+    flag = PreemptionFlag()
     threading.Thread(target=lambda: None).start()  # a threaded process, as a training process is
-    loader = torch.utils.data.DataLoader(Probe(), batch_size=1, **data.loader_kwargs(1, persistent=False, timeout=60))
+    loader = torch.utils.data.DataLoader(Probe(), batch_size=1,
+                                         **loaders.loader_kwargs(1, persistent=False, timeout=60))
     rows = [batch[0].tolist() for batch in loader]
     blocked = sorted(int(s) for s in signal.pthread_sigmask(signal.SIG_BLOCK, []))
     print(json.dumps({"pid": os.getpid(), "workers": rows, "blocked": blocked}))
@@ -203,7 +205,7 @@ if __name__ == "__main__":
 def test_workers_start_from_a_fork_server_and_keep_the_signal_block(tmp_path):
     """Forking a threaded training process hung a 2-process run (a worker stuck inside os.fork()): workers come
     from the fork server instead. They, and the training process, must keep SIGTERM/SIGUSR1 blocked
-    (checkpoint.PreemptionFlag), although starting the server's resource tracker unblocks SIGTERM."""
+    (training/preemption.PreemptionFlag), although starting the server's resource tracker unblocks SIGTERM."""
     import json
     import signal
     import subprocess
@@ -224,7 +226,7 @@ def test_workers_start_from_a_fork_server_and_keep_the_signal_block(tmp_path):
 def test_without_a_store_each_decoded_pair_gives_several_crops(pair_folder, monkeypatch):
     train = load_splits(pair_folder, val_fraction=0.1, seed=0, store_gb=0).train
     decoded = []
-    real_decode = loaders.samples.decode_rgb
+    real_decode = pairs.decode_rgb
     monkeypatch.setattr(pairs, "decode_rgb", lambda image, name: decoded.append(name) or real_decode(image, name))
     loader = loaders.train_loader(train, batch_size=4, patch_size=4, scale=4, seed=0, num_workers=0, crops_per_decode=4)
     chosen = []

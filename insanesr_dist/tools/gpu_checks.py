@@ -49,14 +49,13 @@ def _sync_debug_training(spec: dict) -> dict:
 
     import torch
 
-    from insanesr_dist.scoring import evaluate
     from insanesr_dist import train
-    from insanesr_dist.training import losses
     from insanesr_dist.config import TrainConfig
 
     now = {"step": 0, "phase": "setup"}
     hits, epoch_ends = [], set()
-    real_loss, real_score = losses.training_loss, evaluate.score_images
+    # Wrapped where train() looks them up: the names train.py imported.
+    real_loss, real_score = train.training_loss, train.score_images
 
     def training_loss(*args):
         now["step"], now["phase"] = now["step"] + 1, "train"
@@ -71,7 +70,7 @@ def _sync_debug_training(spec: dict) -> dict:
         if SYNC_WARNING in str(message):
             hits.append((now["step"], now["phase"], _caller(traceback.extract_stack())))
 
-    losses.training_loss, evaluate.score_images = training_loss, score_images
+    train.training_loss, train.score_images = training_loss, score_images
     warnings.simplefilter("always")  # the default filter would show each call site only once
     warnings.showwarning = record
     # Batch 4: more steps per epoch (fewer epoch ends) than the preset's 16; what syncs does not depend on it.
