@@ -16,7 +16,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import click
-import numpy as np
 import torch
 from accelerate import Accelerator, PartialState
 from accelerate.utils import gather_object
@@ -28,7 +27,7 @@ from insanesr_dist.errors import UserError
 from insanesr_dist.data.images import encode_png
 from insanesr_dist.scoring.submission import write_submission
 from insanesr_dist.inference.tiles import exact_overlap, self_ensemble, upscale_image
-from insanesr_dist.data.tensors import to_hwc
+from insanesr_dist.data.tensors import to_chw, to_hwc
 from insanesr_dist.inference.forward import PRECISIONS, model_forward
 
 
@@ -37,7 +36,7 @@ from insanesr_dist.inference.forward import PRECISIONS, model_forward
 
 
 @dataclass(frozen=True)
-class Source:
+class InputImage:
     """One input image: its id (the file name, the CSV's `id`), where it is (for messages), its bytes."""
 
     id: str
@@ -47,27 +46,29 @@ class Source:
     def decode(self) -> torch.Tensor:
         from insanesr_dist.data.images import decode_rgb
 
-        return torch.from_numpy(np.ascontiguousarray(decode_rgb(self.read(), self.name).transpose(2, 0, 1)))
+        return to_chw(decode_rgb(self.read(), self.name))
 
 
-def list_inputs(path: Path, split: str | None) -> list[Source]:
+def list_inputs(path: Path, split: str | None) -> list[InputImage]:
     from insanesr_dist.data.images import IMAGE_SUFFIXES
     from insanesr_dist.data.pairs import image_files, is_saved_dataset
 
     if is_saved_dataset(path):
         return _dataset_inputs(path, split)
     if path.is_file() and path.suffix.lower() in IMAGE_SUFFIXES:
-        return [Source(path.name, str(path), path.read_bytes)]
+        return [InputImage(path.name, str(path), path.read_bytes)]
     if not path.is_dir():
         raise UserError(f"{path}: not an image, a folder of images nor a saved dataset")
     files = image_files(path)
     if not files:
         raise UserError(f"{path}: no images found (looked for {', '.join(sorted(IMAGE_SUFFIXES))})")
-    return [Source(p.name, str(p), p.read_bytes) for p in files]
+    return [InputImage(p.name, str(p), p.read_bytes) for p in files]
 
 
-def _dataset_inputs(path: Path, split: str | None) -> list[Source]:
+def _dataset_inputs(path: Path, split: str | None) -> list[InputImage]:
     import datasets
+
+    from insanesr_dist.data.sources import row_ids
 
     try:
         table = datasets.load_from_disk(str(path))
@@ -86,7 +87,7 @@ def _dataset_inputs(path: Path, split: str | None) -> list[Source]:
         table = table.cast_column("lr", datasets.Image(decode=False))
     except (TypeError, ValueError) as e:
         raise UserError(f"{where}: column 'lr' does not hold images ({e})") from None
-    ids = list(table["id"]) if "id" in table.column_names else [f"{i:05d}.png" for i in range(len(table))]
+    ids = list(table["id"]) if "id" in table.column_names else row_ids(len(table))
     if not ids:
         raise UserError(f"{where}: no rows")
     seen = set()
@@ -94,19 +95,19 @@ def _dataset_inputs(path: Path, split: str | None) -> list[Source]:
         if image_id in seen:
             raise UserError(f"{where}: id {image_id} appears more than once; a submission needs unique ids")
         seen.add(image_id)
-    return [Source(str(i), f"{where} row {n} ({i})", lambda n=n: table[n]["lr"]) for n, i in enumerate(ids)]
+    return [InputImage(str(i), f"{where} row {n} ({i})", lambda n=n: table[n]["lr"]) for n, i in enumerate(ids)]
 
 
-def output_names(sources: list[Source]) -> list[str]:
+def output_names(images: list[InputImage]) -> list[str]:
     """The PNG file each prediction is written to: the input's name with a .png suffix."""
     names, seen = [], {}
-    for source in sources:
-        if Path(source.id).name != source.id or source.id in ("", ".", ".."):
-            raise UserError(f"{source.name}: id {source.id!r} is not a plain file name")
-        name = Path(source.id).stem + ".png"
+    for image in images:
+        if Path(image.id).name != image.id or image.id in ("", ".", ".."):
+            raise UserError(f"{image.name}: id {image.id!r} is not a plain file name")
+        name = Path(image.id).stem + ".png"
         if name in seen:
-            raise UserError(f"{source.name}: its prediction {name} would overwrite that of {seen[name]}")
-        seen[name] = source.id
+            raise UserError(f"{image.name}: its prediction {name} would overwrite that of {seen[name]}")
+        seen[name] = image.id
         names.append(name)
     return names
 
@@ -115,22 +116,22 @@ def output_names(sources: list[Source]) -> list[str]:
 # Sharded prediction
 
 
-def predicted_rows(sources: list[Source], upscale: Callable[[torch.Tensor], torch.Tensor],
+def predicted_rows(images: list[InputImage], upscale: Callable[[torch.Tensor], torch.Tensor],
                    accelerator: Accelerator) -> Iterator[tuple[int, bytes]]:
-    """(index, PNG bytes) of every source, in order, on every rank; rank r predicts r, r+P, r+2P, ...
+    """(index, PNG bytes) of every image, in order, on every rank; rank r predicts r, r+P, r+2P, ...
 
     Every rank must iterate to the end: each round is a collective. A bad image fails on its rank and is
     reported through the same gather, so every rank stops with the same error instead of hanging.
     """
     world, rank = accelerator.num_processes, accelerator.process_index
     # Only on a terminal: in a log, a bar's carriage returns would glue an error onto its last line.
-    with tqdm(total=len(sources), desc="predict", leave=False, dynamic_ncols=True,
+    with tqdm(total=len(images), desc="predict", leave=False, dynamic_ncols=True,
               disable=not (accelerator.is_local_main_process and sys.stderr.isatty())) as bar:
-        for first in range(0, len(sources), world):
+        for first in range(0, len(images), world):
             local = []
-            if first + rank < len(sources):
+            if first + rank < len(images):
                 try:
-                    local = [(first + rank, encode_png(to_hwc(upscale(sources[first + rank].decode()))), None)]
+                    local = [(first + rank, encode_png(to_hwc(upscale(images[first + rank].decode()))), None)]
                 except UserError as e:
                     local = [(first + rank, None, e.message)]
             got = gather_object(local) if world > 1 else local
@@ -157,8 +158,8 @@ def predict(*, checkpoint: Path, inputs: Path, output_dir: Path | None, csv: Pat
         torch.set_num_threads(max(1, len(os.sched_getaffinity(0)) // max(1, local)))
     model = load_model(checkpoint, allow_pickle=allow_pickle)
     model = model.to(accelerator.device, memory_format=torch.channels_last).eval()
-    sources = list_inputs(inputs, split)
-    names = output_names(sources) if output_dir else []
+    images = list_inputs(inputs, split)
+    names = output_names(images) if output_dir else []
 
     forward = model_forward(model, accelerator.device, precision)
     forward = self_ensemble(forward) if tta else forward
@@ -168,14 +169,14 @@ def predict(*, checkpoint: Path, inputs: Path, output_dir: Path | None, csv: Pat
                              device=accelerator.device)
 
     main = accelerator.is_main_process
-    rows = predicted_rows(sources, upscale, accelerator)
+    rows = predicted_rows(images, upscale, accelerator)
 
     def written(rows):  # the main process writes each PNG as its round arrives
         for index, png in rows:
             if output_dir and main:
                 with atomic_path(output_dir / names[index]) as tmp:
                     Path(tmp).write_bytes(png)
-            yield sources[index].id, png
+            yield images[index].id, png
 
     if csv and main:
         write_submission(csv, written(rows))
@@ -184,7 +185,7 @@ def predict(*, checkpoint: Path, inputs: Path, output_dir: Path | None, csv: Pat
             pass
     tiling = f"tile {tile} overlap {overlap} (exact from {exact_overlap(model.config)})" if tile else "tile off"
     accelerator.print(
-        f"predicted {len(sources)} images -> {' and '.join(str(p) for p in (output_dir, csv) if p)} in "
+        f"predicted {len(images)} images -> {' and '.join(str(p) for p in (output_dir, csv) if p)} in "
         f"{time.perf_counter() - started:.1f}s ({accelerator.num_processes} process(es) on {accelerator.device.type}, "
         f"precision {precision}{note}, {tiling}, TTA {'x8' if tta else 'off'})")
     accelerator.wait_for_everyone()

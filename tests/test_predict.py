@@ -16,7 +16,8 @@ from insanesr_dist.model.architecture import InsaneSRNet, ModelConfig
 from insanesr_dist.model.weights import save_weights
 from insanesr_dist.predict import list_inputs
 from insanesr_dist.scoring.submission import read_submission
-from insanesr_dist.inference.tiles import RAMP, axis_weights, exact_overlap, layout, receptive_radius, self_ensemble, upscale_image
+from insanesr_dist.inference.tiles import (RAMP, axis_weights, exact_overlap, layout, receptive_radius, self_ensemble,
+                                           upscale_image)
 
 from conftest import TINY, assert_one_line_error, make_pair_folder, read_rgb, run_cli, write_png
 

@@ -38,7 +38,9 @@ def lr_from_hr(hr: np.ndarray, scale: int, kernel: str) -> np.ndarray:
         import torch
         import torch.nn.functional as F
 
+        from insanesr_dist.data.tensors import to_hwc
+
         chw = torch.from_numpy(np.ascontiguousarray(hr)).permute(2, 0, 1)[None]
         lr = F.interpolate(chw, size=(h, w), mode="bicubic", antialias=True, align_corners=False)
-        return np.ascontiguousarray(lr[0].permute(1, 2, 0).numpy())
+        return to_hwc(lr[0])
     raise ValueError(f"unknown LR kernel {kernel!r}; one of {', '.join(KERNELS)}")

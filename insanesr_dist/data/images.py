@@ -30,7 +30,9 @@ import base64
 
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".webp", ".tif", ".tiff"}
-SSIM_MIN_EDGE = 7  # the grader's SSIM window: smaller HR images cannot be scored
+# The grader's SSIM window (7x7; scoring/metrics, training's SSIM loss): smaller HR images cannot be scored. Here,
+# the lowest module all of them may import (data must not import scoring).
+SSIM_WINDOW = 7
 
 # Our messages name the file and the problem; OpenCV's own decoder warnings on stderr would only
 # add a second, vaguer line for the same file.

@@ -24,7 +24,7 @@ from torch.utils.data import DataLoader
 from insanesr_dist.data import pairs
 from insanesr_dist.data import store
 from insanesr_dist.data.crops import crop_draws, pair_window
-from insanesr_dist.data.pairs import cell_name as _name
+from insanesr_dist.data.pairs import cell_name
 from insanesr_dist.data.images import decode_rgb
 from insanesr_dist.data.tensors import to_chw
 
@@ -158,7 +158,7 @@ class EvalImages(torch.utils.data.Dataset):
             return (index, to_chw(lr), to_chw(hr)) if self.with_hr else (index, to_chw(lr))
         row = self.table[index]
         if not self.with_hr:
-            return index, to_chw(decode_rgb(row["lr"], _name(row, "lr")))
+            return index, to_chw(decode_rgb(row["lr"], cell_name(row, "lr")))
         lr, hr = pairs.decode_pair(row, self.scale)
         return index, to_chw(lr), to_chw(hr)
 

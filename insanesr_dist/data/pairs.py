@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 import numpy as np
 from insanesr_dist.data import degrade
-from insanesr_dist.data.images import IMAGE_SUFFIXES, SSIM_MIN_EDGE, decode_rgb
+from insanesr_dist.data.images import IMAGE_SUFFIXES, SSIM_WINDOW, decode_rgb
 from insanesr_dist.data.images import show
 
 
@@ -170,8 +170,8 @@ def pair_problem(lr_shape: tuple[int, ...], hr_shape: tuple[int, ...], scale: in
                (("width", hw, lw * scale), ("height", hh, lh * scale)) if got != want]
         return (f"HR is {hw}x{hh} but its LR is {lw}x{lh}; HR must be exactly {scale}x the LR "
                 f"({lw * scale}x{lh * scale}): {', '.join(off)}")
-    if min(hh, hw) < SSIM_MIN_EDGE:
-        return f"HR is {hw}x{hh}, smaller than the {SSIM_MIN_EDGE} px SSIM window of the metric"
+    if min(hh, hw) < SSIM_WINDOW:
+        return f"HR is {hw}x{hh}, smaller than the {SSIM_WINDOW} px SSIM window of the metric"
     return None
 
 

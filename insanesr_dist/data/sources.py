@@ -30,7 +30,7 @@ import collections
 import hashlib
 from typing import Any
 import datasets
-from insanesr_dist.data.pairs import cell_name as _name
+from insanesr_dist.data.pairs import cell_name
 from insanesr_dist.data.images import decode_rgb
 
 # Files `datasets.load_dataset(folder)` reads as tables: a hub dataset downloaded or cloned to disk.
@@ -208,7 +208,7 @@ def probe_lr(row: dict[str, Any]) -> dict[str, Any]:
 
 def _unreadable(row: dict[str, Any], column: str, error: UserError) -> dict[str, Any]:
     # decode_rgb was given no name, so its message is ": <problem>"; the probe names the file instead.
-    return {"lr_height": 0, "lr_width": 0, "problem": error.message[2:], "problem_file": _name(row, column)}
+    return {"lr_height": 0, "lr_width": 0, "problem": error.message[2:], "problem_file": cell_name(row, column)}
 
 
 def _rows_from_files(pairs: list[tuple[str, str, str | None]]):
@@ -321,6 +321,12 @@ def _as_image_cells(table: datasets.Dataset, column: str, what: str, root: Path 
     return table.cast_column(column, datasets.Image(decode=False))
 
 
+def row_ids(rows: int) -> list[str]:
+    """The ids of a table without an id column (training's and predict's): its row numbers as file names,
+    00000.png, 00001.png, ..."""
+    return [f"{i:05d}.png" for i in range(rows)]
+
+
 def with_ids_and_images(table: datasets.Dataset, columns: dict[str, str], where: str,
                          root: Path | None) -> datasets.Dataset:
     """Normalise a user's table to ours: its `columns` (our name -> its name; `id` optional when it is the
@@ -334,7 +340,7 @@ def with_ids_and_images(table: datasets.Dataset, columns: dict[str, str], where:
     present = {theirs: ours for ours, theirs in columns.items() if theirs in table.column_names}
     table = table.select_columns(list(present)).rename_columns(present)
     if "id" not in table.column_names:
-        table = table.add_column("id", [f"{i:05d}.png" for i in range(len(table))])
+        table = table.add_column("id", row_ids(len(table)))
     elif table.features["id"] != datasets.Value("string"):
         table = table.cast_column("id", datasets.Value("string"))  # numbered ids become "1", "2", ...
     images = [ours for ours in ("lr", "hr") if ours in columns]

@@ -17,7 +17,7 @@ from insanesr_dist.data import pairs
 from insanesr_dist.data import sources
 from insanesr_dist.data import store
 from insanesr_dist.errors import UserError
-from insanesr_dist.data.pairs import cell_name as _name
+from insanesr_dist.data.pairs import cell_name
 from insanesr_dist.data.sources import Columns, load_folders, load_table, probe_lr
 
 
@@ -53,7 +53,7 @@ def _drop_problems(table: datasets.Dataset, bad: list[pairs.Finding], patch_size
     rows = zip(table["problem"], table["problem_file"], table["lr_height"], table["lr_width"], held_out)
     for i, (problem, path, h, w, whole) in enumerate(rows):  # a given validation set is never cropped
         if not problem and patch_size and min(h, w) < patch_size and not whole:
-            problem, path = pairs.patch_problem((h, w), patch_size), _name(table[i], "lr")
+            problem, path = pairs.patch_problem((h, w), patch_size), cell_name(table[i], "lr")
         if problem:
             bad.append(pairs.Finding(path, problem))
         else:

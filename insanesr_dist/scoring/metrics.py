@@ -25,11 +25,12 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from insanesr_dist.data.images import SSIM_WINDOW
+
 SSIM_WEIGHT = 40.0
-_WINDOW = 7
 _C1 = (0.01 * 255) ** 2
 _C2 = (0.03 * 255) ** 2
-_COV_NORM = _WINDOW**2 / (_WINDOW**2 - 1)  # sample covariance, as the grader's default
+_COV_NORM = SSIM_WINDOW**2 / (SSIM_WINDOW**2 - 1)  # sample covariance, as the grader's default
 _STRIP_BYTES = 1 << 20  # float32 moment maps per strip on a CPU: about half an L2 cache
 
 
@@ -61,28 +62,28 @@ def psnr_ssim(pred: torch.Tensor | np.ndarray, target: torch.Tensor | np.ndarray
     x, y = _as_batch(pred), _as_batch(target)
     if x.shape != y.shape:
         raise ValueError(f"shape mismatch: prediction {tuple(x.shape)} vs target {tuple(y.shape)}")
-    if min(x.shape[-2:]) < _WINDOW:
-        raise ValueError(f"images must be at least {_WINDOW}x{_WINDOW} for SSIM, got {tuple(x.shape[-2:])}")
+    if min(x.shape[-2:]) < SSIM_WINDOW:
+        raise ValueError(f"images must be at least {SSIM_WINDOW}x{SSIM_WINDOW} for SSIM, got {tuple(x.shape[-2:])}")
 
     mse = (x - y).square().flatten(1).sum(1, dtype=torch.float64) / x[0].numel()
     psnr = 10 * torch.log10(255.0**2 / mse)
 
     b, c, height, width = x.shape
-    h = height - _WINDOW + 1
+    h = height - SSIM_WINDOW + 1
     # CPU: strips of output rows whose working set (five moment maps and their sums) stays in L2;
     # the whole image at once streams every pass through memory (1.2x slower at 256x256, 2.7x at 1024x1024).
     rows = max(8, _STRIP_BYTES // (b * 5 * c * width * 4)) if x.device.type == "cpu" else h
     ssim_sums = torch.zeros((b, c), dtype=torch.float64, device=x.device)
     for top in range(0, h, rows):
-        window = slice(top, min(h, top + rows) + _WINDOW - 1)
+        window = slice(top, min(h, top + rows) + SSIM_WINDOW - 1)
         ssim_sums += _ssim_map(x[..., window, :], y[..., window, :]).sum((2, 3))
-    ssim = (ssim_sums / (h * (width - _WINDOW + 1))).mean(1)  # mean over pixels per channel, then channels
+    ssim = (ssim_sums / (h * (width - SSIM_WINDOW + 1))).mean(1)  # mean over pixels per channel, then channels
     return torch.stack([psnr, ssim], 1).reshape(b, 2)
 
 
 def _ssim_map(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     """Per-pixel SSIM of every fully-inside 7x7 window of x and y (B, C, H, W), float64."""
-    c, n = x.shape[1], _WINDOW**2
+    c, n = x.shape[1], SSIM_WINDOW**2
     moments = torch.empty((x.shape[0], 5 * c, *x.shape[2:]), dtype=x.dtype, device=x.device)
     mx, my, mxx, myy, mxy = moments.split(c, 1)
     mx.copy_(x), my.copy_(y), torch.mul(x, x, out=mxx), torch.mul(y, y, out=myy), torch.mul(x, y, out=mxy)
@@ -98,7 +99,7 @@ def _ssim_map(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
 def _window_sums(maps: torch.Tensor, dim: int) -> torch.Tensor:
     """Sums of 7 neighbours along `dim` (exact on integer values, module docstring) in four adds
     instead of six: pairs, then pairs of pairs, then 4 + 2 + 1."""
-    n = maps.shape[dim] - _WINDOW + 1
+    n = maps.shape[dim] - SSIM_WINDOW + 1
     pairs = maps.narrow(dim, 0, n + 5) + maps.narrow(dim, 1, n + 5)
     sums = pairs.narrow(dim, 0, n) + pairs.narrow(dim, 2, n)
     sums += pairs.narrow(dim, 4, n)

@@ -10,25 +10,23 @@ import json
 import os
 import resource
 import subprocess
-import sys
 
 import click
 
 from insanesr_dist.commands import Group
 from insanesr_dist.tools.bench_stages import peak_rss_mb
+from insanesr_dist.tools.children import call_command, failure_line, json_result
 
 RSS_LIMIT_MB = 3072  # the acceptance bound for a 2048x2048 LR image on 2 CPU cores
 
 
-def _run_stage(spec: dict, stage: str = "_stage") -> dict:
-    """Run `stage(spec)` of this module in a fresh Python process; its result as a dict."""
-    code = ("import json, sys; from insanesr_dist.tools import bench_stages as s; "
-            f"print(json.dumps(s.{stage}(json.loads(sys.argv[1]))))")
-    result = subprocess.run([sys.executable, "-c", code, json.dumps(spec)], capture_output=True, text=True)
+def _run_stage(spec: dict, stage: str = "predict") -> dict:
+    """Run bench_stages' `stage` on `spec` in a fresh Python process; its result as a dict."""
+    command = call_command("insanesr_dist.tools.bench_stages", "STAGES", stage, spec)
+    result = subprocess.run(command, capture_output=True, text=True)
     if result.returncode != 0:
-        tail = (result.stderr.strip().splitlines() or ["(no output)"])[-1]
-        raise click.ClickException(f"benchmark process failed: {tail}")
-    return json.loads(result.stdout.strip().splitlines()[-1])
+        raise click.ClickException(f"benchmark process failed: {failure_line(result.stderr)}")
+    return json_result(result.stdout)
 
 
 @click.group("bench", cls=Group, context_settings={"max_content_width": 110})
@@ -151,14 +149,14 @@ def bench_train(data, batch_size, patch_size, threads, as_json, precision, chann
     timing = {"threads": threads, "steps": steps, "warmup": warmup, "precision": precision}
     report = {"device": _device_name(), "threads": threads, "precision": precision, "batch_size": batch_size,
               "patch_size": patch_size, "channels_last": channels_last, "compile": compile_, "data": data}
-    report["ceiling_tflops"] = _run_stage({"threads": threads}, "_matmul_ceiling")
-    report["bare"] = _run_stage({**timing, "config": config}, "_bare_step")
-    report["toolkit"] = _run_stage({**timing, "train_args": train_args, "log_every": 5}, "_toolkit_step")
+    report["ceiling_tflops"] = _run_stage({"threads": threads}, "matmul_ceiling")
+    report["bare"] = _run_stage({**timing, "config": config}, "bare_step")
+    report["toolkit"] = _run_stage({**timing, "train_args": train_args, "log_every": 5}, "toolkit_step")
     report["data_pipeline"] = _run_stage({"data": data, "batch_size": batch_size, "patch_size": patch_size,
-                                          "cache_mb": 1024, "crops": 2048, "store_dir": None}, "_data_pipeline")
+                                          "cache_mb": 1024, "crops": 2048, "store_dir": None}, "data_pipeline")
     if baseline:
         report["baseline"] = _run_stage({**timing, "data": data, "batch_size": batch_size,
-                                         "patch_size": patch_size}, "_seed_baseline")
+                                         "patch_size": patch_size}, "seed_baseline")
     flops_per_sample = report["bare"]["flops_per_lr_pixel"] * patch_size**2
     for name in ("baseline", "bare", "toolkit"):
         if name in report:
@@ -222,7 +220,7 @@ def bench_data(data, batch_size, patch_size, threads, as_json, crops, cache_mb, 
     data = _demo_or(data)
     spec = {"data": data, "batch_size": batch_size, "patch_size": patch_size, "cache_mb": cache_mb, "crops": crops,
             "store_dir": store_dir}
-    result = {**_run_stage(spec, "_data_pipeline"), **gpu_consumption(patch_size)}
+    result = {**_run_stage(spec, "data_pipeline"), **gpu_consumption(patch_size)}
     if as_json:
         click.echo(json.dumps(result, indent=2))
         return
@@ -260,7 +258,7 @@ def bench_metric(data, as_json) -> None:
     """The grader-exact metric (metrics.py) next to scikit-image's, one thread, on the same images:
     the validation split's HR against bicubic upscales of its LR."""
     data = _demo_or(data)
-    result = _run_stage({"data": data}, "_metric_speed")
+    result = _run_stage({"data": data}, "metric_speed")
     if as_json:
         click.echo(json.dumps(result, indent=2))
         return
@@ -284,7 +282,7 @@ def bench_ema(updates: int, warmup: int, threads: int, as_json: bool) -> None:
     """The weight EMA's cost per optimizer step on the default model: the old per-tensor loop (two
     state_dict()s, one lerp_ per tensor) against ema.py's multi-tensor lerp, median milliseconds."""
     result = {"device": _device_name(), "threads": threads, "updates": updates,
-              **_run_stage({"updates": updates, "warmup": warmup, "threads": threads}, "_ema_update")}
+              **_run_stage({"updates": updates, "warmup": warmup, "threads": threads}, "ema_update")}
     if as_json:
         click.echo(json.dumps(result, indent=2))
         return

@@ -1,5 +1,5 @@
-"""The measurements behind `insanesr-dist bench`: each function takes a JSON-able spec, runs in a fresh
-process (bench.py starts it) and returns a JSON-able dict of figures.
+"""The measurements behind `insanesr-dist bench`: each stage (STAGES, by name) takes a JSON-able spec, runs in a
+fresh process (bench.py starts it) and returns a JSON-able dict of figures.
 
 A fresh process per measurement keeps one measurement's threads, allocations and peak RSS out of the next's.
 """
@@ -11,13 +11,14 @@ import resource
 import subprocess
 import sys
 from insanesr_dist import run_files
+from insanesr_dist.tools.children import failure_line
 
 
 def peak_rss_mb(who: int = resource.RUSAGE_SELF) -> float:
     return resource.getrusage(who).ru_maxrss / 1024  # Linux reports KiB
 
 
-def _stage(spec: dict) -> dict:
+def predict_stage(spec: dict) -> dict:
     """Child process: upscale one synthetic image as `spec` says; report seconds and peak RSS."""
     import time
 
@@ -31,6 +32,7 @@ def _stage(spec: dict) -> dict:
     from insanesr_dist.inference.forward import model_forward
     from insanesr_dist.data.images import encode_png
     from insanesr_dist.inference.tiles import upscale_image
+    from insanesr_dist.data.tensors import to_chw, to_hwc
 
     torch.set_num_threads(spec["threads"])
     torch.manual_seed(0)
@@ -42,14 +44,14 @@ def _stage(spec: dict) -> dict:
     size = spec["size"]
     image = cv2.resize(rng.integers(0, 256, (size // 8 + 1, size // 8 + 1, 3), dtype=np.uint8), (size, size),
                        interpolation=cv2.INTER_CUBIC)
-    lr = torch.from_numpy(np.ascontiguousarray(image.transpose(2, 0, 1)))
+    lr = to_chw(image)
     runs = []
     for _ in range(spec["repeats"]):  # a repeat shows the speed once oneDNN has built its kernels
         started = time.perf_counter()
         out = upscale_image(forward, lr, tile=spec["tile"], overlap=spec["overlap"], batch_size=spec["batch_size"])
         runs.append(time.perf_counter() - started)
     started = time.perf_counter()
-    png = encode_png(np.ascontiguousarray(out.permute(1, 2, 0).numpy()))
+    png = encode_png(to_hwc(out))
     return {"seconds": runs[-1], "first_seconds": runs[0], "encode_seconds": time.perf_counter() - started,
             "png_mb": len(png) / 2**20, "peak_rss_mb": own_peak_rss_mb(), "ru_maxrss_mb": peak_rss_mb(),
             "threads": torch.get_num_threads()}
@@ -68,7 +70,7 @@ def training_flops_per_lr_pixel(model) -> float:
     return counter.get_total_flops() / probe**2
 
 
-def _matmul_ceiling(spec: dict) -> dict:
+def matmul_ceiling(spec: dict) -> dict:
     """Large square matmuls, fp32 and bf16: the practical TFLOP/s ceiling of this CPU.
 
     The size doubles from 256 up to 2048 (8192 on a GPU) while one matmul stays short of a tenth of the time
@@ -107,7 +109,7 @@ def _matmul_ceiling(spec: dict) -> dict:
     return ceiling
 
 
-def _bare_step(spec: dict) -> dict:
+def bare_step(spec: dict) -> dict:
     """The model step alone, as the toolkit builds it (model, optimizer, loss, autocast, memory format),
     on random tensors: forward, backward, optimizer step. Nothing else."""
     import time
@@ -153,7 +155,7 @@ def _bare_step(spec: dict) -> dict:
             "flops_per_lr_pixel": training_flops_per_lr_pixel(model.float().cpu())}
 
 
-def _toolkit_step(spec: dict) -> dict:
+def toolkit_step(spec: dict) -> dict:
     """The full toolkit: the real `python -m insanesr_dist.train` (data loader, Accelerator, autocast,
     scaler, optimizer, EMA, logging), its samples/s read back from its own TensorBoard scalars."""
     import json as json_lib
@@ -170,8 +172,7 @@ def _toolkit_step(spec: dict) -> dict:
                 "--mixed-precision", spec["precision"], *spec["train_args"]]
         result = subprocess.run(args, capture_output=True, text=True)
         if result.returncode != 0:
-            tail = (result.stderr.strip().splitlines() or ["(no output)"])[-1]
-            raise RuntimeError(f"training process failed: {tail}")
+            raise RuntimeError(f"training process failed: {failure_line(result.stderr)}")
         events = EventAccumulator(str(next((out / run_files.LOGS).rglob("events.out.tfevents.*")).parent))
         events.Reload()
         rates = [(e.step, e.value) for e in events.Scalars("perf/train_samples_per_s")]
@@ -182,7 +183,7 @@ def _toolkit_step(spec: dict) -> dict:
             "epoch_samples_per_s": [round(e["samples_per_s"], 2) for e in epochs]}
 
 
-def _seed_baseline(spec: dict) -> dict:
+def seed_baseline(spec: dict) -> dict:
     """The seed report's loop written plainly, for comparison: a Dataset decoding both PNGs per sample
     (cv2), one DataLoader worker, float32 on the CPU (its autocast/GradScaler are CUDA-only, so off),
     default Adam, `loss.item()` every step; the same crops and augmentation as the toolkit."""
@@ -195,6 +196,7 @@ def _seed_baseline(spec: dict) -> dict:
 
     from insanesr_dist.data.crops import crop_draws, random_pair_crop
     from insanesr_dist.data.splits import load_splits
+    from insanesr_dist.data.tensors import to_chw
     from insanesr_dist.model.architecture import InsaneSRNet
 
     torch.set_num_threads(spec["threads"])
@@ -211,8 +213,7 @@ def _seed_baseline(spec: dict) -> dict:
             lr, hr = (cv2.cvtColor(cv2.imdecode(np.frombuffer(f, np.uint8), cv2.IMREAD_COLOR), cv2.COLOR_BGR2RGB)
                       for f in files)
             lr, hr = random_pair_crop(lr, hr, spec["patch_size"], 4, crop_draws(0, 0, i))
-            return (torch.from_numpy(np.ascontiguousarray(lr.transpose(2, 0, 1))).float() / 255,
-                    torch.from_numpy(np.ascontiguousarray(hr.transpose(2, 0, 1))).float() / 255)
+            return to_chw(lr).float() / 255, to_chw(hr).float() / 255
 
     loader = DataLoader(SeedPairs(), batch_size=spec["batch_size"], shuffle=True, num_workers=1, drop_last=True)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -237,7 +238,7 @@ def _seed_baseline(spec: dict) -> dict:
     return {"samples_per_s": spec["batch_size"] * len(timed) / sum(timed)}
 
 
-def _data_pipeline(spec: dict) -> dict:
+def data_pipeline(spec: dict) -> dict:
     """The training data path alone (crop, augment, collate in one DataLoader worker): the decoded store built
     with 1 and with 2 processes (fresh folders), reopened (decoding nothing), crops/s from it, the start-up time
     to a first batch, and the path without a store (decoding PNGs, then from a worker's decoded cache)."""
@@ -310,7 +311,7 @@ def _data_pipeline(spec: dict) -> dict:
     return result
 
 
-def _metric_speed(spec: dict) -> dict:
+def metric_speed(spec: dict) -> dict:
     """Grader-exact PSNR/SSIM (metrics.py) and scikit-image's on the same uint8 images, one thread."""
     import time
 
@@ -320,7 +321,8 @@ def _metric_speed(spec: dict) -> dict:
 
     from insanesr_dist.data.loaders import EvalImages
     from insanesr_dist.data.splits import load_splits
-    from insanesr_dist.scoring.metrics import psnr_ssim
+    from insanesr_dist.data.tensors import to_hwc
+    from insanesr_dist.scoring.metrics import SSIM_WINDOW, psnr_ssim
 
     torch.set_num_threads(1)
     cv2.setNumThreads(1)
@@ -329,8 +331,8 @@ def _metric_speed(spec: dict) -> dict:
     pairs = []
     for i in range(len(images)):
         _, lr, hr = images[i]
-        hr_np = np.ascontiguousarray(hr.permute(1, 2, 0).numpy())  # as the grader reads a PNG
-        up = cv2.resize(lr.permute(1, 2, 0).numpy(), hr_np.shape[1::-1], interpolation=cv2.INTER_CUBIC)
+        hr_np = to_hwc(hr)  # as the grader reads a PNG
+        up = cv2.resize(to_hwc(lr), hr_np.shape[1::-1], interpolation=cv2.INTER_CUBIC)
         pairs.append((up, hr_np))
     result = {"images": len(pairs), "pixels": int(sum(h.shape[0] * h.shape[1] for _, h in pairs))}
 
@@ -339,7 +341,8 @@ def _metric_speed(spec: dict) -> dict:
 
     def grader():
         return [(peak_signal_noise_ratio(hr, up, data_range=255),
-                 structural_similarity(hr, up, channel_axis=2, win_size=7, data_range=255)) for up, hr in pairs]
+                 structural_similarity(hr, up, channel_axis=2, win_size=SSIM_WINDOW, data_range=255))
+                for up, hr in pairs]
 
     def images_per_s(score) -> tuple[float, list]:
         # One untimed pass (first calls pay page faults for fresh memory), then the best of five:
@@ -375,7 +378,7 @@ def per_tensor_ema_update(ema, model, d: float) -> None:
                 e.copy_(live)
 
 
-def _ema_update(spec: dict) -> dict:
+def ema_update(spec: dict) -> dict:
     """Milliseconds per EMA update on the default InsaneSRNet (channels-last, as trained), median of
     `updates` timed ones each way: the old per-tensor loop and ema.py's multi-tensor lerp."""
     import statistics
@@ -408,3 +411,9 @@ def _ema_update(spec: dict) -> dict:
     timed = slice(spec["warmup"], None)
     return {"tensors": len(list(model.parameters())) + len(list(model.buffers())),
             "per_tensor_ms": 1000 * statistics.median(old[timed]), "foreach_ms": 1000 * statistics.median(new[timed])}
+
+
+# What bench.py (and gpu_checks) run in a child, by name
+STAGES = {"predict": predict_stage, "matmul_ceiling": matmul_ceiling, "bare_step": bare_step,
+          "toolkit_step": toolkit_step, "seed_baseline": seed_baseline, "data_pipeline": data_pipeline,
+          "metric_speed": metric_speed, "ema_update": ema_update}

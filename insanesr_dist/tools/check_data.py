@@ -70,7 +70,8 @@ def _decode(data: bytes, name: str, report: Report) -> tuple[int, ...] | None:
 def _name_notes(path: Path, report: Report) -> None:
     name = path.name
     if " " in name or not name.isascii():
-        what = " and ".join(w for w, bad in (("spaces", " " in name), ("non-ASCII characters", not name.isascii())) if bad)
+        what = " and ".join(w for w, bad in (("spaces", " " in name), ("non-ASCII characters", not name.isascii()))
+                            if bad)
         report.add(path, f"file name has {what}; accepted, the id keeps the exact name", "note")
 
 
@@ -212,7 +213,8 @@ def run_check(source: str | None, *, patch_size: int, on_bad_sample: str, scale:
             echo(finding.line(on_bad_sample))
     for (kind, problem), n in shown.items():
         if kind != "bad" and n > SHOWN_PER_KIND:
-            echo(f"... and {n - SHOWN_PER_KIND} more file(s): {problem} -> {Finding('', '', kind).action(on_bad_sample)}")
+            echo(f"... and {n - SHOWN_PER_KIND} more file(s): {problem} -> "
+                 f"{Finding('', '', kind).action(on_bad_sample)}")
     for line in report.fatal:
         echo(f"{line} -> training stops")
     counts = collections.Counter(f.kind for f in report.findings)

@@ -8,6 +8,7 @@ scoring/validation.py.
 
 from __future__ import annotations
 import csv
+from collections.abc import Callable, Iterable
 from pathlib import Path
 import click
 import cv2
@@ -42,25 +43,37 @@ def read_predictions(path: Path) -> dict[str, object]:
     raise UserError(f"{path}: not a folder of images nor a .csv submission")
 
 
+class Stems:
+    """Names by their stem, to pair an image with its partner: the entry of the same name, else the one entry
+    with the same stem (`predict --output-dir` writes `a.jpg`'s prediction as `a.png`)."""
+
+    def __init__(self, names: Iterable[str]) -> None:
+        self.by_stem: dict[str, list[str]] = {}
+        for name in names:
+            self.by_stem.setdefault(Path(name).stem, []).append(name)
+
+    def partner(self, name: str, exists: Callable[[str], bool]) -> str | None:
+        """`name` where `exists(name)`, else the one name with its stem; None when there is none or several."""
+        if exists(name):
+            return name
+        same_stem = self.by_stem.get(Path(name).stem, [])
+        return same_stem[0] if len(same_stem) == 1 else None
+
+
 class Partners:
-    """Finds the file in `folder` that belongs to a prediction id: the same name, else the one image with
-    the same stem (`predict --output-dir` writes `a.jpg`'s prediction as `a.png`)."""
+    """Finds the file in `folder` that belongs to a prediction id (see Stems)."""
 
     def __init__(self, folder: Path, what: str) -> None:
         from insanesr_dist.data.pairs import image_files
 
-        self.folder, self.what, self.by_stem = folder, what, {}
-        for p in image_files(folder):
-            self.by_stem.setdefault(p.stem, []).append(p)
+        self.folder, self.what = folder, what
+        self.stems = Stems(p.name for p in image_files(folder))
 
     def path(self, image_id: str) -> Path:
-        path = self.folder / image_id
-        if not path.is_file():
-            same_stem = self.by_stem.get(Path(image_id).stem, [])
-            if len(same_stem) != 1:
-                raise UserError(f"{path}: no {self.what} image for prediction {image_id}")
-            path = same_stem[0]
-        return path
+        name = self.stems.partner(image_id, lambda name: (self.folder / name).is_file())
+        if name is None:
+            raise UserError(f"{self.folder / image_id}: no {self.what} image for prediction {image_id}")
+        return self.folder / name
 
     def image(self, image_id: str) -> np.ndarray:
         from insanesr_dist.data.images import decode_rgb

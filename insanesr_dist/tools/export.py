@@ -41,7 +41,8 @@ TRACE_SIZE = (32, 32)  # height, width of the image the ONNX export traces; both
 def resolve_source(source: Path, which: str) -> tuple[Path, Path | None]:
     """(weights file, run directory or None) for a run directory, an exported folder or a weights file."""
     if source.is_dir():
-        if (source / WEIGHTS_FILE).is_file() and (source / CONFIG_FILE).is_file() and not (source / run_files.METRICS).exists():
+        if ((source / WEIGHTS_FILE).is_file() and (source / CONFIG_FILE).is_file()
+                and not (source / run_files.METRICS).exists()):
             return source / WEIGHTS_FILE, None  # an exported folder: re-export (e.g. to add --onnx)
         weights = source / f"{which}.safetensors"
         if not weights.is_file():
@@ -95,7 +96,8 @@ def model_card(model: InsaneSRNet, meta: dict, settings: dict, records: list[dic
     ]
     if "jm" in meta:
         lines += [f"These weights: epoch {meta.get('epoch')}, step {meta.get('step')}, "
-                  f"**JM {_number(meta['jm'])}** (PSNR {_number(meta.get('psnr'))} dB, SSIM {_number(meta.get('ssim'))}); "
+                  f"**JM {_number(meta['jm'])}** (PSNR {_number(meta.get('psnr'))} dB, "
+                  f"SSIM {_number(meta.get('ssim'))}); "
                   "JM = 40·SSIM + PSNR, grader-exact on uint8 images.", ""]
     if records:
         lines += ["| epoch | step | train loss | PSNR | SSIM | JM | samples/s |", "|---|---|---|---|---|---|---|"]

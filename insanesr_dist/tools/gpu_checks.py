@@ -17,7 +17,6 @@ bounds the whole: a check that would overrun it is cut off and reported as such,
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 import subprocess
@@ -30,6 +29,7 @@ import click
 
 from insanesr_dist.commands import Command
 from insanesr_dist.errors import UserError
+from insanesr_dist.tools.children import call_command, failure_line, json_result
 
 SYNC_WARNING = "synchronizing CUDA operation"  # what set_sync_debug_mode("warn") says
 
@@ -55,6 +55,7 @@ def _sync_debug_training(spec: dict) -> dict:
 
     now = {"step": 0, "phase": "setup"}
     hits, epoch_ends = [], set()
+    # Wrapped where train() looks them up: the names train.py imported.
     real_loss, real_score = train.training_loss, train.score_images
 
     def training_loss(*args):
@@ -214,7 +215,7 @@ def _ieee_vs_tf32(spec: dict) -> dict:
 def _device_store_speed(spec: dict) -> dict:
     """Issue 14: the full toolkit step (bf16, batch 16, LR patch 32) on DIV2K-sized pairs (384 synthetic 2040x1344
     HR frames), crops cut on the GPU from the device store against DataLoader workers cutting them."""
-    from insanesr_dist.tools.bench_stages import _toolkit_step
+    from insanesr_dist.tools.bench_stages import toolkit_step
     from insanesr_dist.data.demo import write_demo_data
 
     cores = len(os.sched_getaffinity(0))
@@ -222,7 +223,7 @@ def _device_store_speed(spec: dict) -> dict:
                            workers=cores)
     result = {}
     for mode in ("on", "off"):
-        result[mode] = _toolkit_step({"warmup": 20, "steps": 100, "log_every": 10, "threads": cores,
+        result[mode] = toolkit_step({"warmup": 20, "steps": 100, "log_every": 10, "threads": cores,
                                       "precision": "bf16", "train_args": ["--data", str(data), "--device-store", mode,
                                                                           "--num-workers", str(min(8, cores)),
                                                                           "--val-every", "1000", "--val-max-images",
@@ -230,16 +231,14 @@ def _device_store_speed(spec: dict) -> dict:
     return result
 
 
-def _child(name: str, spec: dict) -> dict:
-    return {"sync_debug": _sync_debug_training, "nan_step": _nan_step, "ieee_vs_tf32": _ieee_vs_tf32,
-            "device_store": _device_store_speed}[name](spec)
+# The checks a child runs, by name
+CHECKS = {"sync_debug": _sync_debug_training, "nan_step": _nan_step, "ieee_vs_tf32": _ieee_vs_tf32,
+          "device_store": _device_store_speed}
 
 
 def _run_child(name: str, spec: dict, timeout: float) -> dict:
-    """`name(spec)` in a fresh process; its result, or {"error": one line} (a failure or a timeout)."""
-    code = ("import json, sys; from insanesr_dist.tools import gpu_checks as g; "
-            "print(json.dumps(g._child(sys.argv[1], json.loads(sys.argv[2]))))")
-    return _run_json([sys.executable, "-c", code, name, json.dumps(spec)], timeout)
+    """CHECKS[name](spec) in a fresh process; its result, or {"error": one line} (a failure or a timeout)."""
+    return _run_json(call_command("insanesr_dist.tools.gpu_checks", "CHECKS", name, spec), timeout)
 
 
 def _run_json(command: list[str], timeout: float) -> dict:
@@ -255,8 +254,8 @@ def _run_json(command: list[str], timeout: float) -> dict:
         child.communicate()
         return {"error": f"cut off after {timeout:.0f} s (time budget)"}
     if child.returncode != 0:
-        return {"error": (stderr.strip().splitlines() or ["(no output)"])[-1][:200]}
-    return json.loads(stdout.strip().splitlines()[-1])
+        return {"error": failure_line(stderr)[:200]}
+    return json_result(stdout)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -24,10 +24,12 @@ from insanesr_dist.commands import Command
 from insanesr_dist.atomic import atomic_path, write_text_atomic
 from insanesr_dist.errors import UserError
 from insanesr_dist import run_files
+from insanesr_dist.tools.children import failure_line
 
 # The base is the seed report's recipe on 32x32 LR crops, batch 16; each lever below changes one thing,
-# "default" combines the winners, and the last rows take one lever out of it again. Full images (the seed's way) appear as a patch/batch variant with
-# the same LR pixels per step on the demo data (64x64 LR images, batch 4 = 32x32 crops, batch 16).
+# "default" combines the winners, and the last rows take one lever out of it again. Full images (the seed's way)
+# appear as a patch/batch variant with the same LR pixels per step on the demo data (64x64 LR images, batch 4 =
+# 32x32 crops, batch 16).
 BASE = dict(preset="seed", patch_size=32, batch_size=16)
 VARIANTS: dict[str, dict[str, object]] = {
     "seed recipe (crops 32, batch 16)": {},
@@ -70,7 +72,7 @@ def run_variant(name: str, settings: dict[str, object], *, out_dir: Path, steps:
     result = subprocess.run(command, capture_output=True, text=True)
     if result.returncode != 0:
         raise UserError(f"study variant {name!r} failed (exit {result.returncode}): "
-                        f"{(result.stderr.strip().splitlines() or ['no output'])[-1]}")
+                        f"{failure_line(result.stderr, 'no output')}")
     return read_row(name, merged, run_dir)
 
 
@@ -91,6 +93,7 @@ def baseline_rows(data: str | None, seed: int = 0, val_fraction: float = 0.1) ->
     from insanesr_dist.data import loaders
     from insanesr_dist.data.splits import load_splits
     from insanesr_dist.data.demo import ensure_demo_data
+    from insanesr_dist.data.tensors import to_hwc
     from insanesr_dist.tools.evaluate import BASELINES, baseline
     from insanesr_dist.scoring.metrics import joint_metric, psnr_ssim
 
@@ -102,8 +105,8 @@ def baseline_rows(data: str | None, seed: int = 0, val_fraction: float = 0.1) ->
         scores = []
         for i in range(len(images)):
             _, lr, hr = images[i]
-            up = baseline(np.ascontiguousarray(lr.permute(1, 2, 0).numpy()), kind)
-            scores.append(psnr_ssim(up, np.ascontiguousarray(hr.permute(1, 2, 0).numpy()))[0].tolist())
+            up = baseline(to_hwc(lr), kind)
+            scores.append(psnr_ssim(up, to_hwc(hr))[0].tolist())
         psnr, ssim = np.mean(scores, axis=0).tolist()
         rows.append({"variant": f"{kind} x4 (no training)", "steps": 0, "jm": joint_metric(psnr, ssim),
                      "psnr": psnr, "ssim": ssim, "best_jm": "", "samples_per_s": "", "train_seconds": "",

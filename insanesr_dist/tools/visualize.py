@@ -18,9 +18,10 @@ import torch
 from insanesr_dist.commands import Command, RenamedOption
 from insanesr_dist.atomic import atomic_path
 from insanesr_dist.errors import UserError
-from insanesr_dist.tools.evaluate import Partners, baseline, read_predictions
-from insanesr_dist.scoring.metrics import joint_metric, psnr_ssim
+from insanesr_dist.tools.evaluate import Partners, Stems, baseline, read_predictions
+from insanesr_dist.scoring.metrics import SSIM_WINDOW, joint_metric, psnr_ssim
 from insanesr_dist.data.images import encode_png
+from insanesr_dist.data.tensors import to_chw, to_hwc
 
 MIN_WIDTH = 256  # each image is shown at least this wide
 STRIP = 26  # caption strip height in pixels
@@ -44,7 +45,7 @@ def panel(name: str, lr: np.ndarray, pred: np.ndarray, hr: np.ndarray | None = N
     shown = [baseline(lr, "bicubic", pred.shape[0] // lr.shape[0]), pred] + ([hr] if hr is not None else [])
     labels = ["LR, bicubic x4", "prediction", "ground truth"]
     title = name
-    if hr is not None and min(hr.shape[:2]) >= 7:  # the SSIM window
+    if hr is not None and min(hr.shape[:2]) >= SSIM_WINDOW:
         scores = [psnr_ssim(image, hr)[0].tolist() for image in shown[:2]]
         labels[:2] = [f"{label}: PSNR {p:.2f} SSIM {s:.4f}" for label, (p, s) in zip(labels, scores)]
         (bp, bs), (pp, ps) = scores
@@ -69,27 +70,22 @@ def _predictor(checkpoint: Path, tile: int, overlap: int, tta: bool, allow_pickl
     forward = self_ensemble(forward) if tta else forward
 
     def predict(_path: Path, lr: np.ndarray) -> np.ndarray:
-        chw = torch.from_numpy(np.ascontiguousarray(lr.transpose(2, 0, 1)))
-        out = upscale_image(forward, chw, tile=tile, overlap=overlap, batch_size=4, device=device)
-        return np.ascontiguousarray(out.permute(1, 2, 0).numpy())
+        out = upscale_image(forward, to_chw(lr), tile=tile, overlap=overlap, batch_size=4, device=device)
+        return to_hwc(out)
 
     return predict
 
 
 def _stored(pred: Path):
-    """Predictions read back from a folder or a CSV, found by id or (folder of .png files) by stem."""
+    """Predictions read back from a folder or a CSV, found by id or (folder of .png files) by stem (see Stems)."""
     images = read_predictions(pred)
-    by_stem = {}
-    for image_id in images:
-        by_stem.setdefault(Path(image_id).stem, []).append(image_id)
+    stems = Stems(images)
 
     def lookup(lr_path: Path, _lr: np.ndarray) -> np.ndarray:
-        if lr_path.name in images:
-            return images[lr_path.name]
-        same_stem = by_stem.get(lr_path.stem, [])
-        if len(same_stem) != 1:
+        image_id = stems.partner(lr_path.name, images.__contains__)
+        if image_id is None:
             raise UserError(f"{pred}: no prediction for {lr_path.name}")
-        return images[same_stem[0]]
+        return images[image_id]
 
     return lookup
 

@@ -166,7 +166,8 @@ def test_persistent_workers_follow_the_epoch(pair_folder):
     """Workers started once must still crop by each new epoch (the epoch lives in shared memory)."""
     train = load_splits(pair_folder, val_fraction=0.1, seed=0).train
     samples = loaders.TrainPairs(train, patch_size=8, scale=4, seed=0, cache_mb=64)
-    loader = DataLoader(samples, batch_size=4, collate_fn=loaders.collate_windows, **loaders.loader_kwargs(num_workers=1))
+    loader = DataLoader(samples, batch_size=4, collate_fn=loaders.collate_windows,
+                        **loaders.loader_kwargs(num_workers=1))
     assert loader.persistent_workers
     reference = loaders.TrainPairs(train, patch_size=8, scale=4, seed=0)  # in this process, no workers
     for epoch in (1, 2, 3):
@@ -178,8 +179,8 @@ def test_persistent_workers_follow_the_epoch(pair_folder):
 
 WORKER_PROBE = """
 import json, os, signal, threading, torch
-from insanesr_dist.data import loaders as data
-from insanesr_dist.training import preemption as checkpoint
+from insanesr_dist.data import loaders
+from insanesr_dist.training.preemption import PreemptionFlag
 
 class Probe(torch.utils.data.Dataset):
     def __len__(self):
@@ -190,10 +191,11 @@ class Probe(torch.utils.data.Dataset):
         return torch.tensor([os.getppid(), *blocked])
 
 if __name__ == "__main__":
-    data.start_worker_server()  # as train() does: first the server, then the block
-    flag = checkpoint.PreemptionFlag()
+    loaders.start_worker_server()  # as train() does: first the server, then the block
+    flag = PreemptionFlag()
     threading.Thread(target=lambda: None).start()  # a threaded process, as a training process is
-    loader = torch.utils.data.DataLoader(Probe(), batch_size=1, **data.loader_kwargs(1, persistent=False, timeout=60))
+    loader = torch.utils.data.DataLoader(Probe(), batch_size=1,
+                                         **loaders.loader_kwargs(1, persistent=False, timeout=60))
     rows = [batch[0].tolist() for batch in loader]
     blocked = sorted(int(s) for s in signal.pthread_sigmask(signal.SIG_BLOCK, []))
     print(json.dumps({"pid": os.getpid(), "workers": rows, "blocked": blocked}))
@@ -203,7 +205,7 @@ if __name__ == "__main__":
 def test_workers_start_from_a_fork_server_and_keep_the_signal_block(tmp_path):
     """Forking a threaded training process hung a 2-process run (a worker stuck inside os.fork()): workers come
     from the fork server instead. They, and the training process, must keep SIGTERM/SIGUSR1 blocked
-    (checkpoint.PreemptionFlag), although starting the server's resource tracker unblocks SIGTERM."""
+    (training/preemption.PreemptionFlag), although starting the server's resource tracker unblocks SIGTERM."""
     import json
     import signal
     import subprocess

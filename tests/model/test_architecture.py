@@ -2,7 +2,8 @@ import pytest
 import torch
 from torch import nn
 
-from insanesr_dist.model.architecture import InsaneSRNet, UpscaleBlock, count_parameters
+from insanesr_dist.model.architecture import InsaneSRNet, ModelConfig, UpscaleBlock, count_parameters
+from insanesr_dist.model.weights import load_model, read_metadata, save_weights
 
 
 def test_default_parameter_count_matches_the_seed():

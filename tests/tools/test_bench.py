@@ -6,7 +6,8 @@ import json
 
 import pytest
 
-from insanesr_dist.tools.bench_stages import training_flops_per_lr_pixel
+from insanesr_dist.tools.bench_stages import STAGES, training_flops_per_lr_pixel
+from insanesr_dist.tools.children import call_command, failure_line
 from insanesr_dist.model.architecture import InsaneSRNet
 
 from conftest import run_cli
@@ -16,6 +17,32 @@ def bench_json(*args: str) -> dict:
     result = run_cli("insanesr-dist", "bench", *args, "--json", timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
     return json.loads(result.stdout)
+
+
+def test_every_stage_bench_names_is_in_the_table():
+    import ast
+    import inspect
+
+    from insanesr_dist.tools import bench
+
+    calls = [node for node in ast.walk(ast.parse(inspect.getsource(bench)))
+             if isinstance(node, ast.Call) and getattr(node.func, "id", None) == "_run_stage"]
+    named = {call.args[1].value if len(call.args) > 1 else "predict" for call in calls}
+    assert len(named) == 8 and named <= set(STAGES) and all(callable(f) for f in STAGES.values())
+
+
+def test_a_failed_child_is_told_by_its_last_stderr_line():
+    assert failure_line("warming up\nTraceback (most recent call last):\n  ...\nKeyError: 'threads'\n") == \
+        "KeyError: 'threads'"
+    assert failure_line("  \n") == "(no output)" and failure_line("", "no output") == "no output"
+
+
+def test_a_stage_runs_by_its_name_in_a_child_and_a_failed_one_is_its_last_line():
+    import subprocess
+
+    command = call_command("insanesr_dist.tools.bench_stages", "STAGES", "ema_update", {"threads": 1})
+    result = subprocess.run(command, capture_output=True, text=True, timeout=300)
+    assert result.returncode != 0 and failure_line(result.stderr) == "KeyError: 'warmup'"
 
 
 def test_training_flops_match_the_hand_count():

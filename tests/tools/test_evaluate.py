@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from skimage.metrics import peak_signal_noise_ratio, structural_similarity
 
-from insanesr_dist.tools.evaluate import evaluate_predictions, score_predictions
+from insanesr_dist.tools.evaluate import Stems, evaluate_predictions, score_predictions
 from insanesr_dist.scoring.validation import score_images
 
 from conftest import assert_one_line_error, make_pair_folder, read_rgb, run_cli, write_png
@@ -72,6 +72,16 @@ def test_predictions_named_png_find_their_jpeg_partners(scored, tmp_path):
     rows = score_predictions(scored / "pred", tmp_path / "hr")
     assert len(rows) == 3 and all(r["jm"] > 20 for r in rows)
     assert evaluate_predictions(scored / "pred", tmp_path / "hr")["images"] == 3
+
+
+def test_a_partner_is_the_same_name_else_the_only_one_with_its_stem():
+    stems = Stems(["a.jpg", "b.png", "b.jpg", "c.txt.png"])
+    names = {"a.jpg", "b.png", "b.jpg", "c.txt.png"}
+    assert stems.partner("b.png", names.__contains__) == "b.png"  # the same name first, even with a twin stem
+    assert stems.partner("a.png", names.__contains__) == "a.jpg"
+    assert stems.partner("b.webp", names.__contains__) is None  # two with that stem: neither is chosen
+    assert stems.partner("d.png", names.__contains__) is None
+    assert stems.partner("c.txt.bmp", names.__contains__) == "c.txt.png"
 
 
 def test_an_lr_that_is_not_a_quarter_of_its_hr_is_one_line(scored, tmp_path):
