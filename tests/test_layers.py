@@ -46,6 +46,7 @@ LAYERS = {
     "errors": 0,
     "atomic": 0,
     "run_files": 0,
+    "commands": 0,
     "data": 1,
     "model": 1,
     "config": 2,
