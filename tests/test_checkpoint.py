@@ -347,7 +347,7 @@ def test_a_rank_that_cannot_read_rank_0s_checkpoint_fails_in_one_line_and_no_ran
     script = tmp_path / "rank1_cannot_read.py"
     script.write_text(
         "import os, sys\n"
-        "import insanesr_dist.checkpoint as C\n"
+        "import insanesr_dist.training.checkpoint as C\n"
         "import insanesr_dist.train as T\n"
         "real = C._is_complete\n"
         "C._is_complete = lambda p: (real(p) if os.environ['RANK'] == '0'\n"

@@ -15,8 +15,8 @@ CONFIGS = Path(__file__).resolve().parents[1] / "accelerate_configs"
 
 PROBE = """
 import json
-from insanesr_dist import runtime
-print("PROBE", json.dumps({"precision": runtime.launch_precision(), "cpu": runtime.wants_cpu()}))
+from insanesr_dist.training import precision, runtime
+print("PROBE", json.dumps({"precision": precision.launch_precision(), "cpu": runtime.wants_cpu()}))
 """
 
 
@@ -45,10 +45,10 @@ def test_only_an_explicit_float32_request_is_float32(tmp_path):
 
 
 def test_resolving_an_explicit_float32_request_gives_float32(monkeypatch):
-    monkeypatch.setattr(runtime, "native_bf16", lambda cpu: True)
-    monkeypatch.setattr(runtime, "launch_precision", lambda: "no")
+    monkeypatch.setattr(precision, "native_bf16", lambda cpu: True)
+    monkeypatch.setattr(precision, "launch_precision", lambda: "no")
     assert precision.resolve_precision("auto", cpu=True) == ("no", None)
-    monkeypatch.setattr(runtime, "launch_precision", lambda: None)
+    monkeypatch.setattr(precision, "launch_precision", lambda: None)
     assert precision.resolve_precision("auto", cpu=True)[0] == "bf16"
 
 
@@ -69,12 +69,12 @@ def test_the_accelerate_config_decides_cpu_even_on_a_gpu_host(monkeypatch, confi
 
 SLOW_RANK_0 = """
 import os, time
-real_load_splits = T.data_lib.load_splits
+real_load_splits = T.load_splits
 def slow_load_splits(*args, **kwargs):
     if os.environ["RANK"] == "0":
         time.sleep(15)  # a first run preparing a large dataset, while rank 1 waits in a barrier
     return real_load_splits(*args, **kwargs)
-T.data_lib.load_splits = slow_load_splits
+T.load_splits = slow_load_splits
 """
 
 
@@ -102,7 +102,8 @@ def test_a_long_rank_0_preparation_needs_a_long_enough_dist_timeout(pair_folder,
 
 def test_a_stuck_dataloader_worker_ends_the_run_with_one_line(pair_folder, tmp_path):
     # The patch reaches the worker: it starts from a fork server that imports the patched script.
-    stuck = "import time\nT.data_lib.TrainPairs.__getitem__ = lambda self, index: time.sleep(3600)\n"
+    stuck = ("import time\nfrom insanesr_dist.data.loaders import TrainPairs\n"
+             "TrainPairs.__getitem__ = lambda self, index: time.sleep(3600)\n")
     result = run_cli(sys.executable, str(patched_train_script(stuck)), "--data", str(pair_folder), "--epochs", "1",
                      "--output-dir", str(tmp_path / "out"), "--worker-timeout", "5", *TINY, timeout=300)
     assert_one_line_error(result, "DataLoader worker produced no batch for 5 s (--worker-timeout)")
