@@ -1,8 +1,11 @@
-"""TODO docstring: training.precision."""
+"""Which precision a process computes in: what was asked for (the train flag, or `accelerate launch`), what the
+hardware does natively, and what it can do at all (fp16 autocast is a CUDA recipe)."""
 
 from __future__ import annotations
+
 import os
 from pathlib import Path
+
 import torch
 
 
@@ -72,6 +75,13 @@ def resolve_precision(requested: str, *, cpu: bool) -> tuple[str, str | None]:
             precision = "bf16" if native_bf16(cpu) else "no"
             if precision == "bf16":
                 note = "mixed precision: bf16 autocast (native on this hardware; --mixed-precision no for float32)"
-    if precision == "fp16" and cpu:
+    if runnable_precision(precision, cpu=cpu) != precision:
         return "bf16", "fp16 needs a CUDA GPU; training in bf16 autocast on this CPU instead"
     return precision, note
+
+
+def runnable_precision(precision: str, *, cpu: bool) -> str:
+    """`precision` (`no`, `fp16`, `bf16`) as this device can run it: fp16 autocast with gradient scaling is a
+    CUDA recipe; on a CPU, bf16 gives the speed-up with fp32's exponent range and no scaler. Callers say so
+    when the answer differs from what was asked for."""
+    return "bf16" if precision == "fp16" and cpu else precision

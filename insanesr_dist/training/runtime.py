@@ -29,6 +29,13 @@ def start_processes(dist_timeout: float) -> PartialState:
     return PartialState(cpu=wants_cpu(), timeout=timedelta(seconds=dist_timeout))
 
 
+def cores_per_local_process(num_processes: int) -> int:
+    """The CPU threads each process on this machine should use: its share of the cores it may run on.
+    `accelerate launch` sets OMP_NUM_THREADS=1 unless told otherwise, leaving most of a CPU idle."""
+    local_processes = int(os.environ.get("LOCAL_WORLD_SIZE", num_processes))
+    return max(1, len(os.sched_getaffinity(0)) // max(1, local_processes))
+
+
 def stall_message(error: BaseException, *, dist_timeout: float, worker_timeout: float) -> str | None:
     """One line for a wait that ran out (another process, or a DataLoader worker) or a lost peer; else None.
 

@@ -15,8 +15,6 @@ from insanesr_dist.atomic import append_line_atomic, write_text_atomic
 from insanesr_dist.errors import UserError
 from insanesr_dist.training.host_memory import own_peak_rss_mb
 from insanesr_dist.data.tensors import to_uint8
-from insanesr_dist.inference.forward import Forward
-from insanesr_dist.inference.tiles import upscale_for_eval
 from insanesr_dist import run_files
 
 VAL_SCALARS = ("psnr", "ssim", "jm", "psnr_piq", "ssim_piq")
@@ -104,19 +102,16 @@ def log_evaluation(accelerator: Accelerator, scores: dict, *, step: int, epoch: 
 
 
 @torch.no_grad()
-def log_panels(accelerator: Accelerator, forward: Forward, images: list, step: int, tile: int = 0,
-               overlap: int = 0) -> None:
-    """Main process: one TensorBoard image per fixed validation image, bilinear LR | SR | HR (SR upscaled as
-    validation does it: in tiles above `tile`, see predict.upscale_for_eval)."""
-    if not accelerator.is_main_process or not images:
+def log_panels(accelerator: Accelerator, panels, step: int) -> None:
+    """Main process: one TensorBoard image per fixed validation image, bilinear LR | SR | HR. `panels` yields
+    (image id, LR, SR, HR) uint8 CHW tensors, the SR as validation upscales it (the loop makes it)."""
+    if not accelerator.is_main_process:
         return
     writer = accelerator.get_tracker("tensorboard", unwrap=True)
-    for image_id, lr, hr in images:
-        lr = lr.to(accelerator.device)
-        sr = upscale_for_eval(forward, lr, tile=tile, overlap=overlap)[None]
+    for image_id, lr, sr, hr in panels:
         lr = lr[None].float() / 255
         upsampled = F.interpolate(lr, size=hr.shape[-2:], mode="bilinear", align_corners=False)
-        panel = torch.cat([to_uint8(upsampled), sr, hr[None].to(accelerator.device)], -1)
+        panel = torch.cat([to_uint8(upsampled), sr[None], hr[None].to(accelerator.device)], -1)
         writer.add_image(f"panels/{image_id}", np.ascontiguousarray(panel[0].cpu().numpy()), step, dataformats="CHW")
     writer.flush()
 

@@ -102,7 +102,8 @@ def test_a_long_rank_0_preparation_needs_a_long_enough_dist_timeout(pair_folder,
 
 def test_a_stuck_dataloader_worker_ends_the_run_with_one_line(pair_folder, tmp_path):
     # The patch reaches the worker: it starts from a fork server that imports the patched script.
-    stuck = "import time\nfrom insanesr_dist.data.loaders import TrainPairs\nTrainPairs.__getitem__ = lambda self, index: time.sleep(3600)\n"
+    stuck = ("import time\nfrom insanesr_dist.data.loaders import TrainPairs\n"
+             "TrainPairs.__getitem__ = lambda self, index: time.sleep(3600)\n")
     result = run_cli(sys.executable, str(patched_train_script(stuck)), "--data", str(pair_folder), "--epochs", "1",
                      "--output-dir", str(tmp_path / "out"), "--worker-timeout", "5", *TINY, timeout=300)
     assert_one_line_error(result, "DataLoader worker produced no batch for 5 s (--worker-timeout)")
