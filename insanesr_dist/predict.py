@@ -8,7 +8,6 @@ duplicated and host memory holds at most one round of encoded images.
 
 from __future__ import annotations
 
-import os
 import sys
 import time
 from collections.abc import Callable, Iterator
@@ -29,6 +28,8 @@ from insanesr_dist.scoring.submission import write_submission
 from insanesr_dist.inference.tiles import exact_overlap, self_ensemble, upscale_image
 from insanesr_dist.data.tensors import to_chw, to_hwc
 from insanesr_dist.inference.forward import PRECISIONS, model_forward
+from insanesr_dist.training.precision import runnable_precision
+from insanesr_dist.training.runtime import cores_per_local_process
 
 
 # ---------------------------------------------------------------------------------------------
@@ -150,12 +151,11 @@ def predict(*, checkpoint: Path, inputs: Path, output_dir: Path | None, csv: Pat
     started = time.perf_counter()
     cpu = not torch.cuda.is_available()
     accelerator = Accelerator(cpu=cpu, mixed_precision="no")  # autocast is ours: --mixed-precision
-    note = ""
-    if precision == "fp16" and cpu:
-        precision, note = "bf16", " (fp16 needs a CUDA GPU: bf16 autocast on this CPU instead)"
+    runnable = runnable_precision(precision, cpu=cpu)
+    note = " (fp16 needs a CUDA GPU: bf16 autocast on this CPU instead)" if runnable != precision else ""
+    precision = runnable
     if cpu:  # `accelerate launch` sets OMP_NUM_THREADS=1; share the cores among this machine's processes
-        local = int(os.environ.get("LOCAL_WORLD_SIZE", accelerator.num_processes))
-        torch.set_num_threads(max(1, len(os.sched_getaffinity(0)) // max(1, local)))
+        torch.set_num_threads(cores_per_local_process(accelerator.num_processes))
     model = load_model(checkpoint, allow_pickle=allow_pickle)
     model = model.to(accelerator.device, memory_format=torch.channels_last).eval()
     images = list_inputs(inputs, split)

@@ -40,9 +40,9 @@ def test_fp16_on_a_cpu_becomes_bf16_with_a_note(monkeypatch):
 
 @pytest.mark.parametrize("native", [True, False])
 def test_auto_precision_is_bf16_only_where_it_is_native(monkeypatch, native):
-    import insanesr_dist.training.precision as runtime
+    import insanesr_dist.training.precision as precision_module
 
-    monkeypatch.setattr(runtime, "native_bf16", lambda cpu: native)
+    monkeypatch.setattr(precision_module, "native_bf16", lambda cpu: native)
     monkeypatch.delenv("ACCELERATE_MIXED_PRECISION", raising=False)  # not launched by accelerate: nothing said
     precision, note = resolve_precision("auto", cpu=True)
     assert precision == ("bf16" if native else "no") and (note is not None) == native

@@ -116,7 +116,7 @@ def bare_step(spec: dict) -> dict:
 
     import torch
 
-    from insanesr_dist.training import optimizer as faults
+    from insanesr_dist.training.optimizer import make_optimizer
     from insanesr_dist.config import TrainConfig
     from insanesr_dist.training.host_memory import keep_freed_memory
     from insanesr_dist.training.losses import training_loss
@@ -129,7 +129,7 @@ def bare_step(spec: dict) -> dict:
     if not torch.cuda.is_available():
         keep_freed_memory()  # as train() does
     model = build_model(cfg)
-    optimizer = faults.make_optimizer(model.parameters(), cfg.lr)
+    optimizer = make_optimizer(model.parameters(), cfg.lr)
     train_model = torch.compile(model) if cfg.compile else model
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     model.to(device)

@@ -10,9 +10,9 @@ import piq
 import torch
 import torch.nn.functional as F
 
+from insanesr_dist.data.images import SSIM_WINDOW
+
 CHARBONNIER_EPS = 1e-3
-# The grader's SSIM uses a 7x7 window; piq's is Gaussian, so a 7-tap Gaussian (sigma 1.5) is the nearest match.
-SSIM_KERNEL = 7
 
 
 def pixel_loss(name: str, sr: torch.Tensor, hr: torch.Tensor) -> torch.Tensor:
@@ -27,7 +27,9 @@ def pixel_loss(name: str, sr: torch.Tensor, hr: torch.Tensor) -> torch.Tensor:
 
 def ssim_loss(sr: torch.Tensor, hr: torch.Tensor) -> torch.Tensor:
     """1 - mean SSIM; `sr` and `hr` in [0, 1] (both output heads guarantee it)."""
-    return 1 - piq.ssim(sr, hr, data_range=1.0, kernel_size=SSIM_KERNEL, downsample=False)
+    # The grader's SSIM uses a 7x7 uniform window; piq's is Gaussian, so a 7-tap Gaussian (sigma 1.5) is the
+    # nearest match.
+    return 1 - piq.ssim(sr, hr, data_range=1.0, kernel_size=SSIM_WINDOW, downsample=False)
 
 
 def training_loss(name: str, ssim_weight: float, sr: torch.Tensor, hr: torch.Tensor) -> torch.Tensor:

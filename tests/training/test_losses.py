@@ -6,7 +6,8 @@ import piq
 import pytest
 import torch
 
-from insanesr_dist.training.losses import CHARBONNIER_EPS, SSIM_KERNEL, pixel_loss, ssim_loss, training_loss
+from insanesr_dist.data.images import SSIM_WINDOW
+from insanesr_dist.training.losses import CHARBONNIER_EPS, pixel_loss, ssim_loss, training_loss
 
 
 def images(seed: int, shape=(2, 3, 24, 20)) -> torch.Tensor:
@@ -32,7 +33,7 @@ def test_an_unknown_pixel_loss_is_refused():
 
 def test_the_ssim_term_is_one_minus_piqs_ssim_with_the_graders_window():
     sr, hr = images(2), images(3)
-    expected = 1 - piq.ssim(sr, hr, data_range=1.0, kernel_size=SSIM_KERNEL, downsample=False)
+    expected = 1 - piq.ssim(sr, hr, data_range=1.0, kernel_size=SSIM_WINDOW, downsample=False)
     assert torch.equal(ssim_loss(sr, hr), expected)
     assert ssim_loss(hr, hr).item() == pytest.approx(0, abs=1e-6)
     assert ssim_loss(sr, hr).item() > 0.5  # unrelated noise has little structure in common
