@@ -18,18 +18,28 @@ from insanesr_dist.commands import Group
 LAZY_COMMANDS = {
     "train": ("insanesr_dist.train:main", "Train InsaneSRNet (one process; accelerate launch for more)."),
     "predict": ("insanesr_dist.predict:main", "Upscale LR images x4: PNG files and/or a submission CSV."),
-    "evaluate": ("insanesr_dist.tools.evaluate:evaluate_command",
-                 "Score predictions against HR images (grader-exact JM)."),
-    "check-submission": ("insanesr_dist.scoring.submission:check_submission_command",
-                         "Check a submission CSV before uploading it."),
+    "evaluate": (
+        "insanesr_dist.tools.evaluate:evaluate_command",
+        "Score predictions against HR images (grader-exact JM).",
+    ),
+    "check-submission": (
+        "insanesr_dist.scoring.submission:check_submission_command",
+        "Check a submission CSV before uploading it.",
+    ),
     "visualize": ("insanesr_dist.tools.visualize:visualize_command", "Draw LR | prediction | ground truth panels."),
-    "export": ("insanesr_dist.tools.export:export_command",
-               "Write a model folder to share (config.json, model.safetensors, model card; --onnx)."),
+    "export": (
+        "insanesr_dist.tools.export:export_command",
+        "Write a model folder to share (config.json, model.safetensors, model card; --onnx).",
+    ),
     "bench": ("insanesr_dist.tools.bench:bench", "Measure speed and peak memory."),
-    "check-data": ("insanesr_dist.tools.check_data:check_data_command",
-                   "List every problem of a dataset (one line per file) before training on it."),
-    "study": ("insanesr_dist.tools.study:study_command",
-              "Model-quality grid: each recipe lever alone and the default preset, at one step budget."),
+    "check-data": (
+        "insanesr_dist.tools.check_data:check_data_command",
+        "List every problem of a dataset (one line per file) before training on it.",
+    ),
+    "study": (
+        "insanesr_dist.tools.study:study_command",
+        "Model-quality grid: each recipe lever alone and the default preset, at one step budget.",
+    ),
 }
 
 
@@ -47,8 +57,15 @@ class LazyGroup(Group):
 
     def format_commands(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
         # The listing uses the stored one-liners, so it imports nothing.
-        rows = [(name, LAZY_COMMANDS[name][1] if name in LAZY_COMMANDS and name not in self.commands
-                 else self.commands[name].get_short_help_str(formatter.width)) for name in self.list_commands(ctx)]
+        rows = [
+            (
+                name,
+                LAZY_COMMANDS[name][1]
+                if name in LAZY_COMMANDS and name not in self.commands
+                else self.commands[name].get_short_help_str(formatter.width),
+            )
+            for name in self.list_commands(ctx)
+        ]
         with formatter.section("Commands"):
             formatter.write_dl(rows)
 
@@ -97,13 +114,25 @@ class HrSize(click.ParamType):
 @click.argument("out_dir", type=click.Path(file_okay=False, path_type=Path))
 @click.option("--num-train", default=200, show_default=True, type=click.IntRange(2), help="Training pairs.")
 @click.option("--num-test", default=20, show_default=True, type=click.IntRange(0), help="LR-only test images.")
-@click.option("--hr-size", default="256", show_default=True, type=HrSize(), metavar="N|WxH",
-              help="HR size: N (square) or WxH, e.g. 2040x1344 (DIV2K); edges multiples of 4, at least 16.")
+@click.option(
+    "--hr-size",
+    default="256",
+    show_default=True,
+    type=HrSize(),
+    metavar="N|WxH",
+    help="HR size: N (square) or WxH, e.g. 2040x1344 (DIV2K); edges multiples of 4, at least 16.",
+)
 @click.option("--seed", default=0, show_default=True, type=int, help="Generator seed.")
-@click.option("--workers", default=None, show_default="usable cores", type=click.IntRange(1),
-              help="Processes drawing frames (the files are the same for any number).")
-def make_demo_data(out_dir: Path, num_train: int, num_test: int, hr_size: tuple[int, int], seed: int,
-                   workers: int | None) -> None:
+@click.option(
+    "--workers",
+    default=None,
+    show_default="usable cores",
+    type=click.IntRange(1),
+    help="Processes drawing frames (the files are the same for any number).",
+)
+def make_demo_data(
+    out_dir: Path, num_train: int, num_test: int, hr_size: tuple[int, int], seed: int, workers: int | None
+) -> None:
     """Write the embedded procedural demo dataset (train/LR, train/HR, test/LR) to OUT_DIR.
 
     Training without --data uses the same data (generated once into ~/.cache/insanesr-dist).
@@ -124,12 +153,12 @@ def make_demo_data(out_dir: Path, num_train: int, num_test: int, hr_size: tuple[
 
     workers = workers or len(os.sched_getaffinity(0))
     try:
-        write_demo_data(out_dir, num_train=num_train, num_test=num_test, hr_size=hr_size, seed=seed,
-                        workers=workers)
+        write_demo_data(out_dir, num_train=num_train, num_test=num_test, hr_size=hr_size, seed=seed, workers=workers)
     except FileExistsError as e:
         raise UserError(str(e)) from None
-    click.echo(f"wrote {num_train} training pairs and {num_test} test images "
-               f"(HR {hr_size[1]}x{hr_size[0]}) to {out_dir}")
+    click.echo(
+        f"wrote {num_train} training pairs and {num_test} test images (HR {hr_size[1]}x{hr_size[0]}) to {out_dir}"
+    )
 
 
 if __name__ == "__main__":

@@ -76,7 +76,10 @@ class RenamedOption(click.Option):
     def consume_value(self, ctx: click.Context, opts):
         if self.name not in opts and self._old_dest in opts:
             if not ctx.resilient_parsing:
-                click.echo(f"{'/'.join(self.old_names)} is deprecated and will be removed; use {self.opts[0]} "
-                           "(the same folder)", err=True)
+                click.echo(
+                    f"{'/'.join(self.old_names)} is deprecated and will be removed; use {self.opts[0]} "
+                    "(the same folder)",
+                    err=True,
+                )
             opts = {**opts, self.name: opts[self._old_dest]}
         return super().consume_value(ctx, opts)

@@ -47,85 +47,150 @@ def model_setting(name: str, *, preset: bool = False) -> Any:
 @dataclass
 class TrainConfig:
     # data
-    data: str | None = setting(None, "Dataset: a DIR with train/LR, train/HR (and test/LR), a DIV2K-like folder "
-                                     "(DIV2K_train_HR, DIV2K_train_LR_bicubic/X4, ...), a save_to_disk folder, a "
-                                     "folder of parquet/arrow/jsonl/csv files (a hub dataset on disk), or a hub "
-                                     "dataset id. Default: the embedded demo data.")
-    hr_dir: str | None = setting(None, "Folder of training HR images (sub-folders included), with --lr-dir: instead "
-                                       "of --data, or in place of its HR folder.")
-    lr_dir: str | None = setting(None, "Folder of the training LR images: same names as the HR files, or with the "
-                                       "scale suffix (0001x4.png for 0001.png).")
-    val_hr_dir: str | None = setting(None, "Folder of validation HR images, with --val-lr-dir: validate on them "
-                                           "instead of splitting --val-fraction off the training pairs.")
+    data: str | None = setting(
+        None,
+        "Dataset: a DIR with train/LR, train/HR (and test/LR), a DIV2K-like folder "
+        "(DIV2K_train_HR, DIV2K_train_LR_bicubic/X4, ...), a save_to_disk folder, a "
+        "folder of parquet/arrow/jsonl/csv files (a hub dataset on disk), or a hub "
+        "dataset id. Default: the embedded demo data.",
+    )
+    hr_dir: str | None = setting(
+        None,
+        "Folder of training HR images (sub-folders included), with --lr-dir: instead "
+        "of --data, or in place of its HR folder.",
+    )
+    lr_dir: str | None = setting(
+        None,
+        "Folder of the training LR images: same names as the HR files, or with the "
+        "scale suffix (0001x4.png for 0001.png).",
+    )
+    val_hr_dir: str | None = setting(
+        None,
+        "Folder of validation HR images, with --val-lr-dir: validate on them "
+        "instead of splitting --val-fraction off the training pairs.",
+    )
     val_lr_dir: str | None = setting(None, "Folder of the validation LR images.")
     test_lr_dir: str | None = setting(None, "Folder of test LR images for the submission CSVs.")
-    lr_from_hr: LrFromHr | None = setting(None, "Make the training and validation LR images from the HR ones "
-                                                "(HR-only sets; LR files are not read): bicubic (OpenCV INTER_CUBIC), "
-                                                "bicubic-antialias (PIL-style), area (OpenCV INTER_AREA); see "
-                                                "degrade.py. HR sizes are first cropped to a multiple of 4.")
-    lr_column: str = setting("lr", "A dataset's column of LR images (images, file paths or encoded bytes); the "
-                                   "test split's too.")
+    lr_from_hr: LrFromHr | None = setting(
+        None,
+        "Make the training and validation LR images from the HR ones "
+        "(HR-only sets; LR files are not read): bicubic (OpenCV INTER_CUBIC), "
+        "bicubic-antialias (PIL-style), area (OpenCV INTER_AREA); see "
+        "degrade.py. HR sizes are first cropped to a multiple of 4.",
+    )
+    lr_column: str = setting(
+        "lr", "A dataset's column of LR images (images, file paths or encoded bytes); the test split's too."
+    )
     hr_column: str = setting("hr", "A dataset's column of HR images (images, file paths or encoded bytes).")
-    id_column: str = setting("id", "A dataset's column of image ids (the submission's names); without one, ids "
-                                   "are 00000.png, 00001.png, ...")
+    id_column: str = setting(
+        "id", "A dataset's column of image ids (the submission's names); without one, ids are 00000.png, 00001.png, ..."
+    )
     val_fraction: float = setting(0.1, "Share of the training pairs held out for validation (seeded split).")
-    patch_size: int = setting(None, "LR crop edge for training (HR crop is 4x); 0 trains on full images."
-                                    + preset_help("patch_size"))
-    streaming: bool = setting(False, "Stream the training pairs as an IterableDataset, sharded per rank; "
-                                     "needs --max-steps.")
+    patch_size: int = setting(
+        None, "LR crop edge for training (HR crop is 4x); 0 trains on full images." + preset_help("patch_size")
+    )
+    streaming: bool = setting(
+        False, "Stream the training pairs as an IterableDataset, sharded per rank; needs --max-steps."
+    )
     num_workers: int = setting(1, "DataLoader worker processes per rank (image decoding happens there).")
-    decoded_cache_mb: int = setting(1024, "Decoded training pairs each DataLoader worker keeps in memory (MB), "
-                                          "so later epochs crop without decoding the PNGs again; 0 disables it.")
-    store_gb: float = setting(64.0, "Decode the training pairs once into a store on disk (GB at most; it must also fit "
-                                    "the free space), memory-mapped by every worker and rank of a node, reused by "
-                                    "later runs; 0: no store (workers decode, see --decoded-cache-mb).")
-    crops_per_decode: int = setting(4, "Without a decoded store (above --store-gb): every this many consecutive "
-                                       "samples of a batch are crops of one decoded pair (a seeded choice per "
-                                       "epoch), so workers decode a 1/N share of the pairs per epoch; 1: one pair "
-                                       "per sample.")
-    store_dir: str | None = setting(None, "Folder of the decoded stores (a fast local disk). Default: beside the "
-                                          "Hugging Face datasets cache.")
-    device_store: DeviceStore = setting("auto", "Keep the decoded training pairs on the GPU and cut each batch's "
-                                                "crops there: auto does so on CUDA when they take at most a quarter "
-                                                "of its memory; on (also on a CPU, in RAM); off.")
-    on_bad_sample: OnBadSample = setting("error", "A bad file or pair (see insanesr-dist check-data): error "
-                                                  "stops before training, naming it; skip leaves it out, logged once.")
-    worker_timeout: float = setting(600, "Seconds to wait for a DataLoader worker's next batch before stopping with an "
-                                         "error (a hung worker must not hang the run); 0 waits forever.")
-    dist_timeout: float = setting(3600, "Seconds a process waits for the others at a collective (e.g. while rank 0 "
-                                        "prepares the dataset caches on a first run) before stopping with an error; "
-                                        "raise it for a first run on a very large dataset.")
-    cpu_threads: int | None = setting(None, "Torch threads per process on CPU. Default: this machine's cores "
-                                            "shared among the local processes (accelerate launch pins 1).")
+    decoded_cache_mb: int = setting(
+        1024,
+        "Decoded training pairs each DataLoader worker keeps in memory (MB), "
+        "so later epochs crop without decoding the PNGs again; 0 disables it.",
+    )
+    store_gb: float = setting(
+        64.0,
+        "Decode the training pairs once into a store on disk (GB at most; it must also fit "
+        "the free space), memory-mapped by every worker and rank of a node, reused by "
+        "later runs; 0: no store (workers decode, see --decoded-cache-mb).",
+    )
+    crops_per_decode: int = setting(
+        4,
+        "Without a decoded store (above --store-gb): every this many consecutive "
+        "samples of a batch are crops of one decoded pair (a seeded choice per "
+        "epoch), so workers decode a 1/N share of the pairs per epoch; 1: one pair "
+        "per sample.",
+    )
+    store_dir: str | None = setting(
+        None, "Folder of the decoded stores (a fast local disk). Default: beside the Hugging Face datasets cache."
+    )
+    device_store: DeviceStore = setting(
+        "auto",
+        "Keep the decoded training pairs on the GPU and cut each batch's "
+        "crops there: auto does so on CUDA when they take at most a quarter "
+        "of its memory; on (also on a CPU, in RAM); off.",
+    )
+    on_bad_sample: OnBadSample = setting(
+        "error",
+        "A bad file or pair (see insanesr-dist check-data): error "
+        "stops before training, naming it; skip leaves it out, logged once.",
+    )
+    worker_timeout: float = setting(
+        600,
+        "Seconds to wait for a DataLoader worker's next batch before stopping with an "
+        "error (a hung worker must not hang the run); 0 waits forever.",
+    )
+    dist_timeout: float = setting(
+        3600,
+        "Seconds a process waits for the others at a collective (e.g. while rank 0 "
+        "prepares the dataset caches on a first run) before stopping with an error; "
+        "raise it for a first run on a very large dataset.",
+    )
+    cpu_threads: int | None = setting(
+        None,
+        "Torch threads per process on CPU. Default: this machine's cores "
+        "shared among the local processes (accelerate launch pins 1).",
+    )
     # optimisation
     epochs: int = setting(10, "Passes over the training pairs (with --streaming: evaluation rounds).")
     max_steps: int | None = setting(None, "Stop after this many optimizer steps (overrides --epochs).")
     batch_size: int = setting(None, "Samples per rank per forward pass." + preset_help("batch_size"))
     grad_accum: int = setting(1, "Forward passes accumulated into one optimizer step.")
     # recipe: unset fields come from the preset (see presets.py), so explicit values always win
-    preset: Preset = setting("default", "Training recipe supplying the defaults marked 'from --preset': seed (the "
-                                        "seed report's exactly) or default (the model-quality study's winner).")
+    preset: Preset = setting(
+        "default",
+        "Training recipe supplying the defaults marked 'from --preset': seed (the "
+        "seed report's exactly) or default (the model-quality study's winner).",
+    )
     lr: float = setting(None, "Peak learning rate of Adam." + preset_help("lr"))
-    schedule: Schedule = setting(None, "Learning-rate schedule after warmup: constant or cosine to 0."
-                                       + preset_help("schedule"))
-    warmup_steps: int = setting(None, "Linear warmup from 0 over this many optimizer steps."
-                                      + preset_help("warmup_steps"))
+    schedule: Schedule = setting(
+        None, "Learning-rate schedule after warmup: constant or cosine to 0." + preset_help("schedule")
+    )
+    warmup_steps: int = setting(
+        None, "Linear warmup from 0 over this many optimizer steps." + preset_help("warmup_steps")
+    )
     loss: Loss = setting(None, "Pixel loss: mse, l1 or charbonnier." + preset_help("loss"))
-    ssim_weight: float = setting(None, "Add this weight times (1 - SSIM) to the pixel loss; 0 disables it."
-                                       + preset_help("ssim_weight"))
-    ema_decay: float = setting(None, "Keep an exponential moving average of the weights with this decay and "
-                                     "validate, save and predict with it; 0 disables it." + preset_help("ema_decay"))
+    ssim_weight: float = setting(
+        None, "Add this weight times (1 - SSIM) to the pixel loss; 0 disables it." + preset_help("ssim_weight")
+    )
+    ema_decay: float = setting(
+        None,
+        "Keep an exponential moving average of the weights with this decay and "
+        "validate, save and predict with it; 0 disables it." + preset_help("ema_decay"),
+    )
     max_grad_norm: float = setting(0.0, "Clip the gradient norm to this value; 0 disables clipping (seed).")
-    max_bad_steps: int = setting(20, "Optimizer steps with a non-finite loss or gradient are skipped; stop the "
-                                     "run after this many in a row (checked every --log-every steps).")
-    mixed_precision: Precision = setting("auto", "auto: the accelerate config's fp16/bf16 if it sets one, else bf16 "
-                                                 "autocast where the hardware has native bf16 (AMX/AVX512-BF16 CPUs, "
-                                                 "Ampere+ GPUs), else float32; no: float32; fp16 (CUDA, with gradient "
-                                                 "scaling); bf16. Validation and submissions always run in float32.")
-    channels_last: bool = setting(True, "Train in channels-last memory format (faster convolutions on CPUs "
-                                        "and tensor cores); the weights files are the same either way.")
-    compile: bool = setting(False, "torch.compile the training forward/backward (the compile time is printed); "
-                                   "on 2 CPU cores it measured slower than eager, so it is off by default.")
+    max_bad_steps: int = setting(
+        20,
+        "Optimizer steps with a non-finite loss or gradient are skipped; stop the "
+        "run after this many in a row (checked every --log-every steps).",
+    )
+    mixed_precision: Precision = setting(
+        "auto",
+        "auto: the accelerate config's fp16/bf16 if it sets one, else bf16 "
+        "autocast where the hardware has native bf16 (AMX/AVX512-BF16 CPUs, "
+        "Ampere+ GPUs), else float32; no: float32; fp16 (CUDA, with gradient "
+        "scaling); bf16. Validation and submissions always run in float32.",
+    )
+    channels_last: bool = setting(
+        True,
+        "Train in channels-last memory format (faster convolutions on CPUs "
+        "and tensor cores); the weights files are the same either way.",
+    )
+    compile: bool = setting(
+        False,
+        "torch.compile the training forward/backward (the compile time is printed); "
+        "on 2 CPU cores it measured slower than eager, so it is off by default.",
+    )
     seed: int = setting(0, "Seed for the split, the shuffling, the crops and the initial weights.")
     # model: ModelConfig's fields, declared there (default, help); `scale` is fixed, see below
     num_rrdb: int = model_setting("num_rrdb")
@@ -134,39 +199,68 @@ class TrainConfig:
     layers_per_block: int = model_setting("layers_per_block")
     output_head: OutputHead = model_setting("output_head", preset=True)
     # starting point and stopping
-    init_from: str | None = setting(None, "Start from these weights (a run directory: its best.safetensors; a "
-                                          ".safetensors file; an exported model folder; a hub id) with a fresh "
-                                          "optimizer and schedule. config.json records the file used.")
-    init_strict: bool = setting(True, "With --init-from: every tensor must fit the model; --no-init-strict copies "
-                                      "those that fit and lists the rest, left at their initial value.")
-    early_stop_patience: int = setting(0, "Stop (as finished) after this many validations without a JM above the "
-                                          "best so far + --early-stop-min-delta; 0: never.")
+    init_from: str | None = setting(
+        None,
+        "Start from these weights (a run directory: its best.safetensors; a "
+        ".safetensors file; an exported model folder; a hub id) with a fresh "
+        "optimizer and schedule. config.json records the file used.",
+    )
+    init_strict: bool = setting(
+        True,
+        "With --init-from: every tensor must fit the model; --no-init-strict copies "
+        "those that fit and lists the rest, left at their initial value.",
+    )
+    early_stop_patience: int = setting(
+        0,
+        "Stop (as finished) after this many validations without a JM above the "
+        "best so far + --early-stop-min-delta; 0: never.",
+    )
     early_stop_min_delta: float = setting(0.0, "The JM gain that counts as better for --early-stop-patience.")
     # checkpoints
-    resume: str = setting("auto", "auto: continue from the newest complete checkpoint in the output dir; "
-                                  "none: start fresh (never over an existing run); or a checkpoint path.")
-    checkpoint_every: int = setting(0, "Also save the full training state every N optimizer steps "
-                                       "(0: only at epoch ends and on preemption).")
+    resume: str = setting(
+        "auto",
+        "auto: continue from the newest complete checkpoint in the output dir; "
+        "none: start fresh (never over an existing run); or a checkpoint path.",
+    )
+    checkpoint_every: int = setting(
+        0, "Also save the full training state every N optimizer steps (0: only at epoch ends and on preemption)."
+    )
     keep_checkpoints: int = setting(2, "Complete checkpoints kept; older ones are deleted (the newest never).")
     # outputs
     output_dir: str | None = setting(None, "Run directory. Default: runs/<timestamp>.")
     log_every: int = setting(10, "Optimizer steps between loss readings (progress bar, TensorBoard).")
-    report_to: str = setting("tensorboard", "Trackers, comma-separated, as accelerate's log_with (mlflow, wandb, "
-                                            "comet_ml, aim, clearml, dvclive, ...): the same scalars and settings; "
-                                            "TensorBoard is always written (panels, hparams).")
+    report_to: str = setting(
+        "tensorboard",
+        "Trackers, comma-separated, as accelerate's log_with (mlflow, wandb, "
+        "comet_ml, aim, clearml, dvclive, ...): the same scalars and settings; "
+        "TensorBoard is always written (panels, hparams).",
+    )
     panel_images: int = setting(4, "Fixed validation images shown as LR|SR|HR panels in TensorBoard.")
     # evaluation cadence and size (the last epoch always validates and writes its submission)
-    val_every: int = setting(1, "Validate (scores, best.safetensors, panels) every N epochs and at the last; "
-                                "other epochs still save latest weights, the checkpoint and the training loss.")
+    val_every: int = setting(
+        1,
+        "Validate (scores, best.safetensors, panels) every N epochs and at the last; "
+        "other epochs still save latest weights, the checkpoint and the training loss.",
+    )
     submit_every: int = setting(1, "Write the test-set submission CSV every N epochs and at the last.")
-    val_every_steps: int = setting(0, "Also validate every N optimizer steps, mid-epoch too, for long or streaming "
-                                      "epochs (0: off); each such validation also saves the checkpoint.")
-    submit_every_steps: int = setting(0, "Also write a submission CSV (submissions/step_NNNNNNN.csv) every N "
-                                         "optimizer steps (0: off).")
-    val_max_images: int = setting(0, "Validate on this many images of the validation split, the same seeded subset "
-                                     "every epoch and run; 0: all of them.")
-    val_tile: int = setting(512, "Validation and test images with an LR edge over this are upscaled in tiles of this "
-                                 "edge (float32, overlap wide enough to equal the whole-image result); 0: never tile.")
+    val_every_steps: int = setting(
+        0,
+        "Also validate every N optimizer steps, mid-epoch too, for long or streaming "
+        "epochs (0: off); each such validation also saves the checkpoint.",
+    )
+    submit_every_steps: int = setting(
+        0, "Also write a submission CSV (submissions/step_NNNNNNN.csv) every N optimizer steps (0: off)."
+    )
+    val_max_images: int = setting(
+        0,
+        "Validate on this many images of the validation split, the same seeded subset "
+        "every epoch and run; 0: all of them.",
+    )
+    val_tile: int = setting(
+        512,
+        "Validation and test images with an LR edge over this are upscaled in tiles of this "
+        "edge (float32, overlap wide enough to equal the whole-image result); 0: never tile.",
+    )
 
     scale: typing.ClassVar[int] = 4  # the competition's factor; the data checks HR == 4 x LR
 
@@ -196,8 +290,7 @@ class TrainConfig:
             (0 <= self.ema_decay < 1, "ema_decay must be in [0, 1)"),
             (self.max_grad_norm >= 0, "max_grad_norm must be >= 0"),
             (self.max_bad_steps >= 1, "max_bad_steps must be >= 1"),
-            (min(self.num_rrdb, self.channels, self.growth, self.layers_per_block) >= 1,
-             "model sizes must be >= 1"),
+            (min(self.num_rrdb, self.channels, self.growth, self.layers_per_block) >= 1, "model sizes must be >= 1"),
             (self.log_every >= 1, "log_every must be >= 1"),
             (self.checkpoint_every >= 0, "checkpoint_every must be >= 0"),
             (self.keep_checkpoints >= 1, "keep_checkpoints must be >= 1"),

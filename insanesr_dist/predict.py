@@ -20,17 +20,16 @@ from accelerate import Accelerator, PartialState
 from accelerate.utils import gather_object
 from tqdm.auto import tqdm
 
-from insanesr_dist.commands import Command
 from insanesr_dist.atomic import atomic_path
-from insanesr_dist.errors import UserError
+from insanesr_dist.commands import Command
 from insanesr_dist.data.images import encode_png
-from insanesr_dist.scoring.submission import write_submission
-from insanesr_dist.inference.tiles import exact_overlap, self_ensemble, upscale_image
 from insanesr_dist.data.tensors import to_chw, to_hwc
+from insanesr_dist.errors import UserError
 from insanesr_dist.inference.forward import PRECISIONS, model_forward
+from insanesr_dist.inference.tiles import exact_overlap, self_ensemble, upscale_image
+from insanesr_dist.scoring.submission import write_submission
 from insanesr_dist.training.precision import runnable_precision
 from insanesr_dist.training.runtime import cores_per_local_process
-
 
 # ---------------------------------------------------------------------------------------------
 # Inputs: a folder of images or a `save_to_disk` dataset with an `lr` column
@@ -117,8 +116,9 @@ def output_names(images: list[InputImage]) -> list[str]:
 # Sharded prediction
 
 
-def predicted_rows(images: list[InputImage], upscale: Callable[[torch.Tensor], torch.Tensor],
-                   accelerator: Accelerator) -> Iterator[tuple[int, bytes]]:
+def predicted_rows(
+    images: list[InputImage], upscale: Callable[[torch.Tensor], torch.Tensor], accelerator: Accelerator
+) -> Iterator[tuple[int, bytes]]:
     """(index, PNG bytes) of every image, in order, on every rank; rank r predicts r, r+P, r+2P, ...
 
     Every rank must iterate to the end: each round is a collective. A bad image fails on its rank and is
@@ -126,8 +126,13 @@ def predicted_rows(images: list[InputImage], upscale: Callable[[torch.Tensor], t
     """
     world, rank = accelerator.num_processes, accelerator.process_index
     # Only on a terminal: in a log, a bar's carriage returns would glue an error onto its last line.
-    with tqdm(total=len(images), desc="predict", leave=False, dynamic_ncols=True,
-              disable=not (accelerator.is_local_main_process and sys.stderr.isatty())) as bar:
+    with tqdm(
+        total=len(images),
+        desc="predict",
+        leave=False,
+        dynamic_ncols=True,
+        disable=not (accelerator.is_local_main_process and sys.stderr.isatty()),
+    ) as bar:
         for first in range(0, len(images), world):
             local = []
             if first + rank < len(images):
@@ -143,8 +148,20 @@ def predicted_rows(images: list[InputImage], upscale: Callable[[torch.Tensor], t
             bar.update(len(got))
 
 
-def predict(*, checkpoint: Path, inputs: Path, output_dir: Path | None, csv: Path | None, split: str | None,
-            tile: int, overlap: int, batch_size: int, tta: bool, precision: str, allow_pickle: bool = False) -> None:
+def predict(
+    *,
+    checkpoint: Path,
+    inputs: Path,
+    output_dir: Path | None,
+    csv: Path | None,
+    split: str | None,
+    tile: int,
+    overlap: int,
+    batch_size: int,
+    tta: bool,
+    precision: str,
+    allow_pickle: bool = False,
+) -> None:
     """Upscale every input, write the PNGs and/or the CSV (main process), print a one-line summary."""
     from insanesr_dist.model.weights import load_model
 
@@ -165,8 +182,7 @@ def predict(*, checkpoint: Path, inputs: Path, output_dir: Path | None, csv: Pat
     forward = self_ensemble(forward) if tta else forward
 
     def upscale(lr: torch.Tensor) -> torch.Tensor:
-        return upscale_image(forward, lr, tile=tile, overlap=overlap, batch_size=batch_size,
-                             device=accelerator.device)
+        return upscale_image(forward, lr, tile=tile, overlap=overlap, batch_size=batch_size, device=accelerator.device)
 
     main = accelerator.is_main_process
     rows = predicted_rows(images, upscale, accelerator)
@@ -187,40 +203,92 @@ def predict(*, checkpoint: Path, inputs: Path, output_dir: Path | None, csv: Pat
     accelerator.print(
         f"predicted {len(images)} images -> {' and '.join(str(p) for p in (output_dir, csv) if p)} in "
         f"{time.perf_counter() - started:.1f}s ({accelerator.num_processes} process(es) on {accelerator.device.type}, "
-        f"precision {precision}{note}, {tiling}, TTA {'x8' if tta else 'off'})")
+        f"precision {precision}{note}, {tiling}, TTA {'x8' if tta else 'off'})"
+    )
     accelerator.wait_for_everyone()
     accelerator.end_training()  # leaves the process group cleanly, so every rank exits 0
 
 
 @click.command("predict", cls=Command, context_settings={"max_content_width": 110})
-@click.option("--checkpoint", required=True, type=click.Path(path_type=Path),
-              help="A .safetensors weights file (best.safetensors or latest.safetensors; the model config is in it), "
-                   "or a model folder written by `insanesr-dist export`.")
-@click.option("--input", "inputs", required=True, type=click.Path(exists=True, path_type=Path),
-              help="A folder of LR images (or one image), or a save_to_disk dataset with an 'lr' image column "
-                   "(and optionally 'id').")
-@click.option("--output-dir", type=click.Path(file_okay=False, path_type=Path),
-              help="Write one PNG per input here, named like the input with a .png suffix.")
-@click.option("--csv", type=click.Path(dir_okay=False, path_type=Path),
-              help="Write a submission CSV (id = the input file name, Encoded Image = base64 PNG).")
+@click.option(
+    "--checkpoint",
+    required=True,
+    type=click.Path(path_type=Path),
+    help="A .safetensors weights file (best.safetensors or latest.safetensors; the model config is in it), "
+    "or a model folder written by `insanesr-dist export`.",
+)
+@click.option(
+    "--input",
+    "inputs",
+    required=True,
+    type=click.Path(exists=True, path_type=Path),
+    help="A folder of LR images (or one image), or a save_to_disk dataset with an 'lr' image column "
+    "(and optionally 'id').",
+)
+@click.option(
+    "--output-dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    help="Write one PNG per input here, named like the input with a .png suffix.",
+)
+@click.option(
+    "--csv",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Write a submission CSV (id = the input file name, Encoded Image = base64 PNG).",
+)
 @click.option("--split", help="Which split of a saved DatasetDict to predict. [default: test, if present]")
-@click.option("--tile", default=128, show_default=True, type=click.IntRange(0),
-              help="Tile edge in LR pixels; 0 upscales each image whole.")
-@click.option("--tile-overlap", "overlap", default=16, show_default=True, type=click.IntRange(0),
-              help="LR pixels of context each tile reads beyond its share on every side; seams are blended over "
-                   "half of it. From 106 (default model; 4/3 of its receptive radius of 79) tiles give the untiled "
-                   "result exactly; 16 stays within 1/255 in practice.")
-@click.option("--batch-size", default=4, show_default=True, type=click.IntRange(1),
-              help="Tiles per forward pass (per process).")
-@click.option("--tta/--no-tta", default=False, show_default=True,
-              help="x8 self-ensemble: average over the 4 rotations of the image and of its mirror (8x slower).")
-@click.option("--mixed-precision", "precision", default="no", show_default=True, type=click.Choice(list(PRECISIONS)),
-              help="no = float32 forward (IEEE: no TF32 on GPUs); bf16/fp16 autocast (fp16 needs CUDA; on a CPU "
-                   "it becomes bf16).")
-@click.option("--allow-pickle", is_flag=True,
-              help="Also accept a PyTorch pickle state_dict (.pth/.pt): pickles can run code, so only trusted files.")
-def main(checkpoint: Path, inputs: Path, output_dir: Path | None, csv: Path | None, split: str | None, tile: int,
-         overlap: int, batch_size: int, tta: bool, precision: str, allow_pickle: bool) -> None:
+@click.option(
+    "--tile",
+    default=128,
+    show_default=True,
+    type=click.IntRange(0),
+    help="Tile edge in LR pixels; 0 upscales each image whole.",
+)
+@click.option(
+    "--tile-overlap",
+    "overlap",
+    default=16,
+    show_default=True,
+    type=click.IntRange(0),
+    help="LR pixels of context each tile reads beyond its share on every side; seams are blended over "
+    "half of it. From 106 (default model; 4/3 of its receptive radius of 79) tiles give the untiled "
+    "result exactly; 16 stays within 1/255 in practice.",
+)
+@click.option(
+    "--batch-size", default=4, show_default=True, type=click.IntRange(1), help="Tiles per forward pass (per process)."
+)
+@click.option(
+    "--tta/--no-tta",
+    default=False,
+    show_default=True,
+    help="x8 self-ensemble: average over the 4 rotations of the image and of its mirror (8x slower).",
+)
+@click.option(
+    "--mixed-precision",
+    "precision",
+    default="no",
+    show_default=True,
+    type=click.Choice(list(PRECISIONS)),
+    help="no = float32 forward (IEEE: no TF32 on GPUs); bf16/fp16 autocast (fp16 needs CUDA; on a CPU "
+    "it becomes bf16).",
+)
+@click.option(
+    "--allow-pickle",
+    is_flag=True,
+    help="Also accept a PyTorch pickle state_dict (.pth/.pt): pickles can run code, so only trusted files.",
+)
+def main(
+    checkpoint: Path,
+    inputs: Path,
+    output_dir: Path | None,
+    csv: Path | None,
+    split: str | None,
+    tile: int,
+    overlap: int,
+    batch_size: int,
+    tta: bool,
+    precision: str,
+    allow_pickle: bool,
+) -> None:
     """Upscale LR images x4 with a trained InsaneSRNet: PNG files and/or a submission CSV.
 
     \b
@@ -233,8 +301,19 @@ def main(checkpoint: Path, inputs: Path, output_dir: Path | None, csv: Path | No
     if not output_dir and not csv:
         raise click.UsageError("nothing to write: give --output-dir, --csv or both")
     try:
-        predict(checkpoint=checkpoint, inputs=inputs, output_dir=output_dir, csv=csv, split=split, tile=tile,
-                overlap=overlap, batch_size=batch_size, tta=tta, precision=precision, allow_pickle=allow_pickle)
+        predict(
+            checkpoint=checkpoint,
+            inputs=inputs,
+            output_dir=output_dir,
+            csv=csv,
+            split=split,
+            tile=tile,
+            overlap=overlap,
+            batch_size=batch_size,
+            tta=tta,
+            precision=precision,
+            allow_pickle=allow_pickle,
+        )
     except UserError:
         if not PartialState().is_main_process:
             raise SystemExit(1) from None  # the main process prints the one error line

@@ -11,10 +11,28 @@ PRESETS: dict[str, dict[str, object]] = {
     # The report: InsaneSRNet with sigmoid(tail + bilinear skip), nn.MSELoss, Adam(lr=1e-4) with no schedule,
     # whole training images. Deviations: it states no batch size (16 is this toolkit's), and the toolkit's random
     # flips/90-degree rotations still apply to whole images (the report shows no augmentation).
-    "seed": dict(output_head="sigmoid", loss="mse", ssim_weight=0.0, lr=1e-4, schedule="constant",
-                 warmup_steps=0, ema_decay=0.0, patch_size=0, batch_size=16),
-    "default": dict(output_head="residual", loss="l1", ssim_weight=0.5, lr=5e-4, schedule="cosine",
-                    warmup_steps=10, ema_decay=0.999, patch_size=32, batch_size=16),
+    "seed": dict(
+        output_head="sigmoid",
+        loss="mse",
+        ssim_weight=0.0,
+        lr=1e-4,
+        schedule="constant",
+        warmup_steps=0,
+        ema_decay=0.0,
+        patch_size=0,
+        batch_size=16,
+    ),
+    "default": dict(
+        output_head="residual",
+        loss="l1",
+        ssim_weight=0.5,
+        lr=5e-4,
+        schedule="cosine",
+        warmup_steps=10,
+        ema_decay=0.999,
+        patch_size=32,
+        batch_size=16,
+    ),
 }
 
 

@@ -34,8 +34,17 @@ from insanesr_dist.config import TrainConfig, field_specs, read_config_file, sav
 from insanesr_dist.data import sources
 from insanesr_dist.data.crops import DevicePairs, DevicePlans, augment
 from insanesr_dist.data.demo import ensure_demo_data
-from insanesr_dist.data.loaders import (EvalImages, StreamedPairs, collate_windows, eval_loader, loader_kwargs,
-                                        start_worker_server, store_rows, streaming_train, train_loader)
+from insanesr_dist.data.loaders import (
+    EvalImages,
+    StreamedPairs,
+    collate_windows,
+    eval_loader,
+    loader_kwargs,
+    start_worker_server,
+    store_rows,
+    streaming_train,
+    train_loader,
+)
 from insanesr_dist.data.splits import Splits, check_patch_size, load_splits
 from insanesr_dist.errors import UserError
 from insanesr_dist.inference.forward import float32_forward
@@ -55,8 +64,15 @@ from insanesr_dist.training.precision import resolve_precision
 from insanesr_dist.training.preemption import PREEMPTED_EXIT_CODE, PreemptionFlag, requeue_if_slurm
 from insanesr_dist.training.resume import budget_grew, continued, resume_point, total_steps_of
 from insanesr_dist.training.runtime import cores_per_local_process, stall_message, start_processes
-from insanesr_dist.training.tracking import (end_hparams, keep_epoch_records, log_epoch, log_evaluation, log_panels,
-                                             start_hparams, trackers)
+from insanesr_dist.training.tracking import (
+    end_hparams,
+    keep_epoch_records,
+    log_epoch,
+    log_evaluation,
+    log_panels,
+    start_hparams,
+    trackers,
+)
 
 
 def train(cfg: TrainConfig) -> Path:
@@ -82,8 +98,9 @@ def train(cfg: TrainConfig) -> Path:
         if isinstance(e, UserError):  # shown as one line: the traceback is noise
             raise e.with_traceback(None) from None
         # A wait that ran out or a lost peer (runtime.py), a full disk or another I/O failure (faults.py): one line
-        problem = (stall_message(e, dist_timeout=cfg.dist_timeout, worker_timeout=cfg.worker_timeout)
-                   or (faults.io_failure(e) if isinstance(e, Exception) else None))
+        problem = stall_message(e, dist_timeout=cfg.dist_timeout, worker_timeout=cfg.worker_timeout) or (
+            faults.io_failure(e) if isinstance(e, Exception) else None
+        )
         if problem is None:  # a bug, Ctrl-C or the preemption exit: as it is
             raise
         raise UserError(problem) from None
@@ -103,8 +120,9 @@ def _train(cfg: TrainConfig, preemption: PreemptionFlag) -> Path:
             return out_dir
         extended_from, state = state.total_steps, dataclasses.replace(state, finished=False)
     run, state = _set_up(cfg, launch, out_dir, resume_from, state, extended_from, preemption)
-    progress = Progress(step=state.step, best_jm=state.best_jm, stale=state.stale_validations,
-                        stale_reference=state.stale_reference)
+    progress = Progress(
+        step=state.step, best_jm=state.best_jm, stale=state.stale_validations, stale_reference=state.stale_reference
+    )
     for epoch in range(state.epoch, run.epochs + 1):
         # A resumed run goes on from the first batch of its epoch not yet trained on.
         trained = _train_epoch(run, progress, epoch, resumed=state if epoch == state.epoch else None)
@@ -183,9 +201,15 @@ def _due(step: int, every_steps: int) -> bool:  # --val-every-steps, --submit-ev
 # Set-up
 
 
-def _set_up(cfg: TrainConfig, launch: PartialState, out_dir: Path, resume_from: Path | None,
-            state: checkpoint.TrainState, extended_from: int,
-            preemption: PreemptionFlag) -> tuple[Run, checkpoint.TrainState]:
+def _set_up(
+    cfg: TrainConfig,
+    launch: PartialState,
+    out_dir: Path,
+    resume_from: Path | None,
+    state: checkpoint.TrainState,
+    extended_from: int,
+    preemption: PreemptionFlag,
+) -> tuple[Run, checkpoint.TrainState]:
     """Everything the loop needs, in the order that makes a seed reproduce a run: the accelerator and seed, the
     data, the model's initial weights, the optimizer and EMA, the checkpoint's state; then the run directory's
     config, trackers and the plan's lines. Returns the run and the state it continues (adapted to this launch)."""
@@ -218,30 +242,47 @@ def _set_up(cfg: TrainConfig, launch: PartialState, out_dir: Path, resume_from: 
     epochs = math.ceil(total_steps / batches.steps_per_epoch)
     if resume_from:  # another process count or precision than the checkpoint's: say so, adapt the budget
         state, total_steps = continued(accelerator, state, cfg, batches.steps_per_epoch, total_steps)
-    run = Run(cfg=cfg, accelerator=accelerator, out_dir=out_dir, preemption=preemption, model=model,
-              # Training runs through the compiled module; evaluation, EMA and saving use `model` itself.
-              train_model=torch.compile(model) if cfg.compile else model,
-              optimizer=optimizer, ema=ema, bad_steps=bad_steps, batches=batches, device_pairs=device_pairs,
-              val_dl=eval_dls[0], test_dl=eval_dls[1] if len(eval_dls) > 1 else None,
-              test_ids=splits.test["id"] if splits.test is not None else None, panel_images=[],
-              tile_overlap=tile_overlap, steps_per_epoch=batches.steps_per_epoch, total_steps=total_steps,
-              epochs=epochs, first_step=state.step,
-              # Reading the preemption flag is a reduction plus a host sync: free on a CPU, where every op is
-              # synchronous anyway, but a stall of the CUDA queue, so on GPUs it is read at logging steps only.
-              check_every=cfg.log_every if accelerator.device.type == "cuda" else 1)
+    run = Run(
+        cfg=cfg,
+        accelerator=accelerator,
+        out_dir=out_dir,
+        preemption=preemption,
+        model=model,
+        # Training runs through the compiled module; evaluation, EMA and saving use `model` itself.
+        train_model=torch.compile(model) if cfg.compile else model,
+        optimizer=optimizer,
+        ema=ema,
+        bad_steps=bad_steps,
+        batches=batches,
+        device_pairs=device_pairs,
+        val_dl=eval_dls[0],
+        test_dl=eval_dls[1] if len(eval_dls) > 1 else None,
+        test_ids=splits.test["id"] if splits.test is not None else None,
+        panel_images=[],
+        tile_overlap=tile_overlap,
+        steps_per_epoch=batches.steps_per_epoch,
+        total_steps=total_steps,
+        epochs=epochs,
+        first_step=state.step,
+        # Reading the preemption flag is a reduction plus a host sync: free on a CPU, where every op is
+        # synchronous anyway, but a stall of the CUDA queue, so on GPUs it is read at logging steps only.
+        check_every=cfg.log_every if accelerator.device.type == "cuda" else 1,
+    )
 
     if accelerator.is_main_process:
         out_dir.mkdir(parents=True, exist_ok=True)
         save_config(cfg, out_dir / run_files.CONFIG)
         if resume_from:  # epochs after the checkpoint will be run (and recorded) again
             keep_epoch_records(out_dir / run_files.METRICS, before=state.epoch)
-    accelerator.init_trackers(run_files.LOGS, init_kwargs={"mlflow": {"run_name": out_dir.name},
-                                                           "wandb": {"name": out_dir.name}})
+    accelerator.init_trackers(
+        run_files.LOGS, init_kwargs={"mlflow": {"run_name": out_dir.name}, "wandb": {"name": out_dir.name}}
+    )
     start_hparams(accelerator, cfg.hparams())  # settings + final val JM, speed, memory in the hparams tab
     if accelerator.is_main_process:
         images = EvalImages(splits.val, with_hr=True, pixels=splits.pixels)
-        run.panel_images = [(splits.val[i]["id"], *images[i][1:])
-                            for i in range(min(cfg.panel_images, len(splits.val)))]
+        run.panel_images = [
+            (splits.val[i]["id"], *images[i][1:]) for i in range(min(cfg.panel_images, len(splits.val)))
+        ]
     _say_plan(run, splits, val_count, kept, resume_from, state, extended_from)
     return run, state
 
@@ -274,11 +315,20 @@ def _data(cfg: TrainConfig, accelerator: Accelerator) -> tuple[Splits, int, list
     with accelerator.main_process_first():
         given = sources.given_folders(cfg.to_dict())
         data = cfg.data or (None if given["train_hr"] or given["train_lr"] else str(ensure_demo_data()))
-        splits = load_splits(data, val_fraction=cfg.val_fraction, seed=cfg.seed, scale=cfg.scale,
-                             on_bad_sample=cfg.on_bad_sample, patch_size=cfg.patch_size,
-                             store_dir=cfg.store_dir, store_gb=cfg.store_gb,
-                             columns=(cfg.lr_column, cfg.hr_column, cfg.id_column), folders=given,
-                             lr_from_hr=cfg.lr_from_hr, say=accelerator.print)
+        splits = load_splits(
+            data,
+            val_fraction=cfg.val_fraction,
+            seed=cfg.seed,
+            scale=cfg.scale,
+            on_bad_sample=cfg.on_bad_sample,
+            patch_size=cfg.patch_size,
+            store_dir=cfg.store_dir,
+            store_gb=cfg.store_gb,
+            columns=(cfg.lr_column, cfg.hr_column, cfg.id_column),
+            folders=given,
+            lr_from_hr=cfg.lr_from_hr,
+            say=accelerator.print,
+        )
     check_patch_size(splits.train, cfg.patch_size, cfg.batch_size, splits.source)
     val_count = len(splits.val)
     kept = val_subset(val_count, cfg.val_max_images, cfg.seed)
@@ -287,8 +337,9 @@ def _data(cfg: TrainConfig, accelerator: Accelerator) -> tuple[Splits, int, list
     return splits, val_count, kept
 
 
-def _loaders(cfg: TrainConfig, splits: Splits,
-             accelerator: Accelerator) -> tuple[DataLoader, DataLoader | None, DataLoader, DevicePairs | None]:
+def _loaders(
+    cfg: TrainConfig, splits: Splits, accelerator: Accelerator
+) -> tuple[DataLoader, DataLoader | None, DataLoader, DevicePairs | None]:
     """The validation and test loaders, the training loader (a stream's, the device store's plans, or the
     workers' crops) and the device store, if any."""
     workers = dict(num_workers=cfg.num_workers, timeout=cfg.worker_timeout)
@@ -298,22 +349,49 @@ def _loaders(cfg: TrainConfig, splits: Splits,
     device_pairs, device_note = _device_pairs(cfg, splits, accelerator.device)
     accelerator.print(device_note)
     if cfg.streaming:
-        stream = streaming_train(splits.train, seed=cfg.seed, rank=accelerator.process_index,
-                                 world_size=accelerator.num_processes, workers=cfg.num_workers)
+        stream = streaming_train(
+            splits.train,
+            seed=cfg.seed,
+            rank=accelerator.process_index,
+            world_size=accelerator.num_processes,
+            workers=cfg.num_workers,
+        )
         samples = StreamedPairs(stream, pixels=splits.pixels, crops_per_decode=cfg.crops_per_decode, **crops)
-        train_dl = DataLoader(samples, batch_size=cfg.batch_size, collate_fn=collate_windows,
-                              **loader_kwargs(cfg.num_workers, persistent=False, timeout=cfg.worker_timeout))
+        train_dl = DataLoader(
+            samples,
+            batch_size=cfg.batch_size,
+            collate_fn=collate_windows,
+            **loader_kwargs(cfg.num_workers, persistent=False, timeout=cfg.worker_timeout),
+        )
     elif device_pairs is not None:  # the loader only plans: the crops are cut on the device
-        train_dl = DataLoader(DevicePlans(device_pairs), batch_size=cfg.batch_size, shuffle=True,
-                              drop_last=len(splits.train) >= cfg.batch_size)
+        train_dl = DataLoader(
+            DevicePlans(device_pairs),
+            batch_size=cfg.batch_size,
+            shuffle=True,
+            drop_last=len(splits.train) >= cfg.batch_size,
+        )
     else:
-        train_dl = train_loader(splits.train, batch_size=cfg.batch_size, cache_mb=cfg.decoded_cache_mb,
-                                pixels=splits.pixels, crops_per_decode=cfg.crops_per_decode, **workers, **crops)
+        train_dl = train_loader(
+            splits.train,
+            batch_size=cfg.batch_size,
+            cache_mb=cfg.decoded_cache_mb,
+            pixels=splits.pixels,
+            crops_per_decode=cfg.crops_per_decode,
+            **workers,
+            **crops,
+        )
     return val_dl, test_dl, train_dl, device_pairs
 
 
-def _say_plan(run: Run, splits: Splits, val_count: int, kept: list[int] | None, resume_from: Path | None,
-              state: checkpoint.TrainState, extended_from: int) -> None:
+def _say_plan(
+    run: Run,
+    splits: Splits,
+    val_count: int,
+    kept: list[int] | None,
+    resume_from: Path | None,
+    state: checkpoint.TrainState,
+    extended_from: int,
+) -> None:
     """The run's two opening lines: what it trains on, with what, for how long; and how it evaluates."""
     cfg, accelerator = run.cfg, run.accelerator
     accelerator.print(
@@ -323,19 +401,32 @@ def _say_plan(run: Run, splits: Splits, val_count: int, kept: list[int] | None, 
         f"{accelerator.device.type}, precision {accelerator.mixed_precision}; {run.epochs} epoch(s), "
         f"{run.total_steps} steps -> {run.out_dir}"
         + (f"\nresuming from {resume_from} (epoch {state.epoch}, step {state.step})" if resume_from else "")
-        + (f"; the run had finished: its budget grows from {extended_from} to {run.total_steps} steps, the learning "
-           f"rate follows the {cfg.schedule} schedule of the new total from step {state.step}" if extended_from else "")
+        + (
+            f"; the run had finished: its budget grows from {extended_from} to {run.total_steps} steps, the learning "
+            f"rate follows the {cfg.schedule} schedule of the new total from step {state.step}"
+            if extended_from
+            else ""
+        )
     )
     val_ids = list(splits.val["id"]) if "id" in splits.val.column_names else []
     accelerator.print(
         f"evaluation: validate every {cfg.val_every} epoch(s)"
         + (f" and {cfg.val_every_steps} steps" if cfg.val_every_steps else "")
         + f" and at the last, submission every {cfg.submit_every}"
-        + (f" and {cfg.submit_every_steps} steps" if cfg.submit_every_steps else "") + "; "
-        + (f"{len(splits.val)} of {val_count} val images (seeded subset: {', '.join(map(str, val_ids[:8]))}"
-           f"{', ...' if len(val_ids) > 8 else ''})" if kept is not None else f"all {val_count} val images")
-        + (f"; images with an LR edge over {cfg.val_tile} in tiles of {cfg.val_tile} (overlap {run.tile_overlap})"
-           if cfg.val_tile else "; whole images (no tiles)"))
+        + (f" and {cfg.submit_every_steps} steps" if cfg.submit_every_steps else "")
+        + "; "
+        + (
+            f"{len(splits.val)} of {val_count} val images (seeded subset: {', '.join(map(str, val_ids[:8]))}"
+            f"{', ...' if len(val_ids) > 8 else ''})"
+            if kept is not None
+            else f"all {val_count} val images"
+        )
+        + (
+            f"; images with an LR edge over {cfg.val_tile} in tiles of {cfg.val_tile} (overlap {run.tile_overlap})"
+            if cfg.val_tile
+            else "; whole images (no tiles)"
+        )
+    )
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -352,8 +443,14 @@ def _train_epoch(run: Run, progress: Progress, epoch: int, resumed: checkpoint.T
     skip = resumed.batches_done if resumed else 0  # trained on before the interruption
     steps = min(run.steps_per_epoch, run.total_steps - (epoch - 1) * run.steps_per_epoch)  # --max-steps: fewer
     batches, epoch_batches = run.batches.of_epoch(epoch, skip, steps)
-    bar = tqdm(total=steps, initial=skip // cfg.grad_accum, desc=f"epoch {epoch}/{run.epochs}", leave=False,
-               dynamic_ncols=True, disable=not accelerator.is_local_main_process)
+    bar = tqdm(
+        total=steps,
+        initial=skip // cfg.grad_accum,
+        desc=f"epoch {epoch}/{run.epochs}",
+        leave=False,
+        dynamic_ncols=True,
+        disable=not accelerator.is_local_main_process,
+    )
     # The epoch's running loss: this rank's sum and its count of batches; after an interruption, the sum over
     # the ranks that was saved, shared out again (the mean over ranks is the same).
     loss_sum = torch.tensor(resumed.loss_sum / accelerator.num_processes if skip else 0.0, device=accelerator.device)
@@ -374,8 +471,9 @@ def _train_epoch(run: Run, progress: Progress, epoch: int, resumed: checkpoint.T
             run.ema.update(accelerator.unwrap_model(run.model))
         bar.update()
         if cfg.compile and progress.step == run.first_step + 1:
-            accelerator.print(f"torch.compile: the first step took {time.perf_counter() - started:.1f} s "
-                              "(compilation included)")
+            accelerator.print(
+                f"torch.compile: the first step took {time.perf_counter() - started:.1f} s (compilation included)"
+            )
         if progress.step % cfg.log_every == 0:  # the only per-step host sync besides the preemption check
             _log_step(run, progress.step, loss, bar, *since_log.rates(loss_batches))
         if progress.step >= run.total_steps:
@@ -383,11 +481,18 @@ def _train_epoch(run: Run, progress: Progress, epoch: int, resumed: checkpoint.T
         # --val-every-steps/--submit-every-steps before the epoch's last step (which the epoch end evaluates):
         # not in metrics.jsonl (a line per epoch), but in TensorBoard, the console, the weights and a CSV.
         mid_epoch = batches_done < epoch_batches
-        validating, submitting = (mid_epoch and _due(progress.step, every)
-                                  for every in (cfg.val_every_steps, cfg.submit_every_steps))
+        validating, submitting = (
+            mid_epoch and _due(progress.step, every) for every in (cfg.val_every_steps, cfg.submit_every_steps)
+        )
         if validating or submitting:
-            scores, improved, took = _evaluate(run, progress, epoch, validating=validating, submitting=submitting,
-                                               submission=f"step_{progress.step:07d}.csv")
+            scores, improved, took = _evaluate(
+                run,
+                progress,
+                epoch,
+                validating=validating,
+                submitting=submitting,
+                submission=f"step_{progress.step:07d}.csv",
+            )
             log_evaluation(accelerator, scores, step=progress.step, epoch=epoch, seconds=took, improved=improved)
             eval_seconds += took
             since_log.leave_out(took)  # the next samples/s reading counts training time only
@@ -403,9 +508,13 @@ def _train_epoch(run: Run, progress: Progress, epoch: int, resumed: checkpoint.T
     run.bad_steps.read(progress.step, accelerator.print)  # before validation and any write of this epoch
     train_loss = accelerator.reduce(loss_sum / max(1, loss_batches), "mean").item()
     seconds = time.perf_counter() - started - eval_seconds
-    return {"train_loss": train_loss, "seconds": seconds,
-            "samples_per_s": (loss_batches - skip) * cfg.batch_size * accelerator.num_processes / seconds,
-            "data_wait_fraction": data_wait.seconds / seconds, "mid_epoch_eval_seconds": eval_seconds}
+    return {
+        "train_loss": train_loss,
+        "seconds": seconds,
+        "samples_per_s": (loss_batches - skip) * cfg.batch_size * accelerator.num_processes / seconds,
+        "data_wait_fraction": data_wait.seconds / seconds,
+        "mid_epoch_eval_seconds": eval_seconds,
+    }
 
 
 def _train_on(run: Run, batch, step: int) -> torch.Tensor:
@@ -419,8 +528,9 @@ def _train_on(run: Run, batch, step: int) -> torch.Tensor:
         if accelerator.sync_gradients and cfg.max_grad_norm:
             accelerator.clip_grad_norm_(model.parameters(), cfg.max_grad_norm)
         for group in optimizer.param_groups:
-            group["lr"] = lr_at(step, peak=cfg.lr, warmup=cfg.warmup_steps, total=run.total_steps,
-                                schedule=cfg.schedule)
+            group["lr"] = lr_at(
+                step, peak=cfg.lr, warmup=cfg.warmup_steps, total=run.total_steps, schedule=cfg.schedule
+            )
         if accelerator.sync_gradients:  # non-finite gradients turn this step into a no-op (faults.py)
             run.bad_steps.check(model.parameters())
         optimizer.step()
@@ -433,8 +543,15 @@ def _log_step(run: Run, step: int, loss: torch.Tensor, bar, samples_per_s: float
     accelerator = run.accelerator
     loss_now = accelerator.reduce(loss.detach(), "mean").item()
     bar.set_postfix(loss=f"{loss_now:.6f}")
-    accelerator.log({"train/loss": loss_now, "train/lr": run.optimizer.param_groups[0]["lr"],
-                     "perf/train_samples_per_s": samples_per_s, "perf/data_wait_fraction": wait_share}, step=step)
+    accelerator.log(
+        {
+            "train/loss": loss_now,
+            "train/lr": run.optimizer.param_groups[0]["lr"],
+            "perf/train_samples_per_s": samples_per_s,
+            "perf/data_wait_fraction": wait_share,
+        },
+        step=step,
+    )
     run.bad_steps.read(step, accelerator.print)  # logs skipped steps; stops past --max-bad-steps
 
 
@@ -447,29 +564,47 @@ def _end_epoch(run: Run, progress: Progress, epoch: int, trained: dict) -> bool:
     # this epoch's.
     final = epoch == run.epochs or _out_of_patience(cfg, progress)
     validating = evaluates_at(epoch, cfg.val_every, run.epochs) or _due(progress.step, cfg.val_every_steps) or final
-    submitting = (evaluates_at(epoch, cfg.submit_every, run.epochs) or _due(progress.step, cfg.submit_every_steps)
-                  or final)
+    submitting = (
+        evaluates_at(epoch, cfg.submit_every, run.epochs) or _due(progress.step, cfg.submit_every_steps) or final
+    )
     scores, improved, eval_seconds = _evaluate(
-        run, progress, epoch, validating=validating and progress.last_validation[0] != progress.step,
+        run,
+        progress,
+        epoch,
+        validating=validating and progress.last_validation[0] != progress.step,
         submitting=submitting and progress.last_submission != progress.step,
-        submission=f"epoch_{epoch:03d}.csv")
+        submission=f"epoch_{epoch:03d}.csv",
+    )
     if not final and _out_of_patience(cfg, progress):  # at this validation: the run ends here, with a CSV as the last
         final = True
-        eval_seconds += _evaluate(run, progress, epoch, validating=False,
-                                  submitting=progress.last_submission != progress.step,
-                                  submission=f"epoch_{epoch:03d}.csv")[2]
+        eval_seconds += _evaluate(
+            run,
+            progress,
+            epoch,
+            validating=False,
+            submitting=progress.last_submission != progress.step,
+            submission=f"epoch_{epoch:03d}.csv",
+        )[2]
     # A record without validation keys at epochs that skip it (see tracking.log_epoch).
-    record = {"epoch": epoch, "step": progress.step, "train_loss": trained["train_loss"],
-              **(scores or progress.scores_now()), "seconds": trained["seconds"],
-              "samples_per_s": trained["samples_per_s"], "data_wait_fraction": trained["data_wait_fraction"],
-              "eval_seconds": trained["mid_epoch_eval_seconds"] + eval_seconds}
+    record = {
+        "epoch": epoch,
+        "step": progress.step,
+        "train_loss": trained["train_loss"],
+        **(scores or progress.scores_now()),
+        "seconds": trained["seconds"],
+        "samples_per_s": trained["samples_per_s"],
+        "data_wait_fraction": trained["data_wait_fraction"],
+        "eval_seconds": trained["mid_epoch_eval_seconds"] + eval_seconds,
+    }
     log_epoch(accelerator, run.out_dir, record, run.epochs, improved)
 
     _save(run, progress, epoch + 1, 0, torch.zeros((), device=accelerator.device), 0, finished=final)
     if final and epoch < run.epochs:
-        accelerator.print(f"early stop: {progress.stale} validation(s) without a JM above "
-                          f"{progress.stale_reference:.4f} + {cfg.early_stop_min_delta:g} (--early-stop-patience "
-                          f"{cfg.early_stop_patience}); the run is finished")
+        accelerator.print(
+            f"early stop: {progress.stale} validation(s) without a JM above "
+            f"{progress.stale_reference:.4f} + {cfg.early_stop_min_delta:g} (--early-stop-patience "
+            f"{cfg.early_stop_patience}); the run is finished"
+        )
         return True
     if torch.cuda.is_available():
         torch.cuda.empty_cache()
@@ -478,8 +613,9 @@ def _end_epoch(run: Run, progress: Progress, epoch: int, trained: dict) -> bool:
     return False
 
 
-def _evaluate(run: Run, progress: Progress, epoch: int, *, validating: bool, submitting: bool,
-              submission: str) -> tuple[dict, bool, float]:
+def _evaluate(
+    run: Run, progress: Progress, epoch: int, *, validating: bool, submitting: bool, submission: str
+) -> tuple[dict, bool, float]:
     """Score the validation set and/or write the submission `submission` with the current weights: every rank
     its shard, gathered everywhere; every rank takes the same decisions, so all call the collectives. Rank 0
     then writes the submission, latest.safetensors (with its scores when validated), best.safetensors when the
@@ -499,8 +635,9 @@ def _evaluate(run: Run, progress: Progress, epoch: int, *, validating: bool, sub
     if accelerator.is_main_process:
         if pngs is not None:
             ids = run.test_ids
-            write_submission(run.out_dir / run_files.SUBMISSIONS / submission,
-                             ((ids[i], pngs[i]) for i in range(len(ids))))
+            write_submission(
+                run.out_dir / run_files.SUBMISSIONS / submission, ((ids[i], pngs[i]) for i in range(len(ids)))
+            )
         # The scores of these weights: this call's, or a validation's at this same step (an early stop's CSV)
         shown = progress.scores_now()
         meta = {"epoch": epoch, "step": progress.step, **{k: shown[k] for k in ("jm", "psnr", "ssim") if k in shown}}
@@ -521,15 +658,37 @@ def _panels(run: Run, forward):
         yield image_id, lr, upscale_for_eval(forward, lr, tile=run.cfg.val_tile, overlap=run.tile_overlap), hr
 
 
-def _save(run: Run, progress: Progress, epoch: int, batches_done: int, loss_sum: torch.Tensor, loss_batches: int,
-          finished: bool = False) -> None:
+def _save(
+    run: Run,
+    progress: Progress,
+    epoch: int,
+    batches_done: int,
+    loss_sum: torch.Tensor,
+    loss_batches: int,
+    finished: bool = False,
+) -> None:
     """A full checkpoint: the state the loop continues from at batch `batches_done` of `epoch`."""
     # Each rank holds its own running loss; the sum over ranks, shared out again on resume, gives the same mean.
     total_loss = run.accelerator.reduce(loss_sum.clone(), "sum").item()
-    checkpoint.save_checkpoint(run.accelerator, run.out_dir, checkpoint.TrainState(
-        epoch, batches_done, progress.step, progress.best_jm, total_loss, loss_batches, finished,
-        steps_per_epoch=run.steps_per_epoch, total_steps=run.total_steps, stale_validations=progress.stale,
-        stale_reference=progress.stale_reference), keep=run.cfg.keep_checkpoints, ema=run.ema)
+    checkpoint.save_checkpoint(
+        run.accelerator,
+        run.out_dir,
+        checkpoint.TrainState(
+            epoch,
+            batches_done,
+            progress.step,
+            progress.best_jm,
+            total_loss,
+            loss_batches,
+            finished,
+            steps_per_epoch=run.steps_per_epoch,
+            total_steps=run.total_steps,
+            stale_validations=progress.stale,
+            stale_reference=progress.stale_reference,
+        ),
+        keep=run.cfg.keep_checkpoints,
+        ema=run.ema,
+    )
 
 
 def _stop_for_preemption(run: Run, progress: Progress) -> typing.NoReturn:
@@ -560,8 +719,9 @@ class TrainBatches:
     def __init__(self, loader: DataLoader, accelerator: Accelerator, cfg: TrainConfig) -> None:
         self.loader, self.accelerator = loader, accelerator
         self.streaming, self.grad_accum = cfg.streaming, cfg.grad_accum
-        self.steps_per_epoch = (math.ceil(cfg.max_steps / cfg.epochs) if cfg.streaming
-                                else math.ceil(len(loader) / cfg.grad_accum))
+        self.steps_per_epoch = (
+            math.ceil(cfg.max_steps / cfg.epochs) if cfg.streaming else math.ceil(len(loader) / cfg.grad_accum)
+        )
 
     def of_epoch(self, epoch: int, skip: int, steps: int):
         """The epoch's batches after the first `skip` (trained on before an interruption), for its `steps`
@@ -642,14 +802,28 @@ class Interval:
 
 def _device_pairs(cfg: TrainConfig, splits: Splits, device: torch.device) -> tuple[DevicePairs | None, str]:
     """The training pairs on the device (--device-store), or None, and a line saying which and why."""
-    why_not = ("--device-store off" if cfg.device_store == "off" else "streaming" if cfg.streaming
-               else "no decoded store" if splits.pixels is None else "--patch-size 0" if not cfg.patch_size else None)
+    why_not = (
+        "--device-store off"
+        if cfg.device_store == "off"
+        else "streaming"
+        if cfg.streaming
+        else "no decoded store"
+        if splits.pixels is None
+        else "--patch-size 0"
+        if not cfg.patch_size
+        else None
+    )
     rows = store_rows(splits.train) if why_not is None else None
     size = splits.pixels.nbytes(rows) if why_not is None else 0
     if why_not is None and cfg.device_store == "auto":
         room = torch.cuda.get_device_properties(device).total_memory // 4 if device.type == "cuda" else 0
-        why_not = ("auto: not on a GPU" if device.type != "cuda" else
-                   f"auto: {size / 1e9:.2f} GB is above a quarter of the GPU's memory" if size > room else None)
+        why_not = (
+            "auto: not on a GPU"
+            if device.type != "cuda"
+            else f"auto: {size / 1e9:.2f} GB is above a quarter of the GPU's memory"
+            if size > room
+            else None
+        )
     if why_not is not None:
         return None, f"device store: off ({why_not}); DataLoader workers cut the crops"
     pairs = DevicePairs(splits.pixels.pair, rows, patch=cfg.patch_size, scale=cfg.scale, seed=cfg.seed, device=device)
@@ -681,10 +855,17 @@ def _start_from(model: InsaneSRNet, cfg: TrainConfig, say) -> TrainConfig:
     source = weights.init_source(cfg.init_from)
     left = weights.init_weights(model, source, strict=cfg.init_strict)
     meta = read_metadata(source) if source.endswith(".safetensors") else {}
-    origin = ", ".join(f"{k} {meta[k]:.4f}" if isinstance(meta[k], float) else f"{k} {meta[k]}"
-                       for k in ("epoch", "step", "jm") if k in meta)
-    say(f"init: weights from {source}" + (f" ({origin})" if origin else "") + "; a fresh optimizer and schedule"
-        + (f"; {len(left)} tensor(s) left at their initial value: {', '.join(left)}" if left else ""))
+    origin = ", ".join(
+        f"{k} {meta[k]:.4f}" if isinstance(meta[k], float) else f"{k} {meta[k]}"
+        for k in ("epoch", "step", "jm")
+        if k in meta
+    )
+    say(
+        f"init: weights from {source}"
+        + (f" ({origin})" if origin else "")
+        + "; a fresh optimizer and schedule"
+        + (f"; {len(left)} tensor(s) left at their initial value: {', '.join(left)}" if left else "")
+    )
     return dataclasses.replace(cfg, init_from=source)
 
 
@@ -728,8 +909,12 @@ def _config_options(command):
 
 
 @click.command("train", cls=Command, context_settings={"max_content_width": 110})
-@click.option("--config", "config_file", type=click.Path(exists=True, dir_okay=False),
-              help="YAML or JSON file with the same settings; the command line overrides it.")
+@click.option(
+    "--config",
+    "config_file",
+    type=click.Path(exists=True, dir_okay=False),
+    help="YAML or JSON file with the same settings; the command line overrides it.",
+)
 @_config_options
 def main(config_file: str | None, **given) -> None:
     """Train InsaneSRNet: per-epoch validation (JM = 40*SSIM + PSNR), best/latest weights,

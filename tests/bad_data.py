@@ -82,7 +82,7 @@ def make_bad_folder(root: Path, *, good: int = 6, seed: int = 0) -> dict[str, Ca
     hr.write_bytes(hr.read_bytes()[:-300])
     cases["truncated jpeg"] = Case(hr, "truncated JPEG", "bad")
     lr, _ = _pair(root, "float.tif", _rgb(rng, 12, 12), _rgb(rng, 48, 48))
-    ok, buf = cv2.imencode(".tif", rng.random((12, 12, 3)).astype(np.float32))
+    _, buf = cv2.imencode(".tif", rng.random((12, 12, 3)).astype(np.float32))
     lr.write_bytes(buf.tobytes())
     cases["float pixels"] = Case(lr, "float32 pixels", "bad")
     lr, _ = _pair(root, "bomb.png", _rgb(rng, 12, 12), _rgb(rng, 48, 48))
@@ -120,7 +120,7 @@ def make_bad_folder(root: Path, *, good: int = 6, seed: int = 0) -> dict[str, Ca
 
     # file names that are not valid UTF-8 (Linux allows any bytes but / and NUL)
     raw = os.fsencode(lr_dir) + b"/bad\xffname.png"
-    ok, buf = cv2.imencode(".png", _rgb(rng, 12, 12))
+    _, buf = cv2.imencode(".png", _rgb(rng, 12, 12))
     with open(raw, "wb") as f:
         f.write(buf.tobytes())
     cases["non-UTF-8 name"] = Case(Path(os.fsdecode(raw)), "not valid UTF-8", "bad")
@@ -147,7 +147,7 @@ def make_bad_folder(root: Path, *, good: int = 6, seed: int = 0) -> dict[str, Ca
     cases["JPEG among PNGs"] = Case(lr_path, "JPEG among PNGs", "note")
     lr_path, hr_path = _pair(root, "named.png", lr, _up(lr))
     for path, small in ((lr_path, lr), (hr_path, _up(lr))):
-        ok, buf = cv2.imencode(".jpg", small)
+        _, buf = cv2.imencode(".jpg", small)
         path.write_bytes(buf.tobytes())
     cases["JPEG named .png"] = Case(lr_path, "is a JPEG file named .png", "note")
     lr_path, _ = _pair(root, "Bühne 01.png", lr, _up(lr))

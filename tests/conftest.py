@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import socket
 import subprocess
@@ -15,8 +16,22 @@ import pytest
 
 # A tiny InsaneSRNet and short runs: the end-to-end tests exercise every file the toolkit writes,
 # not the model's quality.
-TINY = ["--num-rrdb", "1", "--channels", "8", "--growth", "8", "--layers-per-block", "2",
-        "--patch-size", "8", "--batch-size", "4", "--panel-images", "2"]
+TINY = [
+    "--num-rrdb",
+    "1",
+    "--channels",
+    "8",
+    "--growth",
+    "8",
+    "--layers-per-block",
+    "2",
+    "--patch-size",
+    "8",
+    "--batch-size",
+    "4",
+    "--panel-images",
+    "2",
+]
 
 
 @pytest.fixture(autouse=True, scope="session")
@@ -75,13 +90,15 @@ def independent_val_jm(weights: Path, data: Path, *, val_fraction: float = 0.1, 
     import torch
 
     from insanesr_dist.data.splits import load_splits
-    from insanesr_dist.scoring.metrics import joint_metric, psnr_ssim
     from insanesr_dist.model.weights import load_model
+    from insanesr_dist.scoring.metrics import joint_metric, psnr_ssim
 
     model = load_model(weights).eval()
     val = load_splits(data, val_fraction=val_fraction, seed=seed).val
-    scores = [psnr_ssim(upscale(model, read_rgb(Path(row["lr"]["path"]))), read_rgb(Path(row["hr"]["path"])))[0]
-              for row in val]
+    scores = [
+        psnr_ssim(upscale(model, read_rgb(Path(row["lr"]["path"]))), read_rgb(Path(row["hr"]["path"])))[0]
+        for row in val
+    ]
     psnr, ssim = torch.stack(scores).mean(0).tolist()
     return joint_metric(psnr, ssim)
 
@@ -97,10 +114,8 @@ def kill_tree(process: subprocess.Popen) -> None:
     except psutil.NoSuchProcess:
         processes = []
     for each in processes:
-        try:
+        with contextlib.suppress(psutil.NoSuchProcess):
             each.kill()
-        except psutil.NoSuchProcess:
-            pass
     psutil.wait_procs(processes, timeout=30)
     process.wait()
 
@@ -108,8 +123,9 @@ def kill_tree(process: subprocess.Popen) -> None:
 def run_tree(cmd: list[str], *, timeout: float, **options) -> subprocess.CompletedProcess:
     """subprocess.run for commands that start processes: on a timeout the whole process tree is killed
     (not only the first process, which would leave its ranks and workers running) and the test fails."""
-    with subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True,
-                          **options) as process:
+    with subprocess.Popen(
+        cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True, **options
+    ) as process:
         try:
             stdout, stderr = process.communicate(timeout=timeout)
         except subprocess.TimeoutExpired:
@@ -140,8 +156,10 @@ def patched_train_script(patch: str) -> Path:
     A file, not `python -c`: DataLoader workers start from a fork server that imports the main script (under
     its `__main__` guard), so the patch reaches them too."""
     script = Path(tempfile.mkdtemp(prefix="patched-train-")) / "patched_train.py"
-    script.write_text(f"import sys\nimport insanesr_dist.train as T\n{patch}\n"
-                      "if __name__ == '__main__':\n    sys.argv = ['train', *sys.argv[1:]]\n    T.main()\n")
+    script.write_text(
+        f"import sys\nimport insanesr_dist.train as T\n{patch}\n"
+        "if __name__ == '__main__':\n    sys.argv = ['train', *sys.argv[1:]]\n    T.main()\n"
+    )
     return script
 
 
@@ -164,7 +182,22 @@ def assert_one_line_error(result: subprocess.CompletedProcess, *needles: str) ->
 def finished_run(pair_folder, tmp_path_factory):
     """One short real training run (2 epochs, tiny model) that several test files read but never change."""
     out = tmp_path_factory.mktemp("run") / "out"
-    result = run_cli("accelerate", "launch", "--num_processes", "1", "-m", "insanesr_dist.train",
-                     "--data", str(pair_folder), "--epochs", "2", "--output-dir", str(out), "--log-every", "1", *TINY)
+    result = run_cli(
+        "accelerate",
+        "launch",
+        "--num_processes",
+        "1",
+        "-m",
+        "insanesr_dist.train",
+        "--data",
+        str(pair_folder),
+        "--epochs",
+        "2",
+        "--output-dir",
+        str(out),
+        "--log-every",
+        "1",
+        *TINY,
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     return out, result

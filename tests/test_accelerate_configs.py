@@ -13,9 +13,8 @@ import pytest
 from accelerate.commands.config.config_args import ClusterConfig, load_config_from_file
 from accelerate.utils import DistributedType
 
-from insanesr_dist.training.precision import native_bf16
-
 from conftest import TINY, run_cli
+from insanesr_dist.training.precision import native_bf16
 
 CONFIGS = Path(__file__).resolve().parents[1] / "accelerate_configs"
 
@@ -67,8 +66,19 @@ LAUNCH_FLAGS = {
     "single_gpu.yaml": [],
     "multi_gpu.yaml": ["--num_processes", "4", "--main_process_port", "0"],
     "multi_gpu_bf16.yaml": ["--num_processes", "4", "--main_process_port", "0"],
-    "multi_node.yaml": ["--multi_gpu", "--num_machines", "2", "--machine_rank", "1", "--num_processes", "2",
-                        "--main_process_ip", "head-node", "--main_process_port", "29555"],
+    "multi_node.yaml": [
+        "--multi_gpu",
+        "--num_machines",
+        "2",
+        "--machine_rank",
+        "1",
+        "--num_processes",
+        "2",
+        "--main_process_ip",
+        "head-node",
+        "--main_process_port",
+        "29555",
+    ],
 }
 
 
@@ -81,7 +91,8 @@ def test_config_keeps_the_visible_gpus_of_the_job(name, monkeypatch):
 
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "3")
     args = launch_command_parser().parse_args(
-        ["--config_file", str(CONFIGS / name), *LAUNCH_FLAGS[name], "-m", "insanesr_dist.train"])
+        ["--config_file", str(CONFIGS / name), *LAUNCH_FLAGS[name], "-m", "insanesr_dist.train"]
+    )
     args, _, _ = _validate_launch_command(args)
     # launch_command's choice of launcher for these configs: torchrun for --multi_gpu, else the simple one.
     env = prepare_multi_gpu_env(args) if args.multi_gpu else prepare_simple_launcher_cmd_env(args)[1]
@@ -89,12 +100,14 @@ def test_config_keeps_the_visible_gpus_of_the_job(name, monkeypatch):
 
 
 def test_multi_gpu_config_resolves_to_one_process_per_gpu():
-    args, env = _resolve("--config_file", str(CONFIGS / "multi_gpu.yaml"), "--num_processes", "4",
-                         "--main_process_port", "0")
+    args, env = _resolve(
+        "--config_file", str(CONFIGS / "multi_gpu.yaml"), "--num_processes", "4", "--main_process_port", "0"
+    )
     assert args.multi_gpu and args.nproc_per_node == "4"
     assert env["ACCELERATE_MIXED_PRECISION"] == "fp16"
-    args, env = _resolve("--config_file", str(CONFIGS / "multi_gpu_bf16.yaml"), "--num_processes", "8",
-                         "--main_process_port", "0")
+    args, env = _resolve(
+        "--config_file", str(CONFIGS / "multi_gpu_bf16.yaml"), "--num_processes", "8", "--main_process_port", "0"
+    )
     assert args.nproc_per_node == "8" and env["ACCELERATE_MIXED_PRECISION"] == "bf16"
 
 
@@ -105,9 +118,21 @@ def test_multi_gpu_config_demands_num_processes():
 
 def test_multi_node_template_takes_ranks_and_address_from_the_command_line():
     # Machine 2 of 4 with 8 GPUs each, as slurm_multi_node.sbatch launches it.
-    args, env = _resolve("--config_file", str(CONFIGS / "multi_node.yaml"), "--multi_gpu",
-                         "--num_machines", "4", "--machine_rank", "2", "--num_processes", "32",
-                         "--main_process_ip", "head-node", "--main_process_port", "29555")
+    args, env = _resolve(
+        "--config_file",
+        str(CONFIGS / "multi_node.yaml"),
+        "--multi_gpu",
+        "--num_machines",
+        "4",
+        "--machine_rank",
+        "2",
+        "--num_processes",
+        "32",
+        "--main_process_ip",
+        "head-node",
+        "--main_process_port",
+        "29555",
+    )
     assert (args.nnodes, args.node_rank, args.nproc_per_node) == ("4", 2, "8")
     assert args.rdzv_endpoint == "head-node:29555" and args.rdzv_backend == "static"
     assert env["ACCELERATE_MIXED_PRECISION"] == "fp16"
@@ -115,9 +140,24 @@ def test_multi_node_template_takes_ranks_and_address_from_the_command_line():
 
 def test_cpu_config_trains_for_real(pair_folder, tmp_path):
     out = tmp_path / "cpu"
-    result = run_cli("accelerate", "launch", "--config_file", str(CONFIGS / "cpu.yaml"), "-m", "insanesr_dist.train",
-                     "--data", str(pair_folder), "--epochs", "1", "--max-steps", "2", "--output-dir", str(out), *TINY,
-                     timeout=300)
+    result = run_cli(
+        "accelerate",
+        "launch",
+        "--config_file",
+        str(CONFIGS / "cpu.yaml"),
+        "-m",
+        "insanesr_dist.train",
+        "--data",
+        str(pair_folder),
+        "--epochs",
+        "1",
+        "--max-steps",
+        "2",
+        "--output-dir",
+        str(out),
+        *TINY,
+        timeout=300,
+    )
     assert result.returncode == 0, result.stderr[-4000:]
     # The config leaves precision to the trainer: bf16 where the CPU has it natively.
     assert f"1 process(es) on cpu, precision {'bf16' if native_bf16(cpu=True) else 'no'}" in result.stdout
@@ -148,8 +188,16 @@ exec {sys.executable} "$@"
 """
 
 
-def run_sbatch_script(script: str, tmp_path: Path, nodes: int, *args: str, visible_gpus: int = 8,
-                      cwd: Path | None = None, ok: bool = True, **knobs: str) -> list[dict] | subprocess.CompletedProcess:
+def run_sbatch_script(
+    script: str,
+    tmp_path: Path,
+    nodes: int,
+    *args: str,
+    visible_gpus: int = 8,
+    cwd: Path | None = None,
+    ok: bool = True,
+    **knobs: str,
+) -> list[dict] | subprocess.CompletedProcess:
     """Run a launch/ script as SLURM would on the batch node (with stand-ins for srun, accelerate, scontrol and
     torch's GPU count): the JSON lines of the `accelerate launch` calls, or, with `ok=False`, the failed result."""
     bin_dir = tmp_path / "bin"
@@ -158,12 +206,26 @@ def run_sbatch_script(script: str, tmp_path: Path, nodes: int, *args: str, visib
     for name, text in fakes.items():
         (bin_dir / name).write_text(text)
         (bin_dir / name).chmod(0o755)
-    env = {**os.environ, "PATH": f"{bin_dir}{os.pathsep}{os.environ['PATH']}", "VENV": "", "SLURM_JOB_ID": "4242",
-           "SLURM_NNODES": str(nodes), "SLURM_JOB_NODELIST": "gpu-[a-b]", "SLURM_CPUS_ON_NODE": "16",
-           "FAKE_GPUS": str(visible_gpus), **knobs}
+    env = {
+        **os.environ,
+        "PATH": f"{bin_dir}{os.pathsep}{os.environ['PATH']}",
+        "VENV": "",
+        "SLURM_JOB_ID": "4242",
+        "SLURM_NNODES": str(nodes),
+        "SLURM_JOB_NODELIST": "gpu-[a-b]",
+        "SLURM_CPUS_ON_NODE": "16",
+        "FAKE_GPUS": str(visible_gpus),
+        **knobs,
+    }
     env.pop("SLURM_SUBMIT_DIR", None)
-    result = subprocess.run(["bash", str(CONFIGS.parent / "launch" / script), *args], cwd=cwd or CONFIGS.parent,
-                            env=env, capture_output=True, text=True, timeout=60)
+    result = subprocess.run(
+        ["bash", str(CONFIGS.parent / "launch" / script), *args],
+        cwd=cwd or CONFIGS.parent,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     if not ok:
         return result
     assert result.returncode == 0, result.stdout + result.stderr
@@ -171,15 +233,25 @@ def run_sbatch_script(script: str, tmp_path: Path, nodes: int, *args: str, visib
 
 
 def test_multi_node_script_launches_one_accelerate_per_node(tmp_path):
-    tasks = run_sbatch_script("slurm_multi_node.sbatch", tmp_path, nodes=2, GPUS_PER_NODE="4", DATA="/d",
-                              OUTPUT_DIR="/o", EPOCHS="3", TRAIN_ARGS="--batch-size 32 --lr 2e-4")
+    tasks = run_sbatch_script(
+        "slurm_multi_node.sbatch",
+        tmp_path,
+        nodes=2,
+        GPUS_PER_NODE="4",
+        DATA="/d",
+        OUTPUT_DIR="/o",
+        EPOCHS="3",
+        TRAIN_ARGS="--batch-size 32 --lr 2e-4",
+    )
     assert len(tasks) == 2
     for rank, task in enumerate(tasks):
         assert task["usr1_ignored"]  # the launcher must survive --signal=USR1
         argv = " ".join(task["argv"])
         assert argv.startswith(f"launch --machine_rank {rank} --config_file {CONFIGS}/multi_node.yaml --multi_gpu ")
-        assert ("--num_machines 2 --num_processes 8 --main_process_ip gpu-a --main_process_port 24242 "
-                "--mixed_precision fp16") in argv
+        assert (
+            "--num_machines 2 --num_processes 8 --main_process_ip gpu-a --main_process_port 24242 "
+            "--mixed_precision fp16"
+        ) in argv
         assert argv.endswith("-m insanesr_dist.train --output-dir /o --epochs 3 --data /d --batch-size 32 --lr 2e-4")
 
 
@@ -190,16 +262,20 @@ def test_multi_node_script_on_cpu_nodes_runs_one_gloo_process_per_node(tmp_path)
     assert "--output-dir runs/slurm-4242 --epochs 10" in argv and "--data" not in argv  # defaults: demo data
 
 
-@pytest.mark.parametrize("gpus, cpu_processes, expected", [
-    ("8", "1", f"--config_file {CONFIGS}/multi_gpu.yaml --num_processes 8 "),
-    ("", "1", f"--config_file {CONFIGS}/multi_gpu.yaml --num_processes 8 "),  # all the GPUs the job sees
-    ("1", "1", f"--config_file {CONFIGS}/single_gpu.yaml --main_process_port"),
-    ("0", "1", f"--config_file {CONFIGS}/cpu.yaml --main_process_port"),
-    ("0", "2", f"--config_file {CONFIGS}/cpu.yaml --multi_gpu --num_processes 2 "),
-])
+@pytest.mark.parametrize(
+    "gpus, cpu_processes, expected",
+    [
+        ("8", "1", f"--config_file {CONFIGS}/multi_gpu.yaml --num_processes 8 "),
+        ("", "1", f"--config_file {CONFIGS}/multi_gpu.yaml --num_processes 8 "),  # all the GPUs the job sees
+        ("1", "1", f"--config_file {CONFIGS}/single_gpu.yaml --main_process_port"),
+        ("0", "1", f"--config_file {CONFIGS}/cpu.yaml --main_process_port"),
+        ("0", "2", f"--config_file {CONFIGS}/cpu.yaml --multi_gpu --num_processes 2 "),
+    ],
+)
 def test_single_node_script_picks_the_config_for_the_node(tmp_path, gpus, cpu_processes, expected):
-    (task,) = run_sbatch_script("slurm_single_node.sbatch", tmp_path, nodes=1, GPUS_PER_NODE=gpus,
-                                CPU_PROCESSES=cpu_processes)
+    (task,) = run_sbatch_script(
+        "slurm_single_node.sbatch", tmp_path, nodes=1, GPUS_PER_NODE=gpus, CPU_PROCESSES=cpu_processes
+    )
     assert task["usr1_ignored"]
     assert " ".join(task["argv"]).startswith("launch " + expected)
 
@@ -228,19 +304,43 @@ def test_script_from_another_directory_finds_the_configs_and_passes_its_argument
     arguments after the script last, so they win over the knobs' options."""
     elsewhere = tmp_path / "elsewhere"
     elsewhere.mkdir()
-    tasks = run_sbatch_script(script, tmp_path, 2, "--epochs", "5", "--data", "/my data", cwd=elsewhere,
-                              visible_gpus=1, EPOCHS="3", DATA="/d", TRAIN_ARGS="--batch-size 32")
+    tasks = run_sbatch_script(
+        script,
+        tmp_path,
+        2,
+        "--epochs",
+        "5",
+        "--data",
+        "/my data",
+        cwd=elsewhere,
+        visible_gpus=1,
+        EPOCHS="3",
+        DATA="/d",
+        TRAIN_ARGS="--batch-size 32",
+    )
     for task in tasks:
         argv = task["argv"]
         assert argv[argv.index("--config_file") + 1].startswith(f"{CONFIGS}/")
-        assert argv[argv.index("insanesr_dist.train") + 1:] == [
-            "--output-dir", "runs/slurm-4242", "--epochs", "3", "--data", "/d", "--batch-size", "32",
-            "--epochs", "5", "--data", "/my data"]
+        assert argv[argv.index("insanesr_dist.train") + 1 :] == [
+            "--output-dir",
+            "runs/slurm-4242",
+            "--epochs",
+            "3",
+            "--data",
+            "/d",
+            "--batch-size",
+            "32",
+            "--epochs",
+            "5",
+            "--data",
+            "/my data",
+        ]
 
 
 def test_script_takes_the_configs_folder_from_the_knob(tmp_path):
     mine = tmp_path / "mine"
     mine.mkdir()
-    (task,) = run_sbatch_script("slurm_single_node.sbatch", tmp_path, 1, visible_gpus=1,
-                                ACCELERATE_CONFIG_DIR=str(mine))
+    (task,) = run_sbatch_script(
+        "slurm_single_node.sbatch", tmp_path, 1, visible_gpus=1, ACCELERATE_CONFIG_DIR=str(mine)
+    )
     assert task["argv"][1:3] == ["--config_file", f"{mine}/single_gpu.yaml"]

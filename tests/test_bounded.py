@@ -13,14 +13,14 @@ import cv2
 import numpy as np
 import pytest
 import torch
+
 from bad_data import bomb_png
 from conftest import assert_one_line_error, make_pair_folder, read_rgb, run_cli
-
-from insanesr_dist.tools import check_data
 from insanesr_dist.data import images as samples
+from insanesr_dist.data.images import encode_png
 from insanesr_dist.model.architecture import InsaneSRNet
 from insanesr_dist.model.weights import save_weights
-from insanesr_dist.data.images import encode_png
+from insanesr_dist.tools import check_data
 
 BOMB = "20000x20000 (400,000,000 pixels), above the limit of 268,435,456 pixels"
 MB = 1024  # ru_maxrss is in KiB on Linux
@@ -111,8 +111,17 @@ def test_predict_and_evaluate_refuse_a_bomb_in_one_line(lr_folder, tmp_path):
     (lr_dir / "img_001.png").write_bytes(bomb_png())
     torch.manual_seed(0)
     save_weights(InsaneSRNet(num_rrdb=1, channels=8, growth=8, layers_per_block=2), tmp_path / "w.safetensors")
-    predicted = run_cli("insanesr-dist", "predict", "--checkpoint", str(tmp_path / "w.safetensors"), "--input",
-                        str(lr_dir), "--csv", str(tmp_path / "s.csv"), timeout=300)
+    predicted = run_cli(
+        "insanesr-dist",
+        "predict",
+        "--checkpoint",
+        str(tmp_path / "w.safetensors"),
+        "--input",
+        str(lr_dir),
+        "--csv",
+        str(tmp_path / "s.csv"),
+        timeout=300,
+    )
     assert_one_line_error(predicted, f"{lr_dir / 'img_001.png'}: image is {BOMB}")
     hr = tmp_path / "hr"
     hr.mkdir()

@@ -7,17 +7,18 @@ import click
 import pytest
 from click.testing import CliRunner
 
+from conftest import run_cli
 from insanesr_dist import __version__
 from insanesr_dist.cli import LAZY_COMMANDS, cli
-
-from conftest import run_cli
 
 
 def test_help_and_version_import_no_heavy_module():
     # The cost that matters is what `insanesr-dist --help` imports; wall time on a shared CI machine is noise.
-    probe = ("import sys; from insanesr_dist.cli import cli\n"
-             "try:\n    cli(['--help'])\nexcept SystemExit:\n    pass\n"
-             "print(sorted(m for m in ('torch', 'accelerate', 'datasets', 'cv2', 'numpy') if m in sys.modules))")
+    probe = (
+        "import sys; from insanesr_dist.cli import cli\n"
+        "try:\n    cli(['--help'])\nexcept SystemExit:\n    pass\n"
+        "print(sorted(m for m in ('torch', 'accelerate', 'datasets', 'cv2', 'numpy') if m in sys.modules))"
+    )
     result = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip().splitlines()[-1] == "[]"
@@ -64,7 +65,10 @@ def test_a_user_error_is_one_error_line_in_parsing_and_running():
     def toy(path):
         raise UserError(f"{path}: rejected while running")
 
-    for args, message in [(["--path", "bad"], "bad: rejected while parsing"), (["--path", "p"], "p: rejected while running")]:
+    for args, message in [
+        (["--path", "bad"], "bad: rejected while parsing"),
+        (["--path", "p"], "p: rejected while running"),
+    ]:
         result = CliRunner().invoke(toy, args)
         assert (result.exit_code, result.stdout, result.stderr) == (1, "", f"Error: {message}\n")
 
@@ -84,7 +88,14 @@ def test_every_command_maps_user_errors_when_run_alone():
 
 @pytest.mark.parametrize("entry", [["insanesr-dist", "predict"], [sys.executable, "-m", "insanesr_dist.predict"]])
 def test_a_user_error_from_a_real_command_is_one_line(entry, tmp_path):
-    result = run_cli(*entry, "--checkpoint", str(tmp_path / "missing.safetensors"), "--input", str(tmp_path),
-                     "--output-dir", str(tmp_path / "out"))
+    result = run_cli(
+        *entry,
+        "--checkpoint",
+        str(tmp_path / "missing.safetensors"),
+        "--input",
+        str(tmp_path),
+        "--output-dir",
+        str(tmp_path / "out"),
+    )
     assert result.returncode == 1, result.stderr
     assert result.stderr.splitlines() == [f"Error: {tmp_path / 'missing.safetensors'}: weights file not found"]

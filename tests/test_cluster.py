@@ -18,9 +18,8 @@ from pathlib import Path
 
 import pytest
 
-from insanesr_dist.scoring.submission import read_submission
-
 from conftest import TINY, free_port, kill_tree
+from insanesr_dist.scoring.submission import read_submission
 
 pytestmark = pytest.mark.slow
 
@@ -58,15 +57,42 @@ def read_log(log: Path) -> str:
 
 # ---------------------------------------------------------------- two machines on loopback, no SLURM
 
+
 def test_two_machines_on_loopback_without_slurm(data, tmp_path):
     out, port = tmp_path / "run", free_port()
     procs = []
     for rank in (0, 1):
-        cmd = [str(VENV_BIN / "accelerate"), "launch", "--multi_gpu", "--num_machines", "2", "--machine_rank", str(rank),
-               "--num_processes", "2", "--main_process_ip", "127.0.0.1", "--main_process_port", str(port),
-               "--mixed_precision", "no", "--dynamo_backend", "no", "-m", "insanesr_dist.train",
-               "--data", str(data), "--epochs", "2", "--max-steps", "6", "--output-dir", str(out), *SMALL_RUN]
-        log = open(tmp_path / f"machine{rank}.log", "w")
+        cmd = [
+            str(VENV_BIN / "accelerate"),
+            "launch",
+            "--multi_gpu",
+            "--num_machines",
+            "2",
+            "--machine_rank",
+            str(rank),
+            "--num_processes",
+            "2",
+            "--main_process_ip",
+            "127.0.0.1",
+            "--main_process_port",
+            str(port),
+            "--mixed_precision",
+            "no",
+            "--dynamo_backend",
+            "no",
+            "-m",
+            "insanesr_dist.train",
+            "--data",
+            str(data),
+            "--epochs",
+            "2",
+            "--max-steps",
+            "6",
+            "--output-dir",
+            str(out),
+            *SMALL_RUN,
+        ]
+        log = open(tmp_path / f"machine{rank}.log", "w")  # noqa: SIM115 (the process writes it until it ends)
         procs.append(subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, start_new_session=True))
     try:
         codes = [p.wait(timeout=180) for p in procs]
@@ -82,6 +108,7 @@ def test_two_machines_on_loopback_without_slurm(data, tmp_path):
 
 
 # ---------------------------------------------------------------- SLURM
+
 
 @pytest.fixture(scope="session")
 def slurm():
@@ -103,8 +130,14 @@ def submit(script: str, log: Path, *args: str, cwd: Path = REPO, **knobs: str) -
     env = {**os.environ, "PATH": f"{VENV_BIN}{os.pathsep}{os.environ['PATH']}", **knobs}
     if sys.prefix != sys.base_prefix:
         env["VENV"] = sys.prefix  # exercise the script's activation of a virtualenv
-    result = subprocess.run(["sbatch", "--parsable", f"--output={log}", str(REPO / "launch" / script), *args],
-                            cwd=cwd, env=env, capture_output=True, text=True, timeout=60)
+    result = subprocess.run(
+        ["sbatch", "--parsable", f"--output={log}", str(REPO / "launch" / script), *args],
+        cwd=cwd,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert result.returncode == 0, result.stderr
     return result.stdout.strip().split(";")[0]
 
@@ -115,8 +148,17 @@ def job_info(job: str) -> dict[str, str]:
     return dict(re.findall(r"(\w+)=(\S*)", shown.stdout))
 
 
-FINAL_STATES = {"COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "NODE_FAIL", "OUT_OF_MEMORY", "BOOT_FAIL",
-                "DEADLINE", "PREEMPTED"}
+FINAL_STATES = {
+    "COMPLETED",
+    "FAILED",
+    "CANCELLED",
+    "TIMEOUT",
+    "NODE_FAIL",
+    "OUT_OF_MEMORY",
+    "BOOT_FAIL",
+    "DEADLINE",
+    "PREEMPTED",
+}
 
 
 def wait_for(job: str, log: Path, timeout: float, until=None) -> dict[str, str]:
@@ -128,14 +170,18 @@ def wait_for(job: str, log: Path, timeout: float, until=None) -> dict[str, str]:
             return info
         time.sleep(0.2)
     subprocess.run(["scancel", job], timeout=30)
-    pytest.fail(f"job {job} still {info['JobState']} after {timeout:.0f} s; log:\n"
-                + read_log(log)[-4000:])
+    pytest.fail(f"job {job} still {info['JobState']} after {timeout:.0f} s; log:\n" + read_log(log)[-4000:])
 
 
 def knobs(data: Path, out: Path, epochs: int, *extra: str) -> dict[str, str]:
     # GPUS_PER_NODE=0: CPU training on purpose (this cluster has no GPU; without it the scripts refuse to start).
-    return {"DATA": str(data), "OUTPUT_DIR": str(out), "EPOCHS": str(epochs), "GPUS_PER_NODE": "0",
-            "TRAIN_ARGS": " ".join([*extra, *SMALL_RUN])}
+    return {
+        "DATA": str(data),
+        "OUTPUT_DIR": str(out),
+        "EPOCHS": str(epochs),
+        "GPUS_PER_NODE": "0",
+        "TRAIN_ARGS": " ".join([*extra, *SMALL_RUN]),
+    }
 
 
 def test_sbatch_multi_node_trains_on_two_nodes(slurm, data, tmp_path):
@@ -179,8 +225,20 @@ def test_sbatch_from_another_directory_with_arguments_after_the_script(slurm, da
     found (the job runs a spool copy of the script), the arguments reach the training and beat the knobs."""
     elsewhere, log = tmp_path / "elsewhere", tmp_path / "slurm.out"
     elsewhere.mkdir()
-    job = submit("slurm_multi_node.sbatch", log, "--epochs", "1", "--data", str(data), "--max-steps", "2",
-                 *SMALL_RUN, cwd=elsewhere, GPUS_PER_NODE="0", EPOCHS="7")
+    job = submit(
+        "slurm_multi_node.sbatch",
+        log,
+        "--epochs",
+        "1",
+        "--data",
+        str(data),
+        "--max-steps",
+        "2",
+        *SMALL_RUN,
+        cwd=elsewhere,
+        GPUS_PER_NODE="0",
+        EPOCHS="7",
+    )
     info = wait_for(job, log, timeout=150)
     text = read_log(log)
     assert (info["JobState"], info["ExitCode"]) == ("COMPLETED", "0:0"), text[-4000:]

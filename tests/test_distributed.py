@@ -4,23 +4,45 @@ import json
 
 import pytest
 
-from insanesr_dist.scoring.submission import read_submission
-
 from conftest import TINY, independent_val_jm, run_cli
+from insanesr_dist.scoring.submission import read_submission
 
 pytestmark = pytest.mark.slow
 
 
 def launch_two(*args: str):
-    return run_cli("accelerate", "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
-                   "--mixed_precision", "no", "--dynamo_backend", "no", "-m", "insanesr_dist.train", *args)
+    return run_cli(
+        "accelerate",
+        "launch",
+        "--multi_gpu",
+        "--num_processes",
+        "2",
+        "--num_machines",
+        "1",
+        "--mixed_precision",
+        "no",
+        "--dynamo_backend",
+        "no",
+        "-m",
+        "insanesr_dist.train",
+        *args,
+    )
 
 
 def test_two_process_ddp_gathers_every_image_once(pair_folder, tmp_path):
     # 23 pairs -> 3 validation and 3 test images: uneven shards over 2 ranks.
     out = tmp_path / "ddp"
-    result = launch_two("--data", str(pair_folder), "--epochs", "2", "--output-dir", str(out),
-                        "--store-dir", str(tmp_path / "store"), *TINY)
+    result = launch_two(
+        "--data",
+        str(pair_folder),
+        "--epochs",
+        "2",
+        "--output-dir",
+        str(out),
+        "--store-dir",
+        str(tmp_path / "store"),
+        *TINY,
+    )
     assert result.returncode == 0, result.stderr[-4000:]
     assert "2 process(es)" in result.stdout
     # One decoded store, built once (a process that decodes says so, whichever rank it is) and used by both.
@@ -37,8 +59,20 @@ def test_two_process_ddp_gathers_every_image_once(pair_folder, tmp_path):
 
 def test_two_process_streaming_trains_by_steps(pair_folder, tmp_path):
     out = tmp_path / "stream"
-    result = launch_two("--data", str(pair_folder), "--streaming", "--max-steps", "6", "--epochs", "2",
-                        "--num-workers", "2", "--output-dir", str(out), *TINY)
+    result = launch_two(
+        "--data",
+        str(pair_folder),
+        "--streaming",
+        "--max-steps",
+        "6",
+        "--epochs",
+        "2",
+        "--num-workers",
+        "2",
+        "--output-dir",
+        str(out),
+        *TINY,
+    )
     assert result.returncode == 0, result.stderr[-4000:]
     records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in records] == [3, 6]

@@ -9,15 +9,14 @@ import torch
 import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 
+from conftest import run_cli
 from insanesr_dist.config import TrainConfig
-from insanesr_dist.training.ema import WeightEMA
-from insanesr_dist.training.losses import pixel_loss, training_loss
 from insanesr_dist.model.architecture import InsaneSRNet, ModelConfig, count_parameters
 from insanesr_dist.model.weights import load_model, read_metadata
 from insanesr_dist.presets import PRESETS
+from insanesr_dist.training.ema import WeightEMA
+from insanesr_dist.training.losses import pixel_loss, training_loss
 from insanesr_dist.training.optimizer import lr_at
-
-from conftest import run_cli
 
 TINY_MODEL = ["--num-rrdb", "1", "--channels", "8", "--growth", "8", "--layers-per-block", "2", "--panel-images", "0"]
 
@@ -31,8 +30,9 @@ def test_seed_preset_builds_the_report_model_loss_and_optimizer():
     # Model: the report's InsaneSRNet(num_rrdb=5, channels=64) with `torch.sigmoid(tail + bilinear skip)`.
     torch.manual_seed(0)
     model = InsaneSRNet(cfg.model).eval()
-    assert cfg.model == ModelConfig(num_rrdb=5, channels=64, growth=32, layers_per_block=5, scale=4,
-                                    output_head="sigmoid")
+    assert cfg.model == ModelConfig(
+        num_rrdb=5, channels=64, growth=32, layers_per_block=5, scale=4, output_head="sigmoid"
+    )
     assert count_parameters(model) == 3_319_075
     x = torch.rand(1, 3, 6, 5)
     with torch.no_grad():
@@ -44,8 +44,9 @@ def test_seed_preset_builds_the_report_model_loss_and_optimizer():
     assert cfg.loss == "mse" and cfg.ssim_weight == 0
     assert torch.equal(training_loss(cfg.loss, cfg.ssim_weight, sr, hr), F.mse_loss(sr, hr))
     # Optimizer: Adam(lr=1e-4), flat: no warmup, no schedule, no clipping, no EMA; whole images.
-    assert [lr_at(s, peak=cfg.lr, warmup=cfg.warmup_steps, total=100, schedule=cfg.schedule)
-            for s in (0, 50, 99)] == [1e-4] * 3
+    assert [lr_at(s, peak=cfg.lr, warmup=cfg.warmup_steps, total=100, schedule=cfg.schedule) for s in (0, 50, 99)] == [
+        1e-4
+    ] * 3
     assert (cfg.max_grad_norm, cfg.ema_decay, cfg.patch_size, cfg.epochs) == (0, 0, 0, 10)
 
 
@@ -77,8 +78,11 @@ def test_weights_written_before_the_head_type_existed_load_as_the_seed_sigmoid_h
     torch.manual_seed(0)
     old = InsaneSRNet(num_rrdb=1, channels=8, growth=4).eval()
     config = {"num_rrdb": 1, "channels": 8, "growth": 4, "layers_per_block": 5, "scale": 4}  # the old metadata
-    save_file({k: v.contiguous() for k, v in old.state_dict().items()}, tmp_path / "old.safetensors",
-              metadata={"insanesr_config": json.dumps(config), "epoch": "3"})
+    save_file(
+        {k: v.contiguous() for k, v in old.state_dict().items()},
+        tmp_path / "old.safetensors",
+        metadata={"insanesr_config": json.dumps(config), "epoch": "3"},
+    )
     loaded = load_model(tmp_path / "old.safetensors").eval()
     assert loaded.config.output_head == "sigmoid"
     x = torch.rand(1, 3, 8, 8)
@@ -128,8 +132,21 @@ def test_a_seed_preset_run_from_a_config_file_finishes_and_records_its_recipe(pa
     config = tmp_path / "seed.yaml"
     config.write_text("preset: seed\nlr: 0.0003\nbatch-size: 1\n")
     out = tmp_path / "seed"
-    result = run_cli("insanesr-dist", "train", "--config", str(config), "--data", str(pair_folder),
-                     "--output-dir", str(out), "--max-steps", "2", "--lr", "0.0002", *TINY_MODEL)
+    result = run_cli(
+        "insanesr-dist",
+        "train",
+        "--config",
+        str(config),
+        "--data",
+        str(pair_folder),
+        "--output-dir",
+        str(out),
+        "--max-steps",
+        "2",
+        "--lr",
+        "0.0002",
+        *TINY_MODEL,
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     saved = json.loads((out / "config.json").read_text())
     assert saved["preset"] == "seed" and saved["lr"] == 0.0002  # the command line beats the file
@@ -140,8 +157,21 @@ def test_a_seed_preset_run_from_a_config_file_finishes_and_records_its_recipe(pa
 
 def test_a_default_preset_run_saves_the_ema_weights(pair_folder, tmp_path):
     out = tmp_path / "default"
-    result = run_cli("insanesr-dist", "train", "--data", str(pair_folder), "--output-dir", str(out),
-                     "--max-steps", "3", "--patch-size", "8", "--batch-size", "4", *TINY_MODEL)
+    result = run_cli(
+        "insanesr-dist",
+        "train",
+        "--data",
+        str(pair_folder),
+        "--output-dir",
+        str(out),
+        "--max-steps",
+        "3",
+        "--patch-size",
+        "8",
+        "--batch-size",
+        "4",
+        *TINY_MODEL,
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     saved = json.loads((out / "config.json").read_text())
     assert saved["preset"] == "default" and saved["output_head"] == "residual" and saved["ema_decay"] > 0
@@ -157,9 +187,20 @@ def test_a_default_preset_run_saves_the_ema_weights(pair_folder, tmp_path):
 
 def test_study_writes_a_table_with_the_baselines_and_each_variant(pair_folder, tmp_path):
     out = tmp_path / "study"
-    result = run_cli("insanesr-dist", "study", "--data", str(pair_folder), "--output-dir", str(out), "--steps", "2",
-                     "--variants", "head: residual", "--train-args",
-                     "--patch-size 8 --batch-size 4 " + " ".join(TINY_MODEL))
+    result = run_cli(
+        "insanesr-dist",
+        "study",
+        "--data",
+        str(pair_folder),
+        "--output-dir",
+        str(out),
+        "--steps",
+        "2",
+        "--variants",
+        "head: residual",
+        "--train-args",
+        "--patch-size 8 --batch-size 4 " + " ".join(TINY_MODEL),
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     import csv
 

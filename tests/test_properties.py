@@ -12,10 +12,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from PIL import Image
 
-from insanesr_dist.data.images import decode_image, header_size
-from insanesr_dist.data.pairs import pair_names, scale_suffix
 from insanesr_dist.data.crops import random_pair_crop
-from insanesr_dist.data.images import encode_png
+from insanesr_dist.data.images import decode_image, encode_png, header_size
+from insanesr_dist.data.pairs import pair_names, scale_suffix
 from insanesr_dist.scoring.submission import read_submission, write_submission
 
 FAST = settings(max_examples=30, deadline=None)
@@ -32,8 +31,7 @@ def test_pairs_are_shared_names_or_the_scale_suffix_and_every_other_file_is_name
     # the same name always pairs; otherwise only LR name = HR name + the scale's suffix
     assert {lr for lr, hr in pairs if lr == hr} == set(lr_files) & set(hr_files)
     for lr_name, hr_name in pairs:
-        assert lr_name == hr_name or (hr_name in scale_suffix(lr_name)[0]
-                                      and scale_suffix(lr_name)[1] == scale)
+        assert lr_name == hr_name or (hr_name in scale_suffix(lr_name)[0] and scale_suffix(lr_name)[1] == scale)
     assert len({hr for _, hr in pairs}) == len(pairs)  # no HR file in two pairs
     # every file is in a pair or named by exactly one finding
     named = [Path(f.path).name for f in findings]
@@ -97,8 +95,12 @@ def test_crops_stay_aligned_for_any_size_and_patch(h, w, data):
 
 
 @settings(max_examples=15, deadline=None)
-@given(rows=st.lists(st.tuples(names, st.integers(1, 12), st.integers(1, 12)), min_size=1, max_size=4,
-                     unique_by=lambda t: t[0]), seed=st.integers(0, 2**32 - 1))
+@given(
+    rows=st.lists(
+        st.tuples(names, st.integers(1, 12), st.integers(1, 12)), min_size=1, max_size=4, unique_by=lambda t: t[0]
+    ),
+    seed=st.integers(0, 2**32 - 1),
+)
 def test_submission_csv_round_trips_any_ids_and_sizes(rows, seed, tmp_path_factory):
     rng = np.random.default_rng(seed)
     images = {image_id: rng.integers(0, 256, (h, w, 3), dtype=np.uint8) for image_id, h, w in rows}
@@ -110,12 +112,17 @@ def test_submission_csv_round_trips_any_ids_and_sizes(rows, seed, tmp_path_facto
 
 
 @FAST
-@given(st.sampled_from([".png", ".jpg", ".bmp", ".tif", ".webp"]), st.integers(1, 70), st.integers(1, 70),
-       st.sampled_from([1, 3, 4]), st.booleans())
+@given(
+    st.sampled_from([".png", ".jpg", ".bmp", ".tif", ".webp"]),
+    st.integers(1, 70),
+    st.integers(1, 70),
+    st.sampled_from([1, 3, 4]),
+    st.booleans(),
+)
 def test_the_header_size_is_the_decoded_size(ext, height, width, channels, lossless):
     # what the pixel limit and check-submission trust before decoding (WEBP: lossy VP8 and lossless VP8L)
     rng = np.random.default_rng(height * 71 + width)
-    array = rng.integers(0, 256, (height, width, channels)[:2 if channels == 1 else 3], dtype=np.uint8)
+    array = rng.integers(0, 256, (height, width, channels)[: 2 if channels == 1 else 3], dtype=np.uint8)
     if ext == ".jpg" and channels == 4:
         array = array[..., :3]
     params = [cv2.IMWRITE_WEBP_QUALITY, 101 if lossless else 80] if ext == ".webp" else []

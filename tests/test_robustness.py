@@ -13,20 +13,19 @@ import cv2
 import numpy as np
 import pytest
 import torch
-from bad_data import PATCH, make_bad_folder, make_empty_folder
-from conftest import TINY, assert_one_line_error, make_pair_folder, run_cli, run_patched_train
 from PIL import Image
 
+from bad_data import PATCH, make_bad_folder, make_empty_folder
+from conftest import TINY, assert_one_line_error, make_pair_folder, run_cli, run_patched_train
 from insanesr_dist import atomic
-from insanesr_dist.data import images
-from insanesr_dist.data import pairs
+from insanesr_dist.data import images, pairs
 from insanesr_dist.data.splits import load_splits
 from insanesr_dist.errors import UserError
-from insanesr_dist.training.faults import BadSteps
-from insanesr_dist.training.optimizer import make_optimizer
 from insanesr_dist.model.architecture import InsaneSRNet
 from insanesr_dist.model.weights import load_model, read_metadata, save_weights
 from insanesr_dist.scoring.submission import read_submission, write_submission
+from insanesr_dist.training.faults import BadSteps
+from insanesr_dist.training.optimizer import make_optimizer
 
 ARGS = [*TINY, "--patch-size", str(PATCH)]  # the bad cases are built around this crop size
 
@@ -77,8 +76,21 @@ def test_training_stops_on_the_first_bad_file_or_skips_each_once(bad_folder, tmp
     assert any(pairs.show(c.path) in error for c in cases.values() if c.kind == "bad"), error
 
     # fp16 asked for on a CPU: the run explains the choice it made instead of failing
-    run = run_cli("insanesr-dist", "train", "--data", str(root), *ARGS, "--epochs", "1", "--on-bad-sample", "skip",
-                  "--mixed-precision", "fp16", "--output-dir", str(tmp_path / "b"))
+    run = run_cli(
+        "insanesr-dist",
+        "train",
+        "--data",
+        str(root),
+        *ARGS,
+        "--epochs",
+        "1",
+        "--on-bad-sample",
+        "skip",
+        "--mixed-precision",
+        "fp16",
+        "--output-dir",
+        str(tmp_path / "b"),
+    )
     assert run.returncode == 0, run.stderr[-3000:]
     out = run.stdout + run.stderr
     assert "fp16 needs a CUDA GPU" in out
@@ -95,8 +107,13 @@ def test_training_stops_on_the_first_bad_file_or_skips_each_once(bad_folder, tmp
     assert (tmp_path / "b" / "best.safetensors").is_file()
 
 
-@pytest.mark.parametrize("args,needle", [(["--max-bad-steps", "0"], "max_bad_steps must be >= 1"),
-                                         (["--on-bad-sample", "ignore"], "'ignore' is not one of")])
+@pytest.mark.parametrize(
+    "args,needle",
+    [
+        (["--max-bad-steps", "0"], "max_bad_steps must be >= 1"),
+        (["--on-bad-sample", "ignore"], "'ignore' is not one of"),
+    ],
+)
 def test_bad_fault_options_are_usage_errors(tmp_path, args, needle):
     result = run_cli("insanesr-dist", "train", "--data", str(tmp_path), *args)
     assert result.returncode == 2 and "Traceback" not in result.stderr and needle in result.stderr, result.stderr
@@ -107,7 +124,7 @@ def test_bad_fault_options_are_usage_errors(tmp_path, args, needle):
 
 
 def test_conversions_match_an_independent_reader(bad_folder):
-    root, cases = bad_folder
+    _, cases = bad_folder
     gray = images.read_image(cases["grayscale"].path)
     ref = np.asarray(Image.open(cases["grayscale"].path))
     assert all(np.array_equal(gray[..., c], ref) for c in range(3))
@@ -225,8 +242,21 @@ T.training_loss = poisoned
 def test_a_run_of_non_finite_steps_stops_and_keeps_the_last_good_files(tmp_path):
     data = make_pair_folder(tmp_path / "d", num_train=23, num_test=2)
     out = tmp_path / "run"
-    args = ["--data", str(data), *TINY, "--epochs", "3", "--log-every", "1", "--max-bad-steps", "3",
-            "--mixed-precision", "no", "--output-dir", str(out)]
+    args = [
+        "--data",
+        str(data),
+        *TINY,
+        "--epochs",
+        "3",
+        "--log-every",
+        "1",
+        "--max-bad-steps",
+        "3",
+        "--mixed-precision",
+        "no",
+        "--output-dir",
+        str(out),
+    ]
     result = run_patched_train(NAN_AFTER.format(after=5), *args)
     assert_one_line_error(result, "3 optimizer steps in a row", "--max-bad-steps 3")
     assert "warning: skipped 1 optimizer step(s)" in result.stdout + result.stderr
@@ -243,12 +273,14 @@ def test_a_run_of_non_finite_steps_stops_and_keeps_the_last_good_files(tmp_path)
 
 def _half_then_fail(real):
     """A writer that leaves half its file, then fails as a full disk would."""
+
     def write(*args, **kwargs):
         real(*args, **kwargs)
         target = next(a for a in args if isinstance(a, (str, os.PathLike)) and os.path.exists(a))
         data = Path(target).read_bytes()
         Path(target).write_bytes(data[: len(data) // 2])
         raise OSError(28, "No space left on device")
+
     return write
 
 
@@ -264,8 +296,9 @@ def test_a_failed_write_leaves_the_previous_files_readable(tmp_path, monkeypatch
 
     monkeypatch.setattr(model_module, "save_file", _half_then_fail(model_module.save_file))
     with pytest.raises(OSError):
-        save_weights(InsaneSRNet(num_rrdb=1, channels=8, growth=4, layers_per_block=2),
-                     tmp_path / "latest.safetensors", epoch=2)
+        save_weights(
+            InsaneSRNet(num_rrdb=1, channels=8, growth=4, layers_per_block=2), tmp_path / "latest.safetensors", epoch=2
+        )
 
     real_open = open
 
@@ -277,8 +310,10 @@ def test_a_failed_write_leaves_the_previous_files_readable(tmp_path, monkeypatch
             def write(text):
                 real_write(text[: len(text) // 2])
                 raise OSError(28, "No space left on device")
+
             f.write = write
         return f
+
     monkeypatch.setattr("builtins.open", failing_open)
     with pytest.raises(OSError):
         write_submission(tmp_path / "sub.csv", [("b.png", png)] * 3)
@@ -309,8 +344,19 @@ M.save_file = save_file
 def test_a_write_failing_mid_run_leaves_every_file_readable_and_the_run_resumable(tmp_path):
     data = make_pair_folder(tmp_path / "d", num_train=23, num_test=2)
     out = tmp_path / "run"
-    args = ["--data", str(data), *TINY, "--panel-images", "0", "--mixed-precision", "no", "--epochs", "2",
-            "--output-dir", str(out)]
+    args = [
+        "--data",
+        str(data),
+        *TINY,
+        "--panel-images",
+        "0",
+        "--mixed-precision",
+        "no",
+        "--epochs",
+        "2",
+        "--output-dir",
+        str(out),
+    ]
     failed = run_patched_train(DISK_FULL_AT_EPOCH_2, *args)
     assert_one_line_error(failed, "No space left on device", "rerun the same command")
     assert read_metadata(out / "latest.safetensors")["epoch"] == 1 and load_model(out / "latest.safetensors")
@@ -328,8 +374,23 @@ def test_a_write_failing_mid_run_leaves_every_file_readable_and_the_run_resumabl
 def test_a_real_file_size_limit_gives_one_line_and_no_hang(tmp_path):
     """The OS refuses a write (RLIMIT_FSIZE: EFBIG, as a full disk gives ENOSPC) wherever it first hits."""
     data = make_pair_folder(tmp_path / "d", num_train=23, num_test=2)
-    args = ["insanesr-dist", "train", "--data", str(data), *TINY, "--panel-images", "0", "--mixed-precision", "no",
-            "--checkpoint-every", "2", "--epochs", "1", "--output-dir", str(tmp_path / "run")]
+    args = [
+        "insanesr-dist",
+        "train",
+        "--data",
+        str(data),
+        *TINY,
+        "--panel-images",
+        "0",
+        "--mixed-precision",
+        "no",
+        "--checkpoint-every",
+        "2",
+        "--epochs",
+        "1",
+        "--output-dir",
+        str(tmp_path / "run"),
+    ]
 
     def limit_file_size():
         resource.setrlimit(resource.RLIMIT_FSIZE, (20_000, 20_000))  # below the tiny model's weights file
@@ -350,7 +411,7 @@ def test_pickles_are_refused_unless_allowed_and_mismatches_are_named(tmp_path):
     torch.manual_seed(0)
     model = InsaneSRNet(num_rrdb=1, channels=8, growth=4, layers_per_block=2).eval()
     torch.save(model.state_dict(), tmp_path / "seed.pth")  # how the seed report saved its weights
-    with pytest.raises(UserError, match="pickle.*--allow-pickle"):
+    with pytest.raises(UserError, match=r"pickle.*--allow-pickle"):
         load_model(tmp_path / "seed.pth")
     loaded = load_model(tmp_path / "seed.pth", allow_pickle=True).eval()
     x = torch.rand(1, 3, 5, 5)
@@ -375,8 +436,16 @@ def test_predict_refuses_a_pickle_in_one_line_and_takes_it_when_allowed(tmp_path
     model = InsaneSRNet(num_rrdb=1, channels=8, growth=4, layers_per_block=2)
     torch.save({"state_dict": model.state_dict()}, tmp_path / "w.pth")
     make_pair_folder(tmp_path / "d", num_train=0, num_test=1)
-    args = ["insanesr-dist", "predict", "--checkpoint", str(tmp_path / "w.pth"), "--input",
-            str(tmp_path / "d" / "test" / "LR"), "--csv", str(tmp_path / "s.csv")]
+    args = [
+        "insanesr-dist",
+        "predict",
+        "--checkpoint",
+        str(tmp_path / "w.pth"),
+        "--input",
+        str(tmp_path / "d" / "test" / "LR"),
+        "--csv",
+        str(tmp_path / "s.csv"),
+    ]
     assert_one_line_error(run_cli(*args), "w.pth", "--allow-pickle")
     allowed = run_cli(*args, "--allow-pickle")
     assert allowed.returncode == 0, allowed.stderr[-2000:]

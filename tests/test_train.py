@@ -1,5 +1,6 @@
 """End to end through the real command line: every file a run leaves, read back as a user would."""
 
+import itertools
 import json
 import math
 from pathlib import Path
@@ -10,15 +11,23 @@ import pytest
 import torch
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from insanesr_dist.tools.evaluate import evaluate_predictions
-from insanesr_dist.scoring.metrics import joint_metric, psnr_ssim
+from conftest import (
+    TINY,
+    assert_one_line_error,
+    independent_val_jm,
+    make_pair_folder,
+    read_rgb,
+    run_cli,
+    run_patched_train,
+    upscale,
+    write_png,
+)
 from insanesr_dist.model.weights import load_model, read_metadata
+from insanesr_dist.scoring.metrics import joint_metric, psnr_ssim
 from insanesr_dist.scoring.submission import read_submission
-from insanesr_dist.training.precision import resolve_precision
+from insanesr_dist.tools.evaluate import evaluate_predictions
 from insanesr_dist.training.optimizer import lr_at
-
-from conftest import (TINY, assert_one_line_error, independent_val_jm, make_pair_folder, read_rgb, run_cli,
-                      run_patched_train, upscale, write_png)
+from insanesr_dist.training.precision import resolve_precision
 
 
 def test_lr_schedule_is_a_pure_function_of_the_step():
@@ -27,7 +36,7 @@ def test_lr_schedule_is_a_pure_function_of_the_step():
     warm = [lr_at(s, peak=1.0, warmup=4, total=12, schedule="cosine") for s in range(12)]
     assert warm[:4] == [0.25, 0.5, 0.75, 1.0]
     assert warm[4] == pytest.approx(1.0) and warm[8] == pytest.approx(0.5) and warm[-1] > 0
-    assert all(a >= b for a, b in zip(warm[3:], warm[4:]))
+    assert all(a >= b for a, b in itertools.pairwise(warm[3:]))
     assert lr_at(12, peak=1.0, warmup=4, total=12, schedule="cosine") == pytest.approx(0.0)
 
 
@@ -55,8 +64,14 @@ def test_auto_precision_is_bf16_only_where_it_is_native(monkeypatch, native):
 def test_run_leaves_every_file(finished_run):
     out, result = finished_run
     names = {p.relative_to(out).as_posix() for p in out.rglob("*") if p.is_file()}
-    assert {"config.json", "latest.safetensors", "best.safetensors", "metrics.jsonl",
-            "submissions/epoch_001.csv", "submissions/epoch_002.csv"} <= names
+    assert {
+        "config.json",
+        "latest.safetensors",
+        "best.safetensors",
+        "metrics.jsonl",
+        "submissions/epoch_001.csv",
+        "submissions/epoch_002.csv",
+    } <= names
     assert not [n for n in names if ".tmp" in n]  # atomic writes leave no temp files
     config = json.loads((out / "config.json").read_text())
     assert config["epochs"] == 2 and config["channels"] == 8
@@ -98,8 +113,17 @@ def test_tensorboard_events_hold_the_scalars_and_panels(finished_run, pair_folde
     events = EventAccumulator(str(out / "logs"), size_guidance={"images": 0, "scalars": 0})
     events.Reload()
     tags = events.Tags()
-    for tag in ["train/loss", "train/lr", "train/epoch_loss", "val/psnr", "val/ssim", "val/jm", "val/psnr_piq",
-                "val/ssim_piq", "perf/samples_per_s"]:
+    for tag in [
+        "train/loss",
+        "train/lr",
+        "train/epoch_loss",
+        "val/psnr",
+        "val/ssim",
+        "val/jm",
+        "val/psnr_piq",
+        "val/ssim_piq",
+        "perf/samples_per_s",
+    ]:
         assert tag in tags["scalars"], tags
     records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     logged = [(e.step, e.value) for e in events.Scalars("val/jm")]
@@ -114,11 +138,12 @@ def test_tensorboard_events_hold_the_scalars_and_panels(finished_run, pair_folde
     panel = events.Images(panels[0])[-1]
     assert panel.step == records[-1]["step"]
     # LR (bilinear) | SR | HR side by side; the right third is the HR image itself.
-    image = cv2.cvtColor(cv2.imdecode(np.frombuffer(panel.encoded_image_string, np.uint8), cv2.IMREAD_COLOR),
-                         cv2.COLOR_BGR2RGB)
+    image = cv2.cvtColor(
+        cv2.imdecode(np.frombuffer(panel.encoded_image_string, np.uint8), cv2.IMREAD_COLOR), cv2.COLOR_BGR2RGB
+    )
     hr = read_rgb(pair_folder / "train" / "HR" / panels[0].removeprefix("panels/"))
     assert image.shape == (hr.shape[0], 3 * hr.shape[1], 3)
-    assert np.array_equal(image[:, 2 * hr.shape[1]:], hr)
+    assert np.array_equal(image[:, 2 * hr.shape[1] :], hr)
 
 
 def test_evaluate_command_agrees_with_the_grader(finished_run, tmp_path):
@@ -132,8 +157,10 @@ def test_evaluate_command_agrees_with_the_grader(finished_run, tmp_path):
         truth = np.clip(image.astype(int) + rng.integers(-12, 13, image.shape), 0, 255).astype(np.uint8)
         write_png(tmp_path / "hr" / image_id, truth)
         write_png(tmp_path / "pred" / image_id, image)
-        grader.append(40 * structural_similarity(image, truth, channel_axis=-1, data_range=255)
-                      + peak_signal_noise_ratio(truth, image, data_range=255))
+        grader.append(
+            40 * structural_similarity(image, truth, channel_axis=-1, data_range=255)
+            + peak_signal_noise_ratio(truth, image, data_range=255)
+        )
     expected = float(np.mean(grader))
     for pred in [out / "submissions" / "epoch_002.csv", tmp_path / "pred"]:
         assert evaluate_predictions(pred, tmp_path / "hr")["jm"] == pytest.approx(expected, abs=1e-6)
@@ -146,8 +173,9 @@ def test_config_file_fills_what_the_command_line_leaves(pair_folder, tmp_path):
     config = tmp_path / "c.yaml"
     config.write_text("epochs: 1\nmax-steps: 2\nbatch_size: 2\nlr: 0.001\n")
     out = tmp_path / "out"
-    result = run_cli("insanesr-dist", "train", "--config", str(config), "--data", str(pair_folder),
-                     "--output-dir", str(out), *TINY)
+    result = run_cli(
+        "insanesr-dist", "train", "--config", str(config), "--data", str(pair_folder), "--output-dir", str(out), *TINY
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     saved = json.loads((out / "config.json").read_text())
     assert saved["lr"] == 0.001 and saved["max_steps"] == 2
@@ -192,15 +220,18 @@ def test_a_finished_run_is_never_overwritten(finished_run, pair_folder):
     out, _ = finished_run
     before = {p: p.read_bytes() for p in out.glob("*.safetensors")}
     # The same budget (a larger one trains the finished run further, see below)
-    again = run_cli("insanesr-dist", "train", "--data", str(pair_folder), "--output-dir", str(out), "--epochs", "2",
-                    *TINY)
+    again = run_cli(
+        "insanesr-dist", "train", "--data", str(pair_folder), "--output-dir", str(out), "--epochs", "2", *TINY
+    )
     assert again.returncode == 0 and "already finished" in again.stdout, again.stderr
-    fresh = run_cli("insanesr-dist", "train", "--data", str(pair_folder), "--output-dir", str(out), *TINY,
-                    "--resume", "none")
+    fresh = run_cli(
+        "insanesr-dist", "train", "--data", str(pair_folder), "--output-dir", str(out), *TINY, "--resume", "none"
+    )
     assert_one_line_error(fresh, "already holds a run")
     # The checkpoint holds an EMA state (the default recipe): continuing without one is refused, not a traceback.
-    no_ema = run_cli("insanesr-dist", "train", "--data", str(pair_folder), "--output-dir", str(out), *TINY,
-                     "--ema-decay", "0")
+    no_ema = run_cli(
+        "insanesr-dist", "train", "--data", str(pair_folder), "--output-dir", str(out), *TINY, "--ema-decay", "0"
+    )
     assert_one_line_error(no_ema, "cannot resume with --ema-decay 0", "--ema-decay 0.999")
     assert {p: p.read_bytes() for p in out.glob("*.safetensors")} == before
 
@@ -231,8 +262,24 @@ def test_val_every_submit_every_and_val_max_images_through_the_cli(pair_folder, 
     from insanesr_dist.train import val_subset
 
     out = tmp_path / "out"
-    result = run_cli("insanesr-dist", "train", "--data", str(pair_folder), "--epochs", "3", "--val-every", "2",
-                     "--submit-every", "2", "--val-max-images", "2", "--output-dir", str(out), *TINY, timeout=300)
+    result = run_cli(
+        "insanesr-dist",
+        "train",
+        "--data",
+        str(pair_folder),
+        "--epochs",
+        "3",
+        "--val-every",
+        "2",
+        "--submit-every",
+        "2",
+        "--val-max-images",
+        "2",
+        "--output-dir",
+        str(out),
+        *TINY,
+        timeout=300,
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert [r["epoch"] for r in records] == [1, 2, 3]
@@ -253,8 +300,10 @@ def test_val_every_submit_every_and_val_max_images_through_the_cli(pair_folder, 
     assert f"2 of {len(val)} val images (seeded subset: {', '.join(ids)})" in result.stdout
     assert val_subset(len(val), 2, 0) == val_subset(len(val), 2, 0) and val_subset(len(val), 0, 0) is None
     model = load_model(out / "latest.safetensors").eval()
-    scores = [psnr_ssim(upscale(model, read_rgb(Path(row["lr"]["path"]))), read_rgb(Path(row["hr"]["path"])))[0]
-              for row in kept]
+    scores = [
+        psnr_ssim(upscale(model, read_rgb(Path(row["lr"]["path"]))), read_rgb(Path(row["hr"]["path"])))[0]
+        for row in kept
+    ]
     psnr, ssim = torch.stack(scores).mean(0).tolist()
     assert joint_metric(psnr, ssim) == pytest.approx(records[-1]["jm"], abs=1e-9)
     # Readers of metrics.jsonl skip the train-only record.
@@ -266,29 +315,47 @@ def test_every_epoch_reaches_the_dataset_also_through_a_sharded_loader(pair_fold
     (several ranks): the crops would repeat every epoch unless the loop sets it too."""
     from accelerate.data_loader import prepare_data_loader
 
-    from insanesr_dist.data import loaders
-    from insanesr_dist.data import splits
+    from insanesr_dist.data import loaders, splits
     from insanesr_dist.train import _epoch_batches
 
     train = splits.load_splits(pair_folder, val_fraction=0.1, seed=0).train
     loader = loaders.train_loader(train, batch_size=2, patch_size=4, scale=4, seed=0, num_workers=0)
-    shard = prepare_data_loader(loader, num_processes=2, process_index=1, put_on_device=False,
-                                use_seedable_sampler=True)
+    shard = prepare_data_loader(
+        loader, num_processes=2, process_index=1, put_on_device=False, use_seedable_sampler=True
+    )
     for epoch in (1, 2):
         _epoch_batches(None, shard, epoch, 0)
         assert shard.dataset.epoch == epoch
 
 
-def test_val_every_steps_and_submit_every_steps_evaluate_mid_epoch_without_changing_training(finished_run,
-                                                                                             pair_folder):
+def test_val_every_steps_and_submit_every_steps_evaluate_mid_epoch_without_changing_training(finished_run, pair_folder):
     """The step forms evaluate mid-epoch (TensorBoard, best/latest weights, step CSVs, a console line), leave
     the epoch's last step to the epoch end, keep metrics.jsonl a line per epoch, and change nothing of the
     training: the same command as finished_run's, plus the step flags, ends with its losses and weights."""
     reference, _ = finished_run
     out = reference.parent / "steps"
-    result = run_cli("accelerate", "launch", "--num_processes", "1", "-m", "insanesr_dist.train",
-                     "--data", str(pair_folder), "--epochs", "2", "--output-dir", str(out), "--log-every", "1",
-                     "--val-every-steps", "2", "--submit-every-steps", "3", *TINY, timeout=300)
+    result = run_cli(
+        "accelerate",
+        "launch",
+        "--num_processes",
+        "1",
+        "-m",
+        "insanesr_dist.train",
+        "--data",
+        str(pair_folder),
+        "--epochs",
+        "2",
+        "--output-dir",
+        str(out),
+        "--log-every",
+        "1",
+        "--val-every-steps",
+        "2",
+        "--submit-every-steps",
+        "3",
+        *TINY,
+        timeout=300,
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     expected = [json.loads(line) for line in (reference / "metrics.jsonl").read_text().splitlines()]
@@ -305,7 +372,8 @@ def test_val_every_steps_and_submit_every_steps_evaluate_mid_epoch_without_chang
     logged = {e.step: e.value for e in events.Scalars("val/jm")}
     assert sorted(logged) == sorted(mid(2) + ends)
     assert sorted(p.name for p in (out / "submissions").iterdir()) == sorted(
-        [f"step_{s:07d}.csv" for s in mid(3)] + ["epoch_001.csv", "epoch_002.csv"])
+        [f"step_{s:07d}.csv" for s in mid(3)] + ["epoch_001.csv", "epoch_002.csv"]
+    )
     assert [e.step for e in events.Scalars("train/loss")] == list(range(1, ends[1] + 1))
     for s in mid(2):
         assert f"step {s} (epoch {1 + (s > ends[0])})  PSNR" in result.stdout
@@ -322,20 +390,40 @@ def _tensors(path: Path) -> dict[str, torch.Tensor]:
     return load_model(path).state_dict()
 
 
-def test_init_from_a_run_directory_and_an_exported_folder_starts_from_their_weights(finished_run, pair_folder,
-                                                                                   tmp_path):
+def test_init_from_a_run_directory_and_an_exported_folder_starts_from_their_weights(
+    finished_run, pair_folder, tmp_path
+):
     """--init-from RUN takes its best.safetensors, an exported folder its model.safetensors; with a learning rate
     too small to move a float32 weight, the run's weights after one step are the source's."""
     from insanesr_dist.model.weights import save_folder
 
     run, _ = finished_run
     save_folder(load_model(run / "latest.safetensors"), tmp_path / "exported")
-    for source, expected in ((run, run / "best.safetensors"),
-                             (tmp_path / "exported", tmp_path / "exported" / "model.safetensors")):
+    for source, expected in (
+        (run, run / "best.safetensors"),
+        (tmp_path / "exported", tmp_path / "exported" / "model.safetensors"),
+    ):
         out = tmp_path / f"from-{source.name}"
-        result = run_cli("insanesr-dist", "train", "--data", str(pair_folder), "--init-from", str(source),
-                         "--lr", "1e-30", "--ema-decay", "0", "--epochs", "1", "--max-steps", "1",
-                         "--output-dir", str(out), *TINY, timeout=300)
+        result = run_cli(
+            "insanesr-dist",
+            "train",
+            "--data",
+            str(pair_folder),
+            "--init-from",
+            str(source),
+            "--lr",
+            "1e-30",
+            "--ema-decay",
+            "0",
+            "--epochs",
+            "1",
+            "--max-steps",
+            "1",
+            "--output-dir",
+            str(out),
+            *TINY,
+            timeout=300,
+        )
         assert result.returncode == 0, result.stderr[-3000:]
         assert f"init: weights from {expected}" in result.stdout
         assert json.loads((out / "config.json").read_text())["init_from"] == str(expected)
@@ -346,8 +434,7 @@ def test_init_from_a_run_directory_and_an_exported_folder_starts_from_their_weig
 def test_a_partial_init_lists_what_it_left_and_a_strict_one_names_the_tensor(tmp_path):
     from insanesr_dist.errors import UserError
     from insanesr_dist.model.architecture import InsaneSRNet
-    from insanesr_dist.model.weights import save_weights
-    from insanesr_dist.model.weights import init_weights
+    from insanesr_dist.model.weights import init_weights, save_weights
 
     small = InsaneSRNet(num_rrdb=1, channels=8, growth=8, layers_per_block=2)
     save_weights(small, tmp_path / "small.safetensors")
@@ -371,8 +458,22 @@ def test_early_stopping_ends_the_run_as_finished_at_the_expected_validation(pair
     run — at the end of epoch 2, or mid-epoch at step 4 with --val-every-steps 2; the run ends with its CSV and
     is finished (a rerun does nothing)."""
     out = tmp_path / "out"
-    args = ["insanesr-dist", "train", "--data", str(pair_folder), "--epochs", "4", "--early-stop-patience", "1",
-            "--early-stop-min-delta", "1000", "--output-dir", str(out), *extra, *TINY]
+    args = [
+        "insanesr-dist",
+        "train",
+        "--data",
+        str(pair_folder),
+        "--epochs",
+        "4",
+        "--early-stop-patience",
+        "1",
+        "--early-stop-min-delta",
+        "1000",
+        "--output-dir",
+        str(out),
+        *extra,
+        *TINY,
+    ]
     result = run_cli(*args, timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
     records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
@@ -392,17 +493,31 @@ def test_a_finished_run_given_a_larger_budget_continues_from_its_final_state(pai
     """A finished 1-epoch run rerun with --epochs 2 continues (step count, Adam moments, EMA and RNG carried
     over): under --schedule constant it ends exactly as a 2-epoch run; under cosine its learning rate follows the
     new total's schedule from the step it stopped at; the same budget again does nothing."""
+
     def train(out: Path, *args: str) -> str:
-        result = run_cli("insanesr-dist", "train", "--data", str(pair_folder), "--output-dir", str(out),
-                         "--log-every", "1", *args, *TINY, timeout=300)
+        result = run_cli(
+            "insanesr-dist",
+            "train",
+            "--data",
+            str(pair_folder),
+            "--output-dir",
+            str(out),
+            "--log-every",
+            "1",
+            *args,
+            *TINY,
+            timeout=300,
+        )
         assert result.returncode == 0, result.stderr[-3000:]
         return result.stdout
 
     train(tmp_path / "straight", "--epochs", "2", "--schedule", "constant")
     train(tmp_path / "extended", "--epochs", "1", "--schedule", "constant")
     said = train(tmp_path / "extended", "--epochs", "2", "--schedule", "constant")
-    straight, extended = ([json.loads(line) for line in (tmp_path / run / "metrics.jsonl").read_text().splitlines()]
-                          for run in ("straight", "extended"))
+    straight, extended = (
+        [json.loads(line) for line in (tmp_path / run / "metrics.jsonl").read_text().splitlines()]
+        for run in ("straight", "extended")
+    )
     steps = straight[0]["step"]
     assert f"the run had finished: its budget grows from {steps} to {2 * steps} steps" in said
     for key in ("epoch", "step", "train_loss", "jm"):
@@ -420,5 +535,6 @@ def test_a_finished_run_given_a_larger_budget_continues_from_its_final_state(pai
     for step in (steps + 1, 2 * steps):  # the lr set for a step is the schedule's at the steps taken before it
         expected = lr_at(step - 1, peak=config["lr"], warmup=config["warmup_steps"], total=2 * steps, schedule="cosine")
         assert lrs[step] == pytest.approx(expected, rel=1e-6)
-    assert lrs[steps] == pytest.approx(lr_at(steps - 1, peak=config["lr"], warmup=config["warmup_steps"],
-                                             total=steps, schedule="cosine"), rel=1e-6)
+    assert lrs[steps] == pytest.approx(
+        lr_at(steps - 1, peak=config["lr"], warmup=config["warmup_steps"], total=steps, schedule="cosine"), rel=1e-6
+    )

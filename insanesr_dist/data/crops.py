@@ -73,8 +73,9 @@ def random_pair_crop(
     return lr, hr
 
 
-def pair_window(lr: np.ndarray, hr: np.ndarray, patch: int, scale: int, draws, *,
-                copy: bool = True) -> tuple[np.ndarray, np.ndarray, int]:
+def pair_window(
+    lr: np.ndarray, hr: np.ndarray, patch: int, scale: int, draws, *, copy: bool = True
+) -> tuple[np.ndarray, np.ndarray, int]:
     """The aligned window of a sample (HxWx3, as stored: a plain copy of rows) and its transform code,
     which `augment` applies."""
     if patch:
@@ -107,8 +108,9 @@ def _transformed(images: torch.Tensor, codes: torch.Tensor) -> torch.Tensor:
     batch, height, width, _ = images.shape
     if height * width > _TABLE_PIXELS:  # whole images (--patch-size 0): a table per size would cost too much
         each = zip(images, codes.tolist())
-        turned = [(torch.rot90(image, code // 2 if height == width else code // 2 & 2, (0, 1)), code)
-                  for image, code in each]
+        turned = [
+            (torch.rot90(image, code // 2 if height == width else code // 2 & 2, (0, 1)), code) for image, code in each
+        ]
         return torch.stack([image.flip(1) if code % 2 else image for image, code in turned]).permute(0, 3, 1, 2)
     sources = _transform_tables(height, width, images.device)[codes.long()]  # (B, H*W)
     pixels = images.reshape(batch, height * width, 3)[torch.arange(batch, device=images.device)[:, None], sources]
@@ -147,8 +149,9 @@ class DevicePairs:
             hr_at = self.hr_start[i]
             self.hr[hr_at : hr_at + n * scale * scale].copy_(torch.from_numpy(np.array(hr).ravel()))
         self.nbytes = self.lr.numel() + self.hr.numel()
-        self._lr_start, self._hr_start, self._widths = (torch.as_tensor(a, device=device)
-                                                        for a in (self.lr_start, self.hr_start, self.widths))
+        self._lr_start, self._hr_start, self._widths = (
+            torch.as_tensor(a, device=device) for a in (self.lr_start, self.hr_start, self.widths)
+        )
 
     def plan(self, indices: np.ndarray, epoch: int) -> torch.Tensor:
         """(B, 4) int64 [sample, y, x, code] of a batch of samples, vectorised on the host."""

@@ -28,8 +28,14 @@ DEMO_VERSION = 1  # bump whenever the frames change: it names the cache folder
 DEFAULT_NUM_TRAIN, DEFAULT_NUM_TEST, DEFAULT_HR_SIZE = 200, 20, 256
 
 # Hershey fonts and a scale factor each: PLAIN and COMPLEX_SMALL draw smaller glyphs per unit scale.
-_FONTS = {cv2.FONT_HERSHEY_SIMPLEX: 1.0, cv2.FONT_HERSHEY_PLAIN: 1.6, cv2.FONT_HERSHEY_DUPLEX: 1.0,
-          cv2.FONT_HERSHEY_COMPLEX: 1.0, cv2.FONT_HERSHEY_TRIPLEX: 1.0, cv2.FONT_HERSHEY_COMPLEX_SMALL: 1.4}
+_FONTS = {
+    cv2.FONT_HERSHEY_SIMPLEX: 1.0,
+    cv2.FONT_HERSHEY_PLAIN: 1.6,
+    cv2.FONT_HERSHEY_DUPLEX: 1.0,
+    cv2.FONT_HERSHEY_COMPLEX: 1.0,
+    cv2.FONT_HERSHEY_TRIPLEX: 1.0,
+    cv2.FONT_HERSHEY_COMPLEX_SMALL: 1.4,
+}
 _HUD_WORDS = ("SCORE", "COINS", "TIME", "LEVEL", "GOLD", "XP")
 _DIALOGUE = ("PRESS START", "GAME OVER", "You found a key!", "LEVEL CLEAR", "Save game?", "READY")
 
@@ -104,8 +110,8 @@ def _tiled(rng, h: int, w: int, t: int, kind: str) -> np.ndarray:
         tile[:t, :t] = tile[t:, t:] = _shade(base, 3, 4)
     elif kind == "brick":
         mortar = _shade(base, 1, 2)
-        tile[0] = tile[half] = mortar                          # horizontal mortar lines
-        tile[:half, 0] = tile[half:, half] = mortar            # staggered vertical joints
+        tile[0] = tile[half] = mortar  # horizontal mortar lines
+        tile[:half, 0] = tile[half:, half] = mortar  # staggered vertical joints
         tile[1, 1:] = tile[half + 1, 1:] = _shade(base, 5, 4)  # lit top edge of each brick
     else:  # speckles in 2x2 blocks (t is even), like low-res grass/dirt tile art
         r = np.repeat(np.repeat(rng.random((half, half)), 2, 0), 2, 1)
@@ -130,12 +136,12 @@ def _background(img: np.ndarray, rng, t: int) -> None:
             for dx in (-t, 0, t):  # three overlapping ellipses: a flat cartoon cloud
                 cv2.ellipse(img, (cx + dx, cy), (t, t * 2 // 3), 0, 0, 360, (250, 250, 250), -1)
         img[hor:] = _tiled(rng, h - hor, w, t, str(rng.choice(["brick", "grass", "checker"])))
-        img[hor:hor + max(2, t // 3)] = _color(rng, 0, 100) + np.array([0, 120, 0])
+        img[hor : hor + max(2, t // 3)] = _color(rng, 0, 100) + np.array([0, 120, 0])
         for _ in range(_scaled(int(rng.integers(0, 3)), h, w)):
             n, x = int(rng.integers(2, 6)), int(rng.integers(0, w))
             y = int(rng.integers(hor // 3, max(hor // 3 + 1, hor - t)))
             plat = _tiled(rng, t, n * t, t, "brick")[:, : w - x]
-            img[y:y + t, x:x + plat.shape[1]] = plat
+            img[y : y + t, x : x + plat.shape[1]] = plat
     else:
         # Top-down: tiled floor, a brick wall band, sometimes a checkered room with a border.
         img[:] = _tiled(rng, h, w, t, str(rng.choice(["grass", "checker"])))
@@ -194,9 +200,9 @@ def _pixel_art(img: np.ndarray, rng) -> None:
     palette = np.array([(0, 0, 0), (20, 12, 28), main, _shade(main, 2, 3), _color(rng, 128, 256)], np.uint8)
     # Index 0 = transparent, 1 = outline, 2 = body, 3 = shaded lower body, 4 = sparse accents.
     filled = rng.random((g, (g + 1) // 2)) < 0.55
-    filled[g // 4: 3 * g // 4, -1] = True  # a solid spine keeps the two mirrored halves joined
+    filled[g // 4 : 3 * g // 4, -1] = True  # a solid spine keeps the two mirrored halves joined
     half = np.where(filled, 2, 0)
-    half[2 * g // 3:][filled[2 * g // 3:]] = 3
+    half[2 * g // 3 :][filled[2 * g // 3 :]] = 3
     half[filled & (rng.random(filled.shape) < 0.1)] = 4
     grid = np.concatenate([half, half[:, : g // 2][:, ::-1]], 1)
     body = np.pad(grid > 0, 1)
@@ -205,7 +211,7 @@ def _pixel_art(img: np.ndarray, rng) -> None:
     grid = np.repeat(np.repeat(grid, k, 0), k, 1)
     gh, gw = grid.shape
     y, x = int(rng.integers(0, h - gh)), int(rng.integers(0, w - gw))
-    np.copyto(img[y:y + gh, x:x + gw], palette[grid], where=grid[..., None] > 0)
+    np.copyto(img[y : y + gh, x : x + gw], palette[grid], where=grid[..., None] > 0)
 
 
 def _text(img, s: str, org, font: int, scale: float, color) -> None:
@@ -238,12 +244,18 @@ def _hud(img: np.ndarray, rng) -> None:
     _text(img, label, (x0 + m, m + th + m // 2), font, scale, (255, 230, 90))
     if rng.random() < 0.4:  # dialogue box: darkened panel, double border, one line of text
         y0 = int(h * 0.72)
-        img[y0:h - m, m:w - m] //= 3
+        img[y0 : h - m, m : w - m] //= 3
         cv2.rectangle(img, (m, y0), (w - m - 1, h - m - 1), (240, 240, 240), 1)
         cv2.rectangle(img, (m + 2, y0 + 2), (w - m - 3, h - m - 3), (120, 120, 200), 1)
         font2 = int(rng.choice(list(_FONTS)))
-        _text(img, str(rng.choice(_DIALOGUE)), (3 * m, (h + y0) // 2), font2,
-              scale / _FONTS[font] * _FONTS[font2] * 1.2, (255, 255, 255))
+        _text(
+            img,
+            str(rng.choice(_DIALOGUE)),
+            (3 * m, (h + y0) // 2),
+            font2,
+            scale / _FONTS[font] * _FONTS[font2] * 1.2,
+            (255, 255, 255),
+        )
 
 
 def _render_frame(rng: np.random.Generator, size: int | tuple[int, int]) -> np.ndarray:
@@ -263,8 +275,11 @@ def _render_frame(rng: np.random.Generator, size: int | tuple[int, int]) -> np.n
 def _layout(num_train: int, num_test: int) -> dict[str, list[str]]:
     """Folder -> file names; test ids continue after the train ids so they never collide."""
     train = [f"{i:05d}.png" for i in range(num_train)]
-    return {"train/LR": train, "train/HR": train,
-            "test/LR": [f"{i:05d}.png" for i in range(num_train, num_train + num_test)]}
+    return {
+        "train/LR": train,
+        "train/HR": train,
+        "test/LR": [f"{i:05d}.png" for i in range(num_train, num_train + num_test)],
+    }
 
 
 def _is_complete(root: Path, num_train: int, num_test: int) -> bool:
@@ -309,8 +324,9 @@ def _pool_context() -> multiprocessing.context.BaseContext:
     return multiprocessing.get_context("forkserver" if "forkserver" in methods else "spawn")
 
 
-def _write(out_dir: Path, num_train: int, num_test: int, hr_size: int | tuple[int, int], seed: int,
-           workers: int = 1) -> bool:
+def _write(
+    out_dir: Path, num_train: int, num_test: int, hr_size: int | tuple[int, int], seed: int, workers: int = 1
+) -> bool:
     """Generate into a private sibling temp dir, then rename it to `out_dir` in one step.
 
     The rename makes the dataset appear complete or not at all. Returns False, with the temp dir
@@ -346,9 +362,15 @@ def _write(out_dir: Path, num_train: int, num_test: int, hr_size: int | tuple[in
         shutil.rmtree(tmp, ignore_errors=True)  # nothing left to remove after a successful rename
 
 
-def write_demo_data(out_dir: str | os.PathLike, *, num_train: int = DEFAULT_NUM_TRAIN,
-                    num_test: int = DEFAULT_NUM_TEST, hr_size: int | tuple[int, int] = DEFAULT_HR_SIZE,
-                    seed: int = 0, workers: int = 1) -> Path:
+def write_demo_data(
+    out_dir: str | os.PathLike,
+    *,
+    num_train: int = DEFAULT_NUM_TRAIN,
+    num_test: int = DEFAULT_NUM_TEST,
+    hr_size: int | tuple[int, int] = DEFAULT_HR_SIZE,
+    seed: int = 0,
+    workers: int = 1,
+) -> Path:
     """Write out_dir/train/{LR,HR}/NNNNN.png and out_dir/test/LR/NNNNN.png; return Path(out_dir).
 
     HR frames are hr_size x hr_size RGB, or height x width for hr_size=(height, width); LR frames

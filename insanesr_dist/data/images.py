@@ -16,6 +16,7 @@ decompression-bomb guard does: a 1 MB PNG can declare 20000x20000, i.e. 1.2 GB o
 
 from __future__ import annotations
 
+import base64
 import os
 import struct
 from pathlib import Path
@@ -24,10 +25,6 @@ import cv2
 import numpy as np
 
 from insanesr_dist.errors import UserError
-
-
-import base64
-
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".webp", ".tif", ".tiff"}
 # The grader's SSIM window (7x7; scoring/metrics, training's SSIM loss): smaller HR images cannot be scored. Here,
@@ -103,12 +100,12 @@ def _jpeg_size(data: bytes) -> tuple[int, int] | None:
             i += 1
             continue
         if marker in _JPEG_SOF:
-            height, width = struct.unpack(">HH", data[i + 5:i + 9])
+            height, width = struct.unpack(">HH", data[i + 5 : i + 9])
             return width, height
         if marker == 0xDA:  # scan data before any frame header
             return None
         standalone = marker == 0x01 or 0xD0 <= marker <= 0xD8
-        i += 2 if standalone else 2 + struct.unpack(">H", data[i + 2:i + 4])[0]
+        i += 2 if standalone else 2 + struct.unpack(">H", data[i + 2 : i + 4])[0]
     return None
 
 
@@ -124,10 +121,10 @@ def _tiff_size(data: bytes) -> tuple[int, int] | None:
     order = "<" if data[:2] == b"II" else ">"
     ifd = struct.unpack(order + "I", data[4:8])[0]
     found = {}
-    for n in range(struct.unpack(order + "H", data[ifd:ifd + 2])[0]):
-        tag, kind = struct.unpack(order + "HH", data[ifd + 2 + 12 * n:ifd + 6 + 12 * n])
+    for n in range(struct.unpack(order + "H", data[ifd : ifd + 2])[0]):
+        tag, kind = struct.unpack(order + "HH", data[ifd + 2 + 12 * n : ifd + 6 + 12 * n])
         if tag in (256, 257):
-            value = data[ifd + 10 + 12 * n:ifd + 14 + 12 * n]
+            value = data[ifd + 10 + 12 * n : ifd + 14 + 12 * n]
             found[tag] = struct.unpack(order + "H", value[:2])[0] if kind == 3 else struct.unpack(order + "I", value)[0]
     return (found[256], found[257]) if len(found) == 2 else None
 
@@ -153,8 +150,10 @@ def size_problem(size: tuple[int, int] | None) -> str | None:
     if size is None or size[0] * size[1] <= limit:
         return None
     width, height = size
-    return (f"image is {width}x{height} ({width * height:,} pixels), above the limit of {limit:,} "
-            f"pixels (refused before decoding; raise it with {MAX_PIXELS_VARIABLE})")
+    return (
+        f"image is {width}x{height} ({width * height:,} pixels), above the limit of {limit:,} "
+        f"pixels (refused before decoding; raise it with {MAX_PIXELS_VARIABLE})"
+    )
 
 
 def _truncated(data: bytes, kind: str) -> bool:
@@ -200,9 +199,14 @@ def decode_image(data: bytes, name: str, notes: list[str] | None = None) -> np.n
         if notes is not None:
             seen = float((array[..., 3] < 255).mean())
             gray = kind == "PNG" and len(data) > 25 and data[25] in (0, 4)
-            notes.append(("gray -> RGB, " if gray else "")
-                         + ("alpha dropped (fully opaque)" if seen == 0 else
-                            f"alpha dropped ({100 * seen:.1f}% of pixels not opaque; their RGB kept as stored)"))
+            notes.append(
+                ("gray -> RGB, " if gray else "")
+                + (
+                    "alpha dropped (fully opaque)"
+                    if seen == 0
+                    else f"alpha dropped ({100 * seen:.1f}% of pixels not opaque; their RGB kept as stored)"
+                )
+            )
         return cv2.cvtColor(array, cv2.COLOR_BGRA2RGB)
     raise UserError(f"{name}: {channels} channels are not supported (1, 3 or 4)")
 
@@ -257,5 +261,3 @@ def decode_png_base64(text: str, name: str) -> np.ndarray:
 def show(path: str | os.PathLike) -> str:
     """A path as printable text, even when its name is not valid UTF-8."""
     return os.fspath(path).encode("utf-8", "backslashreplace").decode("utf-8")
-
-

@@ -21,13 +21,11 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
-from insanesr_dist.data import pairs
-from insanesr_dist.data import store
+from insanesr_dist.data import pairs, store
 from insanesr_dist.data.crops import crop_draws, pair_window
-from insanesr_dist.data.pairs import cell_name
 from insanesr_dist.data.images import decode_rgb
+from insanesr_dist.data.pairs import cell_name
 from insanesr_dist.data.tensors import to_chw
-
 
 # ---------------------------------------------------------------------------------------------
 # Sources
@@ -64,8 +62,17 @@ class TrainPairs(torch.utils.data.Dataset):
     samples fall in one batch, so the loader must not shuffle then (`shuffles`).
     """
 
-    def __init__(self, table: datasets.Dataset, *, patch_size: int, scale: int, seed: int,
-                 cache_mb: int = 0, pixels: store.Store | None = None, crops_per_decode: int = 1) -> None:
+    def __init__(
+        self,
+        table: datasets.Dataset,
+        *,
+        patch_size: int,
+        scale: int,
+        seed: int,
+        cache_mb: int = 0,
+        pixels: store.Store | None = None,
+        crops_per_decode: int = 1,
+    ) -> None:
         self.table, self.patch_size, self.scale, self.seed = table, patch_size, scale, seed
         self.pixels, self.rows = pixels, store_rows(table) if pixels is not None else None
         self.crops_per_decode = crops_per_decode if pixels is None else 1
@@ -120,8 +127,16 @@ class StreamedPairs(torch.utils.data.IterableDataset):
     from the decoded store when there is one; otherwise each decoded pair gives `crops_per_decode` consecutive
     samples (as TrainPairs)."""
 
-    def __init__(self, stream: datasets.IterableDataset, *, patch_size: int, scale: int, seed: int,
-                 pixels: store.Store | None = None, crops_per_decode: int = 1) -> None:
+    def __init__(
+        self,
+        stream: datasets.IterableDataset,
+        *,
+        patch_size: int,
+        scale: int,
+        seed: int,
+        pixels: store.Store | None = None,
+        crops_per_decode: int = 1,
+    ) -> None:
         self.stream, self.patch_size, self.scale, self.seed = stream, patch_size, scale, seed
         self.pixels, self.epoch = pixels, 0
         self.crops_per_decode = crops_per_decode if pixels is None else 1
@@ -144,8 +159,9 @@ class StreamedPairs(torch.utils.data.IterableDataset):
 class EvalImages(torch.utils.data.Dataset):
     """Whole images for validation or prediction: (index, LR) or (index, LR, HR), uint8 CHW."""
 
-    def __init__(self, table: datasets.Dataset, *, with_hr: bool, pixels: store.Store | None = None,
-                 scale: int = 4) -> None:
+    def __init__(
+        self, table: datasets.Dataset, *, with_hr: bool, pixels: store.Store | None = None, scale: int = 4
+    ) -> None:
         self.table, self.with_hr, self.scale = table, with_hr, scale
         self.pixels, self.rows = pixels, store_rows(table) if pixels is not None else None
 
@@ -201,10 +217,17 @@ def loader_kwargs(num_workers: int, persistent: bool = True, timeout: float = 0)
     # Workers keep this process's signal mask, as forked ones would: a worker started through the fork
     # server would otherwise take the SIGTERM meant for its rank (checkpoint.PreemptionFlag) and die.
     keep_mask = functools.partial(_set_signal_mask, signal.pthread_sigmask(signal.SIG_BLOCK, []))
-    workers = ({"multiprocessing_context": worker_context(), "timeout": timeout, "worker_init_fn": keep_mask}
-               if num_workers else {})
-    return {"num_workers": num_workers, "pin_memory": torch.cuda.is_available(),
-            "persistent_workers": persistent and num_workers > 0, **workers}
+    workers = (
+        {"multiprocessing_context": worker_context(), "timeout": timeout, "worker_init_fn": keep_mask}
+        if num_workers
+        else {}
+    )
+    return {
+        "num_workers": num_workers,
+        "pin_memory": torch.cuda.is_available(),
+        "persistent_workers": persistent and num_workers > 0,
+        **workers,
+    }
 
 
 def collate_windows(samples: list[tuple[np.ndarray, np.ndarray, int]]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -218,18 +241,46 @@ def collate_windows(samples: list[tuple[np.ndarray, np.ndarray, int]]) -> tuple[
     return np.stack(lr), np.stack(hr), np.array(codes, np.int64)
 
 
-def train_loader(table: datasets.Dataset, *, batch_size: int, patch_size: int, scale: int, seed: int,
-                 num_workers: int, cache_mb: int = 0, timeout: float = 0, pixels: store.Store | None = None,
-                 crops_per_decode: int = 1) -> DataLoader:
-    samples = TrainPairs(table, patch_size=patch_size, scale=scale, seed=seed, cache_mb=cache_mb, pixels=pixels,
-                         crops_per_decode=crops_per_decode)
+def train_loader(
+    table: datasets.Dataset,
+    *,
+    batch_size: int,
+    patch_size: int,
+    scale: int,
+    seed: int,
+    num_workers: int,
+    cache_mb: int = 0,
+    timeout: float = 0,
+    pixels: store.Store | None = None,
+    crops_per_decode: int = 1,
+) -> DataLoader:
+    samples = TrainPairs(
+        table,
+        patch_size=patch_size,
+        scale=scale,
+        seed=seed,
+        cache_mb=cache_mb,
+        pixels=pixels,
+        crops_per_decode=crops_per_decode,
+    )
     # drop_last: every step sees a full batch, so the loss scale does not change at epoch ends.
-    return DataLoader(samples, batch_size=batch_size, shuffle=samples.shuffles, drop_last=len(samples) >= batch_size,
-                      collate_fn=collate_windows, **loader_kwargs(num_workers, timeout=timeout))
+    return DataLoader(
+        samples,
+        batch_size=batch_size,
+        shuffle=samples.shuffles,
+        drop_last=len(samples) >= batch_size,
+        collate_fn=collate_windows,
+        **loader_kwargs(num_workers, timeout=timeout),
+    )
 
 
-def eval_loader(table: datasets.Dataset, *, with_hr: bool, num_workers: int, timeout: float = 0,
-                pixels: store.Store | None = None) -> DataLoader:
+def eval_loader(
+    table: datasets.Dataset, *, with_hr: bool, num_workers: int, timeout: float = 0, pixels: store.Store | None = None
+) -> DataLoader:
     # Batch of one: validation and test images may all differ in size.
-    return DataLoader(EvalImages(table, with_hr=with_hr, pixels=pixels), batch_size=1, shuffle=False,
-                      **loader_kwargs(num_workers, timeout=timeout))
+    return DataLoader(
+        EvalImages(table, with_hr=with_hr, pixels=pixels),
+        batch_size=1,
+        shuffle=False,
+        **loader_kwargs(num_workers, timeout=timeout),
+    )

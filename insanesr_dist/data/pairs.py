@@ -7,14 +7,16 @@ a pair must meet, shared by training, check-data and the decoded store.
 """
 
 from __future__ import annotations
+
 import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
+
 import numpy as np
+
 from insanesr_dist.data import degrade
-from insanesr_dist.data.images import IMAGE_SUFFIXES, SSIM_WINDOW, decode_rgb
-from insanesr_dist.data.images import show
+from insanesr_dist.data.images import IMAGE_SUFFIXES, SSIM_WINDOW, decode_rgb, show
 
 
 def cell_name(row: dict, column: str) -> str:
@@ -89,8 +91,11 @@ def scan_folder(folder: Path) -> tuple[dict[str, Path], list[Finding]]:
         elif not path.is_file():
             findings.append(Finding(str(path), "not a file", "ignored"))
         elif path.suffix.lower() not in IMAGE_SUFFIXES:
-            findings.append(Finding(str(path), f"not an image file name (images end in "
-                                               f"{', '.join(sorted(IMAGE_SUFFIXES))})", "ignored"))
+            findings.append(
+                Finding(
+                    str(path), f"not an image file name (images end in {', '.join(sorted(IMAGE_SUFFIXES))})", "ignored"
+                )
+            )
         elif not _utf8(name):
             findings.append(Finding(str(path), "file name is not valid UTF-8; rename it"))
         else:
@@ -102,8 +107,12 @@ def scan_folder(folder: Path) -> tuple[dict[str, Path], list[Finding]]:
         if len(names) > 1:
             for name in names:
                 others = ", ".join(n for n in names if n != name)
-                findings.append(Finding(str(files.pop(name)), f"same id as {others} up to case or extension "
-                                        "(their predictions would overwrite each other)"))
+                findings.append(
+                    Finding(
+                        str(files.pop(name)),
+                        f"same id as {others} up to case or extension (their predictions would overwrite each other)",
+                    )
+                )
     return files, findings
 
 
@@ -130,8 +139,9 @@ def scale_suffix(name: str) -> tuple[list[str], int] | None:
     return [path.with_name(base + path.suffix).as_posix() for base in bases], int(match["scale"])
 
 
-def pair_names(lr_files: dict[str, Path], hr_files: dict[str, Path],
-               scale: int = 4) -> tuple[list[tuple[str, str]], list[Finding]]:
+def pair_names(
+    lr_files: dict[str, Path], hr_files: dict[str, Path], scale: int = 4
+) -> tuple[list[tuple[str, str]], list[Finding]]:
     """The (LR name, HR name) pairs of two folders, and a finding for each file without a partner.
 
     An LR file pairs with the HR file of the same relative name, or else, when its name ends in the scale
@@ -149,16 +159,26 @@ def pair_names(lr_files: dict[str, Path], hr_files: dict[str, Path],
             pairs[name] = base
         else:
             wrong_scale.add(name)
-            findings.append(Finding(str(lr_files[name]), f"is named for x{named_scale} (partner {base}), "
-                                    f"but training is x{scale}: choose the folder of x{scale} LR images"))
+            findings.append(
+                Finding(
+                    str(lr_files[name]),
+                    f"is named for x{named_scale} (partner {base}), "
+                    f"but training is x{scale}: choose the folder of x{scale} LR images",
+                )
+            )
     lone = [(name, lr_files, hr_files, "HR") for name in set(lr_files) - set(pairs) - wrong_scale]
     lone += [(name, hr_files, lr_files, "LR") for name in set(hr_files) - set(pairs.values())]
     for name, own, other, side in sorted(lone, key=lambda entry: entry[0]):
         partners = [name] + ((scale_suffix(name) or ([],))[0] if side == "HR" else [])
         stems = {Path(n).with_suffix("") for n in partners}
         hint = [n for n in other if Path(n).with_suffix("") in stems]
-        findings.append(Finding(str(own[name]), f"has no partner of the same name in the {side} folder"
-                                + (f" (it has {hint[0]}; pairs need the same file name)" if hint else "")))
+        findings.append(
+            Finding(
+                str(own[name]),
+                f"has no partner of the same name in the {side} folder"
+                + (f" (it has {hint[0]}; pairs need the same file name)" if hint else ""),
+            )
+        )
     return sorted(pairs.items(), key=lambda pair: pair[1]), findings
 
 
@@ -166,10 +186,15 @@ def pair_problem(lr_shape: tuple[int, ...], hr_shape: tuple[int, ...], scale: in
     """Why an LR/HR pair of these (height, width, ...) shapes cannot be trained on and scored, or None."""
     (lh, lw), (hh, hw) = lr_shape[:2], hr_shape[:2]
     if (hh, hw) != (lh * scale, lw * scale):
-        off = [f"{axis} off by {got - want:+d} px" for axis, got, want in
-               (("width", hw, lw * scale), ("height", hh, lh * scale)) if got != want]
-        return (f"HR is {hw}x{hh} but its LR is {lw}x{lh}; HR must be exactly {scale}x the LR "
-                f"({lw * scale}x{lh * scale}): {', '.join(off)}")
+        off = [
+            f"{axis} off by {got - want:+d} px"
+            for axis, got, want in (("width", hw, lw * scale), ("height", hh, lh * scale))
+            if got != want
+        ]
+        return (
+            f"HR is {hw}x{hh} but its LR is {lw}x{lh}; HR must be exactly {scale}x the LR "
+            f"({lw * scale}x{lh * scale}): {', '.join(off)}"
+        )
     if min(hh, hw) < SSIM_WINDOW:
         return f"HR is {hw}x{hh}, smaller than the {SSIM_WINDOW} px SSIM window of the metric"
     return None

@@ -16,22 +16,21 @@ Image folders: the toolkit's own layout, the DIV2K/Flickr2K layout, or folders g
 
 from __future__ import annotations
 
+import collections
 import dataclasses
+import hashlib
 import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
+
+import datasets
 
 from insanesr_dist.data import pairs
-from insanesr_dist.errors import UserError
-from insanesr_dist.data.pairs import show
-
-import collections
-import hashlib
-from typing import Any
-import datasets
-from insanesr_dist.data.pairs import cell_name
 from insanesr_dist.data.images import decode_rgb
+from insanesr_dist.data.pairs import cell_name, show
+from insanesr_dist.errors import UserError
 
 # Files `datasets.load_dataset(folder)` reads as tables: a hub dataset downloaded or cloned to disk.
 DATA_FILE_SUFFIXES = (".parquet", ".arrow", ".jsonl", ".csv")
@@ -48,7 +47,7 @@ def data_files(folder: Path) -> list[Path]:
 
 
 def source_kind(source: str, scale: int = 4, hr_only: bool = False) -> str:
-    """"saved" (a save_to_disk folder), "folder" (an image folder: our layout or DIV2K-like, see `find`),
+    """ "saved" (a save_to_disk folder), "folder" (an image folder: our layout or DIV2K-like, see `find`),
     "files" (a folder of table files that `datasets.load_dataset` reads) or "hub" (a hub dataset id); a one-line
     UserError for anything else."""
     path = Path(source).expanduser()
@@ -59,9 +58,11 @@ def source_kind(source: str, scale: int = 4, hr_only: bool = False) -> str:
     if path.is_dir() and data_files(path):
         return "files"
     if path.exists():
-        raise UserError(f"{source}: not a data folder (needs train/LR and train/HR, or DIV2K-like X_HR and "
-                        "X_LR_bicubic/X4), nor a saved dataset, nor a folder of data files "
-                        f"({', '.join(s[1:] for s in DATA_FILE_SUFFIXES)})")
+        raise UserError(
+            f"{source}: not a data folder (needs train/LR and train/HR, or DIV2K-like X_HR and "
+            "X_LR_bicubic/X4), nor a saved dataset, nor a folder of data files "
+            f"({', '.join(s[1:] for s in DATA_FILE_SUFFIXES)})"
+        )
     if source.startswith((".", "/", "~")) or source.count("/") > 1:  # a path, not a hub id
         raise UserError(f"{source}: no such folder")
     return "hub"
@@ -88,8 +89,13 @@ class Folders:
 
 
 # --hr-dir and its siblings, by the Folders field each one sets
-OPTIONS = {"train_hr": "--hr-dir", "train_lr": "--lr-dir", "val_hr": "--val-hr-dir", "val_lr": "--val-lr-dir",
-           "test_lr": "--test-lr-dir"}
+OPTIONS = {
+    "train_hr": "--hr-dir",
+    "train_lr": "--lr-dir",
+    "val_hr": "--val-hr-dir",
+    "val_lr": "--val-lr-dir",
+    "test_lr": "--test-lr-dir",
+}
 
 
 def given_folders(settings: dict) -> dict[str, str | None]:
@@ -97,8 +103,9 @@ def given_folders(settings: dict) -> dict[str, str | None]:
     return {field: settings.get(option[2:].replace("-", "_")) for field, option in OPTIONS.items()}
 
 
-def locate(data: str | None, given: dict[str, str | None], scale: int,
-           hr_only: bool = False) -> tuple[str, Folders | None]:
+def locate(
+    data: str | None, given: dict[str, str | None], scale: int, hr_only: bool = False
+) -> tuple[str, Folders | None]:
     """What training and check-data read: the source's kind (see `source_kind`; "folder" when only folder options
     are given) and, for image folders, their Folders (see `resolve`; None for a dataset)."""
     kind = source_kind(data, scale, hr_only) if data is not None else "folder"
@@ -138,12 +145,14 @@ def find(root: Path, scale: int, hr_only: bool = False) -> Folders | None:
     (parquet, arrow, ...) or for a path that does not exist."""
     if (root / "train" / "LR").is_dir() or (root / "train" / "HR").is_dir():
         test = root / "test" / "LR"
-        return Folders(root / "train" / "LR", root / "train" / "HR", test_lr=test if test.is_dir() else None,
-                       layout="DIR layout")
+        return Folders(
+            root / "train" / "LR", root / "train" / "HR", test_lr=test if test.is_dir() else None, layout="DIR layout"
+        )
     if root.is_dir():
         sets = _div2k_sets(root, scale, hr_only) or next(
             (found for sub in sorted(root.iterdir()) if sub.is_dir() and (found := _div2k_sets(sub, scale, hr_only))),
-            None)
+            None,
+        )
         if sets:
             return sets
     return None
@@ -171,16 +180,20 @@ def _div2k_sets(root: Path, scale: int, hr_only: bool = False) -> Folders | None
         role = "val" if "valid" in prefix.lower() else "test" if "test" in prefix.lower() else "train"
         if lr is None and not hr_only:
             kinds = sorted(p.name for p in root.glob(f"{prefix}_LR_*"))
-            raise UserError(f"{hr}: no LR folder {prefix}_LR_<kind>/X{scale} beside it"
-                            + (f" (it has {', '.join(kinds)} without X{scale})" if kinds else "")
-                            + "; give it with --lr-dir")
+            raise UserError(
+                f"{hr}: no LR folder {prefix}_LR_<kind>/X{scale} beside it"
+                + (f" (it has {', '.join(kinds)} without X{scale})" if kinds else "")
+                + "; give it with --lr-dir"
+            )
         if role == "test":
             if lr is not None:
                 fields["test_lr"] = lr
         elif hr is not None:
             if f"{role}_hr" in fields:
-                raise UserError(f"{root}: several {role} sets ({fields[f'{role}_hr'].name}, {hr.name}); choose one "
-                                f"with {OPTIONS[role + '_hr']} and {OPTIONS[role + '_lr']}")
+                raise UserError(
+                    f"{root}: several {role} sets ({fields[f'{role}_hr'].name}, {hr.name}); choose one "
+                    f"with {OPTIONS[role + '_hr']} and {OPTIONS[role + '_lr']}"
+                )
             fields[f"{role}_hr"], fields[f"{role}_lr"] = hr, lr
     if "train_hr" not in fields:
         return None
@@ -194,8 +207,10 @@ def _lr_folder(root: Path, prefix: str, scale: int) -> Path | None:
     bicubic = [c for c in candidates if c.parent.name == f"{prefix}_LR_bicubic"]
     if bicubic or len(candidates) <= 1:
         return (bicubic or candidates or [None])[0]
-    raise UserError(f"{root}: several LR sets for {prefix} ({', '.join(c.parent.name for c in candidates)}); "
-                    "choose one with --lr-dir")
+    raise UserError(
+        f"{root}: several LR sets for {prefix} ({', '.join(c.parent.name for c in candidates)}); "
+        "choose one with --lr-dir"
+    )
 
 
 def probe_lr(row: dict[str, Any]) -> dict[str, Any]:
@@ -225,7 +240,7 @@ def _table_from_files(pairs: list[tuple[str, str, str | None]]) -> datasets.Data
     copy of the images: they are read from the files (once, into the decoded store, when it is on)."""
     columns = ("lr", "hr") if pairs[0][2] is not None else ("lr",)
     cell = {"bytes": datasets.Value("binary"), "path": datasets.Value("string")}
-    features = datasets.Features({"id": datasets.Value("string"), **{c: cell for c in columns}})
+    features = datasets.Features({"id": datasets.Value("string"), **dict.fromkeys(columns, cell)})
     # Our own fingerprint (paths, sizes, mtimes): a changed file gives a new table, so its checks run again.
     stats = [(pair, [(os.stat(p).st_size, os.stat(p).st_mtime_ns) for p in pair[1:] if p]) for pair in pairs]
     fingerprint = hashlib.sha256(repr(stats).encode()).hexdigest()[:32]
@@ -237,16 +252,19 @@ def _table_from_files(pairs: list[tuple[str, str, str | None]]) -> datasets.Data
     return table
 
 
-def _folder_pairs(lr_dir: Path | None, hr_dir: Path, scale: int, bad: list[pairs.Finding],
-                  counts: dict[str, int]) -> list[tuple[str, str, str]]:
+def _folder_pairs(
+    lr_dir: Path | None, hr_dir: Path, scale: int, bad: list[pairs.Finding], counts: dict[str, int]
+) -> list[tuple[str, str, str]]:
     """(id, LR path, HR path) of two folders' pairs, the id being the HR file's relative name (without an LR
     folder, --lr-from-hr: the HR path twice); files that cannot be used (no partner, undecodable names,
     ambiguous ids) go to `bad`, and `counts` adds up the pairs, those paired by the scale suffix and the files
     left over."""
     for d in (lr_dir, hr_dir):
         if d is not None and not d.is_dir():
-            raise UserError(f"{d}: missing; a data folder needs train/LR and train/HR (and optionally test/LR); "
-                            "with HR images only, --lr-from-hr makes the LR")
+            raise UserError(
+                f"{d}: missing; a data folder needs train/LR and train/HR (and optionally test/LR); "
+                "with HR images only, --lr-from-hr makes the LR"
+            )
     hr_files, hr_findings = pairs.scan_folder(hr_dir)
     lr_files, lr_findings = pairs.scan_folder(lr_dir) if lr_dir is not None else (hr_files, [])
     if not lr_files and not hr_files:
@@ -270,12 +288,12 @@ def _lr_made_from_hr(table: datasets.Dataset | None, kernel: str | None) -> data
         return table
     features = table.features.copy()
     features.update(lr=datasets.Image(decode=False), lr_from_hr=datasets.Value("string"))
-    return table.map(_hr_as_lr, batched=True, fn_kwargs={"kernel": kernel}, features=features,
-                     desc=f"LR by {kernel}")
+    return table.map(_hr_as_lr, batched=True, fn_kwargs={"kernel": kernel}, features=features, desc=f"LR by {kernel}")
 
 
-def load_folders(folders: Folders, scale: int, bad: list[pairs.Finding], say, lr_from_hr: str | None
-                  ) -> tuple[datasets.Dataset | None, datasets.Dataset | None, datasets.Dataset | None]:
+def load_folders(
+    folders: Folders, scale: int, bad: list[pairs.Finding], say, lr_from_hr: str | None
+) -> tuple[datasets.Dataset | None, datasets.Dataset | None, datasets.Dataset | None]:
     """Tables of the training pairs, the given validation pairs (None: split off later) and the test images
     (None: no test set); says in one line what was paired."""
     counts = dict.fromkeys(("pairs", "suffixed", "left over"), 0)
@@ -290,12 +308,17 @@ def load_folders(folders: Folders, scale: int, bad: list[pairs.Finding], say, lr
             raise UserError(f"{folders.test_lr}: no images found")
         test = _table_from_files([(n, str(p), None) for n, p in test_files.items()]) if test_files else None
     kind = "HR image(s)" if lr_from_hr else "pair(s)"
-    say(f"data: {folders.describe()}: {trained} training {kind}"
+    say(
+        f"data: {folders.describe()}: {trained} training {kind}"
         + (f", {len(val)} validation {kind}" if folders.val_hr else "")
         + (f" ({counts['suffixed']} by the x{scale} suffix of the LR name)" if counts["suffixed"] else "")
-        + (f"; LR made from HR by {lr_from_hr} (--lr-from-hr)" if lr_from_hr
-           else f"; {counts['left over']} file(s) without a partner")
-        + (f"; {len(test) if test is not None else 0} test image(s)" if folders.test_lr else ""))
+        + (
+            f"; LR made from HR by {lr_from_hr} (--lr-from-hr)"
+            if lr_from_hr
+            else f"; {counts['left over']} file(s) without a partner"
+        )
+        + (f"; {len(test) if test is not None else 0} test image(s)" if folders.test_lr else "")
+    )
     train, val = (_lr_made_from_hr(_table_from_files(pairs), lr_from_hr) if pairs else None for pairs in (train, val))
     return train, val, test
 
@@ -313,10 +336,16 @@ def _as_image_cells(table: datasets.Dataset, column: str, what: str, root: Path 
         if root is not None:
             # A map (a new cached table), not remove_columns + add_column: that table's empty leftover block
             # breaks its unpickling in the store's worker processes (datasets 5.2).
-            table = table.map(_resolved_paths, batched=True, fn_kwargs={"column": column, "root": str(root)},
-                              desc=f"Resolving {column} paths")
-    elif not (isinstance(kind, datasets.Image)
-              or isinstance(kind, datasets.Value) and kind.dtype in ("binary", "large_binary")):
+            table = table.map(
+                _resolved_paths,
+                batched=True,
+                fn_kwargs={"column": column, "root": str(root)},
+                desc=f"Resolving {column} paths",
+            )
+    elif not (
+        isinstance(kind, datasets.Image)
+        or (isinstance(kind, datasets.Value) and kind.dtype in ("binary", "large_binary"))
+    ):
         raise UserError(f"{what} holds {kind}, not images, file paths or encoded bytes")
     return table.cast_column(column, datasets.Image(decode=False))
 
@@ -327,8 +356,9 @@ def row_ids(rows: int) -> list[str]:
     return [f"{i:05d}.png" for i in range(rows)]
 
 
-def with_ids_and_images(table: datasets.Dataset, columns: dict[str, str], where: str,
-                         root: Path | None) -> datasets.Dataset:
+def with_ids_and_images(
+    table: datasets.Dataset, columns: dict[str, str], where: str, root: Path | None
+) -> datasets.Dataset:
     """Normalise a user's table to ours: its `columns` (our name -> its name; `id` optional when it is the
     default "id") become `id` (string; made from the row index when absent) and undecoded image cells."""
     if len(set(columns.values())) < len(columns):
@@ -366,8 +396,9 @@ def _builder_and_files(root: Path) -> tuple[str, dict[str, list[str]]]:
     return {".jsonl": "json"}.get(suffix, suffix[1:]), by_split
 
 
-def load_table(source: str, kind: str, columns: Columns = ("lr", "hr", "id"), lr_from_hr: str | None = None
-                ) -> tuple[datasets.Dataset, datasets.Dataset | None]:
+def load_table(
+    source: str, kind: str, columns: Columns = ("lr", "hr", "id"), lr_from_hr: str | None = None
+) -> tuple[datasets.Dataset, datasets.Dataset | None]:
     """The train and test tables of a saved dataset, a folder of data files or a hub dataset (`kind`, from
     source_kind), with the source's `columns` (LR, HR, id) normalised to ours; with `lr_from_hr`,
     the training LR is made from the HR (its LR column is not read)."""
@@ -378,8 +409,12 @@ def load_table(source: str, kind: str, columns: Columns = ("lr", "hr", "id"), lr
         elif kind == "files":
             # Split by split: one load would give every split the first file's columns, and test has no HR.
             builder, files = _builder_and_files(root)
-            loaded = datasets.DatasetDict({split: datasets.load_dataset(builder, data_files={split: paths}, split=split)
-                                           for split, paths in files.items()})
+            loaded = datasets.DatasetDict(
+                {
+                    split: datasets.load_dataset(builder, data_files={split: paths}, split=split)
+                    for split, paths in files.items()
+                }
+            )
         else:
             loaded = datasets.load_dataset(source)
     except Exception as e:  # the hub and disk loaders raise many types; the user needs one line

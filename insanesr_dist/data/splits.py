@@ -6,19 +6,19 @@ that decides which pairs a run trains on.
 """
 
 from __future__ import annotations
+
 import hashlib
 import os
 from dataclasses import dataclass
 from pathlib import Path
+
 import datasets
 import numpy as np
-from insanesr_dist.data import images
-from insanesr_dist.data import pairs
-from insanesr_dist.data import sources
-from insanesr_dist.data import store
-from insanesr_dist.errors import UserError
+
+from insanesr_dist.data import images, pairs, sources, store
 from insanesr_dist.data.pairs import cell_name
 from insanesr_dist.data.sources import Columns, load_folders, load_table, probe_lr
+from insanesr_dist.errors import UserError
 
 
 @dataclass
@@ -37,8 +37,12 @@ def _settle(bad: list[pairs.Finding], on_bad_sample: str, say, source: str) -> i
     """--on-bad-sample: `error` stops at the first bad file, naming it (and counting the rest);
     `skip` logs each one once. Returns how many were skipped."""
     if bad and on_bad_sample == "error":
-        more = (f" (and more: `insanesr-dist check-data {source}` lists every problem; "
-                "--on-bad-sample skip trains without them)" if len(bad) > 1 else "")
+        more = (
+            f" (and more: `insanesr-dist check-data {source}` lists every problem; "
+            "--on-bad-sample skip trains without them)"
+            if len(bad) > 1
+            else ""
+        )
         raise UserError(f"{images.show(bad[0].path)}: {bad[0].problem}{more}")
     for finding in bad:
         say(f"skipping {images.show(finding.path)}: {finding.problem}")
@@ -72,10 +76,22 @@ def _code_fingerprint(table: datasets.Dataset, function, *args) -> str:
     return hashlib.sha256(repr((table._fingerprint, code, args)).encode()).hexdigest()[:32]
 
 
-def load_splits(data: str | os.PathLike | None, *, val_fraction: float, seed: int, scale: int = 4,
-                on_bad_sample: str = "error", patch_size: int = 0, store_dir: str | None = None,
-                store_gb: float = 64, store_workers: int | None = None, columns: Columns = ("lr", "hr", "id"),
-                folders: dict[str, str | None] | None = None, lr_from_hr: str | None = None, say=print) -> Splits:
+def load_splits(
+    data: str | os.PathLike | None,
+    *,
+    val_fraction: float,
+    seed: int,
+    scale: int = 4,
+    on_bad_sample: str = "error",
+    patch_size: int = 0,
+    store_dir: str | None = None,
+    store_gb: float = 64,
+    store_workers: int | None = None,
+    columns: Columns = ("lr", "hr", "id"),
+    folders: dict[str, str | None] | None = None,
+    lr_from_hr: str | None = None,
+    say=print,
+) -> Splits:
     """Load a data source, check every pair once (in the decoded store's pass, store.py), and split off
     validation pairs.
 
@@ -102,15 +118,22 @@ def load_splits(data: str | os.PathLike | None, *, val_fraction: float, seed: in
     else:
         train, test = load_table(source, kind, columns, lr_from_hr)
     if val is not None and train is not None:  # one store and one check pass for both; split again below
-        train = datasets.concatenate_datasets([train.add_column("held_out", [False] * len(train)),
-                                               val.add_column("held_out", [True] * len(val))])
+        train = datasets.concatenate_datasets(
+            [train.add_column("held_out", [False] * len(train)), val.add_column("held_out", [True] * len(val))]
+        )
 
     # Decode every pair once: bad files fail now, naming the file, instead of in a worker mid-epoch. The same
     # pass, over all cores, writes the decoded store (when it fits the budget): the table's `store_row` finds it.
     found, pixels = [], None
     if train is not None:
-        decoded = store.open_or_build(train, scale=scale, store_dir=store_dir, budget_gb=store_gb,
-                                      workers=store_workers or len(os.sched_getaffinity(0)), say=say)
+        decoded = store.open_or_build(
+            train,
+            scale=scale,
+            store_dir=store_dir,
+            budget_gb=store_gb,
+            workers=store_workers or len(os.sched_getaffinity(0)),
+            say=say,
+        )
         pixels = decoded if decoded.pixels else None
         train = train.add_column("store_row", list(range(len(train))))
         for column in ("lr_height", "lr_width", "problem", "problem_file"):
@@ -147,5 +170,6 @@ def check_patch_size(table: datasets.Dataset, patch_size: int, batch_size: int, 
                 f"({smallest[1]}x{smallest[0]}); use --patch-size {min(smallest)} or less"
             )
     elif batch_size > 1 and len(set(zip(heights, widths))) > 1:
-        raise UserError(f"{source}: full-image training (--patch-size 0) with images of different sizes "
-                        "needs --batch-size 1")
+        raise UserError(
+            f"{source}: full-image training (--patch-size 0) with images of different sizes needs --batch-size 1"
+        )

@@ -34,10 +34,8 @@ from typing import Any
 
 import numpy as np
 
-from insanesr_dist.data import degrade
-from insanesr_dist.data import images
-from insanesr_dist.data import pairs
 from insanesr_dist.atomic import write_text_atomic
+from insanesr_dist.data import degrade, images, pairs
 from insanesr_dist.errors import UserError
 
 STORE_FORMAT = 1
@@ -107,14 +105,16 @@ def open_or_build(table, *, scale: int, store_dir: Path | None, budget_gb: float
         store_dir.mkdir(parents=True, exist_ok=True)
         lock = open(store_dir / f".{key}.lock", "a")  # noqa: SIM115 (held until the store is ready)
     except OSError as e:
-        raise UserError(f"{store_dir}: cannot create the decoded store there ({e.strerror}); "
-                        "choose another --store-dir") from None
+        raise UserError(
+            f"{store_dir}: cannot create the decoded store there ({e.strerror}); choose another --store-dir"
+        ) from None
     with lock:
         try:
             fcntl.flock(lock, fcntl.LOCK_EX)
         except OSError as e:  # e.g. a network file system mounted without locking
-            raise UserError(f"{store_dir}: cannot lock the decoded store there ({e.strerror}); choose a local "
-                            "--store-dir") from None
+            raise UserError(
+                f"{store_dir}: cannot lock the decoded store there ({e.strerror}); choose a local --store-dir"
+            ) from None
         index = _read_index(root, scale)
         started, changed = time.perf_counter(), []
         decoded = index["decoded_bytes"] if index else _decoded_bytes(table, scale)
@@ -125,17 +125,22 @@ def open_or_build(table, *, scale: int, store_dir: Path | None, budget_gb: float
         else:
             changed = _changed_rows(table, index) if local else []
             for row in changed:
-                say(f"store: {images.show(_paths(table, row)[1])} or its LR changed since the store was built; "
-                    "decoding the pair again")
+                say(
+                    f"store: {images.show(_paths(table, row)[1])} or its LR changed since the store was built; "
+                    "decoding the pair again"
+                )
             if changed:
                 index = _update(table, scale, root, index, changed, workers)
             verb = f"reused, {len(changed)} pair(s) decoded again" if changed else "reused (nothing decoded)"
     store = _opened(root, index)
     store.pixels = store.pixels and pixels
     gb = store.decoded_bytes / 1e9
-    where = (f"decoded pairs in {root} ({gb:.2f} GB, budget --store-gb {budget_gb:g})" if store.pixels else
-             f"no decoded store ({why}; {gb:.2f} GB decoded): each DataLoader worker decodes its pairs and keeps up "
-             "to --decoded-cache-mb of them")
+    where = (
+        f"decoded pairs in {root} ({gb:.2f} GB, budget --store-gb {budget_gb:g})"
+        if store.pixels
+        else f"no decoded store ({why}; {gb:.2f} GB decoded): each DataLoader worker decodes its pairs and keeps up "
+        "to --decoded-cache-mb of them"
+    )
     # A line from every process that decoded (say: the main process's only): a second build shows up.
     (print if verb.startswith("decoded") or changed else say)(f"data: {where}; {len(store.rows)} pairs checked: {verb}")
     return store
@@ -159,8 +164,10 @@ def _paths(table, row: int) -> tuple[str, str]:
 def _key(table, scale: int, local: bool) -> str:
     if local:  # the file set: a changed file is found by its size and mtime, and only it decoded again
         data = table.data
-        named = (data.column("id").to_pylist(), *(data.column(c).combine_chunks().field("path").to_pylist()
-                                                 for c in ("lr", "hr")))
+        named = (
+            data.column("id").to_pylist(),
+            *(data.column(c).combine_chunks().field("path").to_pylist() for c in ("lr", "hr")),
+        )
         kernels = data.column("lr_from_hr").to_pylist() if "lr_from_hr" in table.column_names else None
         identity = repr((named, kernels))
     else:  # the table's content, as datasets fingerprints it
@@ -244,10 +251,16 @@ def _opened(root: Path, index: dict) -> Store:
     rows = index["rows"]
     parts = sorted({r["part"] for r in rows} - {""})
     number = {name: i for i, name in enumerate(parts)}
-    return Store(root=root, scale=index["scale"], rows=rows, pixels=index["pixels"],
-                 decoded_bytes=index["decoded_bytes"], parts=parts,
-                 part=np.array([number.get(r["part"], -1) for r in rows], dtype=np.int32),
-                 offset=np.array([r["offset"] for r in rows], dtype=np.int64))
+    return Store(
+        root=root,
+        scale=index["scale"],
+        rows=rows,
+        pixels=index["pixels"],
+        decoded_bytes=index["decoded_bytes"],
+        parts=parts,
+        part=np.array([number.get(r["part"], -1) for r in rows], dtype=np.int32),
+        offset=np.array([r["offset"] for r in rows], dtype=np.int64),
+    )
 
 
 def _file_stats(table, row: int) -> list[list[int]]:
@@ -262,8 +275,11 @@ def _stats_or_none(table, row: int) -> list[list[int]] | None:
 
 
 def _changed_rows(table, index: dict) -> list[int]:
-    return [row for row, entry in enumerate(index["rows"]) if entry["files"] is None
-            or _stats_or_none(table, row) != entry["files"]]
+    return [
+        row
+        for row, entry in enumerate(index["rows"])
+        if entry["files"] is None or _stats_or_none(table, row) != entry["files"]
+    ]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -286,8 +302,16 @@ def _decode_rows(rows: list[int]) -> list[dict[str, Any]]:
     entries = []
     for row in rows:
         record = b["table"][row]
-        entry = {"id": record["id"], "files": _stats_or_none(b["table"], row) if b["local"] else None, "part": "",
-                 "offset": 0, "lr_height": 0, "lr_width": 0, "problem": "", "problem_file": ""}
+        entry = {
+            "id": record["id"],
+            "files": _stats_or_none(b["table"], row) if b["local"] else None,
+            "part": "",
+            "offset": 0,
+            "lr_height": 0,
+            "lr_width": 0,
+            "problem": "",
+            "problem_file": "",
+        }
         entries.append(entry)
         decoded = []
         for column in pairs.pair_columns(record):
@@ -299,8 +323,12 @@ def _decode_rows(rows: list[int]) -> list[dict[str, Any]]:
         if entry["problem"]:
             continue
         lr, hr = pairs.as_pair(decoded, record, b["scale"])
-        entry.update(lr_height=lr.shape[0], lr_width=lr.shape[1], problem_file=pairs.cell_name(record, "hr"),
-                     problem=pairs.pair_problem(lr.shape, hr.shape, b["scale"]) or "")
+        entry.update(
+            lr_height=lr.shape[0],
+            lr_width=lr.shape[1],
+            problem_file=pairs.cell_name(record, "hr"),
+            problem=pairs.pair_problem(lr.shape, hr.shape, b["scale"]) or "",
+        )
         if b["pixels"] and not entry["problem"]:
             if b["part"] is None:  # unique across processes and hosts sharing the folder
                 name = f"part-{socket.gethostname()}-{os.getpid()}-{time.time_ns()}.u8"
@@ -314,8 +342,9 @@ def _decode_rows(rows: list[int]) -> list[dict[str, Any]]:
     return entries
 
 
-def _decode_all(table, scale: int, folder: Path, rows: list[int], *, pixels: bool, local: bool,
-                workers: int) -> list[dict[str, Any]]:
+def _decode_all(
+    table, scale: int, folder: Path, rows: list[int], *, pixels: bool, local: bool, workers: int
+) -> list[dict[str, Any]]:
     """Decode `rows` with `workers` processes (started from the fork server, as DataLoader workers are)."""
     from tqdm.auto import tqdm
 
@@ -325,8 +354,9 @@ def _decode_all(table, scale: int, folder: Path, rows: list[int], *, pixels: boo
     chunks = [rows[i : i + chunk] for i in range(0, len(rows), chunk)]
     setup = (table, scale, str(folder), pixels, local)
     entries: list[dict[str, Any]] = []
-    progress = tqdm(total=len(rows), desc="Decoding pairs" + (" into the store" if pixels else " (checks)"),
-                    leave=False)
+    progress = tqdm(
+        total=len(rows), desc="Decoding pairs" + (" into the store" if pixels else " (checks)"), leave=False
+    )
     with progress:
         if workers <= 1 or len(chunks) == 1:
             _start_builder(*setup)
@@ -341,14 +371,17 @@ def _decode_all(table, scale: int, folder: Path, rows: list[int], *, pixels: boo
             return entries
         # A worker that dies (killed, out of memory) breaks the pool: an error, never a wait for its results.
         try:
-            with ProcessPoolExecutor(workers, mp_context=worker_context(), initializer=_start_builder,
-                                     initargs=(*setup, True)) as pool:
+            with ProcessPoolExecutor(
+                workers, mp_context=worker_context(), initializer=_start_builder, initargs=(*setup, True)
+            ) as pool:
                 for done in pool.map(_decode_rows, chunks):
                     entries += done
                     progress.update(len(done))
         except BrokenProcessPool:
-            raise UserError(f"{folder}: a process decoding the training pairs died (killed, or out of memory); "
-                            "rerun, or train without a store (--store-gb 0)") from None
+            raise UserError(
+                f"{folder}: a process decoding the training pairs died (killed, or out of memory); "
+                "rerun, or train without a store (--store-gb 0)"
+            ) from None
     return entries
 
 
@@ -358,8 +391,7 @@ def _build(table, scale: int, root: Path, local: bool, *, pixels: bool, workers:
     shutil.rmtree(tmp, ignore_errors=True)
     try:
         tmp.mkdir(parents=True)
-        entries = _decode_all(table, scale, tmp, list(range(len(table))), pixels=pixels, local=local,
-                              workers=workers)
+        entries = _decode_all(table, scale, tmp, list(range(len(table))), pixels=pixels, local=local, workers=workers)
         index = _index(scale, pixels, entries)
         write_text_atomic(tmp / "index.json", json.dumps(index))
         if root.exists():  # an older store of these files, without pixels
@@ -368,8 +400,10 @@ def _build(table, scale: int, root: Path, local: bool, *, pixels: bool, workers:
             shutil.rmtree(old, ignore_errors=True)
         os.rename(tmp, root)
     except OSError as e:
-        raise UserError(f"{e.filename or root.parent}: cannot write the decoded store ({e.strerror}); make room, "
-                        "choose another --store-dir, or train without a store (--store-gb 0)") from None
+        raise UserError(
+            f"{e.filename or root.parent}: cannot write the decoded store ({e.strerror}); make room, "
+            "choose another --store-dir, or train without a store (--store-gb 0)"
+        ) from None
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return index
@@ -385,7 +419,9 @@ def _update(table, scale: int, root: Path, index: dict, rows: list[int], workers
         updated = _index(scale, index["pixels"], merged, decoded=None if index["pixels"] else index["decoded_bytes"])
         write_text_atomic(root / "index.json", json.dumps(updated))
     except OSError as e:
-        raise UserError(f"{e.filename or root}: cannot update the decoded store ({e.strerror}); make room, "
-                        "choose another --store-dir, or train without a store (--store-gb 0)") from None
+        raise UserError(
+            f"{e.filename or root}: cannot update the decoded store ({e.strerror}); make room, "
+            "choose another --store-dir, or train without a store (--store-gb 0)"
+        ) from None
     # Part files no row points to any more stay: another run's workers may still map them by their old index.
     return updated

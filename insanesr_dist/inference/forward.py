@@ -6,13 +6,13 @@ Kept apart from the training step, whose precision (autocast, gradient scaling) 
 """
 
 from __future__ import annotations
+
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager, nullcontext
+
 import torch
 from accelerate import Accelerator
 from torch import nn
-
-
 
 PRECISIONS = {"no": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 
@@ -63,8 +63,10 @@ def model_forward(model: nn.Module, device: torch.device, precision: str) -> For
 
     def forward(x: torch.Tensor) -> torch.Tensor:
         x = x.to(device).contiguous(memory_format=torch.channels_last)
-        with torch.autocast(device.type, dtype=dtype, enabled=dtype is not None), \
-                (ieee_float32() if dtype is None else nullcontext()):
+        with (
+            torch.autocast(device.type, dtype=dtype, enabled=dtype is not None),
+            ieee_float32() if dtype is None else nullcontext(),
+        ):
             return model(x).float()
 
     return forward

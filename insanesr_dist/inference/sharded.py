@@ -5,18 +5,21 @@ Separate from tiles.py (one image, one process) because only this part talks to 
 """
 
 from __future__ import annotations
+
 import torch
 from accelerate import Accelerator
 from torch.utils.data import DataLoader
+
 from insanesr_dist.data.images import encode_png
-from insanesr_dist.inference.forward import Forward
 from insanesr_dist.data.tensors import to_hwc
+from insanesr_dist.inference.forward import Forward
 from insanesr_dist.inference.tiles import upscale_for_eval
 
 
 @torch.no_grad()
-def predict_pngs(forward: Forward, loader: DataLoader, accelerator: Accelerator, tile: int = 0,
-                 overlap: int = 0) -> dict[int, bytes]:
+def predict_pngs(
+    forward: Forward, loader: DataLoader, accelerator: Accelerator, tile: int = 0, overlap: int = 0
+) -> dict[int, bytes]:
     """PNG bytes of the prediction for every image of an (index, LR) loader, on every rank.
 
     Images are upscaled as validation scores them (`upscale_for_eval`: whole, or tiled above `tile`, so the
@@ -26,7 +29,9 @@ def predict_pngs(forward: Forward, loader: DataLoader, accelerator: Accelerator,
     """
     pngs: dict[int, bytes] = {}
     for index, lr in loader:
-        local = [(int(i), encode_png(to_hwc(upscale_for_eval(forward, image, tile=tile, overlap=overlap).cpu())))
-                 for i, image in zip(index, lr)]
+        local = [
+            (int(i), encode_png(to_hwc(upscale_for_eval(forward, image, tile=tile, overlap=overlap).cpu())))
+            for i, image in zip(index, lr)
+        ]
         pngs.update(accelerator.gather_for_metrics(local, use_gather_object=True))
     return pngs

@@ -21,15 +21,15 @@ strip of float accumulator, and the accelerator holds `batch_size` tiles.
 
 from __future__ import annotations
 
+import itertools
 import math
 from dataclasses import dataclass
 
 import torch
 
 from insanesr_dist.data.tensors import to_uint8
-from insanesr_dist.model.architecture import ModelConfig
-
 from insanesr_dist.inference.forward import Forward
+from insanesr_dist.model.architecture import ModelConfig
 
 RAMP = 0.5  # blend width as a fraction of the overlap
 
@@ -75,7 +75,7 @@ def layout(length: int, tile: int, overlap: int) -> Axis:
     count = -(-(length - 2 * overlap) // tile)  # ceil: neighbours then step at most `tile`
     span = length - window
     starts = tuple(i * span // (count - 1) for i in range(count))
-    seams = tuple((a + b + window) / 2 for a, b in zip(starts, starts[1:]))
+    seams = tuple((a + b + window) / 2 for a, b in itertools.pairwise(starts))
     return Axis(starts, window, seams)
 
 
@@ -90,9 +90,9 @@ def axis_weights(axis: Axis, length: int, scale: int, ramp: float) -> torch.Tens
             w *= _ramp(centres + start - axis.seams[i - 1], ramp)
         if i < len(axis.starts) - 1:  # fall across the seam with the next tile
             w *= 1 - _ramp(centres + start - axis.seams[i], ramp)
-        total[start * scale:start * scale + span] += w
+        total[start * scale : start * scale + span] += w
         rows.append(w)
-    return torch.stack([w / total[s * scale:s * scale + span] for w, s in zip(rows, axis.starts)]).float()
+    return torch.stack([w / total[s * scale : s * scale + span] for w, s in zip(rows, axis.starts)]).float()
 
 
 def _ramp(offset: torch.Tensor, width: float) -> torch.Tensor:
@@ -122,8 +122,16 @@ def self_ensemble(forward: Forward) -> Forward:
 
 
 @torch.no_grad()
-def upscale_image(forward: Forward, lr: torch.Tensor, *, tile: int = 0, overlap: int = 0, batch_size: int = 1,
-                  device: torch.device | str | None = None, quantize: bool = True) -> torch.Tensor:
+def upscale_image(
+    forward: Forward,
+    lr: torch.Tensor,
+    *,
+    tile: int = 0,
+    overlap: int = 0,
+    batch_size: int = 1,
+    device: torch.device | str | None = None,
+    quantize: bool = True,
+) -> torch.Tensor:
     """Upscale one 3xHxW uint8 image with `forward` (float [0,1] batches in, float batches out).
 
     `tile` 0 runs the whole image at once. Otherwise windows of `tile + 2*overlap` LR pixels are cut on the
@@ -142,9 +150,10 @@ def upscale_image(forward: Forward, lr: torch.Tensor, *, tile: int = 0, overlap:
     result = strip = None
     strip_top = 0  # `strip` holds the float rows from here on that may still get contributions
     for first in range(0, len(windows), batch_size):
-        batch = windows[first:first + batch_size]
-        tiles = torch.stack([lr[:, ys.starts[i]:ys.starts[i] + ys.window, xs.starts[j]:xs.starts[j] + xs.window]
-                             for i, j in batch])
+        batch = windows[first : first + batch_size]
+        tiles = torch.stack(
+            [lr[:, ys.starts[i] : ys.starts[i] + ys.window, xs.starts[j] : xs.starts[j] + xs.window] for i, j in batch]
+        )
         outs = forward(tiles.to(device).float() / 255).float().cpu()
         if result is None:  # the first batch tells the scale
             scale = outs.shape[-1] // xs.window
@@ -157,13 +166,13 @@ def upscale_image(forward: Forward, lr: torch.Tensor, *, tile: int = 0, overlap:
             if bottom > strip_top + strip.shape[1]:
                 strip = torch.cat([strip, torch.zeros(3, bottom - strip_top - strip.shape[1], width * scale)], 1)
             weight = wy[i][:, None] * wx[j][None, :]
-            strip[:, top - strip_top:bottom - strip_top, left:left + out.shape[-1]] += out * weight
+            strip[:, top - strip_top : bottom - strip_top, left : left + out.shape[-1]] += out * weight
         # Rows above the next window's top get no more contributions: quantize them and let them go.
         rest = first + len(batch) < len(windows)
         done = ys.starts[windows[first + len(batch)][0]] * scale if rest else strip_top + strip.shape[1]
         if done > strip_top:
-            result[:, strip_top:done] = finish(strip[:, :done - strip_top])
-            strip, strip_top = strip[:, done - strip_top:].clone(), done
+            result[:, strip_top:done] = finish(strip[:, : done - strip_top])
+            strip, strip_top = strip[:, done - strip_top :].clone(), done
     return result
 
 

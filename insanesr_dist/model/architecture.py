@@ -107,8 +107,10 @@ class ModelConfig:
     scale: int = _setting(4, "Upscaling factor, a power of two (x2 blocks).")
     # "sigmoid": the seed's sigmoid(tail + skip); "residual": clamp(tail + skip, 0, 1) with a zero-initialised
     # tail, so an untrained model is exactly the bilinear skip. Files written before this field load as "sigmoid".
-    output_head: OutputHead = _setting("sigmoid", "sigmoid(tail + bilinear skip) as the seed, or residual: "
-                                                  "clamp(tail + skip) with a zero-initialised tail.")
+    output_head: OutputHead = _setting(
+        "sigmoid",
+        "sigmoid(tail + bilinear skip) as the seed, or residual: clamp(tail + skip) with a zero-initialised tail.",
+    )
 
     def __post_init__(self) -> None:
         if self.scale < 2 or self.scale & (self.scale - 1):

@@ -52,16 +52,24 @@ def read_metadata(path: str | os.PathLike) -> dict[str, object]:
 def hub_id(path: str | os.PathLike) -> bool:
     """`owner/name` that is no local path: a model folder on the Hugging Face Hub."""
     text = os.fspath(path)
-    return (not os.path.exists(text) and text.count("/") == 1 and not text.startswith((".", "/", "~"))
-            and not text.endswith(".safetensors"))
+    return (
+        not os.path.exists(text)
+        and text.count("/") == 1
+        and not text.startswith((".", "/", "~"))
+        and not text.endswith(".safetensors")
+    )
 
 
 def save_folder(model: torch.nn.Module, folder: str | os.PathLike, **metadata: object) -> None:
     """config.json (model_type, architectures, the config's fields) and model.safetensors (`metadata` as for
     `save_weights`) in `folder`."""
     folder = Path(folder)
-    config = {"model_type": MODEL_TYPE, "architectures": [type(model).__name__], **asdict(model.config),
-              "insanesr_dist_version": __version__}
+    config = {
+        "model_type": MODEL_TYPE,
+        "architectures": [type(model).__name__],
+        **asdict(model.config),
+        "insanesr_dist_version": __version__,
+    }
     save_weights(model, folder / WEIGHTS_FILE, **metadata)
     write_text_atomic(folder / CONFIG_FILE, json.dumps(config, indent=2) + "\n")
 
@@ -73,8 +81,9 @@ def _hub_snapshot(repo_id: str) -> Path:
     try:
         return Path(snapshot_download(repo_id, allow_patterns=[CONFIG_FILE, WEIGHTS_FILE, CARD_FILE]))
     except Exception as e:  # many network/auth/offline error types; the user needs one line
-        raise UserError(f"{repo_id}: no such folder here, and not downloadable from the Hugging Face Hub "
-                        f"({type(e).__name__})") from None
+        raise UserError(
+            f"{repo_id}: no such folder here, and not downloadable from the Hugging Face Hub ({type(e).__name__})"
+        ) from None
 
 
 def read_folder(folder: str | os.PathLike) -> tuple[dict, Path, Path]:
@@ -87,8 +96,11 @@ def read_folder(folder: str | os.PathLike) -> tuple[dict, Path, Path]:
         raise UserError(f"{folder}: model folder not found")
     weights, config_file = path / WEIGHTS_FILE, path / CONFIG_FILE
     if not weights.is_file() or not config_file.is_file():
-        hint = ("; this is a training run: pass RUN/best.safetensors or run `insanesr-dist export` on it"
-                if (path / run_files.BEST).is_file() else "")
+        hint = (
+            "; this is a training run: pass RUN/best.safetensors or run `insanesr-dist export` on it"
+            if (path / run_files.BEST).is_file()
+            else ""
+        )
         raise UserError(f"{path}: not an exported model folder (needs {CONFIG_FILE} and {WEIGHTS_FILE}){hint}")
     try:
         config = json.loads(config_file.read_text(encoding="utf-8"))

@@ -20,12 +20,34 @@ from safetensors.torch import load_file
 from insanesr_dist import run_files
 from insanesr_dist.errors import UserError
 from insanesr_dist.model.architecture import InsaneSRNet, model_from_config
-from insanesr_dist.model.files import (CARD_FILE, CONFIG_FILE, ONNX_FILE, WEIGHTS_FILE, hub_id, read_metadata,
-                                       save_folder, save_weights)
+from insanesr_dist.model.files import (
+    CARD_FILE,
+    CONFIG_FILE,
+    ONNX_FILE,
+    WEIGHTS_FILE,
+    hub_id,
+    read_metadata,
+    save_folder,
+    save_weights,
+)
 
-__all__ = ["CARD_FILE", "CONFIG_FILE", "ONNX_FILE", "WEIGHTS_FILE", "config_from_state", "init_source",
-           "init_weights", "is_pickle", "load_model", "load_pickled_state", "mismatch", "model_from_config",
-           "read_metadata", "save_folder", "save_weights"]
+__all__ = [
+    "CARD_FILE",
+    "CONFIG_FILE",
+    "ONNX_FILE",
+    "WEIGHTS_FILE",
+    "config_from_state",
+    "init_source",
+    "init_weights",
+    "is_pickle",
+    "load_model",
+    "load_pickled_state",
+    "mismatch",
+    "model_from_config",
+    "read_metadata",
+    "save_folder",
+    "save_weights",
+]
 
 PICKLE_SUFFIXES = {".pth", ".pt", ".bin", ".ckpt", ".pkl", ".pickle", ".tar"}
 
@@ -49,8 +71,10 @@ def _looks_safetensors(path: str | os.PathLike) -> bool:
 def load_pickled_state(path: str | os.PathLike, allow_pickle: bool, map_location) -> dict[str, torch.Tensor]:
     """The state_dict inside a torch.save file; refused without `allow_pickle`."""
     if not allow_pickle:
-        raise UserError(f"{path}: is a pickle (torch.save) file, which can run code when loaded; use a .safetensors "
-                        "weights file, or pass --allow-pickle if you trust this file")
+        raise UserError(
+            f"{path}: is a pickle (torch.save) file, which can run code when loaded; use a .safetensors "
+            "weights file, or pass --allow-pickle if you trust this file"
+        )
     try:
         obj = torch.load(os.fspath(path), map_location=map_location, weights_only=True)
     except Exception as e:  # torch raises many types for foreign or damaged pickles; the user needs one line
@@ -71,9 +95,13 @@ def config_from_state(state: dict[str, torch.Tensor], path: str | os.PathLike) -
         trunk = {int(m.group(1)) for k in state if (m := re.match(r"trunk\.(\d+)\.", k))}
         layers = {int(m.group(1)) for k in state if (m := re.match(r"trunk\.0\.rdb1\.layers\.(\d+)\.weight", k))}
         upscalers = {k for k in state if re.match(r"upscale\d+\.conv\.weight", k)}
-        return {"num_rrdb": len(trunk), "channels": state["head.weight"].shape[0],
-                "growth": state["trunk.0.rdb1.layers.0.weight"].shape[0], "layers_per_block": len(layers),
-                "scale": 2 ** len(upscalers)}
+        return {
+            "num_rrdb": len(trunk),
+            "channels": state["head.weight"].shape[0],
+            "growth": state["trunk.0.rdb1.layers.0.weight"].shape[0],
+            "layers_per_block": len(layers),
+            "scale": 2 ** len(upscalers),
+        }
     except KeyError as e:
         raise UserError(f"{path}: not InsaneSRNet weights (no {e.args[0]} tensor)") from None
 
@@ -103,8 +131,10 @@ def init_source(source: str | os.PathLike) -> str:
     for name in (WEIGHTS_FILE, run_files.BEST, run_files.LATEST):
         if os.path.isfile(os.path.join(path, name)):
             return os.path.join(path, name)
-    raise UserError(f"{path}: neither a run directory with best.safetensors or latest.safetensors nor an exported "
-                    f"model folder ({WEIGHTS_FILE})")
+    raise UserError(
+        f"{path}: neither a run directory with best.safetensors or latest.safetensors nor an exported "
+        f"model folder ({WEIGHTS_FILE})"
+    )
 
 
 def init_weights(model: torch.nn.Module, source: str | os.PathLike, *, strict: bool = True) -> list[str]:
@@ -116,15 +146,18 @@ def init_weights(model: torch.nn.Module, source: str | os.PathLike, *, strict: b
     own = model.state_dict()
     problem = mismatch(model, state)
     if problem and strict:
-        raise UserError(f"{source}: does not fit this model ({problem}); --no-init-strict copies the tensors "
-                        "that fit and leaves the rest at their initial value")
+        raise UserError(
+            f"{source}: does not fit this model ({problem}); --no-init-strict copies the tensors "
+            "that fit and leaves the rest at their initial value"
+        )
     fits = {k: v for k, v in state.items() if k in own and tuple(v.shape) == tuple(own[k].shape)}
     model.load_state_dict(fits, strict=False)
     return sorted(k for k in own if k not in fits)
 
 
-def load_model(path: str | os.PathLike, map_location: str | torch.device = "cpu", *,
-               allow_pickle: bool = False) -> InsaneSRNet:
+def load_model(
+    path: str | os.PathLike, map_location: str | torch.device = "cpu", *, allow_pickle: bool = False
+) -> InsaneSRNet:
     """Rebuild an InsaneSRNet from one weights file written by `save_weights`, or from an exported folder.
 
     A pickle (`torch.save`) state_dict is refused unless `allow_pickle` (see above); its sizes are

@@ -91,8 +91,9 @@ def _ssim_map(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     # u = S/n, v = cov_norm * (Sqq/n - u^2), ...; multiplied through by n^2 (it cancels in the ratio).
     sxsy, sx2, sy2 = sx * sy, sx.square(), sy.square()
     numerator = (2 * sxsy).add_(_C1 * n * n).mul_(sxy.mul_(n).sub_(sxsy).mul_(2 * _COV_NORM).add_(_C2 * n * n))
-    denominator = (sx2 + sy2).add_(_C1 * n * n).mul_(
-        sxx.add_(syy).mul_(n).sub_(sx2).sub_(sy2).mul_(_COV_NORM).add_(_C2 * n * n))
+    denominator = (
+        (sx2 + sy2).add_(_C1 * n * n).mul_(sxx.add_(syy).mul_(n).sub_(sx2).sub_(sy2).mul_(_COV_NORM).add_(_C2 * n * n))
+    )
     return numerator.div_(denominator)
 
 

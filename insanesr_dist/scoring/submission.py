@@ -12,12 +12,11 @@ import click
 import cv2
 import numpy as np
 
-from insanesr_dist.commands import Command, RenamedOption
 from insanesr_dist.atomic import atomic_path
-from insanesr_dist.errors import UserError
-from insanesr_dist.data.images import header_size, max_pixels, read_image, size_problem, sniff_format
+from insanesr_dist.commands import Command, RenamedOption
+from insanesr_dist.data.images import decode_png_base64, header_size, max_pixels, read_image, size_problem, sniff_format
 from insanesr_dist.data.pairs import image_files
-from insanesr_dist.data.images import decode_png_base64
+from insanesr_dist.errors import UserError
 
 # Images are read through samples, never data: checking a CSV needs neither torch nor datasets, whose imports
 # alone take ~780 MB.
@@ -59,6 +58,7 @@ def read_submission(path: str | os.PathLike) -> dict[str, np.ndarray]:
 # ---------------------------------------------------------------------------------------------
 # Checking a submission before uploading it
 
+
 def _row_problem(cells: list[str], lr_sizes: dict[str, tuple[int, int]], scale: int) -> str | None:
     """What is wrong with one data row (id already known to be an LR file), or None."""
     if len(cells) != len(COLUMNS):
@@ -76,8 +76,9 @@ def _row_problem(cells: list[str], lr_sizes: dict[str, tuple[int, int]], scale: 
         return "Encoded Image is a damaged PNG (no IHDR header)"
     height, width = lr_sizes[cells[0]]
     if size != (width * scale, height * scale):
-        return (f"PNG is {size[0]}x{size[1]}, expected {width * scale}x{height * scale} "
-                f"({scale}x the {width}x{height} LR)")
+        return (
+            f"PNG is {size[0]}x{size[1]}, expected {width * scale}x{height * scale} ({scale}x the {width}x{height} LR)"
+        )
     if too_big := size_problem(size):  # the right size, yet more than this machine is allowed to decode
         return f"PNG {too_big}"
     image = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED)
@@ -134,9 +135,15 @@ def check_submission(path: str | os.PathLike, lr_dir: str | os.PathLike, scale: 
 
 @click.command("check-submission", cls=Command)
 @click.argument("csv_path", metavar="CSV", type=click.Path(exists=True, dir_okay=False, path_type=Path))
-@click.option("--lr-dir", "lr_dir", cls=RenamedOption, old_names=["--lr"], required=True,
-              type=click.Path(exists=True, file_okay=False, path_type=Path),
-              help="The folder of LR test images the CSV predicts.")
+@click.option(
+    "--lr-dir",
+    "lr_dir",
+    cls=RenamedOption,
+    old_names=["--lr"],
+    required=True,
+    type=click.Path(exists=True, file_okay=False, path_type=Path),
+    help="The folder of LR test images the CSV predicts.",
+)
 @click.option("--scale", default=4, show_default=True, type=click.IntRange(1), help="Upscaling factor.")
 def check_submission_command(csv_path: Path, lr_dir: Path, scale: int) -> None:
     """Check a submission CSV before uploading it: one row per LR image (id = file name), every row a

@@ -7,20 +7,20 @@ already written, with a per-image report and baselines.
 
 from __future__ import annotations
 
-
 import torch
 from accelerate import Accelerator
 from torch.utils.data import DataLoader
 
-from insanesr_dist.scoring.metrics import joint_metric, piq_psnr_ssim, psnr_ssim
 from insanesr_dist.data.tensors import to_uint8
 from insanesr_dist.inference.forward import Forward
 from insanesr_dist.inference.tiles import needs_tiles, upscale_for_eval
+from insanesr_dist.scoring.metrics import joint_metric, piq_psnr_ssim, psnr_ssim
 
 
 @torch.no_grad()
-def score_images(forward: Forward, loader: DataLoader, accelerator: Accelerator, tile: int = 0,
-                 overlap: int = 0) -> dict[str, float]:
+def score_images(
+    forward: Forward, loader: DataLoader, accelerator: Accelerator, tile: int = 0, overlap: int = 0
+) -> dict[str, float]:
     """Mean grader PSNR/SSIM/JM (and piq's PSNR/SSIM) over an (index, LR, HR) loader.
 
     Every rank scores its shard on uint8-quantized outputs; per-image scores are gathered with
@@ -37,7 +37,11 @@ def score_images(forward: Forward, loader: DataLoader, accelerator: Accelerator,
         scores = torch.cat([psnr_ssim(sr, hr), piq_psnr_ssim(sr, hr)], 1)
         rows.append(accelerator.gather_for_metrics(scores))
     psnr, ssim, psnr_piq, ssim_piq = torch.cat(rows).mean(0).tolist()
-    return {"psnr": psnr, "ssim": ssim, "jm": joint_metric(psnr, ssim), "psnr_piq": psnr_piq,
-            "ssim_piq": ssim_piq, "images": sum(len(r) for r in rows)}
-
-
+    return {
+        "psnr": psnr,
+        "ssim": ssim,
+        "jm": joint_metric(psnr, ssim),
+        "psnr_piq": psnr_piq,
+        "ssim_piq": ssim_piq,
+        "images": sum(len(r) for r in rows),
+    }

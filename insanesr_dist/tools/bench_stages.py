@@ -10,6 +10,7 @@ import os
 import resource
 import subprocess
 import sys
+
 from insanesr_dist import run_files
 from insanesr_dist.tools.children import failure_line
 
@@ -26,13 +27,13 @@ def predict_stage(spec: dict) -> dict:
     import numpy as np
     import torch
 
-    from insanesr_dist.training.host_memory import own_peak_rss_mb
+    from insanesr_dist.data.images import encode_png
+    from insanesr_dist.data.tensors import to_chw, to_hwc
+    from insanesr_dist.inference.forward import model_forward
+    from insanesr_dist.inference.tiles import upscale_image
     from insanesr_dist.model.architecture import InsaneSRNet
     from insanesr_dist.model.weights import load_model
-    from insanesr_dist.inference.forward import model_forward
-    from insanesr_dist.data.images import encode_png
-    from insanesr_dist.inference.tiles import upscale_image
-    from insanesr_dist.data.tensors import to_chw, to_hwc
+    from insanesr_dist.training.host_memory import own_peak_rss_mb
 
     torch.set_num_threads(spec["threads"])
     torch.manual_seed(0)
@@ -42,8 +43,11 @@ def predict_stage(spec: dict) -> dict:
     # Smooth colour noise: the compute does not depend on the content, only the PNG size does.
     rng = np.random.default_rng(0)
     size = spec["size"]
-    image = cv2.resize(rng.integers(0, 256, (size // 8 + 1, size // 8 + 1, 3), dtype=np.uint8), (size, size),
-                       interpolation=cv2.INTER_CUBIC)
+    image = cv2.resize(
+        rng.integers(0, 256, (size // 8 + 1, size // 8 + 1, 3), dtype=np.uint8),
+        (size, size),
+        interpolation=cv2.INTER_CUBIC,
+    )
     lr = to_chw(image)
     runs = []
     for _ in range(spec["repeats"]):  # a repeat shows the speed once oneDNN has built its kernels
@@ -52,9 +56,15 @@ def predict_stage(spec: dict) -> dict:
         runs.append(time.perf_counter() - started)
     started = time.perf_counter()
     png = encode_png(to_hwc(out))
-    return {"seconds": runs[-1], "first_seconds": runs[0], "encode_seconds": time.perf_counter() - started,
-            "png_mb": len(png) / 2**20, "peak_rss_mb": own_peak_rss_mb(), "ru_maxrss_mb": peak_rss_mb(),
-            "threads": torch.get_num_threads()}
+    return {
+        "seconds": runs[-1],
+        "first_seconds": runs[0],
+        "encode_seconds": time.perf_counter() - started,
+        "png_mb": len(png) / 2**20,
+        "peak_rss_mb": own_peak_rss_mb(),
+        "ru_maxrss_mb": peak_rss_mb(),
+        "threads": torch.get_num_threads(),
+    }
 
 
 def training_flops_per_lr_pixel(model) -> float:
@@ -116,12 +126,12 @@ def bare_step(spec: dict) -> dict:
 
     import torch
 
-    from insanesr_dist.training.optimizer import make_optimizer
     from insanesr_dist.config import TrainConfig
-    from insanesr_dist.training.host_memory import keep_freed_memory
-    from insanesr_dist.training.losses import training_loss
     from insanesr_dist.inference.forward import PRECISIONS
     from insanesr_dist.train import build_model
+    from insanesr_dist.training.host_memory import keep_freed_memory
+    from insanesr_dist.training.losses import training_loss
+    from insanesr_dist.training.optimizer import make_optimizer
 
     torch.set_num_threads(spec["threads"])
     torch.manual_seed(0)
@@ -150,9 +160,12 @@ def bare_step(spec: dict) -> dict:
         if device.type == "cuda":
             torch.cuda.synchronize()
         times.append(time.perf_counter() - started)
-    timed = times[spec["warmup"]:]
-    return {"samples_per_s": b * len(timed) / sum(timed), "first_step_s": times[0],
-            "flops_per_lr_pixel": training_flops_per_lr_pixel(model.float().cpu())}
+    timed = times[spec["warmup"] :]
+    return {
+        "samples_per_s": b * len(timed) / sum(timed),
+        "first_step_s": times[0],
+        "flops_per_lr_pixel": training_flops_per_lr_pixel(model.float().cpu()),
+    }
 
 
 def toolkit_step(spec: dict) -> dict:
@@ -166,10 +179,26 @@ def toolkit_step(spec: dict) -> dict:
 
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp) / "run"
-        args = [sys.executable, "-m", "insanesr_dist.train", "--output-dir", str(out), "--panel-images", "0",
-                "--max-steps", str(spec["warmup"] + spec["steps"]), "--epochs", "1000",
-                "--log-every", str(spec["log_every"]), "--cpu-threads", str(spec["threads"]),
-                "--mixed-precision", spec["precision"], *spec["train_args"]]
+        args = [
+            sys.executable,
+            "-m",
+            "insanesr_dist.train",
+            "--output-dir",
+            str(out),
+            "--panel-images",
+            "0",
+            "--max-steps",
+            str(spec["warmup"] + spec["steps"]),
+            "--epochs",
+            "1000",
+            "--log-every",
+            str(spec["log_every"]),
+            "--cpu-threads",
+            str(spec["threads"]),
+            "--mixed-precision",
+            spec["precision"],
+            *spec["train_args"],
+        ]
         result = subprocess.run(args, capture_output=True, text=True)
         if result.returncode != 0:
             raise RuntimeError(f"training process failed: {failure_line(result.stderr)}")
@@ -179,8 +208,11 @@ def toolkit_step(spec: dict) -> dict:
         epochs = [json_lib.loads(line) for line in (out / run_files.METRICS).read_text().splitlines()]
     # Steady state: after the warm-up steps (oneDNN picks its kernels, workers fill their decode caches).
     steady = sorted(v for s, v in rates if s > spec["warmup"]) or sorted(v for _, v in rates)
-    return {"samples_per_s": steady[len(steady) // 2], "intervals": len(steady),
-            "epoch_samples_per_s": [round(e["samples_per_s"], 2) for e in epochs]}
+    return {
+        "samples_per_s": steady[len(steady) // 2],
+        "intervals": len(steady),
+        "epoch_samples_per_s": [round(e["samples_per_s"], 2) for e in epochs],
+    }
 
 
 def seed_baseline(spec: dict) -> dict:
@@ -210,8 +242,10 @@ def seed_baseline(spec: dict) -> dict:
         def __getitem__(self, i):
             row = table[i]  # a folder's table holds the files' paths; a saved dataset's, their bytes
             files = [row[c]["bytes"] or open(row[c]["path"], "rb").read() for c in ("lr", "hr")]  # noqa: SIM115
-            lr, hr = (cv2.cvtColor(cv2.imdecode(np.frombuffer(f, np.uint8), cv2.IMREAD_COLOR), cv2.COLOR_BGR2RGB)
-                      for f in files)
+            lr, hr = (
+                cv2.cvtColor(cv2.imdecode(np.frombuffer(f, np.uint8), cv2.IMREAD_COLOR), cv2.COLOR_BGR2RGB)
+                for f in files
+            )
             lr, hr = random_pair_crop(lr, hr, spec["patch_size"], 4, crop_draws(0, 0, i))
             return to_chw(lr).float() / 255, to_chw(hr).float() / 255
 
@@ -234,7 +268,7 @@ def seed_baseline(spec: dict) -> dict:
             started = time.perf_counter()
             if len(times) == wanted:
                 break
-    timed = times[spec["warmup"]:]
+    timed = times[spec["warmup"] :]
     return {"samples_per_s": spec["batch_size"] * len(timed) / sum(timed)}
 
 
@@ -257,14 +291,22 @@ def data_pipeline(spec: dict) -> dict:
     crops, batch = spec["crops"], spec["batch_size"]
 
     def splits(store_dir: str, store_gb: float = 1e6, workers: int | None = None):
-        return load_splits(spec["data"], val_fraction=0.1, seed=0, store_dir=store_dir, store_gb=store_gb,
-                             store_workers=workers, say=lambda line: None)
+        return load_splits(
+            spec["data"],
+            val_fraction=0.1,
+            seed=0,
+            store_dir=store_dir,
+            store_gb=store_gb,
+            store_workers=workers,
+            say=lambda line: None,
+        )
 
     def crops_per_s(pairs: loaders.TrainPairs, epochs: int = 2, count: int = crops) -> list[float]:
         """Crops per second of one persistent worker, epoch by epoch (`count` random pairs each)."""
         sampler = RandomSampler(pairs, replacement=True, num_samples=count)
-        loader = DataLoader(pairs, batch_size=batch, sampler=sampler, collate_fn=loaders.collate_windows,
-                            **loaders.loader_kwargs(1))
+        loader = DataLoader(
+            pairs, batch_size=batch, sampler=sampler, collate_fn=loaders.collate_windows, **loaders.loader_kwargs(1)
+        )
         rates = []
         for epoch in range(epochs):
             pairs.set_epoch(epoch)
@@ -292,7 +334,9 @@ def data_pipeline(spec: dict) -> dict:
         built = splits(f"{stores}/1")  # a second run over the same files: nothing decoded
         result["reopen_seconds"] = time.perf_counter() - started
         pairs = loaders.TrainPairs(built.train, patch_size=spec["patch_size"], scale=4, seed=0, pixels=built.pixels)
-        loader = DataLoader(pairs, batch_size=batch, shuffle=True, collate_fn=loaders.collate_windows, **loaders.loader_kwargs(1))
+        loader = DataLoader(
+            pairs, batch_size=batch, shuffle=True, collate_fn=loaders.collate_windows, **loaders.loader_kwargs(1)
+        )
         next(iter(loader))
         result["startup_seconds"] = time.perf_counter() - started  # reopened store to a first batch
         del loader
@@ -340,9 +384,13 @@ def metric_speed(spec: dict) -> dict:
         return [psnr_ssim(up, hr)[0].tolist() for up, hr in pairs]
 
     def grader():
-        return [(peak_signal_noise_ratio(hr, up, data_range=255),
-                 structural_similarity(hr, up, channel_axis=2, win_size=SSIM_WINDOW, data_range=255))
-                for up, hr in pairs]
+        return [
+            (
+                peak_signal_noise_ratio(hr, up, data_range=255),
+                structural_similarity(hr, up, channel_axis=2, win_size=SSIM_WINDOW, data_range=255),
+            )
+            for up, hr in pairs
+        ]
 
     def images_per_s(score) -> tuple[float, list]:
         # One untimed pass (first calls pay page faults for fresh memory), then the best of five:
@@ -386,8 +434,8 @@ def ema_update(spec: dict) -> dict:
 
     import torch
 
-    from insanesr_dist.training.ema import WeightEMA
     from insanesr_dist.model.architecture import InsaneSRNet
+    from insanesr_dist.training.ema import WeightEMA
 
     torch.set_num_threads(spec["threads"])
     torch.manual_seed(0)
@@ -406,14 +454,24 @@ def ema_update(spec: dict) -> dict:
     old, new = [], []
     for i in range(spec["warmup"] + spec["updates"]):
         d = min(0.999, (2 + i) / (11 + i))
-        old.append(seconds(lambda: per_tensor_ema_update(reference.module, model, d)))
+        old.append(seconds(lambda d=d: per_tensor_ema_update(reference.module, model, d)))
         new.append(seconds(lambda: ema.update(model)))
     timed = slice(spec["warmup"], None)
-    return {"tensors": len(list(model.parameters())) + len(list(model.buffers())),
-            "per_tensor_ms": 1000 * statistics.median(old[timed]), "foreach_ms": 1000 * statistics.median(new[timed])}
+    return {
+        "tensors": len(list(model.parameters())) + len(list(model.buffers())),
+        "per_tensor_ms": 1000 * statistics.median(old[timed]),
+        "foreach_ms": 1000 * statistics.median(new[timed]),
+    }
 
 
 # What bench.py (and gpu_checks) run in a child, by name
-STAGES = {"predict": predict_stage, "matmul_ceiling": matmul_ceiling, "bare_step": bare_step,
-          "toolkit_step": toolkit_step, "seed_baseline": seed_baseline, "data_pipeline": data_pipeline,
-          "metric_speed": metric_speed, "ema_update": ema_update}
+STAGES = {
+    "predict": predict_stage,
+    "matmul_ceiling": matmul_ceiling,
+    "bare_step": bare_step,
+    "toolkit_step": toolkit_step,
+    "seed_baseline": seed_baseline,
+    "data_pipeline": data_pipeline,
+    "metric_speed": metric_speed,
+    "ema_update": ema_update,
+}

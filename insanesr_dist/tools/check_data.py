@@ -12,13 +12,12 @@ from pathlib import Path
 import click
 
 from insanesr_dist.commands import Command
-from insanesr_dist.data.images import decode_image, max_pixels, sniff_format
-from insanesr_dist.data.pairs import cell_name, pair_names, pair_problem, patch_problem, scan_folder, show
 from insanesr_dist.data import sources
 from insanesr_dist.data.degrade import KERNELS
-from insanesr_dist.errors import UserError
-from insanesr_dist.data.pairs import Finding
+from insanesr_dist.data.images import decode_image, max_pixels, sniff_format
+from insanesr_dist.data.pairs import Finding, cell_name, pair_names, pair_problem, patch_problem, scan_folder, show
 from insanesr_dist.data.sources import Folders
+from insanesr_dist.errors import UserError
 
 SHOWN_PER_KIND = 10  # conversions and notes repeat per file; bad files are always all listed
 
@@ -37,13 +36,18 @@ class Report:
         scale (recorded as a conversion when it loses rows or columns), LR 1/scale of that."""
         (h, w), rest = hr[:2], hr[2:]
         if h % scale or w % scale:
-            self.add(hr_name, f"HR is {w}x{h}, not a multiple of {scale}: its last {h % scale} row(s) and "
-                              f"{w % scale} column(s) are cropped ({w - w % scale}x{h - h % scale}) before its LR "
-                              "is made", "converted")
+            self.add(
+                hr_name,
+                f"HR is {w}x{h}, not a multiple of {scale}: its last {h % scale} row(s) and "
+                f"{w % scale} column(s) are cropped ({w - w % scale}x{h - h % scale}) before its LR "
+                "is made",
+                "converted",
+            )
         return (h // scale, w // scale, *rest), (h - h % scale, w - w % scale, *rest)
 
-    def judge_pair(self, lr: tuple[int, ...], hr: tuple[int, ...], lr_name, hr_name, *, scale: int,
-                   patch_size: int) -> None:
+    def judge_pair(
+        self, lr: tuple[int, ...], hr: tuple[int, ...], lr_name, hr_name, *, scale: int, patch_size: int
+    ) -> None:
         """Record a decoded pair as usable, or the one problem that makes it not (sizes first)."""
         problem = pair_problem(lr, hr, scale)
         if problem:
@@ -60,7 +64,7 @@ def _decode(data: bytes, name: str, report: Report) -> tuple[int, ...] | None:
     try:
         shape = decode_image(data, name, notes).shape
     except UserError as e:
-        report.add(name, e.message[len(name) + 2:])
+        report.add(name, e.message[len(name) + 2 :])
         return None
     for note in notes:
         report.add(name, note, "converted")
@@ -70,8 +74,9 @@ def _decode(data: bytes, name: str, report: Report) -> tuple[int, ...] | None:
 def _name_notes(path: Path, report: Report) -> None:
     name = path.name
     if " " in name or not name.isascii():
-        what = " and ".join(w for w, bad in (("spaces", " " in name), ("non-ASCII characters", not name.isascii()))
-                            if bad)
+        what = " and ".join(
+            w for w, bad in (("spaces", " " in name), ("non-ASCII characters", not name.isascii())) if bad
+        )
         report.add(path, f"file name has {what}; accepted, the id keeps the exact name", "note")
 
 
@@ -95,8 +100,9 @@ def _format_notes(kinds: dict[Path, str | None], report: Report) -> None:
         if kind and kind != suffix:
             report.add(path, f"is a {kind} file named {path.suffix}; read by its content", "note")
         if kind == "JPEG" and counts["PNG"] > counts["JPEG"]:
-            report.add(path, "JPEG among PNGs: lossy, its compression artefacts are learnt as if they were detail",
-                       "note")
+            report.add(
+                path, "JPEG among PNGs: lossy, its compression artefacts are learnt as if they were detail", "note"
+            )
 
 
 def _read_and_decode(path: Path, report: Report) -> tuple[int, ...] | None:
@@ -160,8 +166,15 @@ def _read_cell(cell: dict | None, name: str, report: Report) -> tuple[int, ...] 
     return _read_and_decode(Path(cell["path"]), report)
 
 
-def check_table(source: str, kind: str, columns: tuple[str, str, str], patch_size: int, scale: int,
-                report: Report, lr_from_hr: str | None = None) -> None:
+def check_table(
+    source: str,
+    kind: str,
+    columns: tuple[str, str, str],
+    patch_size: int,
+    scale: int,
+    report: Report,
+    lr_from_hr: str | None = None,
+) -> None:
     """The tables training reads (data.load_table: the same columns, ids and image cells), row by row."""
     from insanesr_dist.data.sources import load_table
 
@@ -186,13 +199,20 @@ def check_table(source: str, kind: str, columns: tuple[str, str, str], patch_siz
                 continue
             if lr_from_hr:
                 found = report.lr_from_hr(found[0], cell_name(row, "hr"), scale)
-            report.judge_pair(*found, cell_name(row, "lr"), cell_name(row, "hr"), scale=scale,
-                              patch_size=patch_size)
+            report.judge_pair(*found, cell_name(row, "lr"), cell_name(row, "hr"), scale=scale, patch_size=patch_size)
 
 
-def run_check(source: str | None, *, patch_size: int, on_bad_sample: str, scale: int = 4,
-              columns: tuple[str, str, str] = ("lr", "hr", "id"), given: dict[str, str | None] | None = None,
-              lr_from_hr: str | None = None, echo=click.echo) -> bool:
+def run_check(
+    source: str | None,
+    *,
+    patch_size: int,
+    on_bad_sample: str,
+    scale: int = 4,
+    columns: tuple[str, str, str] = ("lr", "hr", "id"),
+    given: dict[str, str | None] | None = None,
+    lr_from_hr: str | None = None,
+    echo=click.echo,
+) -> bool:
     """Print every finding and a summary; True when training would run. `columns`: a table source's LR, HR
     and id columns, as training's --lr-column, --hr-column, --id-column; `given`: folders given one by one
     (sources.Folders field -> path), as training's --hr-dir and siblings."""
@@ -213,17 +233,20 @@ def run_check(source: str | None, *, patch_size: int, on_bad_sample: str, scale:
             echo(finding.line(on_bad_sample))
     for (kind, problem), n in shown.items():
         if kind != "bad" and n > SHOWN_PER_KIND:
-            echo(f"... and {n - SHOWN_PER_KIND} more file(s): {problem} -> "
-                 f"{Finding('', '', kind).action(on_bad_sample)}")
+            echo(
+                f"... and {n - SHOWN_PER_KIND} more file(s): {problem} -> {Finding('', '', kind).action(on_bad_sample)}"
+            )
     for line in report.fatal:
         echo(f"{line} -> training stops")
     counts = collections.Counter(f.kind for f in report.findings)
     bad = counts["bad"]
     fails = bool(report.fatal) or report.usable < 2 or (bad and on_bad_sample == "error")
-    echo(f"check-data: {source}: {report.pairs} training pair(s), {report.usable} usable; {report.test} test image(s); "
-         f"{bad} bad, {counts['converted']} conversion(s), {counts['note']} note(s), {counts['ignored']} ignored "
-         f"-> training {'would stop' if fails else 'would run'} (--on-bad-sample {on_bad_sample}"
-         f"{f', --patch-size {patch_size}' if patch_size else ''})")
+    echo(
+        f"check-data: {source}: {report.pairs} training pair(s), {report.usable} usable; {report.test} test image(s); "
+        f"{bad} bad, {counts['converted']} conversion(s), {counts['note']} note(s), {counts['ignored']} ignored "
+        f"-> training {'would stop' if fails else 'would run'} (--on-bad-sample {on_bad_sample}"
+        f"{f', --patch-size {patch_size}' if patch_size else ''})"
+    )
     return not fails
 
 
@@ -234,18 +257,42 @@ def run_check(source: str | None, *, patch_size: int, on_bad_sample: str, scale:
 @click.option("--val-hr-dir", type=click.Path(), help="As for training: a given validation set's HR images.")
 @click.option("--val-lr-dir", type=click.Path(), help="As for training: its LR images.")
 @click.option("--test-lr-dir", type=click.Path(), help="As for training: the test LR images.")
-@click.option("--on-bad-sample", type=click.Choice(["error", "skip"]), default="error", show_default=True,
-              help="As for training: error stops at a bad file, skip trains without it.")
-@click.option("--patch-size", type=click.IntRange(0), default=None,
-              help="As for training: LR images smaller than this cannot give a crop. [default: training's default]")
+@click.option(
+    "--on-bad-sample",
+    type=click.Choice(["error", "skip"]),
+    default="error",
+    show_default=True,
+    help="As for training: error stops at a bad file, skip trains without it.",
+)
+@click.option(
+    "--patch-size",
+    type=click.IntRange(0),
+    default=None,
+    help="As for training: LR images smaller than this cannot give a crop. [default: training's default]",
+)
 @click.option("--lr-column", default="lr", show_default=True, help="As for training: a dataset's LR image column.")
 @click.option("--hr-column", default="hr", show_default=True, help="As for training: a dataset's HR image column.")
 @click.option("--id-column", default="id", show_default=True, help="As for training: a dataset's id column.")
-@click.option("--lr-from-hr", type=click.Choice(KERNELS), default=None,
-              help="As for training: HR images only, each LR made from its HR by this kernel.")
-def check_data_command(source: str | None, on_bad_sample: str, patch_size: int | None, hr_dir: str | None,
-                       lr_dir: str | None, val_hr_dir: str | None, val_lr_dir: str | None, test_lr_dir: str | None,
-                       lr_column: str, hr_column: str, id_column: str, lr_from_hr: str | None) -> None:
+@click.option(
+    "--lr-from-hr",
+    type=click.Choice(KERNELS),
+    default=None,
+    help="As for training: HR images only, each LR made from its HR by this kernel.",
+)
+def check_data_command(
+    source: str | None,
+    on_bad_sample: str,
+    patch_size: int | None,
+    hr_dir: str | None,
+    lr_dir: str | None,
+    val_hr_dir: str | None,
+    val_lr_dir: str | None,
+    test_lr_dir: str | None,
+    lr_column: str,
+    hr_column: str,
+    id_column: str,
+    lr_from_hr: str | None,
+) -> None:
     """Read every image of a dataset once and list every problem: one line per file (the problem and what
     training will do), then a summary. Exit status 1 when training would stop.
 
@@ -265,9 +312,11 @@ def check_data_command(source: str | None, on_bad_sample: str, patch_size: int |
         from insanesr_dist.config import TrainConfig
 
         patch_size = TrainConfig().patch_size
-    given = sources.given_folders(dict(hr_dir=hr_dir, lr_dir=lr_dir, val_hr_dir=val_hr_dir, val_lr_dir=val_lr_dir,
-                                       test_lr_dir=test_lr_dir))
+    given = sources.given_folders(
+        dict(hr_dir=hr_dir, lr_dir=lr_dir, val_hr_dir=val_hr_dir, val_lr_dir=val_lr_dir, test_lr_dir=test_lr_dir)
+    )
     columns = (lr_column, hr_column, id_column)
-    if not run_check(source, patch_size=patch_size, on_bad_sample=on_bad_sample, columns=columns, given=given,
-                     lr_from_hr=lr_from_hr):
+    if not run_check(
+        source, patch_size=patch_size, on_bad_sample=on_bad_sample, columns=columns, given=given, lr_from_hr=lr_from_hr
+    ):
         raise UserError(f"{source or hr_dir}: training would stop on this data (see the lines above)")

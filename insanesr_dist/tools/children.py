@@ -11,8 +11,10 @@ import sys
 def call_command(module: str, table: str, name: str, spec: dict) -> list[str]:
     """The command that runs `table[name](spec)` of `module` (a dict of functions by name, e.g. bench_stages.STAGES)
     in a fresh Python and prints its JSON-able result on the last line of its stdout."""
-    code = (f"import json, sys; from {module} import {table}; "
-            f"print(json.dumps({table}[sys.argv[1]](json.loads(sys.argv[2]))))")
+    code = (
+        f"import json, sys; from {module} import {table}; "
+        f"print(json.dumps({table}[sys.argv[1]](json.loads(sys.argv[2]))))"
+    )
     return [sys.executable, "-c", code, name, json.dumps(spec)]
 
 

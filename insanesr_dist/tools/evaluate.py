@@ -7,17 +7,19 @@ scoring/validation.py.
 """
 
 from __future__ import annotations
+
 import csv
 from collections.abc import Callable, Iterable
 from pathlib import Path
+
 import click
 import cv2
 import numpy as np
-from insanesr_dist.commands import Command, RenamedOption
+
 from insanesr_dist.atomic import atomic_path
+from insanesr_dist.commands import Command, RenamedOption
 from insanesr_dist.errors import UserError
 from insanesr_dist.scoring.metrics import joint_metric, psnr_ssim
-
 
 BASELINES = {"bilinear": cv2.INTER_LINEAR, "bicubic": cv2.INTER_CUBIC}
 
@@ -105,14 +107,18 @@ def score_predictions(pred: Path, hr: Path, lr: Path | None = None) -> list[dict
     for image_id in sorted(predictions):
         image, truth = predictions[image_id], targets.image(image_id)
         if truth.shape != image.shape:
-            raise UserError(f"{pred} ({image_id}): prediction is {image.shape[1]}x{image.shape[0]}, "
-                            f"HR is {truth.shape[1]}x{truth.shape[0]}")
+            raise UserError(
+                f"{pred} ({image_id}): prediction is {image.shape[1]}x{image.shape[0]}, "
+                f"HR is {truth.shape[1]}x{truth.shape[0]}"
+            )
         row = {"id": image_id, **_scores(image, truth, name=f"{pred} ({image_id})")}
         if sources:
             small = sources.image(image_id)
             if (small.shape[0] * 4, small.shape[1] * 4) != truth.shape[:2]:
-                raise UserError(f"{sources.path(image_id)}: LR is {small.shape[1]}x{small.shape[0]}, "
-                                f"HR is {truth.shape[1]}x{truth.shape[0]}; HR must be exactly 4x the LR")
+                raise UserError(
+                    f"{sources.path(image_id)}: LR is {small.shape[1]}x{small.shape[0]}, "
+                    f"HR is {truth.shape[1]}x{truth.shape[0]}; HR must be exactly 4x the LR"
+                )
             for kind in BASELINES:
                 row.update(_scores(baseline(small, kind), truth, f"{kind}_"))
         rows.append(row)
@@ -141,15 +147,33 @@ def write_report(path: Path, rows: list[dict[str, object]]) -> None:
 
 
 @click.command("evaluate", cls=Command)
-@click.option("--pred", "pred", required=True, type=click.Path(exists=True, path_type=Path),
-              help="Predictions: a folder of PNGs or a submission CSV.")
-@click.option("--hr", "hr", required=True, type=click.Path(exists=True, file_okay=False, path_type=Path),
-              help="Folder of ground-truth HR images with the same file names.")
-@click.option("--lr-dir", "lr_dir", cls=RenamedOption, old_names=["--lr"],
-              type=click.Path(exists=True, file_okay=False, path_type=Path),
-              help="Folder of the LR images: also score their bilinear and bicubic x4 enlargements, as baselines.")
-@click.option("--report", type=click.Path(dir_okay=False, path_type=Path),
-              help="Write per-image scores to this CSV (id, psnr, ssim, jm, and the baselines' with --lr-dir).")
+@click.option(
+    "--pred",
+    "pred",
+    required=True,
+    type=click.Path(exists=True, path_type=Path),
+    help="Predictions: a folder of PNGs or a submission CSV.",
+)
+@click.option(
+    "--hr",
+    "hr",
+    required=True,
+    type=click.Path(exists=True, file_okay=False, path_type=Path),
+    help="Folder of ground-truth HR images with the same file names.",
+)
+@click.option(
+    "--lr-dir",
+    "lr_dir",
+    cls=RenamedOption,
+    old_names=["--lr"],
+    type=click.Path(exists=True, file_okay=False, path_type=Path),
+    help="Folder of the LR images: also score their bilinear and bicubic x4 enlargements, as baselines.",
+)
+@click.option(
+    "--report",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Write per-image scores to this CSV (id, psnr, ssim, jm, and the baselines' with --lr-dir).",
+)
 def evaluate_command(pred: Path, hr: Path, lr_dir: Path | None, report: Path | None) -> None:
     """Score predictions against HR images with the competition's metric (grader-exact).
 
@@ -163,9 +187,11 @@ def evaluate_command(pred: Path, hr: Path, lr_dir: Path | None, report: Path | N
     click.echo(f"images {r['images']}  PSNR {r['psnr']:.6f}  SSIM {r['ssim']:.6f}  JM {r['jm']:.6f}")
     for kind in BASELINES if lr_dir else ():
         b = {k: r[f"{kind}_{k}"] for k in ("psnr", "ssim", "jm")}
-        click.echo(f"{kind:<8} PSNR {b['psnr']:.6f}  SSIM {b['ssim']:.6f}  JM {b['jm']:.6f}  "
-                   f"gain: JM {r['jm'] - b['jm']:+.4f}  PSNR {r['psnr'] - b['psnr']:+.4f}  "
-                   f"SSIM {r['ssim'] - b['ssim']:+.5f}")
+        click.echo(
+            f"{kind:<8} PSNR {b['psnr']:.6f}  SSIM {b['ssim']:.6f}  JM {b['jm']:.6f}  "
+            f"gain: JM {r['jm'] - b['jm']:+.4f}  PSNR {r['psnr'] - b['psnr']:+.4f}  "
+            f"SSIM {r['ssim'] - b['ssim']:+.5f}"
+        )
     if report:
         write_report(report, rows)
         click.echo(f"per-image scores: {report}")

@@ -75,9 +75,18 @@ def _sync_debug_training(spec: dict) -> dict:
     warnings.simplefilter("always")  # the default filter would show each call site only once
     warnings.showwarning = record
     # Batch 4: more steps per epoch (fewer epoch ends) than the preset's 16; what syncs does not depend on it.
-    settings = {"data": spec.get("data"), "output_dir": spec["out"], "mixed_precision": spec["precision"],
-                "max_steps": spec["steps"], "epochs": 1000, "batch_size": 4, "log_every": 10**6,
-                "panel_images": 0, "num_workers": 2, **spec.get("config", {})}
+    settings = {
+        "data": spec.get("data"),
+        "output_dir": spec["out"],
+        "mixed_precision": spec["precision"],
+        "max_steps": spec["steps"],
+        "epochs": 1000,
+        "batch_size": 4,
+        "log_every": 10**6,
+        "panel_images": 0,
+        "num_workers": 2,
+        **spec.get("config", {}),
+    }
     cuda = torch.cuda.is_available()  # (without CUDA, only the plumbing runs: the CPU test)
     if cuda:
         torch.cuda.set_sync_debug_mode("warn")
@@ -89,10 +98,16 @@ def _sync_debug_training(spec: dict) -> dict:
     places: dict[str, int] = {}
     for _, _, where in per_step:
         places[where] = places.get(where, 0) + 1
-    return {"steps": now["step"], "warmup": spec["warmup"], "per_step_syncs": len(per_step),
-            "steps_with_syncs": len({h[0] for h in per_step}), "epoch_ends": len(epoch_ends),
-            "other_syncs": len(hits) - len(per_step), "where": sorted(places.items(), key=lambda p: -p[1])[:3],
-            "seconds": time.perf_counter() - started}
+    return {
+        "steps": now["step"],
+        "warmup": spec["warmup"],
+        "per_step_syncs": len(per_step),
+        "steps_with_syncs": len({h[0] for h in per_step}),
+        "epoch_ends": len(epoch_ends),
+        "other_syncs": len(hits) - len(per_step),
+        "where": sorted(places.items(), key=lambda p: -p[1])[:3],
+        "seconds": time.perf_counter() - started,
+    }
 
 
 def per_step_syncs(hits: list[tuple], epoch_ends: set[int], warmup: int) -> list[tuple]:
@@ -124,9 +139,9 @@ def _nan_case(device, scaled: bool) -> dict:
 
     import torch
 
+    from insanesr_dist.model.architecture import InsaneSRNet
     from insanesr_dist.training.faults import BadSteps
     from insanesr_dist.training.optimizer import make_optimizer
-    from insanesr_dist.model.architecture import InsaneSRNet
 
     torch.manual_seed(0)
     model = InsaneSRNet(num_rrdb=1, channels=16, growth=8, layers_per_block=2)
@@ -163,8 +178,9 @@ def _nan_case(device, scaled: bool) -> dict:
     result = {
         "channels_last_grads": channels_last,
         "weights_unchanged": all(torch.equal(a, b) for a, b in zip(weights, model.parameters())),
-        "moments_unchanged": all(torch.equal(moments[k][n], optimizer.state[k][n])
-                                 for k in moments for n in moments[k]),
+        "moments_unchanged": all(
+            torch.equal(moments[k][n], optimizer.state[k][n]) for k in moments for n in moments[k]
+        ),
         "counted": bad.read(2, lambda _: None),
         "scale": [scale, scaler.get_scale()] if scaled else None,
     }
@@ -179,13 +195,12 @@ def _ieee_vs_tf32(spec: dict) -> dict:
     import torch
     from accelerate import Accelerator
 
-    from insanesr_dist.data import loaders
-    from insanesr_dist.data import splits
+    from insanesr_dist.data import loaders, splits
     from insanesr_dist.data.demo import ensure_demo_data
-    from insanesr_dist.scoring.validation import score_images
+    from insanesr_dist.inference.forward import float32_forward
     from insanesr_dist.model.architecture import InsaneSRNet
     from insanesr_dist.model.weights import load_model
-    from insanesr_dist.inference.forward import float32_forward
+    from insanesr_dist.scoring.validation import score_images
 
     accelerator = Accelerator(mixed_precision="no")
     weights = Path(spec["weights"]) if spec.get("weights") else None
@@ -199,41 +214,70 @@ def _ieee_vs_tf32(spec: dict) -> dict:
     for knob in knobs:
         knob.fp32_precision = "tf32"
     try:
-        scores = {"ieee": score_images(ieee, loader, accelerator),
-                  "tf32": score_images(lambda x: type(model).forward(model, x), loader, accelerator)}
+        scores = {
+            "ieee": score_images(ieee, loader, accelerator),
+            "tf32": score_images(lambda x: type(model).forward(model, x), loader, accelerator),
+        }
         with torch.no_grad():
             lr = next(iter(loader))[1].float().to(accelerator.device) / 255
             difference = (ieee(lr) - model(lr)).abs().max().item()
     finally:
         for knob, value in zip(knobs, before):
             knob.fp32_precision = value
-    return {"model": str(weights) if weights and weights.is_file() else "default model, random init",
-            "images": scores["ieee"]["images"], "jm_ieee": scores["ieee"]["jm"], "jm_tf32": scores["tf32"]["jm"],
-            "max_abs_sr_difference": difference}
+    return {
+        "model": str(weights) if weights and weights.is_file() else "default model, random init",
+        "images": scores["ieee"]["images"],
+        "jm_ieee": scores["ieee"]["jm"],
+        "jm_tf32": scores["tf32"]["jm"],
+        "max_abs_sr_difference": difference,
+    }
 
 
 def _device_store_speed(spec: dict) -> dict:
     """Issue 14: the full toolkit step (bf16, batch 16, LR patch 32) on DIV2K-sized pairs (384 synthetic 2040x1344
     HR frames), crops cut on the GPU from the device store against DataLoader workers cutting them."""
-    from insanesr_dist.tools.bench_stages import toolkit_step
     from insanesr_dist.data.demo import write_demo_data
+    from insanesr_dist.tools.bench_stages import toolkit_step
 
     cores = len(os.sched_getaffinity(0))
-    data = write_demo_data(Path(spec["out"]) / "div2k-sized", num_train=384, num_test=0, hr_size=(1344, 2040),
-                           workers=cores)
+    data = write_demo_data(
+        Path(spec["out"]) / "div2k-sized", num_train=384, num_test=0, hr_size=(1344, 2040), workers=cores
+    )
     result = {}
     for mode in ("on", "off"):
-        result[mode] = toolkit_step({"warmup": 20, "steps": 100, "log_every": 10, "threads": cores,
-                                      "precision": "bf16", "train_args": ["--data", str(data), "--device-store", mode,
-                                                                          "--num-workers", str(min(8, cores)),
-                                                                          "--val-every", "1000", "--val-max-images",
-                                                                          "1", "--store-dir", spec["out"]]})
+        result[mode] = toolkit_step(
+            {
+                "warmup": 20,
+                "steps": 100,
+                "log_every": 10,
+                "threads": cores,
+                "precision": "bf16",
+                "train_args": [
+                    "--data",
+                    str(data),
+                    "--device-store",
+                    mode,
+                    "--num-workers",
+                    str(min(8, cores)),
+                    "--val-every",
+                    "1000",
+                    "--val-max-images",
+                    "1",
+                    "--store-dir",
+                    spec["out"],
+                ],
+            }
+        )
     return result
 
 
 # The checks a child runs, by name
-CHECKS = {"sync_debug": _sync_debug_training, "nan_step": _nan_step, "ieee_vs_tf32": _ieee_vs_tf32,
-          "device_store": _device_store_speed}
+CHECKS = {
+    "sync_debug": _sync_debug_training,
+    "nan_step": _nan_step,
+    "ieee_vs_tf32": _ieee_vs_tf32,
+    "device_store": _device_store_speed,
+}
 
 
 def _run_child(name: str, spec: dict, timeout: float) -> dict:
@@ -245,8 +289,7 @@ def _run_json(command: list[str], timeout: float) -> dict:
     if timeout < 20:
         return {"error": "skipped: the time budget is spent"}
     # A session of its own: a cut-off check's grandchildren (bench stages, a training run) go with it.
-    child = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                             start_new_session=True)
+    child = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
     try:
         stdout, stderr = child.communicate(timeout=timeout)
     except subprocess.TimeoutExpired:
@@ -267,9 +310,11 @@ def _rows_sync(precision: str, r: dict) -> list[tuple]:
     if "error" in r:
         return [(check, "", r["error"], "FAIL")]
     where = ", ".join(f"{w} x{n}" for w, n in r["where"]) or "-"
-    result = (f"{r['per_step_syncs']} sync warnings in steps {r['warmup'] + 1}-{r['steps']} ({r['steps_with_syncs']} "
-              f"steps; at: {where}); {r['other_syncs']} in set-up, warm-up and {r['epoch_ends']} epoch ends; "
-              f"{r['seconds']:.0f} s")
+    result = (
+        f"{r['per_step_syncs']} sync warnings in steps {r['warmup'] + 1}-{r['steps']} ({r['steps_with_syncs']} "
+        f"steps; at: {where}); {r['other_syncs']} in set-up, warm-up and {r['epoch_ends']} epoch ends; "
+        f"{r['seconds']:.0f} s"
+    )
     return [(check, f"{r['steps']} steps, warm-up {r['warmup']}", result, "ok" if r["per_step_syncs"] == 0 else "FAIL")]
 
 
@@ -279,22 +324,44 @@ def _rows_nan(r: dict) -> list[tuple]:
     rows = []
     for mode, setting in (("found_inf", "bf16 autocast, BadSteps found_inf"), ("gradscaler", "fp16, GradScaler")):
         m = r[mode]
-        good = (m["channels_last_grads"] and m["weights_unchanged"] and m["moments_unchanged"] and m["counted"] == 1
-                and m["next_step_updates"] and (m["scale"] is None or m["scale"][1] < m["scale"][0]))
+        good = (
+            m["channels_last_grads"]
+            and m["weights_unchanged"]
+            and m["moments_unchanged"]
+            and m["counted"] == 1
+            and m["next_step_updates"]
+            and (m["scale"] is None or m["scale"][1] < m["scale"][0])
+        )
         scale = f"; scale {m['scale'][0]:g} -> {m['scale'][1]:g}" if m["scale"] else ""
-        rows.append(("NaN gradient skipped by fused Adam", f"{setting}, channels-last grads",
-                     (f"channels-last grads {m['channels_last_grads']}; weights unchanged {m['weights_unchanged']}; "
-                      f"moments unchanged {m['moments_unchanged']}; counted {m['counted']}{scale}; next good step "
-                      f"updates {m['next_step_updates']}"), "ok" if good else "FAIL"))
+        rows.append(
+            (
+                "NaN gradient skipped by fused Adam",
+                f"{setting}, channels-last grads",
+                (
+                    f"channels-last grads {m['channels_last_grads']}; weights unchanged {m['weights_unchanged']}; "
+                    f"moments unchanged {m['moments_unchanged']}; counted {m['counted']}{scale}; next good step "
+                    f"updates {m['next_step_updates']}"
+                ),
+                "ok" if good else "FAIL",
+            )
+        )
     return rows
 
 
 def _rows_jm(r: dict) -> list[tuple]:
     if "error" in r:
         return [("validation JM, IEEE vs TF32 convolutions", "", r["error"], "FAIL")]
-    return [("validation JM, IEEE vs TF32 convolutions", f"{r['model']}, {r['images']} val images",
-             (f"IEEE {r['jm_ieee']:.4f}, TF32 {r['jm_tf32']:.4f} (delta {r['jm_ieee'] - r['jm_tf32']:+.4f}); "
-              f"max |SR difference| {r['max_abs_sr_difference']:.2e}"), "info")]
+    return [
+        (
+            "validation JM, IEEE vs TF32 convolutions",
+            f"{r['model']}, {r['images']} val images",
+            (
+                f"IEEE {r['jm_ieee']:.4f}, TF32 {r['jm_tf32']:.4f} (delta {r['jm_ieee'] - r['jm_tf32']:+.4f}); "
+                f"max |SR difference| {r['max_abs_sr_difference']:.2e}"
+            ),
+            "info",
+        )
+    ]
 
 
 def _rows_device_store(r: dict) -> list[tuple]:
@@ -302,18 +369,32 @@ def _rows_device_store(r: dict) -> list[tuple]:
     if "error" in r:
         return [(what, "", r["error"], "FAIL")]
     on, off = r["on"]["samples_per_s"], r["off"]["samples_per_s"]
-    return [(what, "bf16, batch 16, LR patch 32, 384 pairs 2040x1344",
-             f"{on:.0f} vs {off:.0f} samples/s ({on / off:.2f}x)", "info")]
+    return [
+        (
+            what,
+            "bf16, batch 16, LR patch 32, 384 pairs 2040x1344",
+            f"{on:.0f} vs {off:.0f} samples/s ({on / off:.2f}x)",
+            "info",
+        )
+    ]
 
 
 def _rows_bench(setting: str, r: dict) -> list[tuple]:
     if "error" in r:
         return [("bench train", setting, r["error"], "FAIL")]
     compile_note = f"; first bare step {r['bare']['first_step_s']:.1f} s" if r["compile"] else ""
-    return [("bench train", setting,
-             (f"toolkit {r['toolkit']['samples_per_s']:.0f} samples/s, bare {r['bare']['samples_per_s']:.0f}; "
-              f"overhead {r['ratios']['toolkit_overhead_percent']:.1f}%; {r['toolkit']['tflops']:.1f} TFLOP/s "
-              f"({r['toolkit']['percent_of_bf16_ceiling']:.1f}% of bf16 matmul){compile_note}"), "info")]
+    return [
+        (
+            "bench train",
+            setting,
+            (
+                f"toolkit {r['toolkit']['samples_per_s']:.0f} samples/s, bare {r['bare']['samples_per_s']:.0f}; "
+                f"overhead {r['ratios']['toolkit_overhead_percent']:.1f}%; {r['toolkit']['tflops']:.1f} TFLOP/s "
+                f"({r['toolkit']['percent_of_bf16_ceiling']:.1f}% of bf16 matmul){compile_note}"
+            ),
+            "info",
+        )
+    ]
 
 
 def markdown_table(rows: list[tuple]) -> str:
@@ -331,18 +412,31 @@ def require_cuda() -> str:
     import torch
 
     if not torch.cuda.is_available():
-        raise UserError("the GPU checks need a CUDA GPU and none is visible (torch.cuda.is_available() is False; "
-                        "check CUDA_VISIBLE_DEVICES and the driver)")
+        raise UserError(
+            "the GPU checks need a CUDA GPU and none is visible (torch.cuda.is_available() is False; "
+            "check CUDA_VISIBLE_DEVICES and the driver)"
+        )
     return torch.cuda.get_device_name()
 
 
 @click.command("gpu-checks", cls=Command, context_settings={"max_content_width": 110})
-@click.option("--budget-s", default=450, show_default=True, type=click.IntRange(60),
-              help="Seconds for all checks together; a check that would overrun is cut off and reported.")
-@click.option("--steps", default=300, show_default=True, type=click.IntRange(20),
-              help="Training steps of each sync-debug run.")
-@click.option("--warmup", default=50, show_default=True, type=click.IntRange(1),
-              help="Steps before the sync count starts (cuDNN autotuning, allocator growth, first epoch's workers).")
+@click.option(
+    "--budget-s",
+    default=450,
+    show_default=True,
+    type=click.IntRange(60),
+    help="Seconds for all checks together; a check that would overrun is cut off and reported.",
+)
+@click.option(
+    "--steps", default=300, show_default=True, type=click.IntRange(20), help="Training steps of each sync-debug run."
+)
+@click.option(
+    "--warmup",
+    default=50,
+    show_default=True,
+    type=click.IntRange(1),
+    help="Steps before the sync count starts (cuDNN autotuning, allocator growth, first epoch's workers).",
+)
 @click.option("--data", help="Dataset as for train [default: the embedded demo data].")
 def main(budget_s: int, steps: int, warmup: int, data: str | None) -> None:
     """Run the GPU-only checks of issue 13 on one CUDA GPU and print one markdown table.
@@ -370,21 +464,38 @@ def main(budget_s: int, steps: int, warmup: int, data: str | None) -> None:
             spec = {"out": f"{tmp}/{precision}", "precision": precision, "steps": steps, "warmup": warmup}
             rows += _rows_sync(precision, _run_child("sync_debug", {**spec, "data": data} if data else spec, left(100)))
         say("validation JM, IEEE vs TF32")
-        rows += _rows_jm(_run_child("ieee_vs_tf32", {"weights": f"{tmp}/bf16/latest.safetensors", "data": data},
-                                    left(60)))
+        rows += _rows_jm(
+            _run_child("ieee_vs_tf32", {"weights": f"{tmp}/bf16/latest.safetensors", "data": data}, left(60))
+        )
         say("device store vs DataLoader workers on 2K pairs")
         rows += _rows_device_store(_run_child("device_store", {"out": f"{tmp}/store"}, left(150)))
         # The default (channels-last) first, eager before compiled: if the budget ends, it ends in the NCHW rows.
         for channels_last in (True, False):
             for compile_ in (False, True):
                 for precision in ("fp16", "bf16"):
-                    setting = (f"{precision}, {'channels-last' if channels_last else 'NCHW'}, "
-                               f"{'compile' if compile_ else 'eager'}")
+                    setting = (
+                        f"{precision}, {'channels-last' if channels_last else 'NCHW'}, "
+                        f"{'compile' if compile_ else 'eager'}"
+                    )
                     say(f"bench train: {setting}")
-                    command = [sys.executable, "-m", "insanesr_dist", "bench", "train", "--json", "--no-baseline",
-                               "--mixed-precision", precision, "--steps", "30", "--warmup", "8",
-                               "--channels-last" if channels_last else "--no-channels-last",
-                               *(["--compile"] if compile_ else []), *(["--data", data] if data else [])]
+                    command = [
+                        sys.executable,
+                        "-m",
+                        "insanesr_dist",
+                        "bench",
+                        "train",
+                        "--json",
+                        "--no-baseline",
+                        "--mixed-precision",
+                        precision,
+                        "--steps",
+                        "30",
+                        "--warmup",
+                        "8",
+                        "--channels-last" if channels_last else "--no-channels-last",
+                        *(["--compile"] if compile_ else []),
+                        *(["--data", data] if data else []),
+                    ]
                     rows += _rows_bench(setting, _run_json(command, left(150 if compile_ else 75)))
     click.echo(f"GPU checks on {device} ({budget_s - (deadline - time.monotonic()):.0f} s)\n")
     click.echo(markdown_table(rows))

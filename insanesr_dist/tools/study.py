@@ -20,10 +20,10 @@ from pathlib import Path
 import click
 import numpy as np
 
-from insanesr_dist.commands import Command
-from insanesr_dist.atomic import atomic_path, write_text_atomic
-from insanesr_dist.errors import UserError
 from insanesr_dist import run_files
+from insanesr_dist.atomic import atomic_path, write_text_atomic
+from insanesr_dist.commands import Command
+from insanesr_dist.errors import UserError
 from insanesr_dist.tools.children import failure_line
 
 # The base is the seed report's recipe on 32x32 LR crops, batch 16; each lever below changes one thing,
@@ -45,8 +45,9 @@ VARIANTS: dict[str, dict[str, object]] = {
     # Leave-one-out from the default: what each of its levers adds in the combination.
     "default without SSIM term": dict(preset="default", patch_size=None, batch_size=None, ssim_weight=0.0),
     "default without EMA": dict(preset="default", patch_size=None, batch_size=None, ema_decay=0.0),
-    "default with Adam 1e-4 flat": dict(preset="default", patch_size=None, batch_size=None, lr=1e-4,
-                                        schedule="constant", warmup_steps=0),
+    "default with Adam 1e-4 flat": dict(
+        preset="default", patch_size=None, batch_size=None, lr=1e-4, schedule="constant", warmup_steps=0
+    ),
 }
 COLUMNS = ["variant", "steps", "jm", "psnr", "ssim", "best_jm", "samples_per_s", "train_seconds", "settings"]
 
@@ -59,20 +60,35 @@ def _train_args(settings: dict[str, object]) -> list[str]:
     return args
 
 
-def run_variant(name: str, settings: dict[str, object], *, out_dir: Path, steps: int, extra: list[str],
-                data: str | None) -> dict[str, object]:
+def run_variant(
+    name: str, settings: dict[str, object], *, out_dir: Path, steps: int, extra: list[str], data: str | None
+) -> dict[str, object]:
     """Train one variant for `steps` optimizer steps in a fresh process; its row of the table."""
     run_dir = out_dir / "runs" / "".join(c if c.isalnum() else "_" for c in name).strip("_")
     merged = {**BASE, **settings}
-    command = [sys.executable, "-m", "insanesr_dist.train", *_train_args(merged), "--max-steps", str(steps),
-               "--epochs", "1000", "--output-dir", str(run_dir), "--panel-images", "0", *extra]
+    command = [
+        sys.executable,
+        "-m",
+        "insanesr_dist.train",
+        *_train_args(merged),
+        "--max-steps",
+        str(steps),
+        "--epochs",
+        "1000",
+        "--output-dir",
+        str(run_dir),
+        "--panel-images",
+        "0",
+        *extra,
+    ]
     if data:
         command += ["--data", data]
     click.echo(f"[study] {name}: {shlex.join(command[3:])}", err=True)
     result = subprocess.run(command, capture_output=True, text=True)
     if result.returncode != 0:
-        raise UserError(f"study variant {name!r} failed (exit {result.returncode}): "
-                        f"{failure_line(result.stderr, 'no output')}")
+        raise UserError(
+            f"study variant {name!r} failed (exit {result.returncode}): {failure_line(result.stderr, 'no output')}"
+        )
     return read_row(name, merged, run_dir)
 
 
@@ -83,22 +99,29 @@ def read_row(name: str, settings: dict[str, object], run_dir: Path) -> dict[str,
     seconds = sum(r["seconds"] for r in records)
     samples = sum(r["samples_per_s"] * r["seconds"] for r in records)
     shown = {k: v for k, v in settings.items() if v is not None}
-    return {"variant": name, "steps": last["step"], "jm": last["jm"], "psnr": last["psnr"], "ssim": last["ssim"],
-            "best_jm": max(r["jm"] for r in records if "jm" in r), "samples_per_s": samples / seconds,
-            "train_seconds": seconds, "settings": " ".join(_train_args(shown))}
+    return {
+        "variant": name,
+        "steps": last["step"],
+        "jm": last["jm"],
+        "psnr": last["psnr"],
+        "ssim": last["ssim"],
+        "best_jm": max(r["jm"] for r in records if "jm" in r),
+        "samples_per_s": samples / seconds,
+        "train_seconds": seconds,
+        "settings": " ".join(_train_args(shown)),
+    }
 
 
 def baseline_rows(data: str | None, seed: int = 0, val_fraction: float = 0.1) -> list[dict[str, object]]:
     """Bicubic and bilinear x4 of the validation LR images (the split training uses), scored like the models."""
     from insanesr_dist.data import loaders
-    from insanesr_dist.data.splits import load_splits
     from insanesr_dist.data.demo import ensure_demo_data
+    from insanesr_dist.data.splits import load_splits
     from insanesr_dist.data.tensors import to_hwc
-    from insanesr_dist.tools.evaluate import BASELINES, baseline
     from insanesr_dist.scoring.metrics import joint_metric, psnr_ssim
+    from insanesr_dist.tools.evaluate import BASELINES, baseline
 
-    splits = load_splits(data or str(ensure_demo_data()), val_fraction=val_fraction, seed=seed,
-                                  say=lambda *_: None)
+    splits = load_splits(data or str(ensure_demo_data()), val_fraction=val_fraction, seed=seed, say=lambda *_: None)
     images = loaders.EvalImages(splits.val, with_hr=True)
     rows = []
     for kind in BASELINES:
@@ -108,9 +131,19 @@ def baseline_rows(data: str | None, seed: int = 0, val_fraction: float = 0.1) ->
             up = baseline(to_hwc(lr), kind)
             scores.append(psnr_ssim(up, to_hwc(hr))[0].tolist())
         psnr, ssim = np.mean(scores, axis=0).tolist()
-        rows.append({"variant": f"{kind} x4 (no training)", "steps": 0, "jm": joint_metric(psnr, ssim),
-                     "psnr": psnr, "ssim": ssim, "best_jm": "", "samples_per_s": "", "train_seconds": "",
-                     "settings": ""})
+        rows.append(
+            {
+                "variant": f"{kind} x4 (no training)",
+                "steps": 0,
+                "jm": joint_metric(psnr, ssim),
+                "psnr": psnr,
+                "ssim": ssim,
+                "best_jm": "",
+                "samples_per_s": "",
+                "train_seconds": "",
+                "settings": "",
+            }
+        )
     return rows
 
 
@@ -135,14 +168,31 @@ def write_tables(out_dir: Path, rows: list[dict[str, object]], header: str) -> N
 
 @click.command("study", cls=Command)
 @click.option("--data", help="Dataset (as for train). Default: the embedded demo data.")
-@click.option("--steps", default=110, show_default=True, type=click.IntRange(1),
-              help="Optimizer steps per variant (110 = the default run on the demo data: 10 epochs of 11 steps).")
-@click.option("--output-dir", required=True, type=click.Path(file_okay=False, path_type=Path),
-              help="Where the runs and study.md / study.csv go.")
-@click.option("--variants", "only", multiple=True, type=click.Choice(list(VARIANTS)),
-              help="Run only these variants (repeatable). Default: all.")
-@click.option("--train-args", default="", help='Extra training options for every variant, e.g. '
-              '"--mixed-precision bf16 --num-rrdb 1 --channels 32".')
+@click.option(
+    "--steps",
+    default=110,
+    show_default=True,
+    type=click.IntRange(1),
+    help="Optimizer steps per variant (110 = the default run on the demo data: 10 epochs of 11 steps).",
+)
+@click.option(
+    "--output-dir",
+    required=True,
+    type=click.Path(file_okay=False, path_type=Path),
+    help="Where the runs and study.md / study.csv go.",
+)
+@click.option(
+    "--variants",
+    "only",
+    multiple=True,
+    type=click.Choice(list(VARIANTS)),
+    help="Run only these variants (repeatable). Default: all.",
+)
+@click.option(
+    "--train-args",
+    default="",
+    help='Extra training options for every variant, e.g. "--mixed-precision bf16 --num-rrdb 1 --channels 32".',
+)
 def study_command(data: str | None, steps: int, output_dir: Path, only: tuple[str, ...], train_args: str) -> None:
     """Run the model-quality grid: every lever alone on the seed recipe, and the default preset, at one step budget.
 

@@ -15,13 +15,13 @@ import cv2
 import numpy as np
 import torch
 
-from insanesr_dist.commands import Command, RenamedOption
 from insanesr_dist.atomic import atomic_path
-from insanesr_dist.errors import UserError
-from insanesr_dist.tools.evaluate import Partners, Stems, baseline, read_predictions
-from insanesr_dist.scoring.metrics import SSIM_WINDOW, joint_metric, psnr_ssim
+from insanesr_dist.commands import Command, RenamedOption
 from insanesr_dist.data.images import encode_png
 from insanesr_dist.data.tensors import to_chw, to_hwc
+from insanesr_dist.errors import UserError
+from insanesr_dist.scoring.metrics import SSIM_WINDOW, joint_metric, psnr_ssim
+from insanesr_dist.tools.evaluate import Partners, Stems, baseline, read_predictions
 
 MIN_WIDTH = 256  # each image is shown at least this wide
 STRIP = 26  # caption strip height in pixels
@@ -60,9 +60,9 @@ def panel(name: str, lr: np.ndarray, pred: np.ndarray, hr: np.ndarray | None = N
 
 
 def _predictor(checkpoint: Path, tile: int, overlap: int, tta: bool, allow_pickle: bool = False):
-    from insanesr_dist.model.weights import load_model
     from insanesr_dist.inference.forward import model_forward
     from insanesr_dist.inference.tiles import self_ensemble, upscale_image
+    from insanesr_dist.model.weights import load_model
 
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     model = load_model(checkpoint, allow_pickle=allow_pickle).to(device, memory_format=torch.channels_last).eval()
@@ -91,30 +91,61 @@ def _stored(pred: Path):
 
 
 @click.command("visualize", cls=Command, context_settings={"max_content_width": 110})
-@click.option("--lr-dir", "lr_dir", cls=RenamedOption, old_names=["--lr"], required=True,
-              type=click.Path(exists=True, file_okay=False, path_type=Path),
-              help="Folder of LR images to show.")
-@click.option("--checkpoint", type=click.Path(path_type=Path),
-              help="Predict with these weights (.safetensors, or an exported model folder) ...")
-@click.option("--pred", type=click.Path(exists=True, path_type=Path),
-              help="... or show stored predictions: a folder of PNGs (as `predict --output-dir` writes) or a CSV.")
-@click.option("--hr", "hr_dir", type=click.Path(exists=True, file_okay=False, path_type=Path),
-              help="Folder of ground-truth HR images: adds a third image and PSNR/SSIM/JM captions.")
-@click.option("--output-dir", required=True, type=click.Path(file_okay=False, path_type=Path),
-              help="Where the panel PNGs go (one per LR image, same name with .png).")
+@click.option(
+    "--lr-dir",
+    "lr_dir",
+    cls=RenamedOption,
+    old_names=["--lr"],
+    required=True,
+    type=click.Path(exists=True, file_okay=False, path_type=Path),
+    help="Folder of LR images to show.",
+)
+@click.option(
+    "--checkpoint",
+    type=click.Path(path_type=Path),
+    help="Predict with these weights (.safetensors, or an exported model folder) ...",
+)
+@click.option(
+    "--pred",
+    type=click.Path(exists=True, path_type=Path),
+    help="... or show stored predictions: a folder of PNGs (as `predict --output-dir` writes) or a CSV.",
+)
+@click.option(
+    "--hr",
+    "hr_dir",
+    type=click.Path(exists=True, file_okay=False, path_type=Path),
+    help="Folder of ground-truth HR images: adds a third image and PSNR/SSIM/JM captions.",
+)
+@click.option(
+    "--output-dir",
+    required=True,
+    type=click.Path(file_okay=False, path_type=Path),
+    help="Where the panel PNGs go (one per LR image, same name with .png).",
+)
 @click.option("--limit", default=8, show_default=True, type=click.IntRange(0), help="Panels to draw; 0 = all.")
 @click.option("--tile", default=128, show_default=True, type=click.IntRange(0), help="As for predict.")
-@click.option("--tile-overlap", "overlap", default=16, show_default=True, type=click.IntRange(0),
-              help="As for predict.")
+@click.option(
+    "--tile-overlap", "overlap", default=16, show_default=True, type=click.IntRange(0), help="As for predict."
+)
 @click.option("--tta/--no-tta", default=False, show_default=True, help="As for predict.")
 @click.option("--allow-pickle", is_flag=True, help="As for predict.")
-def visualize_command(lr_dir: Path, checkpoint: Path | None, pred: Path | None, hr_dir: Path | None,
-                      output_dir: Path, limit: int, tile: int, overlap: int, tta: bool, allow_pickle: bool) -> None:
+def visualize_command(
+    lr_dir: Path,
+    checkpoint: Path | None,
+    pred: Path | None,
+    hr_dir: Path | None,
+    output_dir: Path,
+    limit: int,
+    tile: int,
+    overlap: int,
+    tta: bool,
+    allow_pickle: bool,
+) -> None:
     """Draw LR (bicubic x4) | prediction | ground truth panels with file name and PSNR/SSIM captions.
 
     \b
     Examples:
-      insanesr-dist visualize --checkpoint runs/a/best.safetensors --lr-dir data/val/LR --hr data/val/HR --output-dir figs
+      insanesr-dist visualize --checkpoint runs/a/best.safetensors --lr-dir val/LR --hr val/HR --output-dir figs
       insanesr-dist visualize --pred submission.csv --lr-dir data/test/LR --output-dir figs --limit 0
     """
     from insanesr_dist.data.images import decode_rgb
@@ -132,12 +163,16 @@ def visualize_command(lr_dir: Path, checkpoint: Path | None, pred: Path | None, 
         lr = decode_rgb(path.read_bytes(), str(path))
         image = predict(path, lr)
         if image.shape[0] % lr.shape[0] or image.shape[0] // lr.shape[0] != image.shape[1] // lr.shape[1]:
-            raise UserError(f"{path}: prediction is {image.shape[1]}x{image.shape[0]}, "
-                            f"not a whole multiple of the {lr.shape[1]}x{lr.shape[0]} LR")
+            raise UserError(
+                f"{path}: prediction is {image.shape[1]}x{image.shape[0]}, "
+                f"not a whole multiple of the {lr.shape[1]}x{lr.shape[0]} LR"
+            )
         hr = targets.image(path.name) if targets else None
         if hr is not None and hr.shape != image.shape:
-            raise UserError(f"{hr_dir / path.name}: HR is {hr.shape[1]}x{hr.shape[0]}, "
-                            f"prediction is {image.shape[1]}x{image.shape[0]}")
+            raise UserError(
+                f"{hr_dir / path.name}: HR is {hr.shape[1]}x{hr.shape[0]}, "
+                f"prediction is {image.shape[1]}x{image.shape[0]}"
+            )
         figure = panel(path.name, lr, image, hr)
         with atomic_path(output_dir / f"{path.stem}.png") as tmp:
             Path(tmp).write_bytes(encode_png(figure))

@@ -25,9 +25,9 @@ from accelerate.utils import gather_object
 from accelerate.utils import load as accelerate_load
 from safetensors.torch import load_file, save_file
 
+from insanesr_dist import run_files
 from insanesr_dist.atomic import write_text_atomic
 from insanesr_dist.errors import UserError
-from insanesr_dist import run_files
 
 MARKER = "COMPLETE"
 STATE_FILE = "train_state.json"
@@ -121,8 +121,10 @@ def check_every_rank_can_read(launch: PartialState, path: Path) -> None:
     problems = gather_object([problem]) if launch.num_processes > 1 else [problem]
     for rank, problem in enumerate(problems):
         if problem:
-            raise UserError(f"{path}: rank {rank} cannot read this checkpoint, which rank 0 chose to resume "
-                            f"from: {problem}; every rank must see the run directory's files (a shared file system)")
+            raise UserError(
+                f"{path}: rank {rank} cannot read this checkpoint, which rank 0 chose to resume "
+                f"from: {problem}; every rank must see the run directory's files (a shared file system)"
+            )
 
 
 def _save_ema(ema, path: Path) -> None:
@@ -134,8 +136,10 @@ def _save_ema(ema, path: Path) -> None:
 
 def _load_ema(ema, path: Path) -> None:
     if not (path / EMA_WEIGHTS).is_file():
-        raise UserError(f"{path}: the checkpoint holds no {EMA_WEIGHTS}, but this run has EMA on; "
-                        "resume with the --ema-decay it was written with, or use another --output-dir")
+        raise UserError(
+            f"{path}: the checkpoint holds no {EMA_WEIGHTS}, but this run has EMA on; "
+            "resume with the --ema-decay it was written with, or use another --output-dir"
+        )
     counters = json.loads((path / EMA_COUNTERS).read_text())
     ema.load_state_dict({**counters, "weights": load_file(str(path / EMA_WEIGHTS))})
 
@@ -174,9 +178,11 @@ def load_checkpoint(accelerator: Accelerator, path: Path, ema=None, say=print) -
     """
     pickled = sorted(p.name for p in path.glob("custom_checkpoint_*.pkl"))
     if pickled:
-        raise UserError(f"{path}: holds {', '.join(pickled)}, a pickled EMA state from an older insanesr-dist; "
-                        "it is not loaded, since unpickling can run code: resume with the version that wrote it, "
-                        "or start afresh in another --output-dir")
+        raise UserError(
+            f"{path}: holds {', '.join(pickled)}, a pickled EMA state from an older insanesr-dist; "
+            "it is not loaded, since unpickling can run code: resume with the version that wrote it, "
+            "or start afresh in another --output-dir"
+        )
     scaler = accelerator.scaler
     if scaler is not None and not (path / SCALER_FILE).is_file():
         say(f"note: {path} has no {SCALER_FILE} (it was not written in fp16): starting a fresh gradient scaler")
@@ -201,8 +207,10 @@ def _check_random_states(path: Path, say) -> None:
     try:
         accelerate_load(path)
     except Exception as e:
-        say(f"warning: {path}: cannot load this rank's random states ({str(e).splitlines()[0]}); it continues "
-            "with other ones: the result will differ from an uninterrupted run")
+        say(
+            f"warning: {path}: cannot load this rank's random states ({str(e).splitlines()[0]}); it continues "
+            "with other ones: the result will differ from an uninterrupted run"
+        )
 
 
 def for_processes(state: TrainState, processes: int) -> TrainState:
@@ -212,18 +220,20 @@ def for_processes(state: TrainState, processes: int) -> TrainState:
     which keeps the running loss's mean (the sum over ranks is shared out again)."""
     if not state.processes or state.processes == processes:
         return state
-    return dataclasses.replace(state, batches_done=state.batches_done * state.processes // processes,
-                               passes=state.passes * state.processes // processes, processes=processes)
+    return dataclasses.replace(
+        state,
+        batches_done=state.batches_done * state.processes // processes,
+        passes=state.passes * state.processes // processes,
+        processes=processes,
+    )
 
 
 def _prune(out_dir: Path, keep: int) -> None:
     """Keep the newest `keep` complete checkpoints (never fewer than one); drop older leftovers."""
     complete = complete_checkpoints(out_dir, warn=lambda _: None)
-    for path in complete[:-max(1, keep)]:
+    for path in complete[: -max(1, keep)]:
         shutil.rmtree(path, ignore_errors=True)
     newest = complete[-1].name if complete else ""
     for path in (out_dir / run_files.CHECKPOINTS).glob("step_*"):
         if path.name < newest and not (path / MARKER).is_file():
             shutil.rmtree(path, ignore_errors=True)  # an interrupted save older than a complete one
-
-

@@ -82,14 +82,17 @@ class BadSteps:
         new, self.skipped = total - self.skipped, total
         self._state[2] = run  # a run still going on keeps counting from here
         if new:
-            say(f"warning: skipped {new} optimizer step(s) with non-finite loss or gradients "
-                f"(up to step {step}; {total} in this run)")
+            say(
+                f"warning: skipped {new} optimizer step(s) with non-finite loss or gradients "
+                f"(up to step {step}; {total} in this run)"
+            )
         if longest >= self.limit:
             raise UserError(
                 f"training stopped at step {step}: {longest} optimizer steps in a row had a non-finite loss or "
                 f"gradients (--max-bad-steps {self.limit}); weights were not updated by them, and the last "
                 "complete checkpoint and best.safetensors are as they were. Lower --lr, set --max-grad-norm, "
-                "or check the data")
+                "or check the data"
+            )
         return new
 
 
@@ -109,5 +112,7 @@ def io_failure(error: BaseException) -> str | None:
         error = error.__cause__ or error.__context__
     else:
         return None
-    return (f"{where}: {what}; every file written before is intact (writes are atomic): make room and rerun "
-            "the same command to resume from the last complete checkpoint")
+    return (
+        f"{where}: {what}; every file written before is intact (writes are atomic): make room and rerun "
+        "the same command to resume from the last complete checkpoint"
+    )

@@ -1,9 +1,10 @@
 """TODO docstring: training.optimizer."""
 
 from __future__ import annotations
-import torch
 
 import math
+
+import torch
 
 
 def make_optimizer(params, lr: float) -> torch.optim.Adam:

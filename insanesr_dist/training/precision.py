@@ -48,7 +48,7 @@ def _launcher_request() -> bool:
     from accelerate.commands.config.config_args import load_config_from_file
     from accelerate.commands.launch import launch_command_parser
 
-    args, _ = launch_command_parser().parse_known_args(argv[argv.index("launch") + 1:])
+    args, _ = launch_command_parser().parse_known_args(argv[argv.index("launch") + 1 :])
     if args.mixed_precision is not None:
         return True
     config = args.config_file and str(Path(cwd, args.config_file))

@@ -1,11 +1,12 @@
 """TODO docstring: training.preemption."""
 
 from __future__ import annotations
+
 import signal
 import subprocess
+
 import torch
 from accelerate import Accelerator
-
 
 PREEMPTED_EXIT_CODE = 75  # EX_TEMPFAIL: "try again later", which is what a requeue does
 

@@ -21,10 +21,31 @@ from insanesr_dist.errors import UserError
 from insanesr_dist.training import checkpoint
 
 # Settings that may change between an interrupted run and its continuation without changing the result.
-RESUMABLE = {"resume", "output_dir", "num_workers", "cpu_threads", "log_every", "epochs", "max_steps",
-             "checkpoint_every", "keep_checkpoints", "max_bad_steps", "decoded_cache_mb", "worker_timeout",
-             "dist_timeout", "val_every", "submit_every", "val_every_steps", "submit_every_steps", "val_tile",
-             "store_dir", "device_store", "init_from", "init_strict", "report_to"}
+RESUMABLE = {
+    "resume",
+    "output_dir",
+    "num_workers",
+    "cpu_threads",
+    "log_every",
+    "epochs",
+    "max_steps",
+    "checkpoint_every",
+    "keep_checkpoints",
+    "max_bad_steps",
+    "decoded_cache_mb",
+    "worker_timeout",
+    "dist_timeout",
+    "val_every",
+    "submit_every",
+    "val_every_steps",
+    "submit_every_steps",
+    "val_tile",
+    "store_dir",
+    "device_store",
+    "init_from",
+    "init_strict",
+    "report_to",
+}
 
 
 def total_steps_of(cfg: TrainConfig, steps_per_epoch: int) -> int:
@@ -60,18 +81,24 @@ def _choose_checkpoint(cfg: TrainConfig, out_dir: Path) -> Path | None:
     """Rank 0: the checkpoint to continue from, refusing to overwrite a run it cannot continue."""
     resume_from = checkpoint.find_resume(cfg.resume, out_dir)
     if resume_from is None and (out_dir / run_files.METRICS).exists():
-        raise UserError(f"{out_dir}: already holds a run with no complete checkpoint to resume from "
-                        "(--resume none never overwrites one); choose another --output-dir")
+        raise UserError(
+            f"{out_dir}: already holds a run with no complete checkpoint to resume from "
+            "(--resume none never overwrites one); choose another --output-dir"
+        )
     if resume_from is None:
         return None
     saved = json.loads((out_dir / run_files.CONFIG).read_text()) if (out_dir / run_files.CONFIG).is_file() else {}
     if "ema_decay" in saved and bool(saved["ema_decay"]) != bool(cfg.ema_decay):
-        raise UserError(f"{out_dir}: cannot resume with --ema-decay {cfg.ema_decay}: the checkpoint was written "
-                        f"with --ema-decay {saved['ema_decay']}; use that, or another --output-dir")
+        raise UserError(
+            f"{out_dir}: cannot resume with --ema-decay {cfg.ema_decay}: the checkpoint was written "
+            f"with --ema-decay {saved['ema_decay']}; use that, or another --output-dir"
+        )
     changed = sorted(k for k, v in cfg.to_dict().items() if k in saved and saved[k] != v and k not in RESUMABLE)
     if changed:
-        print(f"warning: resuming with changed settings ({', '.join(changed)}): the result will differ "
-              "from an uninterrupted run")
+        print(
+            f"warning: resuming with changed settings ({', '.join(changed)}): the result will differ "
+            "from an uninterrupted run"
+        )
     return resume_from
 
 
@@ -82,8 +109,9 @@ def budget_grew(cfg: TrainConfig, state: checkpoint.TrainState) -> bool:
     return planned > state.total_steps
 
 
-def continued(accelerator: Accelerator, state: checkpoint.TrainState, cfg: TrainConfig, steps_per_epoch: int,
-              total_steps: int) -> tuple[checkpoint.TrainState, int]:
+def continued(
+    accelerator: Accelerator, state: checkpoint.TrainState, cfg: TrainConfig, steps_per_epoch: int, total_steps: int
+) -> tuple[checkpoint.TrainState, int]:
     """The state and step budget with which this run continues the checkpoint's, saying what differs.
 
     Another process count changes the steps per epoch: the epoch goes on after the global batches already
@@ -101,8 +129,11 @@ def continued(accelerator: Accelerator, state: checkpoint.TrainState, cfg: Train
             f"warning: resuming with {accelerator.num_processes} process(es); the checkpoint was written by "
             f"{written_by}: steps per epoch {state.steps_per_epoch} -> {steps_per_epoch}, total steps "
             f"{state.total_steps} -> {total_steps} (the learning-rate schedule follows); the result will differ "
-            "from an uninterrupted run")
+            "from an uninterrupted run"
+        )
     if state.precision and state.precision != accelerator.mixed_precision:
-        accelerator.print(f"warning: resuming in precision {accelerator.mixed_precision}; the checkpoint was written "
-                          f"in {state.precision}: the result will differ from an uninterrupted run")
+        accelerator.print(
+            f"warning: resuming in precision {accelerator.mixed_precision}; the checkpoint was written "
+            f"in {state.precision}: the result will differ from an uninterrupted run"
+        )
     return dataclasses.replace(state, processes=accelerator.num_processes), total_steps

@@ -46,12 +46,16 @@ def stall_message(error: BaseException, *, dist_timeout: float, worker_timeout: 
         return None
     text, rank = str(error), os.environ.get("RANK", "0")
     if text.startswith("DataLoader timed out"):
-        return (f"rank {rank}: a DataLoader worker produced no batch for {worker_timeout:g} s (--worker-timeout); "
-                "it is stuck or far too slow (check the data files and the machine's load)")
+        return (
+            f"rank {rank}: a DataLoader worker produced no batch for {worker_timeout:g} s (--worker-timeout); "
+            "it is stuck or far too slow (check the data files and the machine's load)"
+        )
     if "Timed out waiting" in text:
-        return (f"rank {rank}: waited longer than --dist-timeout {dist_timeout:g} s for the other processes of "
-                "this run; on a first run over a large dataset rank 0 may still be preparing it: raise "
-                "--dist-timeout, else a process is stuck")
+        return (
+            f"rank {rank}: waited longer than --dist-timeout {dist_timeout:g} s for the other processes of "
+            "this run; on a first run over a large dataset rank 0 may still be preparing it: raise "
+            "--dist-timeout, else a process is stuck"
+        )
     if "Connection closed by peer" in text or "Connection reset by peer" in text:
         return f"rank {rank}: another process of this run stopped (its own output says why)"
     return None

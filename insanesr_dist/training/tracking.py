@@ -11,11 +11,11 @@ import torch
 import torch.nn.functional as F
 from accelerate import Accelerator
 
+from insanesr_dist import run_files
 from insanesr_dist.atomic import append_line_atomic, write_text_atomic
+from insanesr_dist.data.tensors import to_uint8
 from insanesr_dist.errors import UserError
 from insanesr_dist.training.host_memory import own_peak_rss_mb
-from insanesr_dist.data.tensors import to_uint8
-from insanesr_dist import run_files
 
 VAL_SCALARS = ("psnr", "ssim", "jm", "psnr_piq", "ssim_piq")
 
@@ -30,8 +30,10 @@ def trackers(report_to: str) -> list[str]:
     names = list(dict.fromkeys(["tensorboard", *(n.strip() for n in report_to.split(",") if n.strip())]))
     for name in names:
         if name not in LOGGER_TYPE_TO_CLASS:
-            raise UserError(f"--report-to {report_to}: no tracker {name!r}; accelerate knows "
-                            f"{', '.join(sorted(LOGGER_TYPE_TO_CLASS))}")
+            raise UserError(
+                f"--report-to {report_to}: no tracker {name!r}; accelerate knows "
+                f"{', '.join(sorted(LOGGER_TYPE_TO_CLASS))}"
+            )
         if not getattr(accelerate.utils, f"is_{name}_available", lambda: False)():
             extra = " (pip install 'insanesr-dist[mlflow]')" if name == "mlflow" else ""
             raise UserError(f"--report-to {report_to}: {name} is not installed{extra}")
@@ -47,8 +49,11 @@ def peak_memory_mb() -> dict[str, float]:
 
 
 def epoch_line(record: dict, epochs: int, improved: bool) -> str:
-    scores = (f"PSNR {record['psnr']:.4f}  SSIM {record['ssim']:.4f}  JM {record['jm']:.4f}  " if "jm" in record
-              else "(not validated)  ")
+    scores = (
+        f"PSNR {record['psnr']:.4f}  SSIM {record['ssim']:.4f}  JM {record['jm']:.4f}  "
+        if "jm" in record
+        else "(not validated)  "
+    )
     evaluation = f" + {record['eval_seconds']:.1f}s eval" if record.get("eval_seconds") else ""
     return (
         f"epoch {record['epoch']}/{epochs}  step {record['step']}  loss {record['train_loss']:.6f}  {scores}"
@@ -87,8 +92,9 @@ def log_epoch(accelerator: Accelerator, out_dir: Path, record: dict, epochs: int
     accelerator.print(epoch_line(record, epochs, improved))
 
 
-def log_evaluation(accelerator: Accelerator, scores: dict, *, step: int, epoch: int, seconds: float,
-                   improved: bool) -> None:
+def log_evaluation(
+    accelerator: Accelerator, scores: dict, *, step: int, epoch: int, seconds: float, improved: bool
+) -> None:
     """Main process: a mid-epoch evaluation (--val-every-steps, --submit-every-steps): its val/* scalars at its
     step and a console line. metrics.jsonl keeps one line per epoch: these show in TensorBoard and the weights'
     metadata (best.safetensors, latest.safetensors) instead."""
@@ -96,8 +102,11 @@ def log_evaluation(accelerator: Accelerator, scores: dict, *, step: int, epoch: 
         return
     if scores:
         accelerator.log({f"val/{k}": scores[k] for k in VAL_SCALARS if k in scores}, step=step)
-    shown = (f"PSNR {scores['psnr']:.4f}  SSIM {scores['ssim']:.4f}  JM {scores['jm']:.4f}  " if scores
-             else "submission only  ")
+    shown = (
+        f"PSNR {scores['psnr']:.4f}  SSIM {scores['ssim']:.4f}  JM {scores['jm']:.4f}  "
+        if scores
+        else "submission only  "
+    )
     accelerator.print(f"step {step} (epoch {epoch})  {shown}{seconds:.1f}s eval" + ("  * best" if improved else ""))
 
 

@@ -30,8 +30,9 @@ def test_windows_augmented_as_a_batch_equal_the_reference(patch, tables, monkeyp
     draws = [C.crop_draws(1, 2, k) for k in range(48)]
     windows = [C.pair_window(lr, hr, patch, 4, d) for d in draws]
     assert len({w[2] for w in windows}) == (8 if patch else 4)  # non-square whole images: half turns, flips
-    got_lr, got_hr = C.augment(*(torch.stack([torch.from_numpy(w[i]) for w in windows]) for i in (0, 1)),
-                               torch.tensor([w[2] for w in windows]))
+    got_lr, got_hr = C.augment(
+        *(torch.stack([torch.from_numpy(w[i]) for w in windows]) for i in (0, 1)), torch.tensor([w[2] for w in windows])
+    )
     for k, d in enumerate(draws):
         want_lr, want_hr = C.random_pair_crop(lr, hr, patch, 4, d)
         assert torch.equal(got_lr[k], torch.from_numpy(want_lr.transpose(2, 0, 1).copy()))
@@ -44,19 +45,27 @@ def test_a_device_store_cuts_the_same_batches_as_the_workers(tmp_path):
 
     folder = make_pair_folder(tmp_path / "d", num_train=10, num_test=0, lr_size=(14, 22))
     splits = load_splits(folder, val_fraction=0.2, seed=0, store_dir=str(tmp_path / "s"), say=lambda line: None)
-    pairs = C.DevicePairs(splits.pixels.pair, loaders.store_rows(splits.train), patch=6, scale=4, seed=5,
-                          device=torch.device("cpu"))
+    pairs = C.DevicePairs(
+        splits.pixels.pair, loaders.store_rows(splits.train), patch=6, scale=4, seed=5, device=torch.device("cpu")
+    )
     assert pairs.nbytes == splits.pixels.decoded_bytes * len(splits.train) // 10
-    plans, samples = C.DevicePlans(pairs), loaders.TrainPairs(splits.train, patch_size=6, scale=4, seed=5,
-                                                         pixels=splits.pixels)
+    plans, samples = (
+        C.DevicePlans(pairs),
+        loaders.TrainPairs(splits.train, patch_size=6, scale=4, seed=5, pixels=splits.pixels),
+    )
     for epoch in (0, 3):
         plans.set_epoch(epoch)
         samples.set_epoch(epoch)
         order = torch.randperm(len(samples)).tolist()
         plan = next(iter(DataLoader(plans, batch_size=len(order), sampler=order)))
         cut_lr, cut_hr = pairs.cut(plan)
-        batch = next(iter(DataLoader(samples, batch_size=len(order), sampler=order, num_workers=1,
-                                     collate_fn=loaders.collate_windows)))
+        batch = next(
+            iter(
+                DataLoader(
+                    samples, batch_size=len(order), sampler=order, num_workers=1, collate_fn=loaders.collate_windows
+                )
+            )
+        )
         want_lr, want_hr = C.augment(*map(torch.from_numpy, batch))
         assert torch.equal(cut_lr, want_lr) and torch.equal(cut_hr, want_hr)
 
@@ -64,15 +73,33 @@ def test_a_device_store_cuts_the_same_batches_as_the_workers(tmp_path):
 @pytest.mark.slow
 def test_training_from_a_device_store_equals_training_from_workers(pair_folder, tmp_path):
     """--device-store on (here the CPU is the device) cuts the same batches, so the weights come out equal."""
-    from conftest import TINY, run_cli
     from safetensors.torch import load_file
+
+    from conftest import TINY, run_cli
 
     runs = {}
     for mode in ("on", "off"):
         out = tmp_path / mode
-        result = run_cli("insanesr-dist", "train", "--data", str(pair_folder), *TINY, "--epochs", "1",
-                         "--max-steps", "4", "--panel-images", "0", "--mixed-precision", "no",
-                         "--device-store", mode, "--output-dir", str(out), timeout=300)
+        result = run_cli(
+            "insanesr-dist",
+            "train",
+            "--data",
+            str(pair_folder),
+            *TINY,
+            "--epochs",
+            "1",
+            "--max-steps",
+            "4",
+            "--panel-images",
+            "0",
+            "--mixed-precision",
+            "no",
+            "--device-store",
+            mode,
+            "--output-dir",
+            str(out),
+            timeout=300,
+        )
         assert result.returncode == 0, result.stderr[-2000:]
         assert ("device store: 0.00 GB of decoded training pairs on cpu" in result.stdout) == (mode == "on")
         runs[mode] = load_file(out / "latest.safetensors")

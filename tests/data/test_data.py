@@ -7,14 +7,12 @@ import numpy as np
 import pytest
 from torch.utils.data import DataLoader
 
+from conftest import TINY, assert_one_line_error, make_pair_folder, read_rgb, run_cli, write_png
 from insanesr_dist.data import crops as C
-from insanesr_dist.data import loaders
-from insanesr_dist.data import pairs
+from insanesr_dist.data import loaders, pairs
 from insanesr_dist.data.splits import check_patch_size, load_splits
 from insanesr_dist.errors import UserError
 from insanesr_dist.scoring.submission import read_submission
-
-from conftest import TINY, assert_one_line_error, make_pair_folder, read_rgb, run_cli, write_png
 
 
 def test_folder_pairs_by_file_name_and_keeps_paths_not_bytes(pair_folder):
@@ -74,8 +72,10 @@ def test_missing_sources_are_one_line_errors(tmp_path):
 
 def test_saved_dataset_with_image_columns(tmp_path, pair_folder):
     rng = np.random.default_rng(0)
-    def png(a):  # noqa: E306
+
+    def png(a):
         return {"bytes": cv2.imencode(".png", a)[1].tobytes(), "path": None}
+
     lrs = [rng.integers(0, 256, (8, 8, 3), np.uint8) for _ in range(5)]
     hrs = [cv2.resize(a, (32, 32), interpolation=cv2.INTER_NEAREST) for a in lrs]
     features = datasets.Features({"lr": datasets.Image(), "hr": datasets.Image()})
@@ -166,8 +166,9 @@ def test_persistent_workers_follow_the_epoch(pair_folder):
     """Workers started once must still crop by each new epoch (the epoch lives in shared memory)."""
     train = load_splits(pair_folder, val_fraction=0.1, seed=0).train
     samples = loaders.TrainPairs(train, patch_size=8, scale=4, seed=0, cache_mb=64)
-    loader = DataLoader(samples, batch_size=4, collate_fn=loaders.collate_windows,
-                        **loaders.loader_kwargs(num_workers=1))
+    loader = DataLoader(
+        samples, batch_size=4, collate_fn=loaders.collate_windows, **loaders.loader_kwargs(num_workers=1)
+    )
     assert loader.persistent_workers
     reference = loaders.TrainPairs(train, patch_size=8, scale=4, seed=0)  # in this process, no workers
     for epoch in (1, 2, 3):
@@ -257,8 +258,9 @@ def make_hub_folder(root: Path, *, num_train: int = 6, num_test: int = 2) -> tup
     names = sorted(p.name for p in (pairs / "train" / "LR").iterdir())
     tests = sorted(p.name for p in (pairs / "test" / "LR").iterdir())
     image = lambda name: {"bytes": _png_bytes(pixels[f"LR/{name}"]), "path": None}  # noqa: E731
-    train = datasets.Dataset.from_dict({"low": [image(n) for n in names], "name": names,
-                                        "high": [_png_bytes(pixels[f"HR/{n}"]) for n in names]})
+    train = datasets.Dataset.from_dict(
+        {"low": [image(n) for n in names], "name": names, "high": [_png_bytes(pixels[f"HR/{n}"]) for n in names]}
+    )
     test = datasets.Dataset.from_dict({"low": [image(n) for n in tests], "name": tests})
     (root / "hub" / "data").mkdir(parents=True)
     for split, table in (("train", train), ("test", test)):
@@ -292,10 +294,12 @@ def test_data_file_folder_with_path_columns(tmp_path, fmt):
     root = tmp_path / "ds"
     make_pair_folder(root / "images", num_train=4, num_test=0)
     names = sorted(p.name for p in (root / "images" / "train" / "LR").iterdir())
-    table = datasets.Dataset.from_dict({
-        "small": [f"images/train/LR/{n}" for n in names],
-        "big": [str(root / "images" / "train" / "HR" / n) for n in names],
-    })
+    table = datasets.Dataset.from_dict(
+        {
+            "small": [f"images/train/LR/{n}" for n in names],
+            "big": [str(root / "images" / "train" / "HR" / n) for n in names],
+        }
+    )
     (table.to_json if fmt == "jsonl" else table.to_csv)(str(root / f"train.{fmt}"))
     splits = load_splits(root, val_fraction=0.25, seed=0, columns=("small", "big", "id"))
     assert len(splits.train) == 3 and len(splits.val) == 1 and splits.test is None
@@ -316,7 +320,7 @@ def test_missing_columns_and_unusable_folders_are_one_line_errors(tmp_path):
         load_splits(hub, val_fraction=0.2, seed=0, columns=("low", "high", "ident"))
     (tmp_path / "docs").mkdir()
     (tmp_path / "docs" / "README.md").write_text("no data here")
-    with pytest.raises(UserError, match="not a data folder .*parquet, arrow, jsonl, csv"):
+    with pytest.raises(UserError, match=r"not a data folder .*parquet, arrow, jsonl, csv"):
         load_splits(tmp_path / "docs", val_fraction=0.1, seed=0)
 
 
@@ -326,11 +330,25 @@ def test_train_and_check_data_on_a_hub_folder_through_the_cli(tmp_path):
     checked = run_cli("insanesr-dist", "check-data", str(hub), *flags, "--patch-size", "8")
     assert checked.returncode == 0, checked.stdout + checked.stderr
     assert "6 training pair(s), 6 usable; 2 test image(s); 0 bad" in checked.stdout.splitlines()[-1]
-    assert_one_line_error(run_cli("insanesr-dist", "check-data", str(hub), "--lr-column", "lr_image"),
-                          "(train): no column 'lr_image' (--lr-column); it has: low, name, high")
+    assert_one_line_error(
+        run_cli("insanesr-dist", "check-data", str(hub), "--lr-column", "lr_image"),
+        "(train): no column 'lr_image' (--lr-column); it has: low, name, high",
+    )
     out = tmp_path / "run"
-    result = run_cli("insanesr-dist", "train", "--data", str(hub), *flags, "--epochs", "1", "--max-steps", "1",
-                     *TINY, "--output-dir", str(out))
+    result = run_cli(
+        "insanesr-dist",
+        "train",
+        "--data",
+        str(hub),
+        *flags,
+        "--epochs",
+        "1",
+        "--max-steps",
+        "1",
+        *TINY,
+        "--output-dir",
+        str(out),
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     assert (out / "latest.safetensors").is_file()
     submission = read_submission(next((out / "submissions").glob("*.csv")))

@@ -11,11 +11,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from conftest import TINY, make_pair_folder, run_cli, write_png
+from insanesr_dist.data.degrade import lr_from_hr, mod_crop
 from insanesr_dist.data.loaders import EvalImages
 from insanesr_dist.data.splits import load_splits
-from insanesr_dist.data.degrade import lr_from_hr, mod_crop
-
-from conftest import TINY, make_pair_folder, run_cli, write_png
 
 
 @pytest.fixture(scope="module")
@@ -48,8 +47,16 @@ def test_an_hr_only_folder_gives_the_kernels_lr_from_the_store_and_without_it(tm
     for i in range(4):
         write_png(tmp_path / "shots" / f"shot{i}.png", np.roll(hr_image, 7 * i, axis=1))
     said = []
-    splits = load_splits(None, val_fraction=0.25, seed=0, folders={"train_hr": str(tmp_path / "shots")},
-                         lr_from_hr="area", store_gb=store_gb, store_dir=tmp_path / "store", say=said.append)
+    splits = load_splits(
+        None,
+        val_fraction=0.25,
+        seed=0,
+        folders={"train_hr": str(tmp_path / "shots")},
+        lr_from_hr="area",
+        store_gb=store_gb,
+        store_dir=tmp_path / "store",
+        say=said.append,
+    )
     assert any("4 training HR image(s); LR made from HR by area (--lr-from-hr)" in s for s in said), said
     assert (splits.pixels is not None) == bool(store_gb)
     images = EvalImages(splits.val, with_hr=True, pixels=splits.pixels)
@@ -72,17 +79,21 @@ def test_hr_only_training_equals_training_on_the_lr_files_the_kernel_made(tmp_pa
     write_png(hr_only / "train" / "HR" / "zz_odd.png", np.zeros((70, 83, 3), np.uint8))  # cropped to 68x80
     write_png(pairs / "train" / "HR" / "zz_odd.png", np.zeros((68, 80, 3), np.uint8))
     write_png(pairs / "train" / "LR" / "zz_odd.png", np.zeros((17, 20, 3), np.uint8))
-    check = run_cli("insanesr-dist", "check-data", str(hr_only), "--lr-from-hr", "bicubic", "--patch-size", "8",
-                    timeout=120)
+    check = run_cli(
+        "insanesr-dist", "check-data", str(hr_only), "--lr-from-hr", "bicubic", "--patch-size", "8", timeout=120
+    )
     assert check.returncode == 0, check.stdout[-2000:] + check.stderr[-2000:]
-    assert "zz_odd.png: HR is 83x70, not a multiple of 4: its last 2 row(s) and 3 column(s) are cropped (80x68)" \
-        in check.stdout, check.stdout
+    assert (
+        "zz_odd.png: HR is 83x70, not a multiple of 4: its last 2 row(s) and 3 column(s) are cropped (80x68)"
+        in check.stdout
+    ), check.stdout
     assert "13 training pair(s), 13 usable" in check.stdout
     records = {}
     for name, extra in (("files", [str(pairs)]), ("hr-only", [str(hr_only), "--lr-from-hr", "bicubic"])):
         out = tmp_path / f"run-{name}"
-        result = run_cli("insanesr-dist", "train", "--data", *extra, "--epochs", "2", "--output-dir", str(out),
-                         *TINY, timeout=300)
+        result = run_cli(
+            "insanesr-dist", "train", "--data", *extra, "--epochs", "2", "--output-dir", str(out), *TINY, timeout=300
+        )
         assert result.returncode == 0, result.stderr[-3000:]
         records[name] = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     for key in ("train_loss", "jm", "psnr", "ssim"):

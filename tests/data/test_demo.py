@@ -14,8 +14,8 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from insanesr_dist.data import demo as demo_data
 from insanesr_dist.cli import cli
+from insanesr_dist.data import demo as demo_data
 from insanesr_dist.data.demo import DEMO_VERSION, demo_data_dir, ensure_demo_data, parse_size, write_demo_data
 
 SMALL = {"num_train": 6, "num_test": 2, "hr_size": 64}
@@ -170,8 +170,9 @@ def test_any_number_of_workers_writes_the_same_files(tmp_path):
 
 def test_cli_writes_wxh_frames(tmp_path):
     out = tmp_path / "cli"
-    result = CliRunner().invoke(cli, ["make-demo-data", str(out), "--num-train", "2", "--num-test", "0",
-                                      "--hr-size", "64x32", "--workers", "1"])
+    result = CliRunner().invoke(
+        cli, ["make-demo-data", str(out), "--num-train", "2", "--num-test", "0", "--hr-size", "64x32", "--workers", "1"]
+    )
     assert result.exit_code == 0, result.output
     assert "(HR 64x32)" in result.output
     assert read(out / "train" / "HR" / "00001.png").shape == (32, 64, 3)
@@ -194,8 +195,10 @@ def test_cli_bad_hr_size_is_one_line(tmp_path, value):
     assert not out.exists()
 
 
-@pytest.mark.parametrize("kwargs", [{"hr_size": 66}, {"hr_size": 12}, {"hr_size": (64, 30)}, {"num_train": 0},
-                                    {"num_test": -1}, {"workers": 0}])
+@pytest.mark.parametrize(
+    "kwargs",
+    [{"hr_size": 66}, {"hr_size": 12}, {"hr_size": (64, 30)}, {"num_train": 0}, {"num_test": -1}, {"workers": 0}],
+)
 def test_bad_arguments(tmp_path, kwargs):
     with pytest.raises(ValueError):
         write_demo_data(tmp_path / "bad", **kwargs)
@@ -287,10 +290,17 @@ def test_ensure_from_two_processes_at_once(tmp_path):
         "while not pathlib.Path(sys.argv[1]).exists(): time.sleep(0.005)\n"
         "print(ensure_demo_data())\n"
     )
-    env = {**os.environ, "XDG_CACHE_HOME": str(tmp_path / "cache"),
-           "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")])}
-    procs = [subprocess.Popen([sys.executable, "-c", code, str(go)], env=env, stdout=subprocess.PIPE,
-                              stderr=subprocess.PIPE, text=True) for _ in range(2)]
+    env = {
+        **os.environ,
+        "XDG_CACHE_HOME": str(tmp_path / "cache"),
+        "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]),
+    }
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-c", code, str(go)], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+        )
+        for _ in range(2)
+    ]
     time.sleep(0.5)  # let both import numpy and cv2, so they start generating together
     go.touch()
     results = [p.communicate(timeout=120) for p in procs]

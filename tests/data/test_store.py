@@ -9,12 +9,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import assert_one_line_error, make_pair_folder, run_tree, write_png
 
-from insanesr_dist.data import loaders
-from insanesr_dist.data import sources
+from conftest import assert_one_line_error, make_pair_folder, run_tree, write_png
+from insanesr_dist.data import loaders, sources, store
 from insanesr_dist.data.splits import load_splits
-from insanesr_dist.data import store
 from insanesr_dist.errors import UserError
 
 
@@ -24,7 +22,7 @@ def folder(tmp_path):
 
 
 def _load(folder, tmp_path, lines=None, **options):
-    say = (lines.append if lines is not None else lambda line: None)
+    say = lines.append if lines is not None else lambda line: None
     return load_splits(folder, val_fraction=0.25, seed=0, store_dir=str(tmp_path / "store"), say=say, **options)
 
 
@@ -87,12 +85,12 @@ def test_a_truncated_file_is_named_in_one_line(folder, tmp_path):
     _load(folder, tmp_path)
     broken = folder / "train" / "LR" / "img_002.png"
     broken.write_bytes(broken.read_bytes()[:60])
-    with pytest.raises(UserError, match="img_002.png: cannot be decoded: truncated PNG"):
+    with pytest.raises(UserError, match=r"img_002\.png: cannot be decoded: truncated PNG"):
         _load(folder, tmp_path)
     splits = _load(folder, tmp_path, on_bad_sample="skip")
     assert "img_002.png" not in list(splits.train["id"]) + list(splits.val["id"])
     (folder / "train" / "HR" / "img_005.png").unlink()  # a file gone since the store was built
-    with pytest.raises(UserError, match="img_005.png: has no partner of the same name in the HR folder"):
+    with pytest.raises(UserError, match=r"img_005\.png: has no partner of the same name in the HR folder"):
         _load(folder, tmp_path)
 
 
@@ -111,8 +109,9 @@ def test_above_the_budget_only_the_checks_are_stored_and_workers_decode(folder, 
 
 
 def _table(folder):
-    return sources._table_from_files([(p.name, str(p), str(folder / "train" / "HR" / p.name))
-                                for p in sorted((folder / "train" / "LR").iterdir())])
+    return sources._table_from_files(
+        [(p.name, str(p), str(folder / "train" / "HR" / p.name)) for p in sorted((folder / "train" / "LR").iterdir())]
+    )
 
 
 def test_the_datasets_cache_of_a_folder_holds_no_image_bytes(tmp_path):
@@ -147,8 +146,10 @@ def test_a_full_disk_while_building_gives_one_line_and_no_half_built_store(folde
 
 def test_one_process_and_two_build_the_same_store(folder, tmp_path):
     table = _table(folder)
-    stores = [store.open_or_build(table, scale=4, store_dir=tmp_path / f"s{n}", budget_gb=1, workers=n,
-                                  say=lambda line: None) for n in (1, 2)]
+    stores = [
+        store.open_or_build(table, scale=4, store_dir=tmp_path / f"s{n}", budget_gb=1, workers=n, say=lambda line: None)
+        for n in (1, 2)
+    ]
     for row in range(len(table)):
         for a, b in zip(stores[0].pair(row), stores[1].pair(row)):
             assert np.array_equal(a, b)

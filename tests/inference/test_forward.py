@@ -119,9 +119,14 @@ def test_model_forward_gives_float32_batches_from_a_channels_last_input(precisio
         expected = model(x)
     seen = []
     real = InsaneSRNet.forward
-    monkeypatch.setattr(InsaneSRNet, "forward", lambda self, batch: (
-        seen.append((batch.is_contiguous(memory_format=torch.channels_last), torch.is_autocast_enabled("cpu"))),
-        real(self, batch))[1])
+    monkeypatch.setattr(
+        InsaneSRNet,
+        "forward",
+        lambda self, batch: (
+            seen.append((batch.is_contiguous(memory_format=torch.channels_last), torch.is_autocast_enabled("cpu"))),
+            real(self, batch),
+        )[1],
+    )
     with torch.no_grad():
         got = model_forward(model, torch.device("cpu"), precision)(x)
     assert got.dtype == torch.float32 and got.shape == (2, 3, 36, 44)

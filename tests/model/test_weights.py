@@ -32,7 +32,10 @@ def test_bad_weights_files_give_one_clear_error(tmp_path):
 
     small = InsaneSRNet(num_rrdb=1, channels=8, growth=4)
     state = {k: v.contiguous() for k, v in small.state_dict().items()}
-    save_file(state, tmp_path / "lie.safetensors",
-              metadata={"insanesr_config": '{"num_rrdb": 1, "channels": 16, "growth": 4}'})
+    save_file(
+        state,
+        tmp_path / "lie.safetensors",
+        metadata={"insanesr_config": '{"num_rrdb": 1, "channels": 16, "growth": 4}'},
+    )
     with pytest.raises(UserError, match="do not fit"):
         load_model(tmp_path / "lie.safetensors")

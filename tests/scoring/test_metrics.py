@@ -3,14 +3,13 @@ import pytest
 import torch
 from skimage.metrics import peak_signal_noise_ratio, structural_similarity
 
-from insanesr_dist.scoring.metrics import joint_metric, piq_psnr_ssim, psnr_ssim
 from insanesr_dist.data.tensors import to_uint8
+from insanesr_dist.scoring.metrics import joint_metric, piq_psnr_ssim, psnr_ssim
 
 
 def grader(a: np.ndarray, b: np.ndarray) -> tuple[float, float]:
     """The seed report's grader, as the competition runs it."""
-    return (peak_signal_noise_ratio(a, b, data_range=255),
-            structural_similarity(a, b, channel_axis=-1, data_range=255))
+    return (peak_signal_noise_ratio(a, b, data_range=255), structural_similarity(a, b, channel_axis=-1, data_range=255))
 
 
 def image_pairs():

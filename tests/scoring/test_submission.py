@@ -9,10 +9,9 @@ import cv2
 import numpy as np
 import pytest
 
-from insanesr_dist.scoring.submission import check_submission, read_submission, write_submission
-from insanesr_dist.data.images import encode_png
-
 from conftest import make_pair_folder, read_rgb, run_cli
+from insanesr_dist.data.images import encode_png
+from insanesr_dist.scoring.submission import check_submission, read_submission, write_submission
 
 
 @pytest.fixture(scope="module")
@@ -20,8 +19,9 @@ def test_lr(tmp_path_factory):
     """Four LR test images (16x20) and, per id, a 4x image standing in for a prediction."""
     root = make_pair_folder(tmp_path_factory.mktemp("sub"), num_train=0, num_test=4)
     lr_dir = root / "test" / "LR"
-    predictions = {p.name: cv2.resize(read_rgb(p), (80, 64), interpolation=cv2.INTER_CUBIC)
-                   for p in sorted(lr_dir.iterdir())}
+    predictions = {
+        p.name: cv2.resize(read_rgb(p), (80, 64), interpolation=cv2.INTER_CUBIC) for p in sorted(lr_dir.iterdir())
+    }
     return lr_dir, predictions
 
 
@@ -55,11 +55,14 @@ def test_a_missing_row_a_bad_base64_row_and_a_wrong_size_are_one_line_each(test_
     lr_dir, predictions = test_lr
     ids = list(predictions)
     small = cv2.resize(predictions[ids[3]], (40, 32))
-    path = write_rows(tmp_path / "bad.csv", [
-        (ids[1], "@@not base64@@"),
-        (ids[2], b64(encode_png(predictions[ids[2]]))),
-        (ids[3], b64(encode_png(small))),
-    ])  # ids[0] has no row
+    path = write_rows(
+        tmp_path / "bad.csv",
+        [
+            (ids[1], "@@not base64@@"),
+            (ids[2], b64(encode_png(predictions[ids[2]]))),
+            (ids[3], b64(encode_png(small))),
+        ],
+    )  # ids[0] has no row
     result = run_cli("insanesr-dist", "check-submission", str(path), "--lr-dir", str(lr_dir))
     assert result.returncode == 1 and "Traceback" not in result.stderr
     lines = result.stderr.strip().splitlines()
@@ -75,18 +78,21 @@ def _rgba(image):
     return cv2.imencode(".png", np.dstack([image, np.full(image.shape[:2], 255, np.uint8)]))[1].tobytes()
 
 
-@pytest.mark.parametrize("case,expected", [
-    ("extra column", "has 3 columns, expected 2"),
-    ("unknown id", "extra row, no LR image stray.png"),
-    ("duplicate id", "duplicate row, id already on line 2"),
-    ("jpeg", "not a PNG"),
-    ("truncated png", "damaged PNG"),
-    ("gray png", "1 channel(s) of uint8, expected 3"),
-    ("rgba png", "4 channel(s) of uint8, expected 3"),
-    ("16-bit png", "3 channel(s) of uint16"),
-    ("empty id", "row has no id"),
-    ("header", "header is id,image"),
-])
+@pytest.mark.parametrize(
+    "case,expected",
+    [
+        ("extra column", "has 3 columns, expected 2"),
+        ("unknown id", "extra row, no LR image stray.png"),
+        ("duplicate id", "duplicate row, id already on line 2"),
+        ("jpeg", "not a PNG"),
+        ("truncated png", "damaged PNG"),
+        ("gray png", "1 channel(s) of uint8, expected 3"),
+        ("rgba png", "4 channel(s) of uint8, expected 3"),
+        ("16-bit png", "3 channel(s) of uint16"),
+        ("empty id", "row has no id"),
+        ("header", "header is id,image"),
+    ],
+)
 def test_every_kind_of_problem_is_named(case, expected, test_lr, tmp_path):
     lr_dir, predictions = test_lr
     rows = [[k, b64(encode_png(v))] for k, v in predictions.items()]
@@ -125,7 +131,9 @@ def test_a_wrong_size_is_read_from_the_png_header_without_decoding(test_lr, tmp_
     rows[2][1] = b64(wrong)
     decoded = []
     real = submission.cv2.imdecode
-    monkeypatch.setattr(submission.cv2, "imdecode", lambda data, flags: decoded.append(bytes(data)) or real(data, flags))
+    monkeypatch.setattr(
+        submission.cv2, "imdecode", lambda data, flags: decoded.append(bytes(data)) or real(data, flags)
+    )
     problems, _ = check_submission(write_rows(tmp_path / "s.csv", rows), lr_dir)
     assert len(problems) == 1 and "PNG is 81x64, expected 80x64 (4x the 20x16 LR)" in problems[0], problems
     assert wrong not in decoded and len(decoded) == 4 + 3  # the LR images and the rows of the right size

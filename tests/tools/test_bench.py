@@ -6,11 +6,10 @@ import json
 
 import pytest
 
+from conftest import run_cli
+from insanesr_dist.model.architecture import InsaneSRNet
 from insanesr_dist.tools.bench_stages import STAGES, training_flops_per_lr_pixel
 from insanesr_dist.tools.children import call_command, failure_line
-from insanesr_dist.model.architecture import InsaneSRNet
-
-from conftest import run_cli
 
 
 def bench_json(*args: str) -> dict:
@@ -25,15 +24,20 @@ def test_every_stage_bench_names_is_in_the_table():
 
     from insanesr_dist.tools import bench
 
-    calls = [node for node in ast.walk(ast.parse(inspect.getsource(bench)))
-             if isinstance(node, ast.Call) and getattr(node.func, "id", None) == "_run_stage"]
+    calls = [
+        node
+        for node in ast.walk(ast.parse(inspect.getsource(bench)))
+        if isinstance(node, ast.Call) and getattr(node.func, "id", None) == "_run_stage"
+    ]
     named = {call.args[1].value if len(call.args) > 1 else "predict" for call in calls}
     assert len(named) == 8 and named <= set(STAGES) and all(callable(f) for f in STAGES.values())
 
 
 def test_a_failed_child_is_told_by_its_last_stderr_line():
-    assert failure_line("warming up\nTraceback (most recent call last):\n  ...\nKeyError: 'threads'\n") == \
-        "KeyError: 'threads'"
+    assert (
+        failure_line("warming up\nTraceback (most recent call last):\n  ...\nKeyError: 'threads'\n")
+        == "KeyError: 'threads'"
+    )
     assert failure_line("  \n") == "(no output)" and failure_line("", "no output") == "no output"
 
 
@@ -52,8 +56,21 @@ def test_training_flops_match_the_hand_count():
 
 @pytest.mark.slow
 def test_bench_train_measures_every_stage_and_its_ratios(pair_folder):
-    report = bench_json("train", "--data", str(pair_folder), "--batch-size", "4", "--patch-size", "8",
-                        "--steps", "5", "--warmup", "1", "--mixed-precision", "no")
+    report = bench_json(
+        "train",
+        "--data",
+        str(pair_folder),
+        "--batch-size",
+        "4",
+        "--patch-size",
+        "8",
+        "--steps",
+        "5",
+        "--warmup",
+        "1",
+        "--mixed-precision",
+        "no",
+    )
     assert report["precision"] == "no" and report["batch_size"] == 4
     ceiling = report["ceiling_tflops"]
     assert ceiling["fp32"] > 0 and ceiling["bf16"] > 0
@@ -75,8 +92,17 @@ def test_bench_train_measures_every_stage_and_its_ratios(pair_folder):
 def test_bench_data_reports_the_store_and_the_paths_without_it(pair_folder):
     r = bench_json("data", "--data", str(pair_folder), "--batch-size", "4", "--patch-size", "8", "--crops", "64")
     assert r["pairs"] == 23 and r["store_gb"] == pytest.approx(23 * 16 * 20 * 3 * 17 / 1e9)
-    for key in ("build_seconds_1", "build_seconds_2", "reopen_seconds", "startup_seconds", "store_crops_per_s",
-                "decode_crops_per_s", "cached_crops_per_s", "peak_rss_mb", "peak_worker_rss_mb"):
+    for key in (
+        "build_seconds_1",
+        "build_seconds_2",
+        "reopen_seconds",
+        "startup_seconds",
+        "store_crops_per_s",
+        "decode_crops_per_s",
+        "cached_crops_per_s",
+        "peak_rss_mb",
+        "peak_worker_rss_mb",
+    ):
         assert r[key] > 0, key
     assert r["gpu_samples_per_s"][1] == pytest.approx(2.5 * r["gpu_samples_per_s"][0])
 
@@ -89,8 +115,9 @@ def test_bench_metric_agrees_with_scikit_image(pair_folder):
 
 
 def test_bench_predict_json_has_both_speeds():
-    report = bench_json("predict", "--size", "32", "--untiled-size", "16", "--tile", "16", "--tile-overlap", "4",
-                        "--threads", "1")
+    report = bench_json(
+        "predict", "--size", "32", "--untiled-size", "16", "--tile", "16", "--tile-overlap", "4", "--threads", "1"
+    )
     for key, size in (("tiled", 32), ("untiled", 16)):
         run = report[key]
         assert run["lr_megapixels_per_s"] == pytest.approx(size * size / 1e6 / run["seconds"])

@@ -9,10 +9,9 @@ import numpy as np
 import pytest
 from skimage.metrics import peak_signal_noise_ratio, structural_similarity
 
-from insanesr_dist.tools.evaluate import Stems, evaluate_predictions, score_predictions
-from insanesr_dist.scoring.validation import score_images
-
 from conftest import assert_one_line_error, make_pair_folder, read_rgb, run_cli, write_png
+from insanesr_dist.scoring.validation import score_images
+from insanesr_dist.tools.evaluate import Stems, evaluate_predictions, score_predictions
 
 
 def grader(pred: np.ndarray, truth: np.ndarray) -> tuple[float, float, float]:
@@ -36,20 +35,42 @@ def scored(tmp_path_factory):
 
 def test_report_matches_the_grader_for_predictions_and_both_baselines(scored, tmp_path):
     report = tmp_path / "out" / "report.csv"
-    result = run_cli("insanesr-dist", "evaluate", "--pred", str(scored / "pred"), "--hr", str(scored / "train/HR"),
-                     "--lr-dir", str(scored / "train/LR"), "--report", str(report))
+    result = run_cli(
+        "insanesr-dist",
+        "evaluate",
+        "--pred",
+        str(scored / "pred"),
+        "--hr",
+        str(scored / "train/HR"),
+        "--lr-dir",
+        str(scored / "train/LR"),
+        "--report",
+        str(report),
+    )
     assert result.returncode == 0, result.stderr
     with open(report, newline="") as f:
         rows = list(csv.DictReader(f))
     assert [r["id"] for r in rows] == sorted(p.name for p in (scored / "pred").iterdir())
-    assert list(rows[0]) == ["id", "psnr", "ssim", "jm", "bilinear_psnr", "bilinear_ssim", "bilinear_jm",
-                             "bicubic_psnr", "bicubic_ssim", "bicubic_jm"]
+    assert list(rows[0]) == [
+        "id",
+        "psnr",
+        "ssim",
+        "jm",
+        "bilinear_psnr",
+        "bilinear_ssim",
+        "bilinear_jm",
+        "bicubic_psnr",
+        "bicubic_ssim",
+        "bicubic_jm",
+    ]
     expected = {"": [], "bilinear_": [], "bicubic_": []}
     for row in rows:
         hr, lr = read_rgb(scored / "train/HR" / row["id"]), read_rgb(scored / "train/LR" / row["id"])
-        images = {"": read_rgb(scored / "pred" / row["id"]),
-                  "bilinear_": cv2.resize(lr, (80, 64), interpolation=cv2.INTER_LINEAR),
-                  "bicubic_": cv2.resize(lr, (80, 64), interpolation=cv2.INTER_CUBIC)}
+        images = {
+            "": read_rgb(scored / "pred" / row["id"]),
+            "bilinear_": cv2.resize(lr, (80, 64), interpolation=cv2.INTER_LINEAR),
+            "bicubic_": cv2.resize(lr, (80, 64), interpolation=cv2.INTER_CUBIC),
+        }
         for prefix, image in images.items():
             psnr, ssim, jm = grader(image, hr)
             expected[prefix].append(jm)
@@ -88,8 +109,16 @@ def test_an_lr_that_is_not_a_quarter_of_its_hr_is_one_line(scored, tmp_path):
     write_png(tmp_path / "lr" / "img_000.png", np.zeros((10, 10, 3), np.uint8))
     for p in list((scored / "train/LR").iterdir())[1:]:
         write_png(tmp_path / "lr" / p.name, read_rgb(p))
-    result = run_cli("insanesr-dist", "evaluate", "--pred", str(scored / "pred"), "--hr", str(scored / "train/HR"),
-                     "--lr-dir", str(tmp_path / "lr"))
+    result = run_cli(
+        "insanesr-dist",
+        "evaluate",
+        "--pred",
+        str(scored / "pred"),
+        "--hr",
+        str(scored / "train/HR"),
+        "--lr-dir",
+        str(tmp_path / "lr"),
+    )
     assert_one_line_error(result, "img_000.png", "LR is 10x10, HR is 80x64")
 
 
@@ -101,10 +130,10 @@ def test_tiled_validation_and_submissions_match_the_whole_image_forward(tmp_path
 
     from insanesr_dist.data.loaders import eval_loader
     from insanesr_dist.data.splits import load_splits
-    from insanesr_dist.model.architecture import InsaneSRNet
     from insanesr_dist.inference.forward import float32_forward
     from insanesr_dist.inference.sharded import predict_pngs
     from insanesr_dist.inference.tiles import exact_overlap, layout
+    from insanesr_dist.model.architecture import InsaneSRNet
 
     root = make_pair_folder(tmp_path / "d", num_train=10, num_test=2, lr_size=(44, 52), seed=3)
     splits = load_splits(str(root), val_fraction=0.3, seed=0)
@@ -141,8 +170,9 @@ def test_lr_is_a_deprecated_alias_of_lr_dir(scored):
     new, old = (CliRunner().invoke(cli, [*args, flag, str(scored / "train/LR")]) for flag in ("--lr-dir", "--lr"))
     assert new.exit_code == old.exit_code == 0, old.output
     assert old.stdout == new.stdout and "bicubic" in new.stdout
-    assert new.stderr == "" and old.stderr.splitlines() == ["--lr is deprecated and will be removed; use --lr-dir "
-                                                            "(the same folder)"]
+    assert new.stderr == "" and old.stderr.splitlines() == [
+        "--lr is deprecated and will be removed; use --lr-dir (the same folder)"
+    ]
     for command in ("evaluate", "check-submission", "visualize"):
         shown = CliRunner().invoke(cli, [command, "--help"]).output
         assert "--lr-dir" in shown and "--lr " not in shown and "--lr," not in shown, command

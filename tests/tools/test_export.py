@@ -8,12 +8,11 @@ import numpy as np
 import pytest
 import torch
 
+from conftest import assert_one_line_error, read_rgb, run_cli, write_png
 from insanesr_dist.errors import UserError
-from insanesr_dist.tools.export import export
 from insanesr_dist.model.architecture import InsaneSRNet
 from insanesr_dist.model.weights import load_model, read_metadata
-
-from conftest import assert_one_line_error, read_rgb, run_cli, write_png
+from insanesr_dist.tools.export import export
 
 
 @pytest.fixture(scope="module")
@@ -55,8 +54,16 @@ def test_predict_on_the_folder_gives_the_pixels_of_the_best_weights(exported, pa
     run, out, _ = exported
     lr_dir = pair_folder / "test" / "LR"
     for checkpoint, pred in [(out, tmp_path / "folder"), (run / "best.safetensors", tmp_path / "weights")]:
-        result = run_cli("insanesr-dist", "predict", "--checkpoint", str(checkpoint), "--input", str(lr_dir),
-                         "--output-dir", str(pred))
+        result = run_cli(
+            "insanesr-dist",
+            "predict",
+            "--checkpoint",
+            str(checkpoint),
+            "--input",
+            str(lr_dir),
+            "--output-dir",
+            str(pred),
+        )
         assert result.returncode == 0, result.stderr[-3000:]
     names = sorted(p.name for p in (tmp_path / "weights").iterdir())
     assert names == sorted(p.with_suffix(".png").name for p in lr_dir.iterdir())
@@ -95,6 +102,14 @@ def test_bad_sources_and_targets_are_one_line_errors(exported, tmp_path):
         InsaneSRNet.from_pretrained(run)
     write_png(tmp_path / "lr" / "a.png", np.zeros((8, 8, 3), np.uint8))
     # A run directory given to predict: one line that says what to pass instead.
-    result = run_cli("insanesr-dist", "predict", "--checkpoint", str(run), "--input", str(tmp_path / "lr"),
-                     "--output-dir", str(tmp_path / "pred"))
+    result = run_cli(
+        "insanesr-dist",
+        "predict",
+        "--checkpoint",
+        str(run),
+        "--input",
+        str(tmp_path / "lr"),
+        "--output-dir",
+        str(tmp_path / "pred"),
+    )
     assert_one_line_error(result, str(run), "best.safetensors")

@@ -7,14 +7,13 @@ import numpy as np
 import pytest
 import torch
 
+from conftest import assert_one_line_error, make_pair_folder, read_rgb, run_cli
+from insanesr_dist.data.images import encode_png
+from insanesr_dist.inference.tiles import upscale_image
 from insanesr_dist.model.architecture import InsaneSRNet
 from insanesr_dist.model.weights import save_weights
-from insanesr_dist.data.images import encode_png
 from insanesr_dist.scoring.submission import write_submission
-from insanesr_dist.inference.tiles import upscale_image
 from insanesr_dist.tools.visualize import MIN_WIDTH, STRIP
-
-from conftest import assert_one_line_error, make_pair_folder, read_rgb, run_cli
 
 
 @pytest.fixture(scope="module")
@@ -29,9 +28,20 @@ def pairs(tmp_path_factory):
 
 def test_panels_from_weights_show_lr_prediction_and_truth_with_captions(pairs, tmp_path):
     root, model = pairs
-    result = run_cli("insanesr-dist", "visualize", "--checkpoint", str(root / "tiny.safetensors"),
-                     "--lr-dir", str(root / "train/LR"), "--hr", str(root / "train/HR"), "--output-dir", str(tmp_path),
-                     "--limit", "2")
+    result = run_cli(
+        "insanesr-dist",
+        "visualize",
+        "--checkpoint",
+        str(root / "tiny.safetensors"),
+        "--lr-dir",
+        str(root / "train/LR"),
+        "--hr",
+        str(root / "train/HR"),
+        "--output-dir",
+        str(tmp_path),
+        "--limit",
+        "2",
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     names = sorted(p.name for p in tmp_path.iterdir())
     assert names == ["img_000.png", "img_001.png"]  # --limit 2, in name order
@@ -41,8 +51,8 @@ def test_panels_from_weights_show_lr_prediction_and_truth_with_captions(pairs, t
         assert figure.shape == (STRIP + 64 * zoom + STRIP, 3 * 80 * zoom, 3)
         lr, hr = read_rgb(root / "train/LR" / name), read_rgb(root / "train/HR" / name)
         sr = upscale_image(model, torch.from_numpy(lr.transpose(2, 0, 1).copy())).permute(1, 2, 0).numpy()
-        body = figure[STRIP:STRIP + 64 * zoom]
-        shown = [body[::zoom, i * 80 * zoom:(i + 1) * 80 * zoom:zoom] for i in range(3)]
+        body = figure[STRIP : STRIP + 64 * zoom]
+        shown = [body[::zoom, i * 80 * zoom : (i + 1) * 80 * zoom : zoom] for i in range(3)]
         assert np.array_equal(shown[0], cv2.resize(lr, (80, 64), interpolation=cv2.INTER_CUBIC))
         assert np.abs(shown[1].astype(int) - sr).max() <= 1
         assert np.array_equal(shown[2], hr)
@@ -54,8 +64,18 @@ def test_panels_from_a_submission_csv_without_ground_truth(pairs, tmp_path):
     root, _ = pairs
     rows = [(p.name, encode_png(cv2.resize(read_rgb(p), (80, 64)))) for p in sorted((root / "train/LR").iterdir())]
     write_submission(tmp_path / "sub.csv", rows)
-    result = run_cli("insanesr-dist", "visualize", "--pred", str(tmp_path / "sub.csv"), "--lr-dir",
-                     str(root / "train/LR"), "--output-dir", str(tmp_path / "figs"), "--limit", "0")
+    result = run_cli(
+        "insanesr-dist",
+        "visualize",
+        "--pred",
+        str(tmp_path / "sub.csv"),
+        "--lr-dir",
+        str(root / "train/LR"),
+        "--output-dir",
+        str(tmp_path / "figs"),
+        "--limit",
+        "0",
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     figures = sorted((tmp_path / "figs").iterdir())
     assert len(figures) == 3
@@ -65,6 +85,16 @@ def test_panels_from_a_submission_csv_without_ground_truth(pairs, tmp_path):
 
 def test_weights_and_stored_predictions_together_are_refused(pairs, tmp_path):
     root, _ = pairs
-    result = run_cli("insanesr-dist", "visualize", "--checkpoint", str(root / "tiny.safetensors"), "--pred",
-                     str(root / "train/HR"), "--lr-dir", str(root / "train/LR"), "--output-dir", str(tmp_path))
+    result = run_cli(
+        "insanesr-dist",
+        "visualize",
+        "--checkpoint",
+        str(root / "tiny.safetensors"),
+        "--pred",
+        str(root / "train/HR"),
+        "--lr-dir",
+        str(root / "train/LR"),
+        "--output-dir",
+        str(tmp_path),
+    )
     assert_one_line_error(result, "exactly one of --checkpoint")

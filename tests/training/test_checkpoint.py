@@ -14,11 +14,9 @@ import torch
 from safetensors.torch import load_file
 from tensorboard.backend.event_processing.event_file_loader import LegacyEventFileLoader
 
-from insanesr_dist.training import checkpoint
-from insanesr_dist.training import preemption
-from insanesr_dist.errors import UserError
-
 from conftest import TINY, kill_tree, run_cli, run_tree
+from insanesr_dist.errors import UserError
+from insanesr_dist.training import checkpoint, preemption
 
 RUN = ["--epochs", "3", "--batch-size", "2", "--log-every", "1", "--checkpoint-every", "3"]
 
@@ -29,7 +27,9 @@ def fake_checkpoint(out: Path, step: int, *, complete: bool = True) -> Path:
     (path / "model.safetensors").write_bytes(b"x" * 100)
     (path / checkpoint.STATE_FILE).write_text(json.dumps({"step": step}))
     if complete:
-        (path / checkpoint.MARKER).write_text(json.dumps({"model.safetensors": 100, checkpoint.STATE_FILE: len(json.dumps({"step": step}))}))
+        (path / checkpoint.MARKER).write_text(
+            json.dumps({"model.safetensors": 100, checkpoint.STATE_FILE: len(json.dumps({"step": step}))})
+        )
     return path
 
 
@@ -55,8 +55,11 @@ def test_pruning_keeps_the_newest_complete_ones(tmp_path):
     fake_checkpoint(tmp_path, 0, complete=False)  # stale, older than a complete one
     fake_checkpoint(tmp_path, 9, complete=False)  # maybe being written right now: never touched
     checkpoint._prune(tmp_path, keep=2)
-    assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir()) == ["step_00000002", "step_00000003",
-                                                                           "step_00000009"]
+    assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir()) == [
+        "step_00000002",
+        "step_00000003",
+        "step_00000009",
+    ]
 
 
 def test_a_real_signal_is_noticed_and_everything_is_restored_after():
@@ -132,8 +135,20 @@ def max_relative_difference(a: Path, b: Path) -> float:
 def launch(processes: int, *args: str) -> list[str]:
     exe = Path(sys.executable).parent
     multi = ["--multi_gpu", "--num_processes", "2"] if processes == 2 else ["--num_processes", "1"]
-    return [str(exe / "accelerate"), "launch", *multi, "--num_machines", "1", "--mixed_precision", "no",
-            "--dynamo_backend", "no", "-m", "insanesr_dist.train", *args]
+    return [
+        str(exe / "accelerate"),
+        "launch",
+        *multi,
+        "--num_machines",
+        "1",
+        "--mixed_precision",
+        "no",
+        "--dynamo_backend",
+        "no",
+        "-m",
+        "insanesr_dist.train",
+        *args,
+    ]
 
 
 def wait_for(predicate, timeout: float, what: str) -> None:
@@ -157,11 +172,19 @@ def test_kill_9_and_rerun_equals_an_uninterrupted_run(pair_folder, tmp_path, pro
     assert done.returncode == 0, done.stderr[-3000:]
 
     out = tmp_path / "killed"
-    job = subprocess.Popen(launch(processes, *args, "--output-dir", str(out)), start_new_session=True,
-                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    job = subprocess.Popen(
+        launch(processes, *args, "--output-dir", str(out)),
+        start_new_session=True,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     # Kill the whole process tree mid-epoch 2, right after a mid-epoch checkpoint completes.
     try:
-        wait_for(lambda: (checkpoint.checkpoint_dir(out, 12) / checkpoint.MARKER).exists() or job.poll() is not None, 300, "step 12")
+        wait_for(
+            lambda: (checkpoint.checkpoint_dir(out, 12) / checkpoint.MARKER).exists() or job.poll() is not None,
+            300,
+            "step 12",
+        )
     finally:
         kill_tree(job)
     resumed_from = newest_complete(out)
@@ -177,8 +200,9 @@ def test_kill_9_and_rerun_equals_an_uninterrupted_run(pair_folder, tmp_path, pro
     epochs = [json.loads(line)["epoch"] for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert epochs == [1, 2, 3]  # records of epochs redone after the checkpoint are not duplicated
     # A third run of the same command has nothing left to do.
-    again = run_cli("accelerate", "launch", "--num_processes", "1", "-m", "insanesr_dist.train", *args,
-                    "--output-dir", str(out))
+    again = run_cli(
+        "accelerate", "launch", "--num_processes", "1", "-m", "insanesr_dist.train", *args, "--output-dir", str(out)
+    )
     assert again.returncode == 0 and "already finished" in again.stdout
 
 
@@ -188,8 +212,9 @@ def test_sigterm_to_a_two_process_job_saves_and_stops_then_the_rerun_finishes(pa
     out, log_path = tmp_path / "preempted", tmp_path / "preempted.log"
     # Output to a file, not a pipe: nobody reads a pipe while we wait, and a full one would stall the ranks.
     with open(log_path, "w") as log:
-        job = subprocess.Popen(launch(2, *args, "--output-dir", str(out)), start_new_session=True,
-                               stdout=log, stderr=subprocess.STDOUT)
+        job = subprocess.Popen(
+            launch(2, *args, "--output-dir", str(out)), start_new_session=True, stdout=log, stderr=subprocess.STDOUT
+        )
     try:
         wait_for(lambda: newest_complete(out) is not None or job.poll() is not None, 300, "the first epoch")
         signalled = time.monotonic()
@@ -215,9 +240,9 @@ def test_sigterm_to_a_two_process_job_saves_and_stops_then_the_rerun_finishes(pa
 
 
 def test_the_multi_tensor_ema_update_equals_the_per_tensor_lerp_bit_for_bit():
+    from insanesr_dist.model.architecture import InsaneSRNet
     from insanesr_dist.tools.bench_stages import per_tensor_ema_update
     from insanesr_dist.training.ema import WeightEMA
-    from insanesr_dist.model.architecture import InsaneSRNet
 
     torch.manual_seed(0)
     live = InsaneSRNet().to(memory_format=torch.channels_last)  # the default model, laid out as trained
@@ -244,7 +269,9 @@ def tiny_accelerator_state(tmp_path: Path):
     from accelerate import Accelerator
 
     accelerator = Accelerator(cpu=True)
-    model, optimizer = accelerator.prepare(torch.nn.Linear(2, 1), torch.optim.Adam(torch.nn.Linear(2, 1).parameters()))
+    _model, _optimizer = accelerator.prepare(
+        torch.nn.Linear(2, 1), torch.optim.Adam(torch.nn.Linear(2, 1).parameters())
+    )
     path = tmp_path / "step_00000001"
     accelerator.save_state(str(path))
     return accelerator, path
@@ -259,7 +286,7 @@ def test_a_checkpoint_without_scaler_state_resumes_under_fp16_with_a_fresh_scale
         accelerator, path = tiny_accelerator_state(tmp_path)
         assert not (path / checkpoint.SCALER_FILE).exists()
         accelerator.scaler = scaler = torch.amp.GradScaler("cpu", init_scale=4.0)
-        with pytest.raises(FileNotFoundError, match="scaler.pt"):  # accelerate's own load_state: every rerun alike
+        with pytest.raises(FileNotFoundError, match=r"scaler\.pt"):  # accelerate's own load_state: every rerun alike
             accelerator.load_state(str(path))
         said = []
         checkpoint.load_checkpoint(accelerator, path, say=said.append)
@@ -271,7 +298,7 @@ def test_a_checkpoint_without_scaler_state_resumes_under_fp16_with_a_fresh_scale
         assert "cannot load this rank's random states" in capsys.readouterr().out
         # A checkpoint from an older version with the pickled EMA is refused, never unpickled.
         (path / "custom_checkpoint_0.pkl").write_bytes(b"not loaded")
-        with pytest.raises(UserError, match="custom_checkpoint_0.pkl.*not loaded"):
+        with pytest.raises(UserError, match=r"custom_checkpoint_0\.pkl.*not loaded"):
             checkpoint.load_checkpoint(accelerator, path, say=said.append)
     finally:
         AcceleratorState._reset_state(True)
@@ -284,7 +311,9 @@ def test_a_state_continued_by_another_process_count_skips_the_same_global_batche
     # The epoch's mean loss is kept: the sum over ranks shared out again, over each rank's passes.
     assert two.loss_sum / two.processes / two.passes == one.loss_sum / 1 / one.passes
     assert checkpoint.for_processes(one, 2) == two
-    assert checkpoint.for_processes(checkpoint.TrainState(batches_done=5), 2).batches_done == 5  # count unknown: as it was
+    assert (
+        checkpoint.for_processes(checkpoint.TrainState(batches_done=5), 2).batches_done == 5
+    )  # count unknown: as it was
 
 
 def run_logged(command: list[str], log_path: Path, timeout: float) -> tuple[int, str]:
@@ -321,14 +350,23 @@ def test_resuming_with_another_process_count_says_so_and_finishes(pair_folder, t
     assert state.processes == before and state.precision == "no" and state.batches_done % 2 == 0
     # The EMA (on in the default preset) is in the checkpoint as safetensors, listed in COMPLETE; no pickle of it.
     listed = json.loads((saved / checkpoint.MARKER).read_text())
-    assert checkpoint.EMA_WEIGHTS in listed and checkpoint.EMA_COUNTERS in listed and not list(saved.glob("custom_checkpoint_*"))
+    assert (
+        checkpoint.EMA_WEIGHTS in listed
+        and checkpoint.EMA_COUNTERS in listed
+        and not list(saved.glob("custom_checkpoint_*"))
+    )
 
-    code, output = run_logged(launch(after, *args, "--epochs", str(state.epoch), "--output-dir", str(out)),
-                              tmp_path / "rerun.log", timeout=600)
+    code, output = run_logged(
+        launch(after, *args, "--epochs", str(state.epoch), "--output-dir", str(out)),
+        tmp_path / "rerun.log",
+        timeout=600,
+    )
     assert code == 0, output[-3000:]
     note = next(line for line in output.splitlines() if line.startswith("warning: resuming with"))
-    assert note.startswith(f"warning: resuming with {after} process(es); the checkpoint was written by {before}: "
-                           f"steps per epoch {state.steps_per_epoch} -> "), note
+    assert note.startswith(
+        f"warning: resuming with {after} process(es); the checkpoint was written by {before}: "
+        f"steps per epoch {state.steps_per_epoch} -> "
+    ), note
     assert f"resuming from {saved}" in output
     # The epoch went on after the global batches already trained on, to its end: the step budget followed.
     steps_per_epoch = int(note.split(" -> ")[1].split(",")[0])
@@ -353,7 +391,8 @@ def test_a_rank_that_cannot_read_rank_0s_checkpoint_fails_in_one_line_and_no_ran
         "C._is_complete = lambda p: (real(p) if os.environ['RANK'] == '0'\n"
         "                            else 'optimizer.bin cannot be read (injected)')\n"
         "sys.argv = ['train', *sys.argv[1:]]\n"
-        "T.main()\n")
+        "T.main()\n"
+    )
     command = [a if a != "-m" else str(script) for a in launch(2, *args, "--output-dir", str(out))]
     command.remove("insanesr_dist.train")
     code, output = run_logged(command, tmp_path / "rerun.log", timeout=300)
@@ -363,6 +402,10 @@ def test_a_rank_that_cannot_read_rank_0s_checkpoint_fails_in_one_line_and_no_ran
     errors = [line for line in lines if line.startswith("Error:")]
     tracebacks = [i for i, line in enumerate(lines) if line.startswith("Traceback")]
     assert len(errors) == 2 and all("bin/accelerate" in lines[i + 1] for i in tracebacks), output[-3000:]
-    assert set(errors) == {f"Error: {saved}: rank 1 cannot read this checkpoint, which rank 0 chose to resume "
-                           "from: optimizer.bin cannot be read (injected); every rank must see the run directory's "
-                           "files (a shared file system)"}, output[-3000:]
+    assert set(errors) == {
+        (
+            f"Error: {saved}: rank 1 cannot read this checkpoint, which rank 0 chose to resume "
+            "from: optimizer.bin cannot be read (injected); every rank must see the run directory's "
+            "files (a shared file system)"
+        )
+    }, output[-3000:]

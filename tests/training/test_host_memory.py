@@ -19,9 +19,10 @@ print(faults_per_step(), keep_freed_memory(), faults_per_step(), faults_per_step
 
 
 def test_freed_activations_are_reused_without_page_faults():
-    out = subprocess.run([sys.executable, "-c", FAULTS_PER_STEP], capture_output=True, text=True, check=True,
-                         timeout=300).stdout
-    default, agreed, first, later = out.split()
+    out = subprocess.run(
+        [sys.executable, "-c", FAULTS_PER_STEP], capture_output=True, text=True, check=True, timeout=300
+    ).stdout
+    default, agreed, _first, later = out.split()
     assert agreed == "True"
     # Blocks over 32 MiB: glibc maps them afresh every time (40,960 pages a step); kept, they are reused.
     assert float(default) > 30_000

@@ -6,10 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from insanesr_dist.training import precision
-from insanesr_dist.training import runtime
-
 from conftest import TINY, assert_one_line_error, patched_train_script, run_cli
+from insanesr_dist.training import precision, runtime
 
 CONFIGS = Path(__file__).resolve().parents[2] / "accelerate_configs"
 
@@ -26,7 +24,7 @@ def probe(tmp_path: Path, *launch_args: str) -> dict:
     result = run_cli("accelerate", "launch", *launch_args, str(script), timeout=180)
     assert result.returncode == 0, result.stderr[-3000:]
     line = next(line for line in result.stdout.splitlines() if line.startswith("PROBE "))
-    return json.loads(line[len("PROBE "):])
+    return json.loads(line[len("PROBE ") :])
 
 
 @pytest.mark.slow
@@ -83,18 +81,41 @@ def test_a_long_rank_0_preparation_needs_a_long_enough_dist_timeout(pair_folder,
     script = patched_train_script(SLOW_RANK_0)
 
     def launch(timeout_s: int, out: str):
-        return run_cli("accelerate", "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
-                       "--mixed_precision", "no", "--dynamo_backend", "no", str(script), "--data", str(pair_folder),
-                       "--epochs", "1", "--max-steps", "1", "--output-dir", str(tmp_path / out),
-                       "--dist-timeout", str(timeout_s), *TINY, timeout=300)
+        return run_cli(
+            "accelerate",
+            "launch",
+            "--multi_gpu",
+            "--num_processes",
+            "2",
+            "--num_machines",
+            "1",
+            "--mixed_precision",
+            "no",
+            "--dynamo_backend",
+            "no",
+            str(script),
+            "--data",
+            str(pair_folder),
+            "--epochs",
+            "1",
+            "--max-steps",
+            "1",
+            "--output-dir",
+            str(tmp_path / out),
+            "--dist-timeout",
+            str(timeout_s),
+            *TINY,
+            timeout=300,
+        )
 
     short = launch(5, "short")
     assert short.returncode != 0
     lines = [line for line in short.stderr.splitlines() if line.startswith("Error:") and "--dist-timeout" in line]
     assert lines and "rank 1: waited longer than --dist-timeout 5 s" in lines[0], short.stderr[-3000:]
     # (torchrun then prints its own ChildFailedError traceback; none comes from the toolkit's code)
-    assert not [line for line in short.stderr.splitlines() if line.lstrip().startswith('File "') and
-                "insanesr_dist" in line], short.stderr[-3000:]
+    assert not [
+        line for line in short.stderr.splitlines() if line.lstrip().startswith('File "') and "insanesr_dist" in line
+    ], short.stderr[-3000:]
     long = launch(120, "long")
     assert long.returncode == 0, long.stderr[-3000:]
     assert (tmp_path / "long" / "latest.safetensors").is_file()
@@ -102,8 +123,22 @@ def test_a_long_rank_0_preparation_needs_a_long_enough_dist_timeout(pair_folder,
 
 def test_a_stuck_dataloader_worker_ends_the_run_with_one_line(pair_folder, tmp_path):
     # The patch reaches the worker: it starts from a fork server that imports the patched script.
-    stuck = ("import time\nfrom insanesr_dist.data.loaders import TrainPairs\n"
-             "TrainPairs.__getitem__ = lambda self, index: time.sleep(3600)\n")
-    result = run_cli(sys.executable, str(patched_train_script(stuck)), "--data", str(pair_folder), "--epochs", "1",
-                     "--output-dir", str(tmp_path / "out"), "--worker-timeout", "5", *TINY, timeout=300)
+    stuck = (
+        "import time\nfrom insanesr_dist.data.loaders import TrainPairs\n"
+        "TrainPairs.__getitem__ = lambda self, index: time.sleep(3600)\n"
+    )
+    result = run_cli(
+        sys.executable,
+        str(patched_train_script(stuck)),
+        "--data",
+        str(pair_folder),
+        "--epochs",
+        "1",
+        "--output-dir",
+        str(tmp_path / "out"),
+        "--worker-timeout",
+        "5",
+        *TINY,
+        timeout=300,
+    )
     assert_one_line_error(result, "DataLoader worker produced no batch for 5 s (--worker-timeout)")

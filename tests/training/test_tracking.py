@@ -14,9 +14,8 @@ import numpy as np
 import pytest
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from insanesr_dist.model.weights import load_model
-
 from conftest import TINY, assert_one_line_error, free_port, read_rgb, run_cli, upscale
+from insanesr_dist.model.weights import load_model
 
 RUN = "logs"  # the run name TensorBoard gives OUT/logs when started with --logdir OUT
 
@@ -39,8 +38,9 @@ class Board:
         return json.loads(self.get(route, **query))
 
     def post(self, route: str, body: dict):
-        request = urllib.request.Request(f"{self.base}/{route}", data=json.dumps(body).encode(),
-                                         headers={"Content-Type": "application/json"})
+        request = urllib.request.Request(
+            f"{self.base}/{route}", data=json.dumps(body).encode(), headers={"Content-Type": "application/json"}
+        )
         with urllib.request.urlopen(request, timeout=30) as response:
             return json.loads(response.read())
 
@@ -50,8 +50,12 @@ def board(run_dir):
     """`tensorboard --logdir OUT` on a free local port, until every epoch's scalars are loaded; stopped after."""
     port = free_port()
     exe = Path(sys.executable).parent / "tensorboard"
-    server = subprocess.Popen([str(exe), "--logdir", str(run_dir), "--host", "127.0.0.1", "--port", str(port)],
-                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    server = subprocess.Popen(
+        [str(exe), "--logdir", str(run_dir), "--host", "127.0.0.1", "--port", str(port)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
     client = Board(port)
     records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
     deadline = time.monotonic() + 90
@@ -79,11 +83,25 @@ def _records(run_dir: Path) -> list[dict]:
 def test_scalars_are_grouped_and_match_metrics_jsonl(board, run_dir):
     records = _records(run_dir)
     tags = set(board.json("data/plugin/scalars/tags")[RUN])
-    assert {"train/loss", "train/lr", "val/psnr", "val/ssim", "val/jm", "perf/samples_per_s", "perf/epoch_seconds",
-            "perf/peak_cpu_mb"} <= tags, tags
+    assert {
+        "train/loss",
+        "train/lr",
+        "val/psnr",
+        "val/ssim",
+        "val/jm",
+        "perf/samples_per_s",
+        "perf/epoch_seconds",
+        "perf/peak_cpu_mb",
+    } <= tags, tags
     assert {tag.split("/")[0] for tag in tags} == {"train", "val", "perf"}
-    for tag, key in [("val/jm", "jm"), ("val/psnr", "psnr"), ("val/ssim", "ssim"), ("val/ssim_piq", "ssim_piq"),
-                     ("perf/samples_per_s", "samples_per_s"), ("perf/peak_cpu_mb", "peak_cpu_mb")]:
+    for tag, key in [
+        ("val/jm", "jm"),
+        ("val/psnr", "psnr"),
+        ("val/ssim", "ssim"),
+        ("val/ssim_piq", "ssim_piq"),
+        ("perf/samples_per_s", "samples_per_s"),
+        ("perf/peak_cpu_mb", "peak_cpu_mb"),
+    ]:
         points = board.json("data/plugin/scalars/scalars", run=RUN, tag=tag)  # [wall_time, step, value]
         assert [step for _, step, _ in points] == [r["step"] for r in records], tag
         assert all(math.isclose(value, r[key], rel_tol=1e-6) for (_, _, value), r in zip(points, records)), tag
@@ -108,8 +126,8 @@ def test_panels_show_lr_sr_hr_of_fixed_validation_images(board, run_dir, pair_fo
         w = hr.shape[1]
         assert image.shape == (hr.shape[0], 3 * w, 3)
         # Middle: the last epoch's prediction (= latest weights); right: the HR image itself.
-        assert np.abs(image[:, w:2 * w].astype(int) - upscale(model, lr)).max() <= 1
-        assert np.array_equal(image[:, 2 * w:], hr)
+        assert np.abs(image[:, w : 2 * w].astype(int) - upscale(model, lr)).max() <= 1
+        assert np.array_equal(image[:, 2 * w :], hr)
 
 
 def test_hparams_dashboard_shows_settings_with_final_jm_speed_and_memory(board, run_dir):
@@ -119,9 +137,16 @@ def test_hparams_dashboard_shows_settings_with_final_jm_speed_and_memory(board, 
     assert {"lr", "batch_size", "channels", "epochs", "loss"} <= {h["name"] for h in experiment["hparamInfos"]}
     metric_tags = {m["name"]["tag"] for m in experiment["metricInfos"]}
     assert {"val/jm", "perf/samples_per_s", "perf/peak_cpu_mb"} <= metric_tags
-    groups = board.post("data/plugin/hparams/session_groups", {
-        "experimentName": "", "startIndex": 0, "sliceSize": 10, "colParams": [],
-        "allowedStatuses": ["STATUS_UNKNOWN", "STATUS_SUCCESS", "STATUS_FAILURE", "STATUS_RUNNING"]})["sessionGroups"]
+    groups = board.post(
+        "data/plugin/hparams/session_groups",
+        {
+            "experimentName": "",
+            "startIndex": 0,
+            "sliceSize": 10,
+            "colParams": [],
+            "allowedStatuses": ["STATUS_UNKNOWN", "STATUS_SUCCESS", "STATUS_FAILURE", "STATUS_RUNNING"],
+        },
+    )["sessionGroups"]
     assert len(groups) == 1
     (session,) = groups[0]["sessions"]
     assert session["status"] == "STATUS_SUCCESS"
@@ -138,8 +163,23 @@ def test_hparams_dashboard_shows_settings_with_final_jm_speed_and_memory(board, 
 def test_epochs_shorter_than_log_every_still_log_their_training_loss(pair_folder, tmp_path):
     # 20 training pairs, batch 4: 5 steps per epoch, never a multiple of --log-every 100.
     out = tmp_path / "run"
-    result = run_cli("python", "-m", "insanesr_dist.train", "--data", str(pair_folder), "--epochs", "2",
-                     "--log-every", "100", "--panel-images", "0", "--output-dir", str(out), *TINY[:-2], timeout=600)
+    result = run_cli(
+        "python",
+        "-m",
+        "insanesr_dist.train",
+        "--data",
+        str(pair_folder),
+        "--epochs",
+        "2",
+        "--log-every",
+        "100",
+        "--panel-images",
+        "0",
+        "--output-dir",
+        str(out),
+        *TINY[:-2],
+        timeout=600,
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     events = EventAccumulator(str(out / "logs"), size_guidance={"scalars": 0})  # the real event files
     events.Reload()
@@ -156,11 +196,28 @@ def test_report_to_mlflow_receives_the_same_scalars_and_settings(pair_folder, tm
 
     store = f"file://{tmp_path / 'mlruns'}"
     out = tmp_path / "out"
-    for name, value in (("MLFLOW_TRACKING_URI", store), ("MLFLOW_ALLOW_FILE_STORE", "true"),
-                        ("MLFLOW_EXPERIMENT_NAME", "insanesr-test")):
+    for name, value in (
+        ("MLFLOW_TRACKING_URI", store),
+        ("MLFLOW_ALLOW_FILE_STORE", "true"),
+        ("MLFLOW_EXPERIMENT_NAME", "insanesr-test"),
+    ):
         monkeypatch.setenv(name, value)
-    result = run_cli("insanesr-dist", "train", "--data", str(pair_folder), "--epochs", "2", "--log-every", "1",
-                     "--report-to", "mlflow", "--output-dir", str(out), *TINY, timeout=300)
+    result = run_cli(
+        "insanesr-dist",
+        "train",
+        "--data",
+        str(pair_folder),
+        "--epochs",
+        "2",
+        "--log-every",
+        "1",
+        "--report-to",
+        "mlflow",
+        "--output-dir",
+        str(out),
+        *TINY,
+        timeout=300,
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     client = MlflowClient(tracking_uri=store)
     [run] = client.search_runs([client.get_experiment_by_name("insanesr-test").experiment_id])
@@ -175,6 +232,16 @@ def test_report_to_mlflow_receives_the_same_scalars_and_settings(pair_folder, tm
 
 
 def test_an_unknown_or_missing_tracker_is_one_line(pair_folder, tmp_path):
-    result = run_cli("insanesr-dist", "train", "--data", str(pair_folder), "--report-to", "tensorbored",
-                     "--output-dir", str(tmp_path / "out"), *TINY, timeout=120)
+    result = run_cli(
+        "insanesr-dist",
+        "train",
+        "--data",
+        str(pair_folder),
+        "--report-to",
+        "tensorbored",
+        "--output-dir",
+        str(tmp_path / "out"),
+        *TINY,
+        timeout=120,
+    )
     assert_one_line_error(result, "--report-to tensorbored: no tracker 'tensorbored'", "mlflow")
