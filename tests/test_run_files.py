@@ -10,8 +10,8 @@ from insanesr_dist import run_files
 PACKAGE_DIR = Path(run_files.__file__).parent
 NAMES = {name: value for name, value in vars(run_files).items() if name.isupper() and isinstance(value, str)}
 
-# The same strings meaning something else: the exported model folder's config (model/weights.py).
-OTHER_MEANINGS = {("model/weights.py", "config.json")}
+# The same strings meaning something else: the exported model folder's config (model/files.py).
+OTHER_MEANINGS = {("model/files.py", "config.json")}
 
 
 def test_the_names_are_distinct_plain_entries_of_the_run_directory():

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from insanesr_dist.data.images import SSIM_MIN_EDGE
+from insanesr_dist.data.images import SSIM_WINDOW
 from insanesr_dist.data.pairs import (
     Finding,
     image_files,
@@ -52,10 +52,9 @@ def test_pair_problem_wants_exactly_scale_times_the_lr_and_the_ssim_window():
     problem = pair_problem((10, 12), (41, 48), 4)
     assert "HR is 48x41 but its LR is 12x10" in problem and "height off by +1 px" in problem
     assert "width" not in problem.split(":")[-1]
-    assert SSIM_MIN_EDGE > 4
+    assert SSIM_WINDOW > 4
     assert (
-        pair_problem((1, 10), (4, 40), 4)
-        == f"HR is 40x4, smaller than the {SSIM_MIN_EDGE} px SSIM window of the metric"
+        pair_problem((1, 10), (4, 40), 4) == f"HR is 40x4, smaller than the {SSIM_WINDOW} px SSIM window of the metric"
     )
 
 
