@@ -76,7 +76,7 @@ class TrainConfig:
         "Make the training and validation LR images from the HR ones "
         "(HR-only sets; LR files are not read): bicubic (OpenCV INTER_CUBIC), "
         "bicubic-antialias (PIL-style), area (OpenCV INTER_AREA); see "
-        "degrade.py. HR sizes are first cropped to a multiple of 4.",
+        "data/degrade.py. HR sizes are first cropped to a multiple of 4.",
     )
     lr_column: str = setting(
         "lr", "A dataset's column of LR images (images, file paths or encoded bytes); the test split's too."

@@ -82,7 +82,7 @@ def train(cfg: TrainConfig) -> Path:
     # unblocks SIGTERM in this process, so the preemption flag's signal block must come after it.
     if cfg.num_workers:
         start_worker_server()
-    # Then, before any thread exists: threads inherit the signal block (and so do workers, see data.py).
+    # Then, before any thread exists: threads inherit the signal block (and so do workers, see data/loaders.py).
     preemption = PreemptionFlag()
     try:
         return _train(cfg, preemption)
@@ -97,7 +97,8 @@ def train(cfg: TrainConfig) -> Path:
             bar.close()
         if isinstance(e, UserError):  # shown as one line: the traceback is noise
             raise e.with_traceback(None) from None
-        # A wait that ran out or a lost peer (runtime.py), a full disk or another I/O failure (faults.py): one line
+        # A wait that ran out or a lost peer (training/runtime.py), a full disk or another I/O failure
+        # (training/faults.py): one line
         problem = stall_message(e, dist_timeout=cfg.dist_timeout, worker_timeout=cfg.worker_timeout) or (
             faults.io_failure(e) if isinstance(e, Exception) else None
         )
@@ -215,7 +216,8 @@ def _set_up(
     config, trackers and the plan's lines. Returns the run and the state it continues (adapted to this launch)."""
     accelerator = _accelerator(cfg, launch, out_dir)
     splits, val_count, kept = _data(cfg, accelerator)
-    tile_overlap = exact_overlap(cfg.model)  # tiles then equal the whole image up to float rounding (tiles.py)
+    # Tiles then equal the whole image up to float rounding (inference/tiles.py).
+    tile_overlap = exact_overlap(cfg.model)
     val_dl, test_dl, train_dl, device_pairs = _loaders(cfg, splits, accelerator)
 
     # ---- model and optimizer (Adam, as the seed); the learning rate is set per step by lr_at
@@ -231,7 +233,7 @@ def _set_up(
         model, optimizer, *eval_dls = accelerator.prepare(model, optimizer, *eval_dls)
     else:
         model, optimizer, train_dl, *eval_dls = accelerator.prepare(model, optimizer, train_dl, *eval_dls)
-    if ema is not None:  # saved and loaded by checkpoint.py, as safetensors: never pickled
+    if ema is not None:  # saved and loaded by training/checkpoint.py, as safetensors: never pickled
         ema.module.to(accelerator.device)
     bad_steps = faults.BadSteps(accelerator, optimizer, cfg.max_bad_steps)  # non-finite steps, fp16's skips
     if resume_from:  # weights, Adam moments, scaler, every rank's RNG, the EMA
@@ -304,7 +306,7 @@ def _accelerator(cfg: TrainConfig, launch: PartialState, out_dir: Path) -> Accel
         accelerator.print(precision_note)
     if cpu:
         torch.set_num_threads(cfg.cpu_threads or cores_per_local_process(accelerator.num_processes))
-        keep_freed_memory()  # no page faults on every step's fresh activations (host_memory.py)
+        keep_freed_memory()  # no page faults on every step's fresh activations (training/host_memory.py)
     set_seed(cfg.seed)
     return accelerator
 
@@ -531,7 +533,7 @@ def _train_on(run: Run, batch, step: int) -> torch.Tensor:
             group["lr"] = lr_at(
                 step, peak=cfg.lr, warmup=cfg.warmup_steps, total=run.total_steps, schedule=cfg.schedule
             )
-        if accelerator.sync_gradients:  # non-finite gradients turn this step into a no-op (faults.py)
+        if accelerator.sync_gradients:  # non-finite gradients turn this step into a no-op (training/faults.py)
             run.bad_steps.check(model.parameters())
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)

@@ -388,7 +388,7 @@ def gpu_consumption(patch_size: int) -> dict:
 @click.option("--data", help="Dataset as for train; its validation split is scored [default: the demo data].")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object instead of the table.")
 def bench_metric(data, as_json) -> None:
-    """The grader-exact metric (metrics.py) next to scikit-image's, one thread, on the same images:
+    """The grader-exact metric (scoring/metrics.py) next to scikit-image's, one thread, on the same images:
     the validation split's HR against bicubic upscales of its LR."""
     data = _demo_or(data)
     result = _run_stage({"data": data}, "metric_speed")
@@ -420,7 +420,7 @@ def bench_metric(data, as_json) -> None:
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object instead of the lines.")
 def bench_ema(updates: int, warmup: int, threads: int, as_json: bool) -> None:
     """The weight EMA's cost per optimizer step on the default model: the old per-tensor loop (two
-    state_dict()s, one lerp_ per tensor) against ema.py's multi-tensor lerp, median milliseconds."""
+    state_dict()s, one lerp_ per tensor) against training/ema.py's multi-tensor lerp, median milliseconds."""
     result = {
         "device": _device_name(),
         "threads": threads,

@@ -356,7 +356,7 @@ def data_pipeline(spec: dict) -> dict:
 
 
 def metric_speed(spec: dict) -> dict:
-    """Grader-exact PSNR/SSIM (metrics.py) and scikit-image's on the same uint8 images, one thread."""
+    """Grader-exact PSNR/SSIM (scoring/metrics.py) and scikit-image's on the same uint8 images, one thread."""
     import time
 
     import cv2
@@ -414,7 +414,7 @@ def metric_speed(spec: dict) -> dict:
 
 
 def per_tensor_ema_update(ema, model, d: float) -> None:
-    """The EMA update as it was before ema.py used one multi-tensor lerp: two state_dict()s and one
+    """The EMA update as it was before training/ema.py used one multi-tensor lerp: two state_dict()s and one
     `lerp_` per tensor. Kept as the reference the new update must equal bit for bit, and as its speed baseline."""
     import torch
 
@@ -428,7 +428,7 @@ def per_tensor_ema_update(ema, model, d: float) -> None:
 
 def ema_update(spec: dict) -> dict:
     """Milliseconds per EMA update on the default InsaneSRNet (channels-last, as trained), median of
-    `updates` timed ones each way: the old per-tensor loop and ema.py's multi-tensor lerp."""
+    `updates` timed ones each way: the old per-tensor loop and training/ema.py's multi-tensor lerp."""
     import statistics
     import time
 
