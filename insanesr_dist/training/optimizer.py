@@ -1,4 +1,5 @@
-"""TODO docstring: training.optimizer."""
+"""The optimizer and its learning rate: the seed's Adam, and the rate as a pure function of the optimizer step
+(`lr_at`), set by the loop before each step rather than by a scheduler object that each process would step."""
 
 from __future__ import annotations
 

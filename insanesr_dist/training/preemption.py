@@ -1,4 +1,6 @@
-"""TODO docstring: training.preemption."""
+"""Stopping cleanly when the job is told to: SIGTERM or SIGUSR1 (a cluster's preemption notice) raises a flag that
+every rank reads at the same step, the loop saves a checkpoint and exits with PREEMPTED_EXIT_CODE, and under
+SLURM rank 0 requeues the job, which resumes from that checkpoint."""
 
 from __future__ import annotations
 
