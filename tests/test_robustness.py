@@ -328,7 +328,7 @@ def test_a_failed_write_leaves_the_previous_files_readable(tmp_path, monkeypatch
 
 
 DISK_FULL_AT_EPOCH_2 = """
-import insanesr_dist.model.weights as M
+import insanesr_dist.model.files as M
 real = M.save_file
 def save_file(state, path, metadata=None):  # the disk fills up while epoch 2's weights are written
     real(state, path, metadata=metadata)
