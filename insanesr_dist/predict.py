@@ -51,7 +51,7 @@ class InputImage:
 
 def list_inputs(path: Path, split: str | None) -> list[InputImage]:
     from insanesr_dist.data.images import IMAGE_SUFFIXES
-    from insanesr_dist.data.pairs import image_files, is_saved_dataset
+    from insanesr_dist.data.pairs import is_saved_dataset, some_image_files
 
     if is_saved_dataset(path):
         return _dataset_inputs(path, split)
@@ -59,10 +59,7 @@ def list_inputs(path: Path, split: str | None) -> list[InputImage]:
         return [InputImage(path.name, str(path), path.read_bytes)]
     if not path.is_dir():
         raise UserError(f"{path}: not an image, a folder of images nor a saved dataset")
-    files = image_files(path)
-    if not files:
-        raise UserError(f"{path}: no images found (looked for {', '.join(sorted(IMAGE_SUFFIXES))})")
-    return [InputImage(p.name, str(p), p.read_bytes) for p in files]
+    return [InputImage(p.name, str(p), p.read_bytes) for p in some_image_files(path)]
 
 
 def _dataset_inputs(path: Path, split: str | None) -> list[InputImage]:

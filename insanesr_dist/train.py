@@ -52,7 +52,7 @@ from insanesr_dist.inference.sharded import predict_pngs
 from insanesr_dist.inference.tiles import exact_overlap, upscale_for_eval
 from insanesr_dist.model import weights
 from insanesr_dist.model.architecture import InsaneSRNet, count_parameters
-from insanesr_dist.model.weights import read_metadata, save_weights
+from insanesr_dist.model.files import read_metadata, save_weights
 from insanesr_dist.scoring.submission import write_submission
 from insanesr_dist.scoring.validation import score_images
 from insanesr_dist.training import checkpoint, faults

@@ -143,6 +143,26 @@ def run_cli(*args: str, cwd: Path | None = None, timeout: float = 600, **run_opt
     return run_tree(cmd, cwd=cwd, timeout=timeout, env=os.environ.copy(), **run_options)
 
 
+def accelerate_launch(processes: int, *args: str, target: tuple[str, ...] = ("-m", "insanesr_dist.train")) -> list[str]:
+    """The `accelerate launch` command line the tests run: `target` (a module after -m, or a script) with
+    `args` in `processes` CPU processes. Two need --multi_gpu (gloo DDP): `--cpu --num_processes 2` silently
+    runs one. Precision and dynamo are said, so that no accelerate config on the machine changes a test."""
+    multi = ["--multi_gpu", "--num_processes", "2"] if processes == 2 else ["--num_processes", "1"]
+    return [
+        str(Path(sys.executable).parent / "accelerate"),
+        "launch",
+        *multi,
+        "--num_machines",
+        "1",
+        "--mixed_precision",
+        "no",
+        "--dynamo_backend",
+        "no",
+        *target,
+        *args,
+    ]
+
+
 def free_port() -> int:
     """A TCP port nobody listens on right now (for a server or a rendezvous the test starts)."""
     with socket.socket() as s:
@@ -178,26 +198,17 @@ def assert_one_line_error(result: subprocess.CompletedProcess, *needles: str) ->
         assert needle in errors[0], errors[0]
 
 
+def finished_run_command(data: Path, out: Path, *more: str) -> list[str]:
+    """finished_run's training command (2 epochs, tiny model, a loss line every step), plus `more` flags."""
+    return accelerate_launch(
+        1, "--data", str(data), "--epochs", "2", "--output-dir", str(out), "--log-every", "1", *TINY, *more
+    )
+
+
 @pytest.fixture(scope="session")
 def finished_run(pair_folder, tmp_path_factory):
-    """One short real training run (2 epochs, tiny model) that several test files read but never change."""
+    """One short real training run that several test files read but never change."""
     out = tmp_path_factory.mktemp("run") / "out"
-    result = run_cli(
-        "accelerate",
-        "launch",
-        "--num_processes",
-        "1",
-        "-m",
-        "insanesr_dist.train",
-        "--data",
-        str(pair_folder),
-        "--epochs",
-        "2",
-        "--output-dir",
-        str(out),
-        "--log-every",
-        "1",
-        *TINY,
-    )
+    result = run_cli(*finished_run_command(pair_folder, out))
     assert result.returncode == 0, result.stderr[-3000:]
     return out, result

@@ -19,7 +19,7 @@ from conftest import assert_one_line_error, make_pair_folder, read_rgb, run_cli
 from insanesr_dist.data import images as samples
 from insanesr_dist.data.images import encode_png
 from insanesr_dist.model.architecture import InsaneSRNet
-from insanesr_dist.model.weights import save_weights
+from insanesr_dist.model.files import save_weights
 from insanesr_dist.tools import check_data
 
 BOMB = "20000x20000 (400,000,000 pixels), above the limit of 268,435,456 pixels"

@@ -4,29 +4,14 @@ import json
 
 import pytest
 
-from conftest import TINY, independent_val_jm, run_cli
+from conftest import TINY, accelerate_launch, independent_val_jm, run_cli
 from insanesr_dist.scoring.submission import read_submission
 
 pytestmark = pytest.mark.slow
 
 
 def launch_two(*args: str):
-    return run_cli(
-        "accelerate",
-        "launch",
-        "--multi_gpu",
-        "--num_processes",
-        "2",
-        "--num_machines",
-        "1",
-        "--mixed_precision",
-        "no",
-        "--dynamo_backend",
-        "no",
-        "-m",
-        "insanesr_dist.train",
-        *args,
-    )
+    return run_cli(*accelerate_launch(2, *args))
 
 
 def test_two_process_ddp_gathers_every_image_once(pair_folder, tmp_path):

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import TINY, assert_one_line_error, make_pair_folder, read_rgb, run_cli, write_png
+from conftest import TINY, accelerate_launch, assert_one_line_error, make_pair_folder, read_rgb, run_cli, write_png
 from insanesr_dist.errors import UserError
 from insanesr_dist.inference.tiles import (
     RAMP,
@@ -22,7 +22,7 @@ from insanesr_dist.inference.tiles import (
     upscale_image,
 )
 from insanesr_dist.model.architecture import InsaneSRNet, ModelConfig
-from insanesr_dist.model.weights import save_weights
+from insanesr_dist.model.files import save_weights
 from insanesr_dist.predict import list_inputs
 from insanesr_dist.scoring.submission import read_submission
 from insanesr_dist.tools.evaluate import evaluate_predictions
@@ -388,19 +388,7 @@ def test_bench_predict_reports_speed_and_peak_memory(tiny_weights):
 def test_two_processes_share_the_images_and_rank_0_writes_each_once(tiny_weights, lr_folder, tmp_path):
     # 5 images over 2 ranks: uneven shares; the ids must come out once each, in order.
     launch = [
-        "accelerate",
-        "launch",
-        "--multi_gpu",
-        "--num_processes",
-        "2",
-        "--num_machines",
-        "1",
-        "--mixed_precision",
-        "no",
-        "--dynamo_backend",
-        "no",
-        "-m",
-        "insanesr_dist.predict",
+        *accelerate_launch(2, target=("-m", "insanesr_dist.predict")),
         "--checkpoint",
         str(tiny_weights),
         "--tile",

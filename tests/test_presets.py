@@ -12,7 +12,8 @@ from safetensors.torch import load_file, save_file
 from conftest import run_cli
 from insanesr_dist.config import TrainConfig
 from insanesr_dist.model.architecture import InsaneSRNet, ModelConfig, count_parameters
-from insanesr_dist.model.weights import load_model, read_metadata
+from insanesr_dist.model.files import read_metadata
+from insanesr_dist.model.weights import load_model
 from insanesr_dist.presets import PRESETS
 from insanesr_dist.training.ema import WeightEMA
 from insanesr_dist.training.losses import pixel_loss, training_loss

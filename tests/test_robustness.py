@@ -22,7 +22,8 @@ from insanesr_dist.data import images, pairs
 from insanesr_dist.data.splits import load_splits
 from insanesr_dist.errors import UserError
 from insanesr_dist.model.architecture import InsaneSRNet
-from insanesr_dist.model.weights import load_model, read_metadata, save_weights
+from insanesr_dist.model.files import read_metadata, save_weights
+from insanesr_dist.model.weights import load_model
 from insanesr_dist.scoring.submission import read_submission, write_submission
 from insanesr_dist.training.faults import BadSteps
 from insanesr_dist.training.optimizer import make_optimizer

@@ -14,6 +14,7 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 from conftest import (
     TINY,
     assert_one_line_error,
+    finished_run_command,
     independent_val_jm,
     make_pair_folder,
     read_rgb,
@@ -22,7 +23,8 @@ from conftest import (
     upscale,
     write_png,
 )
-from insanesr_dist.model.weights import load_model, read_metadata
+from insanesr_dist.model.files import read_metadata
+from insanesr_dist.model.weights import load_model
 from insanesr_dist.scoring.metrics import joint_metric, psnr_ssim
 from insanesr_dist.scoring.submission import read_submission
 from insanesr_dist.tools.evaluate import evaluate_predictions
@@ -334,28 +336,8 @@ def test_val_every_steps_and_submit_every_steps_evaluate_mid_epoch_without_chang
     training: the same command as finished_run's, plus the step flags, ends with its losses and weights."""
     reference, _ = finished_run
     out = reference.parent / "steps"
-    result = run_cli(
-        "accelerate",
-        "launch",
-        "--num_processes",
-        "1",
-        "-m",
-        "insanesr_dist.train",
-        "--data",
-        str(pair_folder),
-        "--epochs",
-        "2",
-        "--output-dir",
-        str(out),
-        "--log-every",
-        "1",
-        "--val-every-steps",
-        "2",
-        "--submit-every-steps",
-        "3",
-        *TINY,
-        timeout=300,
-    )
+    steps = ("--val-every-steps", "2", "--submit-every-steps", "3")
+    result = run_cli(*finished_run_command(pair_folder, out, *steps), timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
     records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     expected = [json.loads(line) for line in (reference / "metrics.jsonl").read_text().splitlines()]
@@ -395,7 +377,7 @@ def test_init_from_a_run_directory_and_an_exported_folder_starts_from_their_weig
 ):
     """--init-from RUN takes its best.safetensors, an exported folder its model.safetensors; with a learning rate
     too small to move a float32 weight, the run's weights after one step are the source's."""
-    from insanesr_dist.model.weights import save_folder
+    from insanesr_dist.model.files import save_folder
 
     run, _ = finished_run
     save_folder(load_model(run / "latest.safetensors"), tmp_path / "exported")
@@ -434,7 +416,8 @@ def test_init_from_a_run_directory_and_an_exported_folder_starts_from_their_weig
 def test_a_partial_init_lists_what_it_left_and_a_strict_one_names_the_tensor(tmp_path):
     from insanesr_dist.errors import UserError
     from insanesr_dist.model.architecture import InsaneSRNet
-    from insanesr_dist.model.weights import init_weights, save_weights
+    from insanesr_dist.model.files import save_weights
+    from insanesr_dist.model.weights import init_weights
 
     small = InsaneSRNet(num_rrdb=1, channels=8, growth=8, layers_per_block=2)
     save_weights(small, tmp_path / "small.safetensors")

@@ -17,6 +17,7 @@ import numpy as np
 
 from insanesr_dist.data import degrade
 from insanesr_dist.data.images import IMAGE_SUFFIXES, SSIM_WINDOW, decode_rgb, show
+from insanesr_dist.errors import UserError
 
 
 def cell_name(row: dict, column: str) -> str:
@@ -66,6 +67,15 @@ class Finding:
 def image_files(folder: Path) -> list[Path]:
     """The image files directly in `folder` (by suffix, any case), sorted by name."""
     return sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+
+
+def some_image_files(folder: Path, what: str = "") -> list[Path]:
+    """`image_files`, or one line saying that the folder has none (of `what`: "LR " names them) and what it
+    looked for: the commands that read a folder of images need at least one."""
+    files = image_files(folder)
+    if not files:
+        raise UserError(f"{folder}: no {what}images found (looked for {', '.join(sorted(IMAGE_SUFFIXES))})")
+    return files
 
 
 def is_saved_dataset(path: Path) -> bool:

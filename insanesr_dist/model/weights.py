@@ -4,8 +4,8 @@ or a plain PyTorch `state_dict` such as the seed report's `torch.save(model.stat
 
 Pickle files can run arbitrary code while they are read, so they are refused unless the user says
 `--allow-pickle`; even then they are read with `torch.load(weights_only=True)`, which only accepts
-tensors and plain containers. The file formats themselves (writing weights, metadata, folders) are files.py's;
-their public names are importable from here too, as train and the tests use them.
+tensors and plain containers. The file formats themselves (writing weights, metadata, folders) are files.py's,
+and are imported from there.
 """
 
 from __future__ import annotations
@@ -20,34 +20,7 @@ from safetensors.torch import load_file
 from insanesr_dist import run_files
 from insanesr_dist.errors import UserError
 from insanesr_dist.model.architecture import InsaneSRNet, model_from_config
-from insanesr_dist.model.files import (
-    CARD_FILE,
-    CONFIG_FILE,
-    ONNX_FILE,
-    WEIGHTS_FILE,
-    hub_id,
-    read_metadata,
-    save_folder,
-    save_weights,
-)
-
-__all__ = [
-    "CARD_FILE",
-    "CONFIG_FILE",
-    "ONNX_FILE",
-    "WEIGHTS_FILE",
-    "config_from_state",
-    "init_source",
-    "init_weights",
-    "is_pickle",
-    "load_model",
-    "load_pickled_state",
-    "mismatch",
-    "model_from_config",
-    "read_metadata",
-    "save_folder",
-    "save_weights",
-]
+from insanesr_dist.model.files import WEIGHTS_FILE, hub_id, read_metadata
 
 PICKLE_SUFFIXES = {".pth", ".pt", ".bin", ".ckpt", ".pkl", ".pickle", ".tar"}
 

@@ -15,7 +15,7 @@ import numpy as np
 from insanesr_dist.atomic import atomic_path
 from insanesr_dist.commands import Command, RenamedOption
 from insanesr_dist.data.images import decode_png_base64, header_size, max_pixels, read_image, size_problem, sniff_format
-from insanesr_dist.data.pairs import image_files
+from insanesr_dist.data.pairs import some_image_files
 from insanesr_dist.errors import UserError
 
 # Images are read through samples, never data: checking a CSV needs neither torch nor datasets, whose imports
@@ -97,9 +97,7 @@ def check_submission(path: str | os.PathLike, lr_dir: str | os.PathLike, scale: 
     """
     max_pixels()  # a bad $INSANESR_MAX_PIXELS is one line, not a problem on every row
     path, lr_dir = Path(path), Path(lr_dir)
-    lr_files = image_files(lr_dir)
-    if not lr_files:
-        raise UserError(f"{lr_dir}: no LR images found")
+    lr_files = some_image_files(lr_dir, "LR ")
     lr_sizes = {p.name: read_image(p).shape[:2] for p in lr_files}
     problems, first_line, rows = [], {}, 0
     try:

@@ -26,12 +26,9 @@ BASELINES = {"bilinear": cv2.INTER_LINEAR, "bicubic": cv2.INTER_CUBIC}
 
 def _read_folder(folder: Path) -> dict[str, object]:
     from insanesr_dist.data.images import decode_rgb
-    from insanesr_dist.data.pairs import image_files
+    from insanesr_dist.data.pairs import some_image_files
 
-    files = image_files(folder)
-    if not files:
-        raise UserError(f"{folder}: no images found")
-    return {p.name: decode_rgb(p.read_bytes(), str(p)) for p in files}
+    return {p.name: decode_rgb(p.read_bytes(), str(p)) for p in some_image_files(folder)}
 
 
 def read_predictions(path: Path) -> dict[str, object]:

@@ -22,7 +22,8 @@ from insanesr_dist.atomic import atomic_path, write_text_atomic
 from insanesr_dist.commands import Command
 from insanesr_dist.errors import UserError
 from insanesr_dist.model.architecture import InsaneSRNet, count_parameters
-from insanesr_dist.model.weights import CARD_FILE, CONFIG_FILE, ONNX_FILE, WEIGHTS_FILE, load_model, read_metadata
+from insanesr_dist.model.files import CARD_FILE, CONFIG_FILE, ONNX_FILE, WEIGHTS_FILE, read_metadata
+from insanesr_dist.model.weights import load_model
 
 ONNX_TOLERANCE = 1e-4  # max abs difference from the PyTorch output, on [0, 1] pixels
 TRACE_SIZE = (32, 32)  # height, width of the image the ONNX export traces; both stay dynamic

@@ -149,13 +149,11 @@ def visualize_command(
       insanesr-dist visualize --pred submission.csv --lr-dir data/test/LR --output-dir figs --limit 0
     """
     from insanesr_dist.data.images import decode_rgb
-    from insanesr_dist.data.pairs import image_files
+    from insanesr_dist.data.pairs import some_image_files
 
     if (checkpoint is None) == (pred is None):
         raise click.UsageError("give exactly one of --checkpoint (predict now) and --pred (stored predictions)")
-    files = image_files(lr_dir)
-    if not files:
-        raise UserError(f"{lr_dir}: no images found")
+    files = some_image_files(lr_dir)
     files = files[:limit] if limit else files
     predict = _predictor(checkpoint, tile, overlap, tta, allow_pickle) if checkpoint else _stored(pred)
     targets = Partners(hr_dir, "HR") if hr_dir else None

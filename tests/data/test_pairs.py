@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
+
 from insanesr_dist.data.images import SSIM_WINDOW
 from insanesr_dist.data.pairs import (
     Finding,
@@ -14,7 +16,9 @@ from insanesr_dist.data.pairs import (
     patch_problem,
     scale_suffix,
     scan_folder,
+    some_image_files,
 )
+from insanesr_dist.errors import UserError
 
 
 def names(*items: str) -> dict[str, Path]:
@@ -85,3 +89,20 @@ def test_is_saved_dataset_reads_the_marker_files(tmp_path):
     assert not is_saved_dataset(tmp_path)
     (tmp_path / "dataset_dict.json").write_text("{}")
     assert is_saved_dataset(tmp_path)
+
+
+def test_some_image_files_lists_the_images_or_says_in_one_line_that_there_are_none(tmp_path):
+    (tmp_path / "notes.txt").write_text("not an image")
+    (tmp_path / "b.PNG").write_bytes(b"")
+    (tmp_path / "a.jpg").write_bytes(b"")
+    assert [p.name for p in some_image_files(tmp_path)] == ["a.jpg", "b.PNG"]
+
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    (empty / "notes.txt").write_text("not an image")
+    with pytest.raises(UserError) as e:
+        some_image_files(empty, "LR ")
+    line = str(e.value)
+    assert "\n" not in line
+    assert line.startswith(f"{empty}: no LR images found (looked for ")
+    assert ".png" in line

@@ -3,7 +3,8 @@ import torch
 from torch import nn
 
 from insanesr_dist.model.architecture import InsaneSRNet, ModelConfig, UpscaleBlock, count_parameters
-from insanesr_dist.model.weights import load_model, read_metadata, save_weights
+from insanesr_dist.model.files import read_metadata, save_weights
+from insanesr_dist.model.weights import load_model
 
 
 def test_default_parameter_count_matches_the_seed():

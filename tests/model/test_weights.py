@@ -3,7 +3,8 @@ import torch
 
 from insanesr_dist.errors import UserError
 from insanesr_dist.model.architecture import InsaneSRNet, ModelConfig
-from insanesr_dist.model.weights import load_model, read_metadata, save_weights
+from insanesr_dist.model.files import read_metadata, save_weights
+from insanesr_dist.model.weights import load_model
 
 
 def test_one_safetensors_file_rebuilds_the_model(tmp_path):

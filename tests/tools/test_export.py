@@ -11,7 +11,8 @@ import torch
 from conftest import assert_one_line_error, read_rgb, run_cli, write_png
 from insanesr_dist.errors import UserError
 from insanesr_dist.model.architecture import InsaneSRNet
-from insanesr_dist.model.weights import load_model, read_metadata
+from insanesr_dist.model.files import read_metadata
+from insanesr_dist.model.weights import load_model
 from insanesr_dist.tools.export import export
 
 

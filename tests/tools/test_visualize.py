@@ -11,7 +11,7 @@ from conftest import assert_one_line_error, make_pair_folder, read_rgb, run_cli
 from insanesr_dist.data.images import encode_png
 from insanesr_dist.inference.tiles import upscale_image
 from insanesr_dist.model.architecture import InsaneSRNet
-from insanesr_dist.model.weights import save_weights
+from insanesr_dist.model.files import save_weights
 from insanesr_dist.scoring.submission import write_submission
 from insanesr_dist.tools.visualize import MIN_WIDTH, STRIP
 

@@ -5,7 +5,6 @@ import json
 import os
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -14,7 +13,7 @@ import torch
 from safetensors.torch import load_file
 from tensorboard.backend.event_processing.event_file_loader import LegacyEventFileLoader
 
-from conftest import TINY, kill_tree, run_cli, run_tree
+from conftest import TINY, accelerate_launch, kill_tree, run_cli, run_tree
 from insanesr_dist.errors import UserError
 from insanesr_dist.training import checkpoint, preemption
 
@@ -132,25 +131,6 @@ def max_relative_difference(a: Path, b: Path) -> float:
     return max(float((wa[k] - wb[k]).abs().max() / wa[k].abs().max().clamp_min(1e-12)) for k in wa)
 
 
-def launch(processes: int, *args: str) -> list[str]:
-    exe = Path(sys.executable).parent
-    multi = ["--multi_gpu", "--num_processes", "2"] if processes == 2 else ["--num_processes", "1"]
-    return [
-        str(exe / "accelerate"),
-        "launch",
-        *multi,
-        "--num_machines",
-        "1",
-        "--mixed_precision",
-        "no",
-        "--dynamo_backend",
-        "no",
-        "-m",
-        "insanesr_dist.train",
-        *args,
-    ]
-
-
 def wait_for(predicate, timeout: float, what: str) -> None:
     deadline = time.monotonic() + timeout
     while not predicate():
@@ -168,12 +148,12 @@ def newest_complete(out: Path) -> Path | None:
 def test_kill_9_and_rerun_equals_an_uninterrupted_run(pair_folder, tmp_path, processes):
     args = ["--data", str(pair_folder), *TINY, *RUN]
     reference = tmp_path / "reference"
-    done = run_tree(launch(processes, *args, "--output-dir", str(reference)), timeout=600)
+    done = run_tree(accelerate_launch(processes, *args, "--output-dir", str(reference)), timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
 
     out = tmp_path / "killed"
     job = subprocess.Popen(
-        launch(processes, *args, "--output-dir", str(out)),
+        accelerate_launch(processes, *args, "--output-dir", str(out)),
         start_new_session=True,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
@@ -190,7 +170,7 @@ def test_kill_9_and_rerun_equals_an_uninterrupted_run(pair_folder, tmp_path, pro
     resumed_from = newest_complete(out)
     assert resumed_from is not None and not checkpoint.read_state(resumed_from).finished
 
-    rerun = run_tree(launch(processes, *args, "--output-dir", str(out)), timeout=600)
+    rerun = run_tree(accelerate_launch(processes, *args, "--output-dir", str(out)), timeout=600)
     assert rerun.returncode == 0, rerun.stderr[-3000:]
     assert f"resuming from {resumed_from}" in rerun.stdout
     assert max_relative_difference(reference / "latest.safetensors", out / "latest.safetensors") <= 1e-6
@@ -200,9 +180,7 @@ def test_kill_9_and_rerun_equals_an_uninterrupted_run(pair_folder, tmp_path, pro
     epochs = [json.loads(line)["epoch"] for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert epochs == [1, 2, 3]  # records of epochs redone after the checkpoint are not duplicated
     # A third run of the same command has nothing left to do.
-    again = run_cli(
-        "accelerate", "launch", "--num_processes", "1", "-m", "insanesr_dist.train", *args, "--output-dir", str(out)
-    )
+    again = run_cli(*accelerate_launch(1, *args, "--output-dir", str(out)))
     assert again.returncode == 0 and "already finished" in again.stdout
 
 
@@ -213,7 +191,10 @@ def test_sigterm_to_a_two_process_job_saves_and_stops_then_the_rerun_finishes(pa
     # Output to a file, not a pipe: nobody reads a pipe while we wait, and a full one would stall the ranks.
     with open(log_path, "w") as log:
         job = subprocess.Popen(
-            launch(2, *args, "--output-dir", str(out)), start_new_session=True, stdout=log, stderr=subprocess.STDOUT
+            accelerate_launch(2, *args, "--output-dir", str(out)),
+            start_new_session=True,
+            stdout=log,
+            stderr=subprocess.STDOUT,
         )
     try:
         wait_for(lambda: newest_complete(out) is not None or job.poll() is not None, 300, "the first epoch")
@@ -233,7 +214,7 @@ def test_sigterm_to_a_two_process_job_saves_and_stops_then_the_rerun_finishes(pa
     assert all((saved / f"random_states_{rank}.pkl").is_file() for rank in range(2))
 
     short = [a if a != "30" else str(state.epoch) for a in args]  # finish soon: same run, fewer epochs
-    rerun = run_tree(launch(2, *short, "--output-dir", str(out)), timeout=600)
+    rerun = run_tree(accelerate_launch(2, *short, "--output-dir", str(out)), timeout=600)
     assert rerun.returncode == 0, rerun.stderr[-3000:]
     assert f"resuming from {saved}" in rerun.stdout
     assert checkpoint.read_state(newest_complete(out)).finished
@@ -345,7 +326,7 @@ def killed_after_a_checkpoint(command: list[str], out: Path) -> Path:
 def test_resuming_with_another_process_count_says_so_and_finishes(pair_folder, tmp_path, before, after):
     args = ["--data", str(pair_folder), *TINY, "--batch-size", "2", "--checkpoint-every", "2"]
     out = tmp_path / "out"
-    saved = killed_after_a_checkpoint(launch(before, *args, "--epochs", "30", "--output-dir", str(out)), out)
+    saved = killed_after_a_checkpoint(accelerate_launch(before, *args, "--epochs", "30", "--output-dir", str(out)), out)
     state = checkpoint.read_state(saved)
     assert state.processes == before and state.precision == "no" and state.batches_done % 2 == 0
     # The EMA (on in the default preset) is in the checkpoint as safetensors, listed in COMPLETE; no pickle of it.
@@ -357,7 +338,7 @@ def test_resuming_with_another_process_count_says_so_and_finishes(pair_folder, t
     )
 
     code, output = run_logged(
-        launch(after, *args, "--epochs", str(state.epoch), "--output-dir", str(out)),
+        accelerate_launch(after, *args, "--epochs", str(state.epoch), "--output-dir", str(out)),
         tmp_path / "rerun.log",
         timeout=600,
     )
@@ -379,7 +360,7 @@ def test_resuming_with_another_process_count_says_so_and_finishes(pair_folder, t
 def test_a_rank_that_cannot_read_rank_0s_checkpoint_fails_in_one_line_and_no_rank_hangs(pair_folder, tmp_path):
     args = ["--data", str(pair_folder), *TINY, "--batch-size", "2", "--checkpoint-every", "2"]
     out = tmp_path / "out"
-    saved = killed_after_a_checkpoint(launch(1, *args, "--epochs", "30", "--output-dir", str(out)), out)
+    saved = killed_after_a_checkpoint(accelerate_launch(1, *args, "--epochs", "30", "--output-dir", str(out)), out)
     # Rank 1 sees another file system than rank 0's (a node-local or lagging mount): the optimizer state is
     # unreadable there. The script is the real train command with that one fault injected.
     script = tmp_path / "rank1_cannot_read.py"
@@ -393,8 +374,7 @@ def test_a_rank_that_cannot_read_rank_0s_checkpoint_fails_in_one_line_and_no_ran
         "sys.argv = ['train', *sys.argv[1:]]\n"
         "T.main()\n"
     )
-    command = [a if a != "-m" else str(script) for a in launch(2, *args, "--output-dir", str(out))]
-    command.remove("insanesr_dist.train")
+    command = accelerate_launch(2, *args, "--output-dir", str(out), target=(str(script),))
     code, output = run_logged(command, tmp_path / "rerun.log", timeout=300)
     assert code != 0, output[-3000:]
     # Each rank says it in one line; the only traceback is the launcher's report of the ranks' exit codes.

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import TINY, assert_one_line_error, patched_train_script, run_cli
+from conftest import TINY, accelerate_launch, assert_one_line_error, patched_train_script, run_cli
 from insanesr_dist.training import precision, runtime
 
 CONFIGS = Path(__file__).resolve().parents[2] / "accelerate_configs"
@@ -82,18 +82,7 @@ def test_a_long_rank_0_preparation_needs_a_long_enough_dist_timeout(pair_folder,
 
     def launch(timeout_s: int, out: str):
         return run_cli(
-            "accelerate",
-            "launch",
-            "--multi_gpu",
-            "--num_processes",
-            "2",
-            "--num_machines",
-            "1",
-            "--mixed_precision",
-            "no",
-            "--dynamo_backend",
-            "no",
-            str(script),
+            *accelerate_launch(2, target=(str(script),)),
             "--data",
             str(pair_folder),
             "--epochs",
