@@ -147,11 +147,11 @@ def accelerate_launch(processes: int, *args: str, target: tuple[str, ...] = ("-m
     """The `accelerate launch` command line the tests run: `target` (a module after -m, or a script) with
     `args` in `processes` CPU processes. Two need --multi_gpu (gloo DDP): `--cpu --num_processes 2` silently
     runs one. Precision and dynamo are said, so that no accelerate config on the machine changes a test."""
-    multi = ["--multi_gpu", "--num_processes", "2"] if processes == 2 else ["--num_processes", "1"]
+    count = {1: ["--num_processes", "1"], 2: ["--multi_gpu", "--num_processes", "2"]}[processes]
     return [
         str(Path(sys.executable).parent / "accelerate"),
         "launch",
-        *multi,
+        *count,
         "--num_machines",
         "1",
         "--mixed_precision",
