@@ -143,6 +143,12 @@ class TrainConfig:
     )
     # optimisation
     epochs: int = setting(10, "Passes over the training pairs (with --streaming: evaluation rounds).")
+    epoch_samples: int = setting(
+        0,
+        "Training samples (crops) per epoch, whatever the number of processes: the training pairs "
+        "are repeated, each repeat with crops of its own (or cut short) to this many; 0: one pass "
+        "over the pairs. For small sets on many GPUs, whose epochs would otherwise be a few steps.",
+    )
     max_steps: int | None = setting(None, "Stop after this many optimizer steps (overrides --epochs).")
     batch_size: int = setting(None, "Samples per rank per forward pass." + preset_help("batch_size"))
     grad_accum: int = setting(1, "Forward passes accumulated into one optimizer step.")
@@ -223,7 +229,14 @@ class TrainConfig:
         "none: start fresh (never over an existing run); or a checkpoint path.",
     )
     checkpoint_every: int = setting(
-        0, "Also save the full training state every N optimizer steps (0: only at epoch ends and on preemption)."
+        0,
+        "Save the full training state every N optimizer steps; epoch ends then save only when N steps "
+        "have passed since the last save (0, with --checkpoint-every-minutes 0: at every epoch end).",
+    )
+    checkpoint_every_minutes: float = setting(
+        0.0,
+        "Save the full training state once this many minutes have passed since the last save (checked "
+        "every few seconds and at epoch ends); epoch ends then save only when due. 0: off.",
     )
     keep_checkpoints: int = setting(2, "Complete checkpoints kept; older ones are deleted (the newest never).")
     # outputs
@@ -293,6 +306,8 @@ class TrainConfig:
             (min(self.num_rrdb, self.channels, self.growth, self.layers_per_block) >= 1, "model sizes must be >= 1"),
             (self.log_every >= 1, "log_every must be >= 1"),
             (self.checkpoint_every >= 0, "checkpoint_every must be >= 0"),
+            (self.checkpoint_every_minutes >= 0, "checkpoint_every_minutes must be >= 0"),
+            (self.epoch_samples >= 0, "epoch_samples must be >= 0"),
             (self.keep_checkpoints >= 1, "keep_checkpoints must be >= 1"),
             (self.panel_images >= 0, "panel_images must be >= 0"),
             (self.val_every >= 1, "val_every must be >= 1"),

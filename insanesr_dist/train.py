@@ -56,6 +56,7 @@ from insanesr_dist.model.files import read_metadata, save_weights
 from insanesr_dist.scoring.submission import write_submission
 from insanesr_dist.scoring.validation import score_images
 from insanesr_dist.training import checkpoint, faults
+from insanesr_dist.training.cadence import StepChecks
 from insanesr_dist.training.ema import WeightEMA
 from insanesr_dist.training.host_memory import keep_freed_memory
 from insanesr_dist.training.losses import training_loss
@@ -122,7 +123,11 @@ def _train(cfg: TrainConfig, preemption: PreemptionFlag) -> Path:
         extended_from, state = state.total_steps, dataclasses.replace(state, finished=False)
     run, state = _set_up(cfg, launch, out_dir, resume_from, state, extended_from, preemption)
     progress = Progress(
-        step=state.step, best_jm=state.best_jm, stale=state.stale_validations, stale_reference=state.stale_reference
+        step=state.step,
+        best_jm=state.best_jm,
+        stale=state.stale_validations,
+        stale_reference=state.stale_reference,
+        last_checkpoint=state.step,
     )
     for epoch in range(state.epoch, run.epochs + 1):
         # A resumed run goes on from the first batch of its epoch not yet trained on.
@@ -159,7 +164,7 @@ class Run:
     total_steps: int
     epochs: int
     first_step: int  # the step this process started from (0, or the checkpoint's)
-    check_every: int  # steps between two reads of the preemption flag
+    checks: StepChecks  # when every rank reads the preemption flag and the checkpoint timer
 
 
 @dataclass
@@ -173,6 +178,7 @@ class Progress:
     stale_reference: float
     last_validation: tuple[int, dict] = (-1, {})
     last_submission: int = -1
+    last_checkpoint: int = 0  # the step of the latest checkpoint (or of the start)
 
     def validated(self, scores: dict, min_delta: float) -> bool:
         """Count a validation's scores in; returns whether they improved on the best JM."""
@@ -196,6 +202,15 @@ def _out_of_patience(cfg: TrainConfig, progress: Progress) -> bool:
 
 def _due(step: int, every_steps: int) -> bool:  # --val-every-steps, --submit-every-steps
     return bool(every_steps) and step % every_steps == 0
+
+
+def _checkpoint_due_at_epoch_end(cfg: TrainConfig, progress: Progress, timer_expired: bool) -> bool:
+    """Without a cadence every epoch end saves; with --checkpoint-every (steps) or --checkpoint-every-minutes an
+    epoch end saves only when one is due, so that short epochs (many GPUs, a small set) are not mostly saving."""
+    if not (cfg.checkpoint_every or cfg.checkpoint_every_minutes):
+        return True
+    steps_since = progress.step - progress.last_checkpoint
+    return timer_expired or (bool(cfg.checkpoint_every) and steps_since >= cfg.checkpoint_every)
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -236,6 +251,8 @@ def _set_up(
     if ema is not None:  # saved and loaded by training/checkpoint.py, as safetensors: never pickled
         ema.module.to(accelerator.device)
     bad_steps = faults.BadSteps(accelerator, optimizer, cfg.max_bad_steps)  # non-finite steps, fp16's skips
+    if cfg.compile:  # inductor's default is a compile worker per core for every rank: share the cores instead
+        torch._inductor.config.compile_threads = cfg.cpu_threads or cores_per_local_process(accelerator.num_processes)
     if resume_from:  # weights, Adam moments, scaler, every rank's RNG, the EMA
         checkpoint.load_checkpoint(accelerator, resume_from, ema, say=accelerator.print)
 
@@ -266,9 +283,11 @@ def _set_up(
         total_steps=total_steps,
         epochs=epochs,
         first_step=state.step,
-        # Reading the preemption flag is a reduction plus a host sync: free on a CPU, where every op is
-        # synchronous anyway, but a stall of the CUDA queue, so on GPUs it is read at logging steps only.
-        check_every=cfg.log_every if accelerator.device.type == "cuda" else 1,
+        checks=StepChecks(
+            every_step=accelerator.device.type != "cuda",
+            checkpoint_minutes=cfg.checkpoint_every_minutes,
+            step=state.step,
+        ),
     )
 
     if accelerator.is_main_process:
@@ -304,8 +323,10 @@ def _accelerator(cfg: TrainConfig, launch: PartialState, out_dir: Path) -> Accel
     )
     if precision_note:
         accelerator.print(precision_note)
+    # GPU processes too: torchrun sets OMP_NUM_THREADS=1, which would leave validation's host work (tile
+    # blending, PNG encoding) on one core while the others idle.
+    torch.set_num_threads(cfg.cpu_threads or cores_per_local_process(accelerator.num_processes))
     if cpu:
-        torch.set_num_threads(cfg.cpu_threads or cores_per_local_process(accelerator.num_processes))
         keep_freed_memory()  # no page faults on every step's fresh activations (training/host_memory.py)
     set_seed(cfg.seed)
     return accelerator
@@ -366,12 +387,8 @@ def _loaders(
             **loader_kwargs(cfg.num_workers, persistent=False, timeout=cfg.worker_timeout),
         )
     elif device_pairs is not None:  # the loader only plans: the crops are cut on the device
-        train_dl = DataLoader(
-            DevicePlans(device_pairs),
-            batch_size=cfg.batch_size,
-            shuffle=True,
-            drop_last=len(splits.train) >= cfg.batch_size,
-        )
+        plans = DevicePlans(device_pairs, length=cfg.epoch_samples)
+        train_dl = DataLoader(plans, batch_size=cfg.batch_size, shuffle=True, drop_last=len(plans) >= cfg.batch_size)
     else:
         train_dl = train_loader(
             splits.train,
@@ -379,6 +396,7 @@ def _loaders(
             cache_mb=cfg.decoded_cache_mb,
             pixels=splits.pixels,
             crops_per_decode=cfg.crops_per_decode,
+            epoch_samples=cfg.epoch_samples,
             **workers,
             **crops,
         )
@@ -473,11 +491,12 @@ def _train_epoch(run: Run, progress: Progress, epoch: int, resumed: checkpoint.T
             run.ema.update(accelerator.unwrap_model(run.model))
         bar.update()
         if cfg.compile and progress.step == run.first_step + 1:
+            _synchronize(accelerator.device)  # else the time is how long the host took to queue the step
             accelerator.print(
                 f"torch.compile: the first step took {time.perf_counter() - started:.1f} s (compilation included)"
             )
-        if progress.step % cfg.log_every == 0:  # the only per-step host sync besides the preemption check
-            _log_step(run, progress.step, loss, bar, *since_log.rates(loss_batches))
+        if progress.step % cfg.log_every == 0:  # the only per-step host sync besides the step checks
+            _log_step(run, progress.step, loss, bar, since_log, loss_batches)
         if progress.step >= run.total_steps:
             break  # --max-steps reached (mid-epoch)
         # --val-every-steps/--submit-every-steps before the epoch's last step (which the epoch end evaluates):
@@ -500,8 +519,12 @@ def _train_epoch(run: Run, progress: Progress, epoch: int, resumed: checkpoint.T
             since_log.leave_out(took)  # the next samples/s reading counts training time only
             if _out_of_patience(cfg, progress):
                 break  # the epoch end finishes the run
-        stop = progress.step % run.check_every == 0 and run.preemption.requested(accelerator)
-        if stop or (cfg.checkpoint_every and progress.step % cfg.checkpoint_every == 0) or validating:
+        stop, timer_expired = (
+            run.checks.read(accelerator, run.preemption, progress.step)
+            if run.checks.due(progress.step)
+            else (False, False)
+        )
+        if stop or timer_expired or _due(progress.step, cfg.checkpoint_every) or validating:
             _save(run, progress, epoch, batches_done, loss_sum, loss_batches)
         if stop:
             bar.close()
@@ -540,10 +563,12 @@ def _train_on(run: Run, batch, step: int) -> torch.Tensor:
     return loss
 
 
-def _log_step(run: Run, step: int, loss: torch.Tensor, bar, samples_per_s: float, wait_share: float) -> None:
+def _log_step(run: Run, step: int, loss: torch.Tensor, bar, interval: Interval, batches: int) -> None:
     """Every --log-every steps: the loss (a reduction and a host sync), learning rate and speed; skipped steps."""
     accelerator = run.accelerator
     loss_now = accelerator.reduce(loss.detach(), "mean").item()
+    # Read after the sync: the steps counted have then run, not only been queued.
+    samples_per_s, wait_share = interval.rates(batches)
     bar.set_postfix(loss=f"{loss_now:.6f}")
     accelerator.log(
         {
@@ -558,9 +583,11 @@ def _log_step(run: Run, step: int, loss: torch.Tensor, bar, samples_per_s: float
 
 
 def _end_epoch(run: Run, progress: Progress, epoch: int, trained: dict) -> bool:
-    """Validate and predict the test set as due, record the epoch (metrics.jsonl, TensorBoard, its line) and save
-    its full state, from which a rerun continues with the next epoch. Returns whether the run stops early."""
+    """Validate and predict the test set as due, record the epoch (metrics.jsonl, TensorBoard, its line) and, when
+    due, save its full state, from which a rerun continues with the next epoch. Returns whether the run stops
+    early."""
     cfg, accelerator = run.cfg, run.accelerator
+    stop, timer_expired = run.checks.read(accelerator, run.preemption, progress.step)
     # Due at --val-every, --submit-every and their step forms, and always at the last epoch and at an early stop,
     # which ends the run like the last epoch; stopped right after a mid-epoch validation, its scores stand for
     # this epoch's.
@@ -569,14 +596,17 @@ def _end_epoch(run: Run, progress: Progress, epoch: int, trained: dict) -> bool:
     submitting = (
         evaluates_at(epoch, cfg.submit_every, run.epochs) or _due(progress.step, cfg.submit_every_steps) or final
     )
-    scores, improved, eval_seconds = _evaluate(
-        run,
-        progress,
-        epoch,
-        validating=validating and progress.last_validation[0] != progress.step,
-        submitting=submitting and progress.last_submission != progress.step,
-        submission=f"epoch_{epoch:03d}.csv",
-    )
+    checkpointing = final or stop or _checkpoint_due_at_epoch_end(cfg, progress, timer_expired)
+    scores, improved, eval_seconds = {}, False, 0.0
+    if validating or submitting or checkpointing:  # latest.safetensors goes with each of them
+        scores, improved, eval_seconds = _evaluate(
+            run,
+            progress,
+            epoch,
+            validating=validating and progress.last_validation[0] != progress.step,
+            submitting=submitting and progress.last_submission != progress.step,
+            submission=f"epoch_{epoch:03d}.csv",
+        )
     if not final and _out_of_patience(cfg, progress):  # at this validation: the run ends here, with a CSV as the last
         final = True
         eval_seconds += _evaluate(
@@ -600,7 +630,8 @@ def _end_epoch(run: Run, progress: Progress, epoch: int, trained: dict) -> bool:
     }
     log_epoch(accelerator, run.out_dir, record, run.epochs, improved)
 
-    _save(run, progress, epoch + 1, 0, torch.zeros((), device=accelerator.device), 0, finished=final)
+    if checkpointing or final:
+        _save(run, progress, epoch + 1, 0, torch.zeros((), device=accelerator.device), 0, finished=final)
     if final and epoch < run.epochs:
         accelerator.print(
             f"early stop: {progress.stale} validation(s) without a JM above "
@@ -608,9 +639,7 @@ def _end_epoch(run: Run, progress: Progress, epoch: int, trained: dict) -> bool:
             f"{cfg.early_stop_patience}); the run is finished"
         )
         return True
-    if torch.cuda.is_available():
-        torch.cuda.empty_cache()
-    if epoch < run.epochs and run.preemption.requested(accelerator):
+    if epoch < run.epochs and stop:
         _stop_for_preemption(run, progress)
     return False
 
@@ -648,6 +677,8 @@ def _evaluate(
             save_weights(evaluated, run.out_dir / run_files.BEST, **meta)
         if validating and run.panel_images:
             log_panels(accelerator, _panels(run, forward), progress.step)
+    if (validating or submitting) and torch.cuda.is_available():
+        torch.cuda.empty_cache()  # whole images' activations: give them back rather than keep them cached
     run.model.train()
     return scores, improved, time.perf_counter() - eval_started
 
@@ -691,6 +722,8 @@ def _save(
         keep=run.cfg.keep_checkpoints,
         ema=run.ema,
     )
+    progress.last_checkpoint = progress.step
+    run.checks.saved()
 
 
 def _stop_for_preemption(run: Run, progress: Progress) -> typing.NoReturn:
@@ -713,17 +746,21 @@ class TrainBatches:
     """The training batches as the loop takes them, from a stream (--streaming) or a map-style loader: the
     one place where the two differ.
 
-    A map-style epoch is one pass over the training set, in an order (and with crops) seeded by the epoch. A
-    stream has no length: its epoch is --max-steps / --epochs steps, taken from as many passes over this rank's
-    share of the stream as that needs.
+    A map-style epoch is one pass over the training set (or --epoch-samples samples), in an order (and with crops)
+    seeded by the epoch. A stream has no length: its epoch is --epoch-samples samples or else --max-steps /
+    --epochs steps, taken from as many passes over this rank's share of the stream as that needs.
     """
 
     def __init__(self, loader: DataLoader, accelerator: Accelerator, cfg: TrainConfig) -> None:
         self.loader, self.accelerator = loader, accelerator
         self.streaming, self.grad_accum = cfg.streaming, cfg.grad_accum
-        self.steps_per_epoch = (
-            math.ceil(cfg.max_steps / cfg.epochs) if cfg.streaming else math.ceil(len(loader) / cfg.grad_accum)
-        )
+        if not cfg.streaming:
+            self.steps_per_epoch = math.ceil(len(loader) / cfg.grad_accum)
+        elif cfg.epoch_samples:
+            global_batch = cfg.batch_size * accelerator.num_processes * cfg.grad_accum
+            self.steps_per_epoch = math.ceil(cfg.epoch_samples / global_batch)
+        else:
+            self.steps_per_epoch = math.ceil(cfg.max_steps / cfg.epochs)
 
     def of_epoch(self, epoch: int, skip: int, steps: int):
         """The epoch's batches after the first `skip` (trained on before an interruption), for its `steps`
@@ -830,6 +867,12 @@ def _device_pairs(cfg: TrainConfig, splits: Splits, device: torch.device) -> tup
         return None, f"device store: off ({why_not}); DataLoader workers cut the crops"
     pairs = DevicePairs(splits.pixels.pair, rows, patch=cfg.patch_size, scale=cfg.scale, seed=cfg.seed, device=device)
     return pairs, f"device store: {pairs.nbytes / 1e9:.2f} GB of decoded training pairs on {device}; crops cut there"
+
+
+def _synchronize(device: torch.device) -> None:
+    """Wait for the device's queued work (a no-op on a CPU, where every op is synchronous)."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
 
 
 def _model_inputs(batch, device: torch.device, pairs: DevicePairs | None, channels_last: bool):

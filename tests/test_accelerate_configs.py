@@ -21,10 +21,10 @@ CONFIGS = Path(__file__).resolve().parents[1] / "accelerate_configs"
 # name -> (distributed type, processes, mixed precision, use_cpu, machines)
 EXPECTED = {
     "cpu.yaml": (DistributedType.NO, 1, None, True, 1),  # precision left to the trainer (auto)
-    "single_gpu.yaml": (DistributedType.NO, 1, "fp16", False, 1),
-    "multi_gpu.yaml": (DistributedType.MULTI_GPU, -1, "fp16", False, 1),
+    "single_gpu.yaml": (DistributedType.NO, 1, None, False, 1),  # precision left to the trainer (auto)
+    "multi_gpu.yaml": (DistributedType.MULTI_GPU, -1, None, False, 1),
     "multi_gpu_bf16.yaml": (DistributedType.MULTI_GPU, -1, "bf16", False, 1),
-    "multi_node.yaml": (DistributedType.MULTI_GPU, -1, "fp16", False, 2),
+    "multi_node.yaml": (DistributedType.MULTI_GPU, -1, None, False, 2),
 }
 
 
@@ -104,7 +104,7 @@ def test_multi_gpu_config_resolves_to_one_process_per_gpu():
         "--config_file", str(CONFIGS / "multi_gpu.yaml"), "--num_processes", "4", "--main_process_port", "0"
     )
     assert args.multi_gpu and args.nproc_per_node == "4"
-    assert env["ACCELERATE_MIXED_PRECISION"] == "fp16"
+    assert env["ACCELERATE_MIXED_PRECISION"] == "no"  # not said: the trainer's auto decides
     args, env = _resolve(
         "--config_file", str(CONFIGS / "multi_gpu_bf16.yaml"), "--num_processes", "8", "--main_process_port", "0"
     )
@@ -135,7 +135,7 @@ def test_multi_node_template_takes_ranks_and_address_from_the_command_line():
     )
     assert (args.nnodes, args.node_rank, args.nproc_per_node) == ("4", 2, "8")
     assert args.rdzv_endpoint == "head-node:29555" and args.rdzv_backend == "static"
-    assert env["ACCELERATE_MIXED_PRECISION"] == "fp16"
+    assert env["ACCELERATE_MIXED_PRECISION"] == "no"  # not said: the trainer's auto decides
 
 
 def test_cpu_config_trains_for_real(pair_folder, tmp_path):
@@ -249,9 +249,8 @@ def test_multi_node_script_launches_one_accelerate_per_node(tmp_path):
         argv = " ".join(task["argv"])
         assert argv.startswith(f"launch --machine_rank {rank} --config_file {CONFIGS}/multi_node.yaml --multi_gpu ")
         assert (
-            "--num_machines 2 --num_processes 8 --main_process_ip gpu-a --main_process_port 24242 "
-            "--mixed_precision fp16"
-        ) in argv
+            "--num_machines 2 --num_processes 8 --main_process_ip gpu-a --main_process_port 24242 --dynamo_backend no "
+        ) in argv and "--mixed_precision" not in argv
         assert argv.endswith("-m insanesr_dist.train --output-dir /o --epochs 3 --data /d --batch-size 32 --lr 2e-4")
 
 
@@ -259,7 +258,11 @@ def test_multi_node_script_on_cpu_nodes_runs_one_gloo_process_per_node(tmp_path)
     (task, _) = run_sbatch_script("slurm_multi_node.sbatch", tmp_path, nodes=2, GPUS_PER_NODE="0")
     argv = " ".join(task["argv"])
     assert "--multi_gpu --num_machines 2 --num_processes 2 " in argv and "--mixed_precision no" in argv
-    assert "--output-dir runs/slurm-4242 --epochs 10" in argv and "--data" not in argv  # defaults: demo data
+    # Defaults: the demo data, by steps (validation, submission and checkpoint every 1000 steps).
+    assert "--data" not in argv and argv.endswith(
+        "--output-dir runs/slurm-4242 --max-steps 20000 --epochs 20000 --val-every 20000 --submit-every 20000 "
+        "--val-every-steps 1000 --submit-every-steps 1000 --checkpoint-every 1000"
+    )
 
 
 @pytest.mark.parametrize(

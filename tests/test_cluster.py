@@ -206,6 +206,29 @@ def test_sbatch_single_node_on_a_cpu_node(slurm, data, tmp_path):
     assert_complete_run(out, data, epochs=1)
 
 
+def test_sbatch_trains_by_steps_when_no_epochs_are_given(slurm, data, tmp_path):
+    """The scripts' default: MAX_STEPS with validation, submission and checkpoint every EVAL_EVERY_STEPS, whatever
+    the epochs are (here 5 steps each, from --epoch-samples 40 over 2 processes of batch 4): steps 2 and 4
+    mid-epoch, the end of epoch 1 (step 5) neither validates nor saves, the last step does both."""
+    out, log = tmp_path / "run", tmp_path / "slurm.out"
+    knobs = {"DATA": str(data), "OUTPUT_DIR": str(out), "GPUS_PER_NODE": "0", "CPU_PROCESSES": "2"}
+    steps = {"MAX_STEPS": "6", "EVAL_EVERY_STEPS": "2", "TRAIN_ARGS": " ".join(["--epoch-samples", "40", *SMALL_RUN])}
+    job = submit("slurm_single_node.sbatch", log, **knobs, **steps)
+    info = wait_for(job, log, timeout=150)
+    text = read_log(log)
+    assert (info["JobState"], info["ExitCode"]) == ("COMPLETED", "0:0"), text[-4000:]
+    assert "2 epoch(s), 6 steps" in text
+    records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [(r["step"], "jm" in r) for r in records] == [(5, False), (6, True)]
+    assert sorted(p.name for p in (out / "submissions").iterdir()) == [
+        "epoch_002.csv",
+        "step_0000002.csv",
+        "step_0000004.csv",
+    ]
+    assert sorted(p.name for p in (out / "checkpoints").iterdir()) == ["step_00000004", "step_00000006"]
+    assert "step 2 (epoch 1)  PSNR" in text and "step 4 (epoch 1)  PSNR" in text
+
+
 @pytest.mark.parametrize("script", ["slurm_multi_node.sbatch", "slurm_single_node.sbatch"])
 def test_sbatch_job_that_sees_no_gpu_refuses_to_train(slurm, data, tmp_path, script):
     """Without GPUS_PER_NODE=0 a job on these GPU-less nodes stops before srun, with one line saying why."""

@@ -13,6 +13,7 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 
 from conftest import (
     TINY,
+    accelerate_launch,
     assert_one_line_error,
     finished_run_command,
     independent_val_jm,
@@ -58,6 +59,11 @@ def test_auto_precision_is_bf16_only_where_it_is_native(monkeypatch, native):
     precision, note = resolve_precision("auto", cpu=True)
     assert precision == ("bf16" if native else "no") and (note is not None) == native
     assert resolve_precision("no", cpu=True) == ("no", None)
+    # A GPU always trains in mixed precision unless asked not to: fp16 with gradient scaling where bf16 is not
+    # native (pre-Ampere), as the seed report's AMP; the note says which.
+    precision, note = resolve_precision("auto", cpu=False)
+    assert precision == ("bf16" if native else "fp16") and precision in note
+    assert resolve_precision("no", cpu=False) == ("no", None)
 
 
 # `finished_run` (conftest.py): one short real run, shared with test_tracking.py and test_export.py.
@@ -366,6 +372,23 @@ def test_val_every_steps_and_submit_every_steps_evaluate_mid_epoch_without_chang
     meta = read_metadata(out / "best.safetensors")
     assert meta["step"] == best_step and meta["jm"] == pytest.approx(logged[best_step], abs=1e-4)
     assert independent_val_jm(out / "best.safetensors", pair_folder) == pytest.approx(meta["jm"], abs=1e-9)
+
+
+def test_epoch_samples_set_the_epoch_and_epoch_ends_save_only_when_a_checkpoint_is_due(pair_folder, tmp_path):
+    """--epoch-samples 40 at batch 4: 10 steps an epoch (20 training pairs would give 5). --checkpoint-every 7
+    saves at steps 7, 14, 21, 28 mid-epoch; the epoch ends at steps 10 and 20 come 3 and 6 steps after a save,
+    so they do not save; the last one always does, as finished."""
+    out = tmp_path / "out"
+    args = ("--data", str(pair_folder), "--epochs", "3", "--output-dir", str(out), *TINY)
+    cadence = ("--epoch-samples", "40", "--checkpoint-every", "7", "--keep-checkpoints", "10")
+    result = run_cli(*accelerate_launch(1, *args, *cadence), timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in records] == [10, 20, 30] and all("jm" in r for r in records)
+    saved = sorted(p.name for p in (out / "checkpoints").iterdir())
+    assert saved == [f"step_{s:08d}" for s in (7, 14, 21, 28, 30)]
+    assert json.loads((out / "checkpoints" / saved[-1] / "train_state.json").read_text())["finished"]
+    assert read_metadata(out / "latest.safetensors")["epoch"] == 3
 
 
 def _tensors(path: Path) -> dict[str, torch.Tensor]:

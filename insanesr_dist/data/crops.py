@@ -154,9 +154,11 @@ class DevicePairs:
         )
 
     def plan(self, indices: np.ndarray, epoch: int) -> torch.Tensor:
-        """(B, 4) int64 [sample, y, x, code] of a batch of samples, vectorised on the host."""
+        """(B, 4) int64 [pair, y, x, code] of a batch of samples, vectorised on the host. Sample i is a window
+        of pair i mod the pair count (an epoch may repeat the pairs, see DevicePlans) with sample i's draws."""
         indices = np.asarray(indices, np.int64)
         draws = crop_draws_many(self.seed, epoch, indices)
+        indices = indices % len(self.heights)
         h, w = self.heights[indices], self.widths[indices]
         y = (draws[:, 0] % (h - self.patch + 1).astype(np.uint64)).astype(np.int64)
         x = (draws[:, 1] % (w - self.patch + 1).astype(np.uint64)).astype(np.int64)
@@ -182,17 +184,18 @@ class DevicePairs:
 
 class DevicePlans(torch.utils.data.Dataset):
     """What a DataLoader over a `DevicePairs` store yields: each sample's [index, y, x, code] (computed for a
-    whole batch at once). The sampler, its sharding over ranks and resuming work as for `TrainPairs`."""
+    whole batch at once). The sampler, its sharding over ranks and resuming work as for `TrainPairs`, and so
+    does `length` (--epoch-samples: samples per epoch; 0, one per pair)."""
 
-    def __init__(self, pairs: DevicePairs) -> None:
-        self.pairs = pairs
+    def __init__(self, pairs: DevicePairs, length: int = 0) -> None:
+        self.pairs, self.length = pairs, length or len(pairs.heights)
         self._epoch = torch.zeros((), dtype=torch.int64)
 
     def set_epoch(self, epoch: int) -> None:
         self._epoch.fill_(epoch)
 
     def __len__(self) -> int:
-        return len(self.pairs.heights)
+        return self.length
 
     def __getitem__(self, index: int) -> torch.Tensor:
         return self.__getitems__([index])[0]

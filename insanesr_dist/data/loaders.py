@@ -60,6 +60,9 @@ class TrainPairs(torch.utils.data.Dataset):
     later epochs then decode nothing), and `crops_per_decode` K > 1 makes every K consecutive samples share
     one pair (a seeded choice per epoch): an epoch decodes 1/K of the pairs, K crops each. Consecutive
     samples fall in one batch, so the loader must not shuffle then (`shuffles`).
+
+    `length` (--epoch-samples) sets the samples of an epoch: index i takes pair i mod the pair count, with the
+    crop of sample i, so each repeat of a pair gets its own window (0: one sample per pair).
     """
 
     def __init__(
@@ -72,9 +75,11 @@ class TrainPairs(torch.utils.data.Dataset):
         cache_mb: int = 0,
         pixels: store.Store | None = None,
         crops_per_decode: int = 1,
+        length: int = 0,
     ) -> None:
         self.table, self.patch_size, self.scale, self.seed = table, patch_size, scale, seed
         self.pixels, self.rows = pixels, store_rows(table) if pixels is not None else None
+        self.length = length or len(table)
         self.crops_per_decode = crops_per_decode if pixels is None else 1
         self.shuffles = self.crops_per_decode == 1  # else the pairs' order is drawn here, per epoch
         self._order: tuple[int, np.ndarray] | None = None  # (epoch, pair order), per worker process
@@ -92,7 +97,7 @@ class TrainPairs(torch.utils.data.Dataset):
         self._epoch.fill_(epoch)
 
     def __len__(self) -> int:
-        return len(self.table)
+        return self.length
 
     def _decoded(self, index: int) -> tuple[np.ndarray, np.ndarray]:
         if self.pixels is not None:
@@ -107,11 +112,11 @@ class TrainPairs(torch.utils.data.Dataset):
 
     def _pair_of(self, index: int) -> int:
         if self.crops_per_decode == 1:
-            return index
+            return index % len(self.table)
         epoch = self.epoch
         if self._order is None or self._order[0] != epoch:
             self._order = epoch, np.random.default_rng([self.seed, epoch]).permutation(len(self.table))
-        return int(self._order[1][index // self.crops_per_decode])
+        return int(self._order[1][index // self.crops_per_decode % len(self.table)])
 
     def __getitem__(self, index: int) -> tuple[np.ndarray, np.ndarray, int]:
         """The sample's LR and HR windows (HxWx3 uint8, as stored) and its flip/rotation code, which the
@@ -253,6 +258,7 @@ def train_loader(
     timeout: float = 0,
     pixels: store.Store | None = None,
     crops_per_decode: int = 1,
+    epoch_samples: int = 0,
 ) -> DataLoader:
     samples = TrainPairs(
         table,
@@ -262,6 +268,7 @@ def train_loader(
         cache_mb=cache_mb,
         pixels=pixels,
         crops_per_decode=crops_per_decode,
+        length=epoch_samples,
     )
     # drop_last: every step sees a full batch, so the loss scale does not change at epoch ends.
     return DataLoader(

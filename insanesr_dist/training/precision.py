@@ -64,17 +64,21 @@ def resolve_precision(requested: str, *, cpu: bool) -> tuple[str, str | None]:
     """The precision to train in and a note saying why, when it is not simply what was asked for.
 
     `auto` keeps a choice made for `accelerate launch` (flag or config file: fp16, bf16, or `no` for
-    float32), else picks bf16 where it is native: on this project's 2-core AMX CPU it trains ~3x faster
-    than float32 at the same validation JM. fp16 autocast with gradient scaling is a CUDA recipe; on a CPU,
-    bf16 gives the speed-up with fp32's exponent range and no scaler.
+    float32), else picks bf16 where it is native (Ampere and later GPUs, AMX/AVX512-BF16 CPUs: fp32's exponent
+    range, no gradient scaler), else on a GPU fp16 with gradient scaling (the seed report's AMP), else float32.
+    fp16 autocast with gradient scaling is a CUDA recipe; on a CPU, bf16 gives the speed-up instead.
     """
     precision, note = requested, None
     if requested == "auto":
         precision = launch_precision()
         if precision is None:
-            precision = "bf16" if native_bf16(cpu) else "no"
-            if precision == "bf16":
-                note = "mixed precision: bf16 autocast (native on this hardware; --mixed-precision no for float32)"
+            precision = "bf16" if native_bf16(cpu) else "no" if cpu else "fp16"
+            if precision != "no":
+                note = (
+                    f"mixed precision: {precision} autocast ("
+                    + ("native on this hardware" if precision == "bf16" else "no native bf16 on this GPU")
+                    + "; --mixed-precision no for float32)"
+                )
     if runnable_precision(precision, cpu=cpu) != precision:
         return "bf16", "fp16 needs a CUDA GPU; training in bf16 autocast on this CPU instead"
     return precision, note

@@ -44,13 +44,20 @@ class PreemptionFlag:
     def requested(self, accelerator: Accelerator) -> bool:
         """True on every rank once any rank has a signal; `self.agreed` then holds the one all ranks agree on
         (SIGTERM over SIGUSR1: a cancel beats a warning)."""
-        flag = torch.tensor(float(self._pending()), device=accelerator.device)
+        flag = torch.tensor(float(self.pending()), device=accelerator.device)
         if accelerator.num_processes > 1:
             flag = accelerator.reduce(flag, "max")
-        agreed = int(flag.item())
-        if agreed:
-            self.agreed = self.SIGNALS[agreed - 1]
-        return bool(agreed)
+        return self.agree(int(flag.item()))
+
+    def pending(self) -> int:
+        """This rank's signal as a number to reduce with "max" across ranks (0: none)."""
+        return self._pending()
+
+    def agree(self, reduced: int) -> bool:
+        """Take the maximum of every rank's `pending()`; returns whether the job is to stop."""
+        if reduced:
+            self.agreed = self.SIGNALS[reduced - 1]
+        return bool(reduced)
 
     @property
     def wants_requeue(self) -> bool:

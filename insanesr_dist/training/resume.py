@@ -30,6 +30,7 @@ RESUMABLE = {
     "epochs",
     "max_steps",
     "checkpoint_every",
+    "checkpoint_every_minutes",
     "keep_checkpoints",
     "max_bad_steps",
     "decoded_cache_mb",

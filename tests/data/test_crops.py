@@ -40,7 +40,8 @@ def test_windows_augmented_as_a_batch_equal_the_reference(patch, tables, monkeyp
     assert got_lr.is_contiguous(memory_format=torch.channels_last)
 
 
-def test_a_device_store_cuts_the_same_batches_as_the_workers(tmp_path):
+@pytest.mark.parametrize("length", [0, 23])  # one sample per pair; pairs repeated (--epoch-samples)
+def test_a_device_store_cuts_the_same_batches_as_the_workers(tmp_path, length):
     from conftest import make_pair_folder
 
     folder = make_pair_folder(tmp_path / "d", num_train=10, num_test=0, lr_size=(14, 22))
@@ -50,9 +51,10 @@ def test_a_device_store_cuts_the_same_batches_as_the_workers(tmp_path):
     )
     assert pairs.nbytes == splits.pixels.decoded_bytes * len(splits.train) // 10
     plans, samples = (
-        C.DevicePlans(pairs),
-        loaders.TrainPairs(splits.train, patch_size=6, scale=4, seed=5, pixels=splits.pixels),
+        C.DevicePlans(pairs, length=length),
+        loaders.TrainPairs(splits.train, patch_size=6, scale=4, seed=5, pixels=splits.pixels, length=length),
     )
+    assert len(plans) == len(samples) == (length or len(splits.train))
     for epoch in (0, 3):
         plans.set_epoch(epoch)
         samples.set_epoch(epoch)

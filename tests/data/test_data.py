@@ -120,6 +120,38 @@ def test_training_samples_depend_on_seed_epoch_and_index_only(pair_folder):
     assert np.array_equal(first[3], lr0)
 
 
+def _window_in(window: np.ndarray, image: np.ndarray) -> bool:
+    """Whether `window` (h x w x 3) is a window of `image`."""
+    h, w = window.shape[:2]
+    views = np.lib.stride_tricks.sliding_window_view(image, (h, w, 3))[..., 0, :, :, :]
+    return bool((views == window).all(axis=(-1, -2, -3)).any())
+
+
+def test_epoch_samples_repeat_the_pairs_with_crops_of_their_own_whatever_the_process_count(pair_folder):
+    """--epoch-samples: sample i is a window of pair i mod n, drawn for sample i, so an epoch of 3n samples
+    visits each pair 3 times at different places; its length in samples is the same on 1 and on 2 ranks."""
+    from accelerate.data_loader import prepare_data_loader
+
+    train = load_splits(pair_folder, val_fraction=0.1, seed=0).train
+    n = len(train)
+    samples = loaders.TrainPairs(train, patch_size=4, scale=4, seed=0, length=3 * n)
+    plain = loaders.TrainPairs(train, patch_size=4, scale=4, seed=0)
+    assert len(samples) == 3 * n and len(plain) == n
+    for i in range(n):
+        assert all(np.array_equal(a, b) for a, b in zip(samples[i][:2], plain[i][:2]))  # the first n: as without
+        lr, hr = pairs.decode_pair(train[i], 4)
+        repeats = [samples[i + k * n] for k in (1, 2)]
+        assert all(_window_in(r[0], lr) and _window_in(r[1], hr) for r in repeats)
+    moved = sum(not np.array_equal(samples[i][0], samples[i + n][0]) for i in range(n))
+    assert moved >= n - 2  # crops of their own (a 16x20 image's 4x4 windows rarely coincide)
+    loader = loaders.train_loader(train, batch_size=4, patch_size=4, scale=4, seed=0, num_workers=0, epoch_samples=48)
+    for processes in (1, 2):
+        shard = prepare_data_loader(
+            loader, num_processes=processes, process_index=0, put_on_device=False, use_seedable_sampler=True
+        )
+        assert len(shard) * 4 * processes == 48
+
+
 def test_patch_size_and_batching_are_checked_before_training(pair_folder):
     splits = load_splits(pair_folder, val_fraction=0.1, seed=0)
     check_patch_size(splits.train, 16, 4, "data")
