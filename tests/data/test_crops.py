@@ -66,7 +66,7 @@ def test_a_device_store_cuts_the_same_batches_as_the_workers(tmp_path):
                 )
             )
         )
-        want_lr, want_hr = C.augment(*map(torch.from_numpy, batch))
+        want_lr, want_hr = C.augment(*map(torch.from_numpy, (batch.lr, batch.hr, batch.codes)))
         assert torch.equal(cut_lr, want_lr) and torch.equal(cut_hr, want_hr)
 
 
