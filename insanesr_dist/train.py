@@ -318,7 +318,8 @@ def _accelerator(cfg: TrainConfig, launch: PartialState, out_dir: Path) -> Accel
         gradient_accumulation_steps=cfg.grad_accum,
         log_with=trackers(cfg.report_to),
         project_dir=str(out_dir),
-        # non_blocking: host-to-GPU copies of pinned batches overlap the step instead of syncing it.
+        # non_blocking: the DataLoader pins the workers' batches (loaders.WindowBatch), so their copies to the GPU
+        # overlap the step instead of syncing it.
         dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True, non_blocking=True),
     )
     if precision_note:
@@ -880,7 +881,9 @@ def _model_inputs(batch, device: torch.device, pairs: DevicePairs | None, channe
     if pairs is not None:
         lr, hr = pairs.cut(batch)
     else:
-        lr, hr = augment(*(torch.as_tensor(t).to(device, non_blocking=True) for t in batch))
+        # A prepared loader's batch is on the device already (accelerate called its `to`); a stream's is not.
+        batch = batch.to(device, non_blocking=True)
+        lr, hr = augment(batch.lr, batch.hr, batch.codes)
     lr, hr = lr.float().div_(255), hr.float().div_(255)  # channels-last memory, as augment makes it
     return (lr, hr) if channels_last else (lr.contiguous(), hr.contiguous())
 

@@ -42,6 +42,37 @@ def test_two_process_ddp_gathers_every_image_once(pair_folder, tmp_path):
         assert sorted(read_submission(csv_path)) == test_ids  # read_submission rejects duplicate ids
 
 
+PREDICT_PROBE = """
+import json, sys, torch
+from pathlib import Path
+from accelerate import Accelerator
+from torch.utils.data import DataLoader
+from insanesr_dist.inference.sharded import predict_pngs
+from insanesr_dist.model.architecture import InsaneSRNet
+
+accelerator = Accelerator(cpu=True)  # gloo on the CPU, as the other tests here
+images = torch.randint(0, 256, (3, 3, 6, 5), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
+loader = accelerator.prepare(DataLoader([(i, image) for i, image in enumerate(images)], batch_size=1))
+torch.manual_seed(0)
+model = InsaneSRNet(num_rrdb=1, channels=8, growth=8, layers_per_block=2).eval()
+pngs = predict_pngs(model, loader, accelerator)
+Path(sys.argv[1], f"{accelerator.process_index}.json").write_text(json.dumps({i: len(p) for i, p in pngs.items()}))
+accelerator.end_training()  # leaves the process group, as the commands do, so that both ranks exit cleanly
+"""
+
+
+def test_predicted_pngs_are_gathered_to_the_main_process_only(tmp_path):
+    """3 images over 2 ranks (rank 1's second one repeats image 0, to even out the shards): the main process gets
+    each PNG once, the other rank none (an all-gather would send it every PNG it never writes)."""
+    script = tmp_path / "probe.py"
+    script.write_text(PREDICT_PROBE)
+    result = run_cli(*accelerate_launch(2, str(tmp_path), target=(str(script),)), timeout=300)
+    assert result.returncode == 0, result.stderr[-4000:]
+    pngs = [json.loads((tmp_path / f"{rank}.json").read_text()) for rank in (0, 1)]
+    assert sorted(pngs[0]) == ["0", "1", "2"] and all(size > 0 for size in pngs[0].values())
+    assert pngs[1] == {}
+
+
 def test_two_process_streaming_trains_by_steps(pair_folder, tmp_path):
     out = tmp_path / "stream"
     result = launch_two(

@@ -19,6 +19,7 @@ from insanesr_dist.inference.tiles import (
     layout,
     receptive_radius,
     self_ensemble,
+    upscale_for_eval,
     upscale_image,
 )
 from insanesr_dist.model.architecture import InsaneSRNet, ModelConfig
@@ -126,6 +127,23 @@ def test_tiles_equal_the_whole_image_once_the_overlap_covers_the_receptive_field
         assert (upscale_image(model, lr, tile=tile, overlap=overlap).int() - to_u8(full)).abs().max() <= 1
     # The test can fail: with too little context the tiles differ from the whole image.
     assert (upscale_image(model, lr, tile=8, overlap=2, quantize=False) - full).abs().max() > 1e-4
+
+
+def test_validation_upscales_and_composes_panels_on_the_images_device():
+    """Training validates on the accelerator: the SR (whole or tiled) and the LR | SR | HR panel stay on the image's
+    device, not the host. On torch's `meta` device any trip through the host raises, as a mix of devices
+    would on a GPU."""
+    from insanesr_dist.training.tracking import panel
+
+    model = InsaneSRNet(**TINY_MODEL).eval().to("meta")
+    lr = torch.empty(3, 20, 28, dtype=torch.uint8, device="meta")
+    assert (len(layout(20, 8, 2).starts), len(layout(28, 8, 2).starts)) == (2, 3)  # tile 8: really tiled
+    for tile in (0, 8):
+        sr = upscale_for_eval(model, lr, tile=tile, overlap=2)
+        assert (sr.device.type, sr.dtype, sr.shape) == ("meta", torch.uint8, (3, 80, 112))
+        hr = torch.zeros(3, 80, 112, dtype=torch.uint8)  # the panel images' HR stay on the host (train._panels)
+        shown = panel(lr, sr, hr)
+        assert (shown.device.type, shown.dtype, shown.shape) == ("meta", torch.uint8, (3, 80, 336))
 
 
 def to_u8(x: torch.Tensor) -> torch.Tensor:

@@ -13,6 +13,7 @@ count, process count, batch or iteration order, and every way of cutting gives t
 from __future__ import annotations
 
 import functools
+import itertools
 
 import numpy as np
 import torch
@@ -103,15 +104,37 @@ def _transform_tables(height: int, width: int, device: torch.device) -> torch.Te
     return torch.from_numpy(np.stack(tables)).to(device)
 
 
+@functools.lru_cache(maxsize=4)
+def _transform_steps(square: bool, device: torch.device) -> torch.Tensor:
+    """(8, 3) bool: for each transform code, whether it transposes, then flips the rows, then the columns (any
+    flip/rotation is one such sequence). Found by matching random_pair_crop itself on a small image of distinct
+    pixels, so they agree; a non-square image's code never transposes (it keeps its shape)."""
+    probe = np.arange(9 if square else 6).reshape(3 if square else 2, 3)
+    steps = []
+    for code in range(8):
+        want = random_pair_crop(probe, probe, 0, 1, (0, 0, code // 2, code % 2))[0]
+        for transpose, rows, cols in itertools.product((False, True), repeat=3):
+            got = probe.T if transpose else probe
+            got = got[::-1] if rows else got
+            got = got[:, ::-1] if cols else got
+            if got.shape == want.shape and np.array_equal(got, want):
+                steps.append((transpose, rows, cols))
+                break
+    return torch.tensor(steps, device=device)
+
+
 def _transformed(images: torch.Tensor, codes: torch.Tensor) -> torch.Tensor:
     """(B, H, W, 3) uint8, each flipped/rotated by its code -> (B, 3, H, W) (channels-last memory)."""
     batch, height, width, _ = images.shape
     if height * width > _TABLE_PIXELS:  # whole images (--patch-size 0): a table per size would cost too much
-        each = zip(images, codes.tolist())
-        turned = [
-            (torch.rot90(image, code // 2 if height == width else code // 2 & 2, (0, 1)), code) for image, code in each
-        ]
-        return torch.stack([image.flip(1) if code % 2 else image for image, code in turned]).permute(0, 3, 1, 2)
+        # Each step applied to the whole batch and kept where a sample's code takes it: no per-sample Python,
+        # and no read of the codes on the host (which would wait for the device).
+        steps = _transform_steps(height == width, images.device)[codes.long()][:, :, None, None, None]  # (B, 3, ...)
+        if height == width:
+            images = torch.where(steps[:, 0], images.transpose(1, 2), images)
+        images = torch.where(steps[:, 1], images.flip(1), images)
+        images = torch.where(steps[:, 2], images.flip(2), images)
+        return images.contiguous().permute(0, 3, 1, 2)
     sources = _transform_tables(height, width, images.device)[codes.long()]  # (B, H*W)
     pixels = images.reshape(batch, height * width, 3)[torch.arange(batch, device=images.device)[:, None], sources]
     return pixels.view(batch, height, width, 3).permute(0, 3, 1, 2)

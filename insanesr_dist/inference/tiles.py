@@ -15,8 +15,8 @@ a window's edge contribute; with errors that decay this fast, a narrower ramp wi
 hard cut (no ramp) would leave a visible step wherever two tiles disagree.
 
 Weights are separable (one 1-D profile per axis, normalised to sum to 1), so the blend needs no per-pixel
-weight map, and rows are finished and quantized strip by strip: host memory holds the uint8 output plus one
-strip of float accumulator, and the accelerator holds `batch_size` tiles.
+weight map, and rows are finished and quantized strip by strip: the blending device (the host, unless told)
+holds the uint8 output plus one strip of float accumulator, and the accelerator holds `batch_size` tiles.
 """
 
 from __future__ import annotations
@@ -131,20 +131,23 @@ def upscale_image(
     batch_size: int = 1,
     device: torch.device | str | None = None,
     quantize: bool = True,
+    out_device: torch.device | str = "cpu",
 ) -> torch.Tensor:
     """Upscale one 3xHxW uint8 image with `forward` (float [0,1] batches in, float batches out).
 
     `tile` 0 runs the whole image at once. Otherwise windows of `tile + 2*overlap` LR pixels are cut on the
-    image's own device, sent to `device` `batch_size` at a time and blended on the host. Returns the
-    3x(s*H)x(s*W) uint8 result on the CPU (s: the model's scale), quantized as the submission stores it
-    (`quantize=False`: the blended float32 values instead).
+    image's own device, sent to `device` `batch_size` at a time and blended on `out_device`. Returns the
+    3x(s*H)x(s*W) uint8 result on `out_device` (s: the model's scale; the host by default, where a large
+    image's output has room), quantized as the submission stores it (`quantize=False`: the blended float32
+    values instead).
     """
     finish = to_uint8 if quantize else (lambda rows: rows.float())
     device = torch.device(device) if device is not None else lr.device
+    out_device = torch.device(out_device)
     height, width = lr.shape[-2:]
     ys, xs = layout(height, tile, overlap), layout(width, tile, overlap)
     if len(ys.starts) == len(xs.starts) == 1:
-        return finish(forward(lr[None].to(device).float() / 255))[0].cpu()
+        return finish(forward(lr[None].to(device).float() / 255))[0].to(out_device)
 
     windows = [(i, j) for i in range(len(ys.starts)) for j in range(len(xs.starts))]  # row-major
     result = strip = None
@@ -154,17 +157,20 @@ def upscale_image(
         tiles = torch.stack(
             [lr[:, ys.starts[i] : ys.starts[i] + ys.window, xs.starts[j] : xs.starts[j] + xs.window] for i, j in batch]
         )
-        outs = forward(tiles.to(device).float() / 255).float().cpu()
+        outs = forward(tiles.to(device).float() / 255).float().to(out_device)
         if result is None:  # the first batch tells the scale
             scale = outs.shape[-1] // xs.window
-            wy, wx = (axis_weights(a, n, scale, overlap * RAMP) for a, n in ((ys, height), (xs, width)))
-            result = torch.empty(3, height * scale, width * scale, dtype=torch.uint8 if quantize else torch.float32)
-            strip = torch.zeros(3, 0, width * scale)
+            wy, wx = (axis_weights(a, n, scale, overlap * RAMP).to(out_device) for a, n in ((ys, height), (xs, width)))
+            result = torch.empty(
+                3, height * scale, width * scale, dtype=torch.uint8 if quantize else torch.float32, device=out_device
+            )
+            strip = torch.zeros(3, 0, width * scale, device=out_device)
         for (i, j), out in zip(batch, outs):
             top, left = ys.starts[i] * scale, xs.starts[j] * scale
             bottom = top + out.shape[-2]
             if bottom > strip_top + strip.shape[1]:
-                strip = torch.cat([strip, torch.zeros(3, bottom - strip_top - strip.shape[1], width * scale)], 1)
+                more = torch.zeros(3, bottom - strip_top - strip.shape[1], width * scale, device=out_device)
+                strip = torch.cat([strip, more], 1)
             weight = wy[i][:, None] * wx[j][None, :]
             strip[:, top - strip_top : bottom - strip_top, left : left + out.shape[-1]] += out * weight
         # Rows above the next window's top get no more contributions: quantize them and let them go.
@@ -184,7 +190,7 @@ def needs_tiles(lr: torch.Tensor, tile: int) -> bool:
 def upscale_for_eval(forward: Forward, lr: torch.Tensor, *, tile: int = 0, overlap: int = 0) -> torch.Tensor:
     """One 3xHxW uint8 image upscaled as training validates and submits it, uint8 on the image's device:
     whole, or in tiles of `tile` LR pixels with `overlap` pixels of context (training passes the model's
-    `exact_overlap`, so the tiles give the whole image's result up to float rounding) when `needs_tiles`."""
-    if needs_tiles(lr, tile):
-        return upscale_image(forward, lr, tile=tile, overlap=overlap, device=lr.device).to(lr.device)
-    return upscale_image(forward, lr)
+    `exact_overlap`, so the tiles give the whole image's result up to float rounding) when `needs_tiles`.
+    Blended where the image is: the scores and panels are computed there, so the output needs no round trip
+    through the host."""
+    return upscale_image(forward, lr, tile=tile if needs_tiles(lr, tile) else 0, overlap=overlap, out_device=lr.device)

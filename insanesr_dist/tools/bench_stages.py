@@ -311,8 +311,8 @@ def data_pipeline(spec: dict) -> dict:
         for epoch in range(epochs):
             pairs.set_epoch(epoch)
             started, seen = time.perf_counter(), 0
-            for lr, *_ in loader:
-                seen += len(lr)
+            for windows in loader:
+                seen += len(windows.lr)
             rates.append(seen / (time.perf_counter() - started))
         return rates
 

@@ -118,11 +118,17 @@ def log_panels(accelerator: Accelerator, panels, step: int) -> None:
         return
     writer = accelerator.get_tracker("tensorboard", unwrap=True)
     for image_id, lr, sr, hr in panels:
-        lr = lr[None].float() / 255
-        upsampled = F.interpolate(lr, size=hr.shape[-2:], mode="bilinear", align_corners=False)
-        panel = torch.cat([to_uint8(upsampled), sr[None], hr[None].to(accelerator.device)], -1)
-        writer.add_image(f"panels/{image_id}", np.ascontiguousarray(panel[0].cpu().numpy()), step, dataformats="CHW")
+        shown = np.ascontiguousarray(panel(lr, sr, hr).cpu().numpy())  # only the finished panel goes to the host
+        writer.add_image(f"panels/{image_id}", shown, step, dataformats="CHW")
     writer.flush()
+
+
+def panel(lr: torch.Tensor, sr: torch.Tensor, hr: torch.Tensor) -> torch.Tensor:
+    """bilinear LR | SR | HR side by side: one 3xHx3W uint8 image from uint8 CHW ones, on the SR's device
+    (where validation upscaled it; the LR and HR may come from elsewhere)."""
+    lr = lr[None].to(sr.device).float() / 255
+    upsampled = F.interpolate(lr, size=hr.shape[-2:], mode="bilinear", align_corners=False)
+    return torch.cat([to_uint8(upsampled)[0], sr, hr.to(sr.device)], -1)
 
 
 def keep_epoch_records(path: Path, *, before: int) -> None:

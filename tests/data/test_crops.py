@@ -40,6 +40,30 @@ def test_windows_augmented_as_a_batch_equal_the_reference(patch, tables, monkeyp
     assert got_lr.is_contiguous(memory_format=torch.channels_last)
 
 
+@pytest.mark.parametrize("lr_size", [(130, 130), (100, 175)])  # HR over the tables' 512x512: square, non-square
+def test_whole_images_above_the_table_size_are_augmented_as_the_reference(lr_size):
+    rng = np.random.default_rng(1)
+    lr = rng.integers(0, 256, (8, *lr_size, 3), np.uint8)
+    hr = rng.integers(0, 256, (8, lr_size[0] * 4, lr_size[1] * 4, 3), np.uint8)
+    assert hr.shape[1] * hr.shape[2] > C._TABLE_PIXELS
+    codes = torch.arange(8)  # each code once (a non-square image's codes draw no quarter turn)
+    got_lr, got_hr = C.augment(torch.from_numpy(lr), torch.from_numpy(hr), codes)
+    for k in range(8):
+        want_lr, want_hr = C.random_pair_crop(lr[k], hr[k], 0, 4, (0, 0, k // 2, k % 2))
+        assert torch.equal(got_lr[k], torch.from_numpy(want_lr.transpose(2, 0, 1).copy()))
+        assert torch.equal(got_hr[k], torch.from_numpy(want_hr.transpose(2, 0, 1).copy()))
+    assert got_hr.is_contiguous(memory_format=torch.channels_last)
+
+
+def test_whole_images_are_augmented_without_reading_the_codes_on_the_host():
+    """On a GPU a host read of the codes (.tolist(), .item()) waits for the device; on `meta` it raises."""
+    lr = torch.empty(4, 130, 130, 3, dtype=torch.uint8, device="meta")
+    hr = torch.empty(4, 520, 520, 3, dtype=torch.uint8, device="meta")
+    got_lr, got_hr = C.augment(lr, hr, torch.empty(4, dtype=torch.int64, device="meta"))
+    assert (got_hr.device.type, got_hr.dtype, got_hr.shape) == ("meta", torch.uint8, (4, 3, 520, 520))
+    assert got_lr.shape == (4, 3, 130, 130)
+
+
 @pytest.mark.parametrize("length", [0, 23])  # one sample per pair; pairs repeated (--epoch-samples)
 def test_a_device_store_cuts_the_same_batches_as_the_workers(tmp_path, length):
     from conftest import make_pair_folder
@@ -68,7 +92,7 @@ def test_a_device_store_cuts_the_same_batches_as_the_workers(tmp_path, length):
                 )
             )
         )
-        want_lr, want_hr = C.augment(*map(torch.from_numpy, batch))
+        want_lr, want_hr = C.augment(*map(torch.from_numpy, (batch.lr, batch.hr, batch.codes)))
         assert torch.equal(cut_lr, want_lr) and torch.equal(cut_hr, want_hr)
 
 

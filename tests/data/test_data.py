@@ -5,6 +5,7 @@ import cv2
 import datasets
 import numpy as np
 import pytest
+import torch
 from torch.utils.data import DataLoader
 
 from conftest import TINY, assert_one_line_error, make_pair_folder, read_rgb, run_cli, write_png
@@ -116,7 +117,7 @@ def test_training_samples_depend_on_seed_epoch_and_index_only(pair_folder):
     # Workers see the same samples as the main process.
     samples.set_epoch(0)
     loader = DataLoader(samples, batch_size=4, num_workers=2, collate_fn=loaders.collate_windows)
-    first = next(iter(loader))[0]
+    first = next(iter(loader)).lr
     assert np.array_equal(first[3], lr0)
 
 
@@ -150,6 +151,48 @@ def test_epoch_samples_repeat_the_pairs_with_crops_of_their_own_whatever_the_pro
             loader, num_processes=processes, process_index=0, put_on_device=False, use_seedable_sampler=True
         )
         assert len(shard) * 4 * processes == 48
+
+
+def test_training_batches_reach_the_pin_step_and_accelerates_move_as_one_batch(pair_folder):
+    """The training loader's batch is one object, not a tuple: torch's pin step and accelerate's send_to_device
+    call its own pin_memory()/to() (they would pass a tuple's numpy arrays through as they are, unpinned), and
+    the step takes it unmoved, moved or pinned with the same pixels."""
+    from accelerate.utils import send_to_device
+    from torch.utils.data._utils.pin_memory import pin_memory
+
+    from insanesr_dist.train import _model_inputs
+
+    train = load_splits(pair_folder, val_fraction=0.1, seed=0).train
+    batch = next(iter(loaders.train_loader(train, batch_size=4, patch_size=4, scale=4, seed=0, num_workers=0)))
+    assert isinstance(batch, loaders.WindowBatch)
+    assert all(isinstance(a, np.ndarray) for a in (batch.lr, batch.hr, batch.codes))  # numpy through the pipe
+    moved = send_to_device(batch, torch.device("meta"), non_blocking=True)
+    assert [(t.device.type, t.dtype, tuple(t.shape)) for t in (moved.lr, moved.hr, moved.codes)] == [
+        ("meta", torch.uint8, (4, 4, 4, 3)),
+        ("meta", torch.uint8, (4, 16, 16, 3)),
+        ("meta", torch.int64, (4,)),
+    ]
+    if torch.cuda.is_available():
+        pinned = pin_memory(batch)
+        assert all(t.is_pinned() for t in (pinned.lr, pinned.hr, pinned.codes))
+    else:
+        with pytest.raises(RuntimeError):  # pinning needs a GPU driver: the pin step got to the batch's arrays
+            pin_memory(batch)
+    cpu = torch.device("cpu")
+    want = C.augment(*map(torch.from_numpy, (batch.lr, batch.hr, batch.codes)))
+    for given in (batch, batch.to(cpu)):
+        got = _model_inputs(given, cpu, None, channels_last=True)
+        assert all(torch.equal(g, w.float() / 255) for g, w in zip(got, want))
+    assert all(t.device.type == "meta" for t in _model_inputs(batch, torch.device("meta"), None, True))
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="pinned host memory needs a GPU driver; none here")
+def test_the_training_loader_yields_pinned_batches_on_a_gpu_machine(pair_folder):
+    train = load_splits(pair_folder, val_fraction=0.1, seed=0).train
+    loader = loaders.train_loader(train, batch_size=4, patch_size=4, scale=4, seed=0, num_workers=1)
+    assert loader.pin_memory
+    batch = next(iter(loader))
+    assert all(t.is_pinned() for t in (batch.lr, batch.hr, batch.codes))
 
 
 def test_patch_size_and_batching_are_checked_before_training(pair_folder):
@@ -206,7 +249,7 @@ def test_persistent_workers_follow_the_epoch(pair_folder):
     for epoch in (1, 2, 3):
         samples.set_epoch(epoch)
         reference.set_epoch(epoch)
-        crops = np.concatenate([lr for lr, _, _ in loader])
+        crops = np.concatenate([batch.lr for batch in loader])
         assert np.array_equal(crops, np.stack([reference[i][0] for i in range(len(train))]))
 
 

@@ -102,7 +102,7 @@ def test_above_the_budget_only_the_checks_are_stored_and_workers_decode(folder, 
     assert "no decoded store (above --store-gb 1e-06" in capsys.readouterr().out
     assert not list(_only_store(tmp_path).glob("part-*.u8"))
     loader = loaders.train_loader(splits.train, batch_size=2, patch_size=8, scale=4, seed=0, num_workers=0)
-    assert next(iter(loader))[1].shape == (2, 32, 32, 3)  # HR windows, as stored
+    assert next(iter(loader)).hr.shape == (2, 32, 32, 3)  # HR windows, as stored
     lines.clear()  # a larger budget later: the pixels are added
     assert _load(folder, tmp_path, lines).pixels is not None
     assert _load(folder, tmp_path, store_gb=0).pixels is None  # --store-gb 0: never the pixels, even on disk
