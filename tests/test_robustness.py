@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
+from safetensors.torch import load_file
 
 from bad_data import PATCH, make_bad_folder, make_empty_folder
 from conftest import TINY, assert_one_line_error, make_pair_folder, run_cli, run_patched_train
@@ -266,6 +267,66 @@ def test_a_run_of_non_finite_steps_stops_and_keeps_the_last_good_files(tmp_path)
     assert read_metadata(out / "best.safetensors")["epoch"] == 1
     assert [json.loads(line)["epoch"] for line in (out / "metrics.jsonl").read_text().splitlines()] == [1]
     load_model(out / "latest.safetensors")  # resuming after a fault: see the write-failure test below
+
+
+NAN_FORWARD = """
+from insanesr_dist.model.architecture import InsaneSRNet
+real, calls = InsaneSRNet.forward, [0]
+def forward(self, x):  # training forwards {first}..{last} (1-based) overflow to NaN, as an fp16 forward can
+    out = real(self, x)
+    if not self.training:  # validation and the submission's predictions stay clean
+        return out
+    calls[0] += 1
+    return out * float("nan") if {first} <= calls[0] <= {last} else out
+InsaneSRNet.forward = forward
+"""
+
+
+def _default_preset_run(tmp_path: Path, nan_first: int, nan_last: int):
+    """A short run with --preset default (its loss has the SSIM term) whose model forward returns NaN on
+    training steps nan_first..nan_last."""
+    data = make_pair_folder(tmp_path / "d", num_train=23, num_test=2)
+    out = tmp_path / "run"
+    args = [
+        "--data",
+        str(data),
+        "--preset",
+        "default",
+        *TINY,
+        "--panel-images",
+        "0",
+        "--epochs",
+        "2",
+        "--log-every",
+        "1",
+        "--max-bad-steps",
+        "3",
+        "--mixed-precision",
+        "no",
+        "--output-dir",
+        str(out),
+    ]
+    return out, run_patched_train(NAN_FORWARD.format(first=nan_first, last=nan_last), *args)
+
+
+@pytest.mark.slow
+def test_a_nan_forward_under_the_default_loss_skips_its_steps_and_the_run_finishes(tmp_path):
+    out, result = _default_preset_run(tmp_path, nan_first=3, nan_last=4)
+    output = result.stdout + result.stderr
+    assert result.returncode == 0, output[-3000:]
+    assert "Traceback" not in result.stderr, result.stderr
+    skipped = [line for line in output.splitlines() if line.startswith("warning: skipped ")]
+    assert skipped and "(up to step 4; 2 in this run)" in skipped[-1], skipped
+    for name in ("latest.safetensors", "best.safetensors"):
+        weights = load_file(str(out / name))
+        assert all(torch.isfinite(t).all() for t in weights.values()), name
+
+
+@pytest.mark.slow
+def test_a_forward_that_is_always_nan_under_the_default_loss_stops_with_one_line(tmp_path):
+    out, result = _default_preset_run(tmp_path, nan_first=1, nan_last=10**9)
+    assert_one_line_error(result, "3 optimizer steps in a row", "--max-bad-steps 3")
+    assert not (out / "best.safetensors").exists()  # no epoch finished, so nothing trained on NaNs was saved
 
 
 # ---------------------------------------------------------------------------------------------

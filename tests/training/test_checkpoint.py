@@ -238,7 +238,7 @@ def test_the_multi_tensor_ema_update_equals_the_per_tensor_lerp_bit_for_bit():
         got, expected = ema.module.state_dict(), reference.state_dict()
         assert all(torch.equal(got[k], expected[k]) for k in expected)
     assert ema.updates == 4
-    # `.to()` keeps the Parameter objects (it swaps their data), and the update finds them afresh each time.
+    # `.to()` keeps the Parameter objects (it swaps their data); test_ema.py covers moves that replace tensors.
     ema.module.to("cpu")
     ema.update(live)
     assert ema.updates == 5
