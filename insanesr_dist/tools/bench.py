@@ -1,7 +1,9 @@
 """`insanesr-dist bench train|data|metric|predict|ema`: measured speed and memory, as a table or `--json`.
 
 Every measurement runs in a fresh child process (bench_stages.py holds them): one measurement's threads,
-allocations and peak RSS (`ru_maxrss` only ever grows) stay out of the next one's.
+allocations and peak RSS (`ru_maxrss` only ever grows) stay out of the next one's. `bench train --one-process`
+runs them all in the command's own process instead: one interpreter and one CUDA context to start rather than one
+per measurement (what `gpu_checks` uses, on a time budget), at the price of that isolation.
 """
 
 from __future__ import annotations
@@ -14,14 +16,17 @@ import subprocess
 import click
 
 from insanesr_dist.commands import Group
-from insanesr_dist.tools.bench_stages import peak_rss_mb
+from insanesr_dist.tools.bench_stages import STAGES, peak_rss_mb
 from insanesr_dist.tools.children import call_command, failure_line, json_result
 
 RSS_LIMIT_MB = 3072  # the acceptance bound for a 2048x2048 LR image on 2 CPU cores
 
 
-def _run_stage(spec: dict, stage: str = "predict") -> dict:
-    """Run bench_stages' `stage` on `spec` in a fresh Python process; its result as a dict."""
+def _run_stage(spec: dict, stage: str = "predict", one_process: bool = False) -> dict:
+    """Run bench_stages' `stage` on `spec` in a fresh Python process (in this one with `one_process`); its
+    result as a dict."""
+    if one_process:
+        return STAGES[stage](spec)
     command = call_command("insanesr_dist.tools.bench_stages", "STAGES", stage, spec)
     result = subprocess.run(command, capture_output=True, text=True)
     if result.returncode != 0:
@@ -194,8 +199,32 @@ def _common(command):
     show_default=True,
     help="Also time the seed report's plain float32 loop on the same data.",
 )
+@click.option(
+    "--data-pipeline/--no-data-pipeline",
+    default=True,
+    show_default=True,
+    help="Also time the data path alone (one DataLoader worker, CPU only) for the data headroom ratio.",
+)
+@click.option(
+    "--one-process",
+    is_flag=True,
+    help="Run every measurement (the training run too) in this process instead of a fresh one each: one "
+    "interpreter and CUDA context to start instead of several, but the measurements share its caches.",
+)
 def bench_train(
-    data, batch_size, patch_size, threads, as_json, precision, channels_last, compile_, steps, warmup, baseline
+    data,
+    batch_size,
+    patch_size,
+    threads,
+    as_json,
+    precision,
+    channels_last,
+    compile_,
+    steps,
+    warmup,
+    baseline,
+    data_pipeline,
+    one_process,
 ) -> None:
     """Training speed: the full toolkit step (the real `insanesr_dist.train`, its samples/s read from its
     TensorBoard log), the bare model step, the seed-style baseline, the data pipeline and a matmul
@@ -205,6 +234,7 @@ def bench_train(
     Examples (about 3 minutes on 2 CPU cores):
       insanesr-dist bench train --baseline
       insanesr-dist bench train --mixed-precision no --json
+      insanesr-dist bench train --one-process --no-baseline --no-data-pipeline   # the training step only
     """
     from insanesr_dist.training.precision import resolve_precision
     from insanesr_dist.training.runtime import wants_cpu
@@ -232,24 +262,32 @@ def bench_train(
         "channels_last": channels_last,
         "compile": compile_,
         "data": data,
+        "one_process": one_process,
     }
-    report["ceiling_tflops"] = _run_stage({"threads": threads}, "matmul_ceiling")
-    report["bare"] = _run_stage({**timing, "config": config}, "bare_step")
-    report["toolkit"] = _run_stage({**timing, "train_args": train_args, "log_every": 5}, "toolkit_step")
-    report["data_pipeline"] = _run_stage(
-        {
-            "data": data,
-            "batch_size": batch_size,
-            "patch_size": patch_size,
-            "cache_mb": 1024,
-            "crops": 2048,
-            "store_dir": None,
-        },
-        "data_pipeline",
+    report["ceiling_tflops"] = _run_stage({"threads": threads}, "matmul_ceiling", one_process)
+    report["bare"] = _run_stage({**timing, "config": config}, "bare_step", one_process)
+    report["toolkit"] = _run_stage(
+        {**timing, "train_args": train_args, "log_every": 5, "in_process": one_process}, "toolkit_step", one_process
+    )
+    report["data_pipeline"] = (
+        _run_stage(
+            {
+                "data": data,
+                "batch_size": batch_size,
+                "patch_size": patch_size,
+                "cache_mb": 1024,
+                "crops": 2048,
+                "store_dir": None,
+            },
+            "data_pipeline",
+            one_process,
+        )
+        if data_pipeline
+        else None
     )
     if baseline:
         report["baseline"] = _run_stage(
-            {**timing, "data": data, "batch_size": batch_size, "patch_size": patch_size}, "seed_baseline"
+            {**timing, "data": data, "batch_size": batch_size, "patch_size": patch_size}, "seed_baseline", one_process
         )
     flops_per_sample = report["bare"]["flops_per_lr_pixel"] * patch_size**2
     for name in ("baseline", "bare", "toolkit"):
@@ -262,7 +300,7 @@ def bench_train(
         "toolkit_over_baseline": toolkit / report["baseline"]["samples_per_s"] if baseline else None,
         "toolkit_overhead_percent": 100 * (1 - toolkit / report["bare"]["samples_per_s"]),
         "toolkit_percent_of_bf16_ceiling": report["toolkit"]["percent_of_bf16_ceiling"],
-        "data_headroom_per_worker": report["data_pipeline"]["store_crops_per_s"] / toolkit,
+        "data_headroom_per_worker": report["data_pipeline"]["store_crops_per_s"] / toolkit if data_pipeline else None,
     }
     if as_json:
         click.echo(json.dumps(report, indent=2))
@@ -288,10 +326,11 @@ def bench_train(
             r = report[key]
             click.echo(f"{label:34}{r['samples_per_s']:10.2f}{r['tflops']:9.3f}{r['percent_of_bf16_ceiling']:15.1f}%")
     d = report["data_pipeline"]
-    click.echo(
-        f"data pipeline, 1 worker: {d['store_crops_per_s']:.0f} crops/s from the decoded store "
-        f"({d['decode_crops_per_s']:.0f} decoding each pair)"
-    )
+    if d:
+        click.echo(
+            f"data pipeline, 1 worker: {d['store_crops_per_s']:.0f} crops/s from the decoded store "
+            f"({d['decode_crops_per_s']:.0f} decoding each pair)"
+        )
     ratios = report["ratios"]
     if baseline:
         click.echo(f"toolkit / seed-style baseline: {ratios['toolkit_over_baseline']:.2f}x   (target >= 3.0x)")
@@ -299,9 +338,11 @@ def bench_train(
     click.echo(
         f"toolkit share of the bf16 matmul ceiling: {ratios['toolkit_percent_of_bf16_ceiling']:.1f}%   (target >= 40%)"
     )
-    click.echo(
-        f"data pipeline / training consumption: {ratios['data_headroom_per_worker']:.1f}x per worker   (target >= 5x)"
-    )
+    if d:
+        click.echo(
+            f"data pipeline / training consumption: {ratios['data_headroom_per_worker']:.1f}x per worker   "
+            "(target >= 5x)"
+        )
     if compile_:
         click.echo(f"torch.compile: first bare step {report['bare']['first_step_s']:.1f} s (compilation)")
 

@@ -170,7 +170,9 @@ def bare_step(spec: dict) -> dict:
 
 def toolkit_step(spec: dict) -> dict:
     """The full toolkit: the real `python -m insanesr_dist.train` (data loader, Accelerator, autocast,
-    scaler, optimizer, EMA, logging), its samples/s read back from its own TensorBoard scalars."""
+    scaler, optimizer, EMA, logging), its samples/s read back from its own TensorBoard scalars. With
+    `in_process` (bench train --one-process), the same train command runs in this process instead."""
+    import contextlib
     import json as json_lib
     import tempfile
     from pathlib import Path
@@ -180,9 +182,6 @@ def toolkit_step(spec: dict) -> dict:
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp) / "run"
         args = [
-            sys.executable,
-            "-m",
-            "insanesr_dist.train",
             "--output-dir",
             str(out),
             "--panel-images",
@@ -199,9 +198,18 @@ def toolkit_step(spec: dict) -> dict:
             spec["precision"],
             *spec["train_args"],
         ]
-        result = subprocess.run(args, capture_output=True, text=True)
-        if result.returncode != 0:
-            raise RuntimeError(f"training process failed: {failure_line(result.stderr)}")
+        if spec.get("in_process"):
+            from insanesr_dist.train import main
+
+            # The training's lines go to stderr: this process's stdout is the bench's, its JSON.
+            with contextlib.redirect_stdout(sys.stderr):
+                main.main(args, prog_name="train", standalone_mode=False)
+        else:
+            result = subprocess.run(
+                [sys.executable, "-m", "insanesr_dist.train", *args], capture_output=True, text=True
+            )
+            if result.returncode != 0:
+                raise RuntimeError(f"training process failed: {failure_line(result.stderr)}")
         events = EventAccumulator(str(next((out / run_files.LOGS).rglob("events.out.tfevents.*")).parent))
         events.Reload()
         rates = [(e.step, e.value) for e in events.Scalars("perf/train_samples_per_s")]
