@@ -155,8 +155,13 @@ def _panels_logged(out: Path) -> list[int]:
 
 def per_step_syncs(hits: list[tuple], epoch_ends: set[int], warmup: int) -> list[tuple]:
     """The (step, phase, where) sync hits that happened in a training step after warm-up, not at an epoch end
-    (a hit in an epoch's last step may be its end: the loss reduction, the bad-step read)."""
-    return [h for h in hits if h[1] == "train" and h[0] > warmup and h[0] not in epoch_ends]
+    (a hit in an epoch's last step may be its end: the loss reduction, the bad-step read). The step checks'
+    reads (training/cadence.py) are left out: they sync on purpose, about every few seconds, not every step."""
+    return [
+        h
+        for h in hits
+        if h[1] == "train" and h[0] > warmup and h[0] not in epoch_ends and not h[2].startswith("cadence.py:")
+    ]
 
 
 def _caller(stack) -> str:

@@ -48,6 +48,7 @@ def test_syncs_count_per_step_only_after_warm_up_and_outside_epoch_ends():
         (9, "epoch end", "d"),
         (0, "setup", "e"),
         (12, "train", "f"),
+        (13, "train", "cadence.py:48"),  # the periodic preemption/checkpoint read: on purpose, not per step
     ]
     assert per_step_syncs(hits, epoch_ends={9}, warmup=5) == [(7, "train", "b"), (12, "train", "f")]
 
