@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from insanesr_dist.model.architecture import ModelConfig, OutputHead
+from insanesr_dist.model.settings import ModelConfig, OutputHead
 from insanesr_dist.presets import PRESETS, preset_help
 
 Precision = Literal["auto", "no", "fp16", "bf16"]
