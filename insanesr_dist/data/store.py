@@ -36,6 +36,7 @@ import numpy as np
 
 from insanesr_dist.atomic import write_text_atomic
 from insanesr_dist.data import degrade, images, pairs
+from insanesr_dist.data.workers import worker_context
 from insanesr_dist.errors import UserError
 
 STORE_FORMAT = 1
@@ -348,8 +349,6 @@ def _decode_all(
     """Decode `rows` with `workers` processes (started from the fork server, as DataLoader workers are)."""
     from tqdm.auto import tqdm
 
-    from insanesr_dist.data.loaders import worker_context
-
     chunk = max(1, min(4, len(rows) // (4 * max(1, workers))))  # small: the processes finish together
     chunks = [rows[i : i + chunk] for i in range(0, len(rows), chunk)]
     setup = (table, scale, str(folder), pixels, local)
@@ -372,7 +371,7 @@ def _decode_all(
         # A worker that dies (killed, out of memory) breaks the pool: an error, never a wait for its results.
         try:
             with ProcessPoolExecutor(
-                workers, mp_context=worker_context(), initializer=_start_builder, initargs=(*setup, True)
+                workers, mp_context=worker_context(__name__), initializer=_start_builder, initargs=(*setup, True)
             ) as pool:
                 for done in pool.map(_decode_rows, chunks):
                     entries += done
