@@ -17,6 +17,7 @@ import multiprocessing
 import multiprocessing.context
 import signal
 import sys
+import types
 from collections.abc import Callable
 
 
@@ -24,10 +25,39 @@ def worker_context(*preload: str) -> multiprocessing.context.BaseContext:
     """The context to start workers with: the fork server. `preload`: the modules whose code the workers run
     (the caller's), imported in the server once, when it starts, instead of in every worker."""
     context = multiprocessing.get_context("forkserver")
-    # The main module too: each worker imports it again as `__mp_main__` (cheap once its imports are loaded).
-    main_spec = getattr(sys.modules["__main__"], "__spec__", None)
-    context.set_forkserver_preload(["__main__", *preload, *([main_spec.name] if main_spec else [])])
+    context.set_forkserver_preload(["__main__", *dict.fromkeys([*preload, *main_imports()])])
     return context
+
+
+def main_imports() -> list[str]:
+    """The modules the main module took names from (`import m`, `from m import x`), but never the main module
+    itself.
+
+    Each worker runs the main module again, as `__mp_main__` (so that pickled references to its functions
+    resolve), which is cheap once its imports are loaded. A script's "__main__" preload covers that: the server
+    runs the script as `__mp_main__` and its workers inherit it. A `-m` run's main module (`accelerate launch -m
+    insanesr_dist.train`) cannot be preloaded that way, and preloading it under its own name would have every
+    worker's runpy find it already imported before running it as `__mp_main__`: two copies of one module, and a
+    RuntimeWarning ("found in sys.modules ... unpredictable behaviour") from each worker. Its imports are what
+    the second run needs loaded.
+    """
+    main = sys.modules["__main__"]
+    own = {getattr(getattr(main, "__spec__", None), "name", None), "__main__", "__mp_main__"}
+    names = set()
+    for key, value in list(vars(main).items()):
+        if key.startswith("__"):  # the module's own attributes (__spec__, __loader__, __builtins__, ...)
+            continue
+        name = value.__name__ if isinstance(value, types.ModuleType) else getattr(value, "__module__", None)
+        if isinstance(name, str) and name not in own and _importable(name):
+            names.add(name)
+    return sorted(names)
+
+
+def _importable(name: str) -> bool:
+    """Whether `name` is a module loaded under that name, so that the server's import finds it (a C extension's
+    submodule or a module made at run time may be in sys.modules under a name that cannot be imported)."""
+    spec = getattr(sys.modules.get(name), "__spec__", None)
+    return spec is not None and spec.name == name
 
 
 def start_worker_server(*preload: str) -> None:
