@@ -197,7 +197,7 @@ class TrainConfig:
     compile: bool = setting(
         False,
         "torch.compile the training forward/backward (the compile time is printed); "
-        "on 2 CPU cores it measured slower than eager, so it is off by default.",
+        "off by default, as compiling costs time at every start that a CPU run need not win back.",
     )
     seed: int = setting(0, "Seed for the split, the shuffling, the crops and the initial weights.")
     # model: ModelConfig's fields, declared there (default, help); `scale` is fixed, see below

@@ -1,10 +1,10 @@
-"""LR/HR pairs as Hugging Face datasets: loading, checking, splitting, cropping, and DataLoaders.
+"""The DataLoaders over the split tables (splits.py): training windows (map-style or streamed), whole images for
+validation and prediction, and the batch object training moves to its device.
 
-Every source becomes the same table: `id` (string), `lr` and `hr` (`datasets.Image(decode=False)` cells:
-a local file's path, or the encoded bytes of a saved or hub dataset). The training pairs are decoded once
-into the decoded store (store.py), which is also their check; DataLoader workers cut windows from it (or,
-above its budget, decode pairs themselves), and the training step flips/rotates whole batches on its device
-(crops.py).
+Every table has the same columns: `id` (string), `lr` and `hr` (`datasets.Image(decode=False)` cells: a local
+file's path, or the encoded bytes of a saved or hub dataset). DataLoader workers (started as workers.py says) cut
+windows from the decoded store (store.py) or, above its budget, decode pairs themselves; the training step
+flips/rotates whole batches on its device (crops.py).
 """
 
 from __future__ import annotations
@@ -239,9 +239,9 @@ class WindowBatch:
 def collate_windows(samples: list[tuple[np.ndarray, np.ndarray, int]]) -> WindowBatch:
     """A batch of training windows, as numpy arrays.
 
-    Numpy, not tensors, because a worker pickles them by value through its pipe, which is fast; a tensor
-    would be handed over in shared memory through a file descriptor passed over a socket, one round trip per
-    tensor and batch: 2,000 against 6,800 crops/s from one worker on 2K pairs (bench data, batch 16).
+    Numpy, not tensors, because a worker pickles arrays by value through its pipe in one write, while a tensor
+    is handed over in shared memory through a file descriptor passed over a socket: a round trip per tensor and
+    batch, which for crops this small costs more than copying their bytes.
     """
     lr, hr, codes = zip(*samples)
     return WindowBatch(np.stack(lr), np.stack(hr), np.array(codes, np.int64))

@@ -343,7 +343,7 @@ def _as_image_cells(table: datasets.Dataset, column: str, what: str, root: Path 
     if isinstance(kind, datasets.Value) and kind.dtype in ("string", "large_string"):
         if root is not None:
             # A map (a new cached table), not remove_columns + add_column: that table's empty leftover block
-            # breaks its unpickling in the store's worker processes (datasets 5.2).
+            # breaks its unpickling in the store's worker processes.
             table = table.map(
                 _resolved_paths,
                 batched=True,

@@ -3,7 +3,7 @@
 Decoding a 2K PNG takes tens of milliseconds and a training crop uses ~0.3 % of it. So the first run decodes
 each pair once, in parallel over the machine's cores, into `part-*.u8` files; every DataLoader worker of every
 rank on the node maps the same files (one copy in the page cache, not one per worker), and a crop is a slice.
-That pass is also the data check (the rules of `samples`), and its results are kept beside the pixels, so a
+That pass is also the data check (the rules of pairs.py), and its results are kept beside the pixels, so a
 later run over the same files decodes nothing.
 
 A store is a folder named after the file set (local folders; each file's size and mtime are checked when it is

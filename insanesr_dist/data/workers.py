@@ -63,8 +63,7 @@ def _importable(name: str) -> bool:
 def start_worker_server(*preload: str) -> None:
     """Start the fork server now (`preload` as for worker_context): its one-time import (seconds) then overlaps
     the run's set-up instead of delaying the first batch. Call it before blocking signals: starting it starts
-    multiprocessing's resource tracker, which unblocks SIGINT and SIGTERM in this process (Python 3.11's
-    `resource_tracker`)."""
+    multiprocessing's resource tracker, which unblocks SIGINT and SIGTERM in the process that starts it."""
     import multiprocessing.forkserver
 
     worker_context(*preload)
