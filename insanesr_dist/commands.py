@@ -83,3 +83,15 @@ class RenamedOption(click.Option):
                 )
             opts = {**opts, self.name: opts[self._old_dest]}
         return super().consume_value(ctx, opts)
+
+
+class AliasedChoice(click.Choice):
+    """A click.Choice that also accepts former names of its choices (`aliases`: former -> current), as the
+    choice each names now; --help lists the current names only."""
+
+    def __init__(self, choices, aliases: dict[str, str]) -> None:
+        super().__init__(list(choices))
+        self.aliases = dict(aliases)
+
+    def convert(self, value, param, ctx):
+        return super().convert(self.aliases.get(value, value), param, ctx)

@@ -15,13 +15,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from insanesr_dist.model.architecture import ModelConfig, OutputHead
-from insanesr_dist.presets import PRESETS, preset_help
+from insanesr_dist.commands import AliasedChoice
+from insanesr_dist.model.settings import ModelConfig, OutputHead
+from insanesr_dist.presets import PRESET_ALIASES, PRESETS, preset_help, preset_name
 
 Precision = Literal["auto", "no", "fp16", "bf16"]
 Loss = Literal["mse", "l1", "charbonnier"]
 Schedule = Literal["constant", "cosine"]
-Preset = Literal["seed", "default"]
+Preset = Literal["report", "default"]
 OnBadSample = Literal["error", "skip"]
 DeviceStore = Literal["auto", "on", "off"]
 LrFromHr = Literal["bicubic", "bicubic-antialias", "area"]  # degrade.KERNELS
@@ -155,8 +156,9 @@ class TrainConfig:
     # recipe: unset fields come from the preset (see presets.py), so explicit values always win
     preset: Preset = setting(
         "default",
-        "Training recipe supplying the defaults marked 'from --preset': seed (the "
-        "seed report's exactly) or default (the model-quality study's winner).",
+        "Training recipe supplying the defaults marked 'from --preset': report (the "
+        "seed report's exactly; 'seed', its former name, is accepted too) or default "
+        "(the model-quality study's winner).",
     )
     lr: float = setting(None, "Peak learning rate of Adam." + preset_help("lr"))
     schedule: Schedule = setting(
@@ -195,7 +197,7 @@ class TrainConfig:
     compile: bool = setting(
         False,
         "torch.compile the training forward/backward (the compile time is printed); "
-        "on 2 CPU cores it measured slower than eager, so it is off by default.",
+        "off by default, as compiling costs time at every start that a CPU run need not win back.",
     )
     seed: int = setting(0, "Seed for the split, the shuffling, the crops and the initial weights.")
     # model: ModelConfig's fields, declared there (default, help); `scale` is fixed, see below
@@ -278,6 +280,7 @@ class TrainConfig:
     scale: typing.ClassVar[int] = 4  # the competition's factor; the data checks HR == 4 x LR
 
     def __post_init__(self) -> None:
+        self.preset = preset_name(self.preset)
         if self.preset not in PRESETS:
             raise ValueError(f"preset must be one of {', '.join(PRESETS)}, got {self.preset!r}")
         for name, value in PRESETS[self.preset].items():
@@ -352,8 +355,25 @@ def _field_type(name: str) -> Any:
 
 
 def field_specs() -> list[tuple[str, Any, Any, str]]:
-    """(name, type, default, help) of each setting, for building the CLI."""
-    return [(f.name, _field_type(f.name), f.default, f.metadata["help"]) for f in dataclasses.fields(TrainConfig)]
+    """(name, type, default, help) of each setting, for building the CLI; --preset's type is a click choice that
+    also takes the presets' former names."""
+    return [
+        (
+            f.name,
+            AliasedChoice(typing.get_args(Preset), PRESET_ALIASES) if f.name == "preset" else _field_type(f.name),
+            f.default,
+            f.metadata["help"],
+        )
+        for f in dataclasses.fields(TrainConfig)
+    ]
+
+
+def saved_settings(values: dict[str, Any]) -> dict[str, Any]:
+    """A run's saved settings (its config.json) in today's names, so that they compare equal to the same
+    settings given now: a preset's former name becomes its name."""
+    if isinstance(values.get("preset"), str):
+        values = {**values, "preset": preset_name(values["preset"])}
+    return values
 
 
 def read_config_file(path: str | Path) -> dict[str, Any]:

@@ -1,5 +1,6 @@
-"""Prediction: `insanesr-dist predict` (also `accelerate launch -m insanesr_dist.predict`), and the
-float32 forward and sharded PNG prediction that training uses for its submissions.
+"""`insanesr-dist predict` (also `accelerate launch -m insanesr_dist.predict`): a folder, an image or a saved
+dataset's LR images upscaled into PNG files and/or a submission CSV, through the forward and tiling that
+validation uses (inference/).
 
 Every rank upscales its share of the images (tiled, optionally x8 self-ensembled), one image per rank per
 round; each round's PNGs are gathered and the main process writes them, so no image is missing or

@@ -1,4 +1,4 @@
-"""Training recipes (`--preset`): `seed` is the seed report's recipe exactly, `default` the winner of the
+"""Training recipes (`--preset`): `report` is the seed report's recipe exactly, `default` the winner of the
 model-quality study (README, "Model quality study"; `insanesr-dist study` reruns it).
 
 A preset only supplies defaults: any setting given on the command line, in a `--config` file or to
@@ -11,7 +11,7 @@ PRESETS: dict[str, dict[str, object]] = {
     # The report: InsaneSRNet with sigmoid(tail + bilinear skip), nn.MSELoss, Adam(lr=1e-4) with no schedule,
     # whole training images. Deviations: it states no batch size (16 is this toolkit's), and the toolkit's random
     # flips/90-degree rotations still apply to whole images (the report shows no augmentation).
-    "seed": dict(
+    "report": dict(
         output_head="sigmoid",
         loss="mse",
         ssim_weight=0.0,
@@ -36,7 +36,18 @@ PRESETS: dict[str, dict[str, object]] = {
 }
 
 
+# Former names, still accepted wherever a preset is named (the command line, --config files, the config.json of
+# earlier runs), each read as the recipe it names now: `seed` read as much like --seed, the random seed, as like
+# the seed report.
+PRESET_ALIASES = {"seed": "report"}
+
+
+def preset_name(name: str) -> str:
+    """A preset's name, given that name or a former one (anything else is returned as it is)."""
+    return PRESET_ALIASES.get(name, name)
+
+
 def preset_help(name: str) -> str:
-    """' Preset default: seed X, default Y.' for a setting's --help line."""
+    """' From --preset when not given (report X, default Y).' for a setting's --help line."""
     values = ", ".join(f"{preset} {recipe[name]}" for preset, recipe in PRESETS.items())
     return f" From --preset when not given ({values})."

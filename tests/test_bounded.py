@@ -1,6 +1,8 @@
 """Issue 14, bounded memory: `check-data` holds one file at a time, and an image whose header declares more
 than INSANESR_MAX_PIXELS pixels is refused from that header, before any decoding, by every command that reads
-images (a 20000x20000 PNG of a few hundred bytes would otherwise take 1.2 GB and a minute to decode)."""
+images (a 20000x20000 PNG of a few hundred bytes would otherwise take 1.2 GB and a minute to decode).
+
+Issue 25: the checking commands with their default options import neither torch nor datasets."""
 
 from __future__ import annotations
 
@@ -16,6 +18,7 @@ import torch
 
 from bad_data import bomb_png
 from conftest import assert_one_line_error, make_pair_folder, read_rgb, run_cli
+from insanesr_dist.config import TrainConfig
 from insanesr_dist.data import images as samples
 from insanesr_dist.data.images import encode_png
 from insanesr_dist.model.architecture import InsaneSRNet
@@ -87,6 +90,31 @@ def test_check_submission_reports_a_wrong_size_from_the_header_of_a_bomb(lr_fold
     assert_one_line_error(result, "1 problem(s)")
     assert "s.csv:3 (id img_001.png): PNG is 20000x20000, expected 80x64 (4x the 20x16 LR)" in result.stderr
     assert rss < 300 and seconds < 30, (rss, seconds)  # the issue measured 3.0 GB and 72 s
+
+
+@pytest.fixture(scope="module")
+def div2k_sized(tmp_path_factory) -> Path:
+    """A few pairs of DIV2K's size (HR 2040x1344, LR 510x336) and test images, with a valid submission CSV."""
+    root = make_pair_folder(tmp_path_factory.mktemp("div2k"), num_train=4, num_test=2, lr_size=(336, 510))
+    rows = [(p.name, encode_png(cv2.resize(read_rgb(p), (2040, 1344)))) for p in sorted((root / "test/LR").iterdir())]
+    _csv(root / "submission.csv", rows)
+    return root
+
+
+def test_check_data_with_default_options_stays_light(div2k_sized, tmp_path):
+    # Without --patch-size the command reads training's default from TrainConfig, which must not bring torch.
+    result, rss, seconds = run_measured(tmp_path, "check-data", str(div2k_sized))
+    assert result.returncode == 0, result.stdout + result.stderr
+    summary = result.stdout.splitlines()[-1]
+    assert "4 usable" in summary and f"--patch-size {TrainConfig().patch_size})" in summary, summary
+    assert rss < 300 and seconds < 30, (rss, seconds)  # torch alone (TrainConfig -> ModelConfig) is more
+
+
+def test_check_submission_with_default_options_stays_light(div2k_sized, tmp_path):
+    csv_path, lr_dir = div2k_sized / "submission.csv", div2k_sized / "test" / "LR"
+    result, rss, seconds = run_measured(tmp_path, "check-submission", str(csv_path), "--lr-dir", str(lr_dir))
+    assert result.returncode == 0 and result.stdout.startswith("OK:"), result.stdout + result.stderr
+    assert rss < 300 and seconds < 30, (rss, seconds)
 
 
 def test_the_limit_is_set_by_the_environment_and_a_bad_value_is_one_line(lr_folder, tmp_path, monkeypatch):

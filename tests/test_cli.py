@@ -26,6 +26,21 @@ def test_help_and_version_import_no_heavy_module():
     assert version.returncode == 0 and version.stdout.strip() == f"insanesr-dist, version {__version__}"
 
 
+def test_settings_import_without_torch():
+    # Every command that builds a TrainConfig (check-data, the training CLI's option parsing) pays for what
+    # config.py imports: the model's settings, not the model (torch: ~650 MB of RSS with the CUDA build).
+    probe = (
+        "import sys\n"
+        "from insanesr_dist.config import TrainConfig\n"
+        "from insanesr_dist.model import ModelConfig\n"
+        "assert TrainConfig().model == ModelConfig(output_head='residual')\n"
+        "print(sorted(m for m in ('torch', 'accelerate', 'datasets') if m in sys.modules))"
+    )
+    result = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip().splitlines()[-1] == "[]"
+
+
 def test_group_help_lists_every_command_with_a_summary():
     result = CliRunner().invoke(cli, ["--help"])
     assert result.exit_code == 0, result.output

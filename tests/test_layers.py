@@ -26,6 +26,11 @@ What counts as an import, read with `ast` from the source (nothing is imported):
 
 Also: no module imports a private (underscore) name of another module of the package, neither by
 `from m import _x` nor as `m._x` on an imported module; and every reference names a module that exists.
+
+And no import cycle, inside a subpackage either: the import statements (module level and inside functions alike;
+module-reference strings are commands to launch, not imports) form no loop. A cycle works only as long as each
+module uses the other's names late enough, and which one runs first depends on who is imported first. Importing a
+module also runs its packages' __init__ files; those edges are not counted, as every submodule has them.
 """
 
 from __future__ import annotations
@@ -266,6 +271,78 @@ def check_package(package_dir: Path) -> list[Violation]:
     return sorted(violations, key=lambda v: (v.path, v.line, v.rule, v.message))
 
 
+def import_graph(package_dir: Path) -> dict[str, dict[str, tuple[str, int, str]]]:
+    """module -> {module it imports: (its file, the line, the statement) of the first such import}, from the
+    import statements only, module level and inside functions."""
+    modules = module_names(package_dir)
+    graph: dict[str, dict[str, tuple[str, int, str]]] = {}
+    for name, path in modules.items():
+        refs = References(name, modules)
+        refs.visit(ast.parse(path.read_text(encoding="utf-8"), filename=str(path)))
+        shown = path.relative_to(package_dir.parent).as_posix()
+        edges = graph.setdefault(name, {})
+        for line, target, _, how in sorted(refs.found):
+            if not how.startswith("string") and target != name and target in modules:
+                edges.setdefault(target, (shown, line, how))
+    return graph
+
+
+def shortest_cycle(graph: dict[str, dict], start: str, members: set[str]) -> list[str]:
+    """The shortest import cycle from `start` back to it through `members` (a strongly connected component)."""
+    parents: dict[str, str | None] = {start: None}
+    frontier = [start]
+    while True:
+        following = []
+        for node in frontier:
+            for target in sorted(graph[node]):
+                if target == start:
+                    path = [node]
+                    while parents[path[-1]] is not None:
+                        path.append(parents[path[-1]])
+                    return [*reversed(path), start]
+                if target in members and target not in parents:
+                    parents[target] = node
+                    following.append(target)
+        frontier = following
+
+
+def import_cycles(package_dir: Path) -> list[Violation]:
+    """One violation per set of modules that import each other (a strongly connected component of the import
+    graph), naming one cycle through it, at the first import of that cycle."""
+    graph = import_graph(package_dir)
+    index: dict[str, int] = {}
+    low: dict[str, int] = {}
+    stack: list[str] = []
+    components: list[list[str]] = []
+
+    def visit(node: str) -> None:  # Tarjan's algorithm; the package is far too small for the recursion limit
+        index[node] = low[node] = len(index)
+        stack.append(node)
+        for target in graph[node]:
+            if target not in index:
+                visit(target)
+                low[node] = min(low[node], low[target])
+            elif target in stack:
+                low[node] = min(low[node], index[target])
+        if low[node] == index[node]:
+            component = []
+            while not component or component[-1] != node:
+                component.append(stack.pop())
+            if len(component) > 1:
+                components.append(sorted(component))
+
+    for node in sorted(graph):
+        if node not in index:
+            visit(node)
+    violations = []
+    for component in sorted(components):
+        cycle = shortest_cycle(graph, component[0], set(component))
+        shown, line, how = graph[cycle[0]][cycle[1]]
+        names = " -> ".join(f"{PACKAGE}.{m}".rstrip(".") for m in cycle)
+        violations.append(Violation(shown, line, "cycle", f"{how}: an import cycle, {names}"))
+    return violations
+
+
 def report(violations: list[Violation]) -> str:
     return f"{len(violations)} import(s) against the layer rules (see tests/test_layers.py):\n" + "\n".join(
         map(str, violations)
@@ -279,6 +356,11 @@ def test_every_module_of_the_package_is_in_a_layer():
 def test_imports_follow_the_layers_and_leave_private_names_alone():
     violations = check_package(PACKAGE_DIR)
     assert not violations, report(violations)
+
+
+def test_no_module_imports_itself_through_others():
+    cycles = import_cycles(PACKAGE_DIR)
+    assert not cycles, report(cycles)
 
 
 # The checker itself, on a small package written here: each rule must be able to fail.
@@ -383,3 +465,46 @@ def test_the_checker_follows_the_layer_order(tmp_path, importer, imported, allow
     files.update({f"{sub}/__init__.py": "" for sub in SUBPACKAGES})
     violations = check_package(write_tree(tmp_path, files))
     assert (violations == []) == allowed, report(violations)
+
+
+def test_the_cycle_checker_finds_each_cycle_once_whatever_the_import_s_place(tmp_path):
+    package = write_tree(
+        tmp_path,
+        {
+            "__init__.py": "",
+            # two modules of one subpackage, one import inside a function: a cycle
+            "data/__init__.py": "",
+            "data/loaders.py": "from insanesr_dist.data import store\n",
+            "data/store.py": "def build():\n    from insanesr_dist.data.loaders import worker_context\n",
+            # top-level modules, imported by `import a.b` from a function: a cycle
+            "config.py": "import json\nfrom insanesr_dist.presets import PRESETS\n",
+            "presets.py": "def defaults():\n    import insanesr_dist.config\n",
+            # three modules around: one cycle, reported once
+            "training/__init__.py": "",
+            "training/a.py": "from . import b\n",
+            "training/b.py": "from insanesr_dist.training.c import x\n",
+            "training/c.py": "import insanesr_dist.training.a\nx = 1\n",
+            # not cycles: a package's __init__ and its submodules importing siblings, a module importing itself,
+            # a module named in a string (a command to launch)
+            "model/__init__.py": "from insanesr_dist.model.architecture import Net\n",
+            "model/architecture.py": "from insanesr_dist.model import files\nclass Net:\n    pass\n",
+            "model/files.py": "import insanesr_dist.model.files\n",
+            "tools/__init__.py": "",
+            "tools/bench.py": 'TRAIN = ["-m", "insanesr_dist.tools.run"]\n',
+            "tools/run.py": "from insanesr_dist.tools import bench\n",
+        },
+    )
+
+    cycles = import_cycles(package)
+
+    assert {(v.path, v.line, v.rule) for v in cycles} == {
+        ("insanesr_dist/config.py", 2, "cycle"),
+        ("insanesr_dist/data/loaders.py", 1, "cycle"),
+        ("insanesr_dist/training/a.py", 1, "cycle"),
+    }
+    assert (
+        "insanesr_dist/data/loaders.py:1: [cycle] from insanesr_dist.data import store: an import cycle, "
+        "insanesr_dist.data.loaders -> insanesr_dist.data.store -> insanesr_dist.data.loaders"
+    ) in report(cycles)
+    assert "insanesr_dist.training.a -> insanesr_dist.training.b -> insanesr_dist.training.c -> " in report(cycles)
+    assert check_package(package) == []  # the layer rules allow every one of these imports

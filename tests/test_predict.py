@@ -253,7 +253,7 @@ def test_tta_raises_the_jm_of_a_trained_model_on_unseen_images(pair_folder, tmp_
     # A short real training run; its x8 ensemble must score higher on images from another generator seed.
     # (Measured on the demo data with longer runs: +0.30 JM for the default model, +0.30 for a small one.)
     run = tmp_path / "run"
-    # The seed recipe: the default one starts as the bilinear skip and keeps an EMA of the weights, so after
+    # The report recipe: the default one starts as the bilinear skip and keeps an EMA of the weights, so after
     # 10 steps its output is still too close to bilinear for an ensemble to change it measurably.
     result = run_cli(
         "insanesr-dist",
@@ -266,7 +266,7 @@ def test_tta_raises_the_jm_of_a_trained_model_on_unseen_images(pair_folder, tmp_
         str(run),
         *TINY,
         "--preset",
-        "seed",
+        "report",
     )
     assert result.returncode == 0, result.stderr[-3000:]
     unseen = make_pair_folder(tmp_path / "unseen", num_train=6, num_test=0, lr_size=(24, 24), seed=100)

@@ -1,5 +1,6 @@
-"""Recipes: `--preset seed` is the report's recipe exactly, `default` the study's winner; the residual head,
-the losses, EMA (what gets saved) and loading weights written before the head type existed."""
+"""Recipes: `--preset report` is the seed report's recipe exactly (`seed`, its former name, still accepted),
+`default` the study's winner; the residual head, the losses, EMA (what gets saved) and loading weights written
+before the head type existed."""
 
 import json
 
@@ -26,8 +27,8 @@ def _bilinear(x):
     return F.interpolate(x, scale_factor=4, mode="bilinear", align_corners=False)
 
 
-def test_seed_preset_builds_the_report_model_loss_and_optimizer():
-    cfg = TrainConfig(preset="seed")
+def test_report_preset_builds_the_report_model_loss_and_optimizer():
+    cfg = TrainConfig(preset="report")
     # Model: the report's InsaneSRNet(num_rrdb=5, channels=64) with `torch.sigmoid(tail + bilinear skip)`.
     torch.manual_seed(0)
     model = InsaneSRNet(cfg.model).eval()
@@ -56,7 +57,7 @@ def test_default_preset_is_the_documented_recipe_and_explicit_settings_win():
     assert cfg.preset == "default"
     assert {k: getattr(cfg, k) for k in PRESETS["default"]} == PRESETS["default"]
     assert cfg.model.output_head == "residual" and cfg.ema_decay > 0 and cfg.ssim_weight > 0
-    mixed = TrainConfig(preset="seed", lr=3e-4, output_head="residual", patch_size=24)
+    mixed = TrainConfig(preset="report", lr=3e-4, output_head="residual", patch_size=24)
     assert (mixed.lr, mixed.output_head, mixed.patch_size) == (3e-4, "residual", 24)
     assert (mixed.loss, mixed.schedule, mixed.ema_decay) == ("mse", "constant", 0.0)  # the rest from the preset
     with pytest.raises(ValueError, match="preset must be one of"):
@@ -129,31 +130,34 @@ def test_ema_follows_the_weights_with_a_warm_up_ramp():
     assert torch.equal(restored.module.weight, ema.module.weight)
 
 
-def test_a_seed_preset_run_from_a_config_file_finishes_and_records_its_recipe(pair_folder, tmp_path):
-    config = tmp_path / "seed.yaml"
-    config.write_text("preset: seed\nlr: 0.0003\nbatch-size: 1\n")
-    out = tmp_path / "seed"
-    result = run_cli(
-        "insanesr-dist",
-        "train",
-        "--config",
-        str(config),
-        "--data",
-        str(pair_folder),
-        "--output-dir",
-        str(out),
-        "--max-steps",
-        "2",
-        "--lr",
-        "0.0002",
-        *TINY_MODEL,
-    )
+def test_the_former_preset_name_seed_still_names_the_report_recipe():
+    # `--seed` is the random seed; the recipe's former name still works on the command line and in a file.
+    from insanesr_dist.train import main
+
+    assert main.make_context("train", ["--preset", "seed"]).params["preset"] == "report"
+    assert TrainConfig(preset="seed") == TrainConfig(preset="report")
+    assert "--preset [report|default]" in main.get_help(main.make_context("train", []))
+
+
+def test_a_report_preset_run_from_a_config_file_finishes_records_its_recipe_and_continues(pair_folder, tmp_path):
+    config = tmp_path / "report.yaml"
+    config.write_text("preset: seed\nlr: 0.0003\nbatch-size: 1\n")  # the recipe's former name
+    out = tmp_path / "report"
+    command = ["insanesr-dist", "train", "--data", str(pair_folder), "--output-dir", str(out), *TINY_MODEL]
+    result = run_cli(*command, "--config", str(config), "--max-steps", "2", "--lr", "0.0002")
     assert result.returncode == 0, result.stderr[-3000:]
     saved = json.loads((out / "config.json").read_text())
-    assert saved["preset"] == "seed" and saved["lr"] == 0.0002  # the command line beats the file
+    assert saved["preset"] == "report" and saved["lr"] == 0.0002  # the command line beats the file
     assert saved["batch_size"] == 1  # the file beats the preset
     assert (saved["loss"], saved["patch_size"], saved["output_head"], saved["ema_decay"]) == ("mse", 0, "sigmoid", 0)
     assert read_metadata(out / "latest.safetensors")["insanesr_config"]["output_head"] == "sigmoid"
+    # A run saved under the former name continues under the new one as with the same settings.
+    (out / "config.json").write_text(json.dumps({**saved, "preset": "seed"}))
+    more = ("--preset", "report", "--lr", "0.0002", "--batch-size", "1", "--max-steps", "3")
+    continued = run_cli(*command, *more)
+    assert continued.returncode == 0, continued.stderr[-3000:]
+    assert "changed settings" not in continued.stdout, continued.stdout
+    assert json.loads((out / "config.json").read_text())["preset"] == "report"
 
 
 def test_a_default_preset_run_saves_the_ema_weights(pair_folder, tmp_path):
@@ -211,5 +215,5 @@ def test_study_writes_a_table_with_the_baselines_and_each_variant(pair_folder, t
     assert trained["steps"] == "2" and float(trained["samples_per_s"]) > 0
     logged = json.loads((out / "runs" / "head__residual" / "metrics.jsonl").read_text().splitlines()[-1])
     assert float(trained["jm"]) == pytest.approx(logged["jm"])
-    assert "--output-head residual" in trained["settings"] and "--preset seed" in trained["settings"]
+    assert "--output-head residual" in trained["settings"] and "--preset report" in trained["settings"]
     assert float(rows[1]["jm"]) > 0 and "| head: residual | 2 |" in (out / "study.md").read_text()

@@ -87,6 +87,15 @@ def test_run_leaves_every_file(finished_run):
     assert len([line for line in result.stdout.splitlines() if line.startswith("epoch ")]) == 2
 
 
+def test_a_run_prints_no_warning(finished_run):
+    # accelerate launch -m: each DataLoader worker runs the main module again as `__mp_main__` (data/workers.py),
+    # and runpy warns of "unpredictable behaviour" when the fork server has imported it under its own name first.
+    _, result = finished_run
+    lines = (result.stdout + result.stderr).replace("\r", "\n").splitlines()
+    warnings = [line for line in lines if "warning" in line.lower()]
+    assert not warnings, "\n".join(warnings)
+
+
 def test_metrics_and_weights_agree_with_an_independent_evaluation(finished_run, pair_folder):
     out, _ = finished_run
     records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]

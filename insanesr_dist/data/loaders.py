@@ -1,19 +1,16 @@
-"""LR/HR pairs as Hugging Face datasets: loading, checking, splitting, cropping, and DataLoaders.
+"""The DataLoaders over the split tables (splits.py): training windows (map-style or streamed), whole images for
+validation and prediction, and the batch object training moves to its device.
 
-Every source becomes the same table: `id` (string), `lr` and `hr` (`datasets.Image(decode=False)` cells:
-a local file's path, or the encoded bytes of a saved or hub dataset). The training pairs are decoded once
-into the decoded store (store.py), which is also their check; DataLoader workers cut windows from it (or,
-above its budget, decode pairs themselves), and the training step flips/rotates whole batches on its device
-(crops.py).
+Every table has the same columns: `id` (string), `lr` and `hr` (`datasets.Image(decode=False)` cells: a local
+file's path, or the encoded bytes of a saved or hub dataset). DataLoader workers (started as workers.py says) cut
+windows from the decoded store (store.py) or, above its budget, decode pairs themselves; the training step
+flips/rotates whole batches on its device (crops.py).
 """
 
 from __future__ import annotations
 
 import dataclasses
-import functools
-import multiprocessing
-import signal
-import sys
+import multiprocessing.context
 import zlib
 from typing import Any
 
@@ -22,7 +19,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
-from insanesr_dist.data import pairs, store
+from insanesr_dist.data import pairs, store, workers
 from insanesr_dist.data.crops import crop_draws, pair_window
 from insanesr_dist.data.images import decode_rgb
 from insanesr_dist.data.pairs import cell_name
@@ -186,45 +183,21 @@ class EvalImages(torch.utils.data.Dataset):
 
 
 def worker_context() -> multiprocessing.context.BaseContext:
-    """How DataLoader workers are started: from a fork server, never by forking the training process.
-
-    A training process has threads (gloo's, TensorBoard's writer, tqdm's monitor, CUDA's); a fork copies
-    only the forking thread, and an at-fork handler in the child can wait forever on a lock another thread
-    held at that moment. That hung a 2-process run at its first validation (its worker was stuck inside
-    `os.fork()`). The fork server is a fresh single-threaded interpreter (started by fork+exec) that has
-    imported this module once, so each worker forks from it in milliseconds, already set up.
-    """
-    context = multiprocessing.get_context("forkserver")
-    # Preloaded once in the server (when it starts) instead of in every worker: this module, and the main
-    # module, which each worker imports again as `__mp_main__` (cheap once its imports are loaded).
-    main_spec = getattr(sys.modules["__main__"], "__spec__", None)
-    context.set_forkserver_preload(["__main__", __name__, *([main_spec.name] if main_spec else [])])
-    return context
-
-
-def _set_signal_mask(mask: set[signal.Signals], worker_id: int) -> None:
-    signal.pthread_sigmask(signal.SIG_SETMASK, mask)
+    """The context DataLoader workers start with (workers.py): a fork server that has imported this module."""
+    return workers.worker_context(__name__)
 
 
 def start_worker_server() -> None:
-    """Start the fork server now: its one-time import (seconds) then overlaps the run's set-up instead of
-    delaying the first batch. Call it before blocking signals: starting it starts multiprocessing's resource
-    tracker, which unblocks SIGINT and SIGTERM in this process (Python 3.11's `resource_tracker`)."""
-    import multiprocessing.forkserver
-
-    worker_context()
-    multiprocessing.forkserver.ensure_running()
+    """Start the DataLoader workers' fork server now (workers.start_worker_server): before blocking signals."""
+    workers.start_worker_server(__name__)
 
 
 def loader_kwargs(num_workers: int, persistent: bool = True, timeout: float = 0) -> dict[str, Any]:
     """Persistent workers start once per run, not once per epoch (seconds each on a small CPU), and keep
     their decoded-image caches; a streaming dataset's workers must restart to see its new epoch.
     `timeout`: seconds to wait for a worker's next batch before failing (0: forever)."""
-    # Workers keep this process's signal mask, as forked ones would: a worker started through the fork
-    # server would otherwise take the SIGTERM meant for its rank (checkpoint.PreemptionFlag) and die.
-    keep_mask = functools.partial(_set_signal_mask, signal.pthread_sigmask(signal.SIG_BLOCK, []))
-    workers = (
-        {"multiprocessing_context": worker_context(), "timeout": timeout, "worker_init_fn": keep_mask}
+    started = (
+        {"multiprocessing_context": worker_context(), "timeout": timeout, "worker_init_fn": workers.keep_signal_mask()}
         if num_workers
         else {}
     )
@@ -232,7 +205,7 @@ def loader_kwargs(num_workers: int, persistent: bool = True, timeout: float = 0)
         "num_workers": num_workers,
         "pin_memory": torch.cuda.is_available(),
         "persistent_workers": persistent and num_workers > 0,
-        **workers,
+        **started,
     }
 
 
@@ -266,9 +239,9 @@ class WindowBatch:
 def collate_windows(samples: list[tuple[np.ndarray, np.ndarray, int]]) -> WindowBatch:
     """A batch of training windows, as numpy arrays.
 
-    Numpy, not tensors, because a worker pickles them by value through its pipe, which is fast; a tensor
-    would be handed over in shared memory through a file descriptor passed over a socket, one round trip per
-    tensor and batch: 2,000 against 6,800 crops/s from one worker on 2K pairs (bench data, batch 16).
+    Numpy, not tensors, because a worker pickles arrays by value through its pipe in one write, while a tensor
+    is handed over in shared memory through a file descriptor passed over a socket: a round trip per tensor and
+    batch, which for crops this small costs more than copying their bytes.
     """
     lr, hr, codes = zip(*samples)
     return WindowBatch(np.stack(lr), np.stack(hr), np.array(codes, np.int64))

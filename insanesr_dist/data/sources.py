@@ -3,7 +3,8 @@ pairs. Training and `check-data` both start here, so they read the same files.
 
 Kept apart from the DataLoader modules (loaders.py, tensors.py) so check-data can decide without importing torch
 (its memory is measured), and apart from images.py and pairs.py, whose text is part of every decoded store's key
-(an edit there decodes every store again).
+(an edit there decodes every store again). Hugging Face datasets (with pyarrow and pandas) is imported
+only by the functions that build tables, so deciding on and checking an image folder never loads it.
 
 Image folders: the toolkit's own layout, the DIV2K/Flickr2K layout, or folders given one by one (--hr-dir,
 --lr-dir, --val-hr-dir, --val-lr-dir, --test-lr-dir):
@@ -23,14 +24,15 @@ import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
-
-import datasets
+from typing import TYPE_CHECKING, Any
 
 from insanesr_dist.data import pairs
 from insanesr_dist.data.images import decode_rgb
 from insanesr_dist.data.pairs import cell_name, show
 from insanesr_dist.errors import UserError
+
+if TYPE_CHECKING:
+    import datasets
 
 # Files `datasets.load_dataset(folder)` reads as tables: a hub dataset downloaded or cloned to disk.
 DATA_FILE_SUFFIXES = (".parquet", ".arrow", ".jsonl", ".csv")
@@ -238,6 +240,8 @@ def _rows_from_files(pairs: list[tuple[str, str, str | None]]):
 def _table_from_files(pairs: list[tuple[str, str, str | None]]) -> datasets.Dataset:
     """An Arrow table of the files' paths (cached by Hugging Face datasets between runs). It holds no second
     copy of the images: they are read from the files (once, into the decoded store, when it is on)."""
+    import datasets
+
     columns = ("lr", "hr") if pairs[0][2] is not None else ("lr",)
     cell = {"bytes": datasets.Value("binary"), "path": datasets.Value("string")}
     features = datasets.Features({"id": datasets.Value("string"), **dict.fromkeys(columns, cell)})
@@ -284,6 +288,8 @@ def _hr_as_lr(batch: dict[str, list], kernel: str) -> dict[str, list]:
 def _lr_made_from_hr(table: datasets.Dataset | None, kernel: str | None) -> datasets.Dataset | None:
     """A table whose LR cells are its HR ones and whose `lr_from_hr` column names the kernel that makes the
     LR from them when decoded (pairs.decode_pair): the store then keeps the HR once and the LR beside it."""
+    import datasets
+
     if table is None or not kernel:
         return table
     features = table.features.copy()
@@ -331,11 +337,13 @@ def _resolved_paths(batch: dict[str, list], column: str, root: str) -> dict[str,
 def _as_image_cells(table: datasets.Dataset, column: str, what: str, root: Path | None) -> datasets.Dataset:
     """A column of images, file paths or encoded bytes as undecoded image cells. Relative paths are resolved
     against the dataset's folder (`root`), so a table loads the same from any working directory."""
+    import datasets
+
     kind = table.features[column]
     if isinstance(kind, datasets.Value) and kind.dtype in ("string", "large_string"):
         if root is not None:
             # A map (a new cached table), not remove_columns + add_column: that table's empty leftover block
-            # breaks its unpickling in the store's worker processes (datasets 5.2).
+            # breaks its unpickling in the store's worker processes.
             table = table.map(
                 _resolved_paths,
                 batched=True,
@@ -361,6 +369,8 @@ def with_ids_and_images(
 ) -> datasets.Dataset:
     """Normalise a user's table to ours: its `columns` (our name -> its name; `id` optional when it is the
     default "id") become `id` (string; made from the row index when absent) and undecoded image cells."""
+    import datasets
+
     if len(set(columns.values())) < len(columns):
         roles = ", ".join(f"--{ours}-column {theirs}" for ours, theirs in columns.items())
         raise UserError(f"{where}: one column given two roles ({roles})")
@@ -402,6 +412,8 @@ def load_table(
     """The train and test tables of a saved dataset, a folder of data files or a hub dataset (`kind`, from
     source_kind), with the source's `columns` (LR, HR, id) normalised to ours; with `lr_from_hr`,
     the training LR is made from the HR (its LR column is not read)."""
+    import datasets
+
     root = Path(source).expanduser() if kind != "hub" else None
     try:
         if kind == "saved":

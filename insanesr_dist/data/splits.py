@@ -102,7 +102,7 @@ def load_splits(
     replaces the `val_fraction` split; `lr_from_hr` (a degrade.KERNELS name): the training and validation LR
     images are made from the HR ones, LR files are not read.
     Call under `accelerator.main_process_first()` so one rank builds the caches the others reuse.
-    Bad files or pairs (the rules of `samples`, the same ones `check-data` applies) stop the run with
+    Bad files or pairs (the rules of pairs.py, the same ones `check-data` applies) stop the run with
     one line naming the first, or with `on_bad_sample="skip"` are left out and each logged once through
     `say` (so are, then, pairs too small for a `patch_size` crop). `store_dir`, `store_gb`: the decoded store's
     folder and budget; `store_workers`: processes that build it (default: one per usable core).

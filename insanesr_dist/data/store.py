@@ -3,7 +3,7 @@
 Decoding a 2K PNG takes tens of milliseconds and a training crop uses ~0.3 % of it. So the first run decodes
 each pair once, in parallel over the machine's cores, into `part-*.u8` files; every DataLoader worker of every
 rank on the node maps the same files (one copy in the page cache, not one per worker), and a crop is a slice.
-That pass is also the data check (the rules of `samples`), and its results are kept beside the pixels, so a
+That pass is also the data check (the rules of pairs.py), and its results are kept beside the pixels, so a
 later run over the same files decodes nothing.
 
 A store is a folder named after the file set (local folders; each file's size and mtime are checked when it is
@@ -36,6 +36,7 @@ import numpy as np
 
 from insanesr_dist.atomic import write_text_atomic
 from insanesr_dist.data import degrade, images, pairs
+from insanesr_dist.data.workers import worker_context
 from insanesr_dist.errors import UserError
 
 STORE_FORMAT = 1
@@ -348,8 +349,6 @@ def _decode_all(
     """Decode `rows` with `workers` processes (started from the fork server, as DataLoader workers are)."""
     from tqdm.auto import tqdm
 
-    from insanesr_dist.data.loaders import worker_context
-
     chunk = max(1, min(4, len(rows) // (4 * max(1, workers))))  # small: the processes finish together
     chunks = [rows[i : i + chunk] for i in range(0, len(rows), chunk)]
     setup = (table, scale, str(folder), pixels, local)
@@ -372,7 +371,7 @@ def _decode_all(
         # A worker that dies (killed, out of memory) breaks the pool: an error, never a wait for its results.
         try:
             with ProcessPoolExecutor(
-                workers, mp_context=worker_context(), initializer=_start_builder, initargs=(*setup, True)
+                workers, mp_context=worker_context(__name__), initializer=_start_builder, initargs=(*setup, True)
             ) as pool:
                 for done in pool.map(_decode_rows, chunks):
                     entries += done

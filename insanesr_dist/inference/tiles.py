@@ -29,7 +29,7 @@ import torch
 
 from insanesr_dist.data.tensors import to_uint8
 from insanesr_dist.inference.forward import Forward
-from insanesr_dist.model.architecture import ModelConfig
+from insanesr_dist.model.settings import ModelConfig
 
 RAMP = 0.5  # blend width as a fraction of the overlap
 

@@ -1,5 +1,4 @@
-"""InsaneSRNet, the seed report's x4 super-resolution network, and ModelConfig, the one declaration of its
-settings (the training options, weights-file metadata and model folders' config.json all use these fields).
+"""InsaneSRNet, the seed report's x4 super-resolution network, built from a ModelConfig (settings.py).
 
 The layer structure and parameter names follow the report's listing, so its `state_dict` keys
 (`head.weight`, `trunk.0.rdb1.layers.0.weight`, ...) load unchanged. Reading and writing files is files.py's
@@ -11,8 +10,6 @@ from __future__ import annotations
 import dataclasses
 import os
 import typing
-from dataclasses import dataclass, field
-from typing import Literal
 
 import torch
 import torch.nn.functional as F
@@ -20,6 +17,7 @@ from torch import nn
 
 from insanesr_dist.errors import UserError
 from insanesr_dist.model import files
+from insanesr_dist.model.settings import ModelConfig
 
 
 class ResidualDenseBlock(nn.Module):
@@ -82,41 +80,6 @@ def _pixel_shuffle_ijc(y: torch.Tensor) -> torch.Tensor:
         rows = y.permute(0, 2, 3, 1).reshape(n, h, w, 2, 2, c).permute(0, 1, 3, 2, 4, 5)
         return rows.reshape(n, 2 * h, 2 * w, c).permute(0, 3, 1, 2)
     return y.reshape(n, 2, 2, c, h, w).permute(0, 3, 4, 1, 5, 2).reshape(n, c, 2 * h, 2 * w)
-
-
-OutputHead = Literal["sigmoid", "residual"]
-OUTPUT_HEADS = typing.get_args(OutputHead)
-
-
-def _setting(default: object, help: str) -> typing.Any:
-    """A model setting with its one-line help (`insanesr-dist train --help` shows it)."""
-    return field(default=default, metadata={"help": help})
-
-
-@dataclass(frozen=True, kw_only=True)
-class ModelConfig:
-    """Everything needed to rebuild an InsaneSRNet; stored in every weights file's metadata.
-
-    TrainConfig's model options are these fields (their defaults and help), but for `scale`, fixed at 4.
-    """
-
-    num_rrdb: int = _setting(5, "RRDB blocks in the trunk.")
-    channels: int = _setting(64, "Feature channels of the trunk.")
-    growth: int = _setting(32, "Growth channels inside each dense block.")
-    layers_per_block: int = _setting(5, "Conv layers per dense block.")
-    scale: int = _setting(4, "Upscaling factor, a power of two (x2 blocks).")
-    # "sigmoid": the seed's sigmoid(tail + skip); "residual": clamp(tail + skip, 0, 1) with a zero-initialised
-    # tail, so an untrained model is exactly the bilinear skip. Files written before this field load as "sigmoid".
-    output_head: OutputHead = _setting(
-        "sigmoid",
-        "sigmoid(tail + bilinear skip) as the seed, or residual: clamp(tail + skip) with a zero-initialised tail.",
-    )
-
-    def __post_init__(self) -> None:
-        if self.scale < 2 or self.scale & (self.scale - 1):
-            raise ValueError(f"scale must be a power of two >= 2, got {self.scale}")
-        if self.output_head not in OUTPUT_HEADS:
-            raise ValueError(f"output_head must be one of {', '.join(OUTPUT_HEADS)}, got {self.output_head!r}")
 
 
 class InsaneSRNet(nn.Module):

@@ -1,7 +1,7 @@
 """`insanesr-dist check-data DIR_OR_DATASET`: read every file once, one at a time, and list every problem.
 
 One line per finding (file, problem, what training will do), then a summary; exit 1 when training
-would stop. The rules are those of `samples` — the same functions the trainer's loader applies.
+would stop. The rules are data/pairs.py's: the same functions the decoded store applies before training.
 """
 
 from __future__ import annotations
@@ -175,7 +175,7 @@ def check_table(
     report: Report,
     lr_from_hr: str | None = None,
 ) -> None:
-    """The tables training reads (data.load_table: the same columns, ids and image cells), row by row."""
+    """The tables training reads (sources.load_table: the same columns, ids and image cells), row by row."""
     from insanesr_dist.data.sources import load_table
 
     train, test = load_table(source, kind, columns, lr_from_hr)

@@ -20,6 +20,7 @@ import torch
 from insanesr_dist import __version__, run_files
 from insanesr_dist.atomic import atomic_path, write_text_atomic
 from insanesr_dist.commands import Command
+from insanesr_dist.config import saved_settings
 from insanesr_dist.errors import UserError
 from insanesr_dist.model.architecture import InsaneSRNet, count_parameters
 from insanesr_dist.model.files import CARD_FILE, CONFIG_FILE, ONNX_FILE, WEIGHTS_FILE, read_metadata
@@ -62,7 +63,7 @@ def _read_run(run: Path | None) -> tuple[dict, list[dict]]:
     if run is None:
         return {}, []
     try:
-        settings = json.loads((run / run_files.CONFIG).read_text(encoding="utf-8"))
+        settings = saved_settings(json.loads((run / run_files.CONFIG).read_text(encoding="utf-8")))
         records = [
             json.loads(line)
             for line in (run / run_files.METRICS).read_text(encoding="utf-8").splitlines()

@@ -30,7 +30,7 @@ from insanesr_dist.tools.children import failure_line
 # "default" combines the winners, and the last rows take one lever out of it again. Full images (the seed's way)
 # appear as a patch/batch variant with the same LR pixels per step on the demo data (64x64 LR images, batch 4 =
 # 32x32 crops, batch 16).
-BASE = dict(preset="seed", patch_size=32, batch_size=16)
+BASE = dict(preset="report", patch_size=32, batch_size=16)
 VARIANTS: dict[str, dict[str, object]] = {
     "seed recipe (crops 32, batch 16)": {},
     "head: residual": dict(output_head="residual"),

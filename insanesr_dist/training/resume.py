@@ -16,7 +16,7 @@ from accelerate import Accelerator, PartialState
 from accelerate.utils import broadcast_object_list
 
 from insanesr_dist import run_files
-from insanesr_dist.config import TrainConfig
+from insanesr_dist.config import TrainConfig, saved_settings
 from insanesr_dist.errors import UserError
 from insanesr_dist.training import checkpoint
 
@@ -89,6 +89,7 @@ def _choose_checkpoint(cfg: TrainConfig, out_dir: Path) -> Path | None:
     if resume_from is None:
         return None
     saved = json.loads((out_dir / run_files.CONFIG).read_text()) if (out_dir / run_files.CONFIG).is_file() else {}
+    saved = saved_settings(saved)
     if "ema_decay" in saved and bool(saved["ema_decay"]) != bool(cfg.ema_decay):
         raise UserError(
             f"{out_dir}: cannot resume with --ema-decay {cfg.ema_decay}: the checkpoint was written "

@@ -8,7 +8,7 @@ import pytest
 import torch
 from torch.utils.data import DataLoader
 
-from conftest import TINY, assert_one_line_error, make_pair_folder, read_rgb, run_cli, write_png
+from conftest import TINY, assert_one_line_error, make_pair_folder, read_rgb, run_cli, run_tree, write_png
 from insanesr_dist.data import crops as C
 from insanesr_dist.data import loaders, pairs
 from insanesr_dist.data.splits import check_patch_size, load_splits
@@ -278,19 +278,25 @@ if __name__ == "__main__":
 """
 
 
-def test_workers_start_from_a_fork_server_and_keep_the_signal_block(tmp_path):
-    """Forking a threaded training process hung a 2-process run (a worker stuck inside os.fork()): workers come
+@pytest.mark.parametrize("launch", ["script", "module"])
+def test_workers_start_from_a_fork_server_and_keep_the_signal_block(tmp_path, launch):
+    """Forking a threaded training process can hang a worker inside os.fork() (data/workers.py): workers come
     from the fork server instead. They, and the training process, must keep SIGTERM/SIGUSR1 blocked
-    (training/preemption.PreemptionFlag), although starting the server's resource tracker unblocks SIGTERM."""
+    (training/preemption.PreemptionFlag), although starting the server's resource tracker unblocks SIGTERM.
+    Run as `python -m` (as accelerate launch -m runs training), its workers run the main module again without
+    runpy's warning that it was already imported."""
     import json
     import signal
-    import subprocess
     import sys
 
-    script = tmp_path / "probe.py"
+    script = tmp_path / "probes" / "probe.py"
+    script.parent.mkdir()
+    (script.parent / "__init__.py").write_text("")
     script.write_text(WORKER_PROBE)
-    result = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=300)
+    command = [str(script)] if launch == "script" else ["-m", "probes.probe"]
+    result = run_tree([sys.executable, *command], timeout=300, cwd=tmp_path)
     assert result.returncode == 0, result.stderr[-3000:]
+    assert "Warning" not in result.stderr, result.stderr
     seen = json.loads(result.stdout.splitlines()[-1])
     stop_signals = {int(signal.SIGTERM), int(signal.SIGUSR1)}
     assert stop_signals <= set(seen["blocked"])
