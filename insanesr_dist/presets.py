@@ -1,5 +1,5 @@
 """Training recipes (`--preset`): `report` is the seed report's recipe exactly, `default` the winner of the
-model-quality study (README, "Model quality study"; `insanesr-dist study` reruns it).
+model-quality study (docs/study.md; `insanesr-dist study` reruns it).
 
 A preset only supplies defaults: any setting given on the command line, in a `--config` file or to
 `TrainConfig(...)` wins over it. The run directory's config.json records the preset and the resolved values.

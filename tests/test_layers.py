@@ -1,6 +1,6 @@
 """The package's import layers, one way only: a module imports its own subpackage or lower layers, never higher.
 
-Layers, lowest first (README, "Architecture"):
+Layers, lowest first (docs/architecture.md):
 
     0  errors, atomic, run_files (and the package's __init__)     foundation
     1  data.*, model.*                                            data and model never import each other
@@ -217,7 +217,7 @@ def check_package(package_dir: Path) -> list[Violation]:
                     1,
                     "unassigned",
                     f"{PACKAGE}.{name} is in no layer: add "
-                    f"{name.split('.')[0]!r} to LAYERS in tests/test_layers.py and to the README",
+                    f"{name.split('.')[0]!r} to LAYERS in tests/test_layers.py and to docs/architecture.md",
                 )
             )
             continue

@@ -1,7 +1,7 @@
 """The network and its files: ModelConfig (settings.py), InsaneSRNet (architecture.py), the weights-file and
 model-folder formats (files.py), and loading any weights into the network (weights.py).
 
-The public API, as the README uses it::
+The public API, as the docs use it (docs/run-directory.md, docs/export.md)::
 
     from insanesr_dist.model import InsaneSRNet, load_model
     model = InsaneSRNet.from_pretrained("models/insanesr-first")   # an exported folder or a Hub repo id

@@ -17,7 +17,7 @@ everything after that is float64, in strips of rows that stay in cache. The SSIM
 from the sums S directly, with the window size N folded into the constants (u = S/N cancels out of
 the ratio), so the remaining products (up to (49 * 255)^2) are exact integers in float64 too: only
 the final ratio rounds. On one thread a 256x256 image scores 1.8-2.7x as fast as with scikit-image
-(`insanesr-dist bench metric`; README, Benchmarks).
+(`insanesr-dist bench metric`; docs/benchmarks.md).
 """
 
 from __future__ import annotations

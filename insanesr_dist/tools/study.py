@@ -197,7 +197,7 @@ def study_command(data: str | None, steps: int, output_dir: Path, only: tuple[st
     """Run the model-quality grid: every lever alone on the seed recipe, and the default preset, at one step budget.
 
     \b
-    Example (the README's table):
+    Example (the table in docs/study.md):
       insanesr-dist study --output-dir study --train-args "--mixed-precision bf16"
     """
     if (output_dir / "study.csv").exists():

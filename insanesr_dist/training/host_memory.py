@@ -7,7 +7,7 @@ page-faults on every page of them again, every step: about 110,000 minor faults 
 default model at batch 16, LR patch 32, each a page the kernel zeroes. Served from a heap that is
 never trimmed, those pages stay mapped and the process holds on to its peak memory instead, as
 PyTorch's caching allocator does on a GPU. On the 2-core development CPU the bf16 model step went from
-23.0 to 26.0 samples/s (three interleaved runs each; README, Benchmarks).
+23.0 to 26.0 samples/s (three interleaved runs each; docs/benchmarks.md).
 """
 
 from __future__ import annotations

@@ -129,7 +129,7 @@ def test_other_sizes(tmp_path, hr_size):
 
 
 def test_square_frames_are_unchanged():
-    # Square frames (and so the default demo cache, named by DEMO_VERSION, and the README's figures on it) must
+    # Square frames (and so the default demo cache, named by DEMO_VERSION, and the docs' figures on it) must
     # not change. Computed at commit 26c8923 (before non-square frames existed), with OpenCV 5.0, by:
     #   h = hashlib.sha256()
     #   for i in range(4): h.update(demo_data._render_frame(np.random.default_rng((0, i)), 256).tobytes())
