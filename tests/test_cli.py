@@ -1,5 +1,6 @@
 """The command group: fast help and version (nothing heavy imported), and every command's help with examples."""
 
+import ast
 import subprocess
 import sys
 
@@ -12,16 +13,18 @@ from insanesr_dist import __version__
 from insanesr_dist.cli import LAZY_COMMANDS, cli
 
 
-def test_help_and_version_import_no_heavy_module():
-    # The cost that matters is what `insanesr-dist --help` imports; wall time on a shared CI machine is noise.
-    probe = (
-        "import sys; from insanesr_dist.cli import cli\n"
-        "try:\n    cli(['--help'])\nexcept SystemExit:\n    pass\n"
-        "print(sorted(m for m in ('torch', 'accelerate', 'datasets', 'cv2', 'numpy') if m in sys.modules))"
-    )
+def loaded_after(code: str, modules: tuple[str, ...]) -> list[str]:
+    """Which of `modules` a fresh interpreter has imported after running `code`."""
+    probe = f"import sys\n{code}\nprint(sorted(m for m in {modules!r} if m in sys.modules))"
     result = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr
-    assert result.stdout.strip().splitlines()[-1] == "[]"
+    return ast.literal_eval(result.stdout.strip().splitlines()[-1])
+
+
+def test_help_and_version_import_no_heavy_module():
+    # The cost that matters is what `insanesr-dist --help` imports; wall time on a shared CI machine is noise.
+    code = "from insanesr_dist.cli import cli\ntry:\n    cli(['--help'])\nexcept SystemExit:\n    pass"
+    assert loaded_after(code, ("torch", "accelerate", "datasets", "cv2", "numpy")) == []
     version = run_cli("insanesr-dist", "--version")
     assert version.returncode == 0 and version.stdout.strip() == f"insanesr-dist, version {__version__}"
 
@@ -29,16 +32,12 @@ def test_help_and_version_import_no_heavy_module():
 def test_settings_import_without_torch():
     # Every command that builds a TrainConfig (check-data, the training CLI's option parsing) pays for what
     # config.py imports: the model's settings, not the model (torch: ~650 MB of RSS with the CUDA build).
-    probe = (
-        "import sys\n"
+    code = (
         "from insanesr_dist.config import TrainConfig\n"
         "from insanesr_dist.model import ModelConfig\n"
-        "assert TrainConfig().model == ModelConfig(output_head='residual')\n"
-        "print(sorted(m for m in ('torch', 'accelerate', 'datasets') if m in sys.modules))"
+        "assert TrainConfig().model == ModelConfig(output_head='residual')"
     )
-    result = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=120)
-    assert result.returncode == 0, result.stderr
-    assert result.stdout.strip().splitlines()[-1] == "[]"
+    assert loaded_after(code, ("torch", "accelerate", "datasets")) == []
 
 
 def test_group_help_lists_every_command_with_a_summary():

@@ -240,25 +240,18 @@ T.training_loss = poisoned
 """
 
 
-@pytest.mark.slow
-def test_a_run_of_non_finite_steps_stops_and_keeps_the_last_good_files(tmp_path):
+def _bad_step_run(tmp_path: Path, *more: str) -> tuple[Path, list[str]]:
+    """The output folder and arguments of a short tiny-model float32 run on fresh data that stops after 3 bad
+    optimizer steps in a row, a loss line every step; `more` flags after the tiny model's."""
     data = make_pair_folder(tmp_path / "d", num_train=23, num_test=2)
     out = tmp_path / "run"
-    args = [
-        "--data",
-        str(data),
-        *TINY,
-        "--epochs",
-        "3",
-        "--log-every",
-        "1",
-        "--max-bad-steps",
-        "3",
-        "--mixed-precision",
-        "no",
-        "--output-dir",
-        str(out),
-    ]
+    args = ["--data", str(data), *TINY, *more, "--log-every", "1", "--max-bad-steps", "3"]
+    return out, [*args, "--mixed-precision", "no", "--output-dir", str(out)]
+
+
+@pytest.mark.slow
+def test_a_run_of_non_finite_steps_stops_and_keeps_the_last_good_files(tmp_path):
+    out, args = _bad_step_run(tmp_path, "--epochs", "3")
     result = run_patched_train(NAN_AFTER.format(after=5), *args)
     assert_one_line_error(result, "3 optimizer steps in a row", "--max-bad-steps 3")
     assert "warning: skipped 1 optimizer step(s)" in result.stdout + result.stderr
@@ -285,27 +278,7 @@ InsaneSRNet.forward = forward
 def _default_preset_run(tmp_path: Path, nan_first: int, nan_last: int):
     """A short run with --preset default (its loss has the SSIM term) whose model forward returns NaN on
     training steps nan_first..nan_last."""
-    data = make_pair_folder(tmp_path / "d", num_train=23, num_test=2)
-    out = tmp_path / "run"
-    args = [
-        "--data",
-        str(data),
-        "--preset",
-        "default",
-        *TINY,
-        "--panel-images",
-        "0",
-        "--epochs",
-        "2",
-        "--log-every",
-        "1",
-        "--max-bad-steps",
-        "3",
-        "--mixed-precision",
-        "no",
-        "--output-dir",
-        str(out),
-    ]
+    out, args = _bad_step_run(tmp_path, "--preset", "default", "--panel-images", "0", "--epochs", "2")
     return out, run_patched_train(NAN_FORWARD.format(first=nan_first, last=nan_last), *args)
 
 
