@@ -15,6 +15,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+import click
+
 from insanesr_dist.commands import AliasedChoice
 from insanesr_dist.model.settings import ModelConfig, OutputHead
 from insanesr_dist.presets import PRESET_ALIASES, PRESETS, preset_help, preset_name
@@ -400,3 +402,35 @@ def save_config(cfg: TrainConfig, path: str | Path) -> None:
     from insanesr_dist.atomic import write_text_atomic
 
     write_text_atomic(path, json.dumps(cfg.to_dict(), indent=2) + "\n")
+
+
+def config_options(command):
+    """One click option per TrainConfig field (the train command's flags); unset options (None) leave the file's
+    or the default value."""
+    for name, kind, default, help_text in reversed(field_specs()):
+        flag = "--" + name.replace("_", "-")
+        shown = f"{help_text} [default: {default}]" if default is not None else help_text
+        if kind is bool:
+            option = click.option(f"{flag}/--no-{flag[2:]}", name, default=None, help=shown)
+        elif typing.get_origin(kind) is typing.Literal:
+            option = click.option(flag, name, type=click.Choice(typing.get_args(kind)), default=None, help=shown)
+        else:
+            option = click.option(flag, name, type=kind, default=None, help=shown)
+        command = option(command)
+    return command
+
+
+def config_from_options(config_file: str | None, given: dict[str, Any]) -> TrainConfig:
+    """The settings of a --config file (if any) overridden by the flags given (None: not given); a bad file or
+    value is a click usage error, which click shows as one line."""
+    values = {}
+    if config_file:
+        try:
+            values = read_config_file(config_file)
+        except (ValueError, OSError) as e:
+            raise click.BadParameter(f"{config_file}: {e}", param_hint="--config") from None
+    values.update({k: v for k, v in given.items() if v is not None})
+    try:
+        return TrainConfig(**values)
+    except (TypeError, ValueError) as e:
+        raise click.UsageError(f"invalid settings: {e}") from None

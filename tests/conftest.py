@@ -170,22 +170,24 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def patched_train_script(patch: str) -> Path:
-    """A script that runs the real train command after `patch` (Python source in which `T` is
-    `insanesr_dist.train`) replaced something inside it: how fault tests inject a NaN, a full disk or a bug.
-    A file, not `python -c`: DataLoader workers start from a fork server that imports the main script (under
-    its `__main__` guard), so the patch reaches them too."""
-    script = Path(tempfile.mkdtemp(prefix="patched-train-")) / "patched_train.py"
+def train_script(setup: str) -> Path:
+    """A script that runs the real train command with `setup` (Python source) run first. `setup` may define
+    `Custom`, a subclass of `Trainer` (in scope) overriding its steps, which the command then runs, or inject a
+    fault below the trainer (a full disk, a stuck DataLoader worker). A file, not `python -c`: DataLoader
+    workers start from a fork server that imports the main script (under its `__main__` guard), so the setup
+    reaches them too."""
+    script = Path(tempfile.mkdtemp(prefix="train-script-")) / "train_script.py"
     script.write_text(
-        f"import sys\nimport insanesr_dist.train as T\n{patch}\n"
-        "if __name__ == '__main__':\n    sys.argv = ['train', *sys.argv[1:]]\n    T.main()\n"
+        "import sys\nfrom insanesr_dist.train import main\nfrom insanesr_dist.trainer import Trainer\n"
+        f"Custom = Trainer\n{setup}\n"
+        "if __name__ == '__main__':\n    main(sys.argv[1:], prog_name='train', obj=Custom)\n"
     )
     return script
 
 
-def run_patched_train(patch: str, *args: str, timeout: float = 600) -> subprocess.CompletedProcess:
-    """The real train command in a fresh interpreter, with `patch` applied (see patched_train_script)."""
-    return run_tree([sys.executable, str(patched_train_script(patch)), *args], timeout=timeout)
+def run_train_script(setup: str, *args: str, timeout: float = 600) -> subprocess.CompletedProcess:
+    """The real train command in a fresh interpreter, with `setup` run first (see train_script)."""
+    return run_tree([sys.executable, str(train_script(setup)), *args], timeout=timeout)
 
 
 def assert_one_line_error(result: subprocess.CompletedProcess, *needles: str) -> None:

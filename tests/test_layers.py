@@ -8,7 +8,7 @@ Layers, lowest first (docs/architecture.md):
     3  training.*
     4  inference.*
     5  scoring.*
-    6  train, predict                                             entry points
+    6  train, trainer, predict                                    entry points
     7  tools.*
     8  cli, __main__
 
@@ -60,6 +60,7 @@ LAYERS = {
     "inference": 4,
     "scoring": 5,
     "train": 6,
+    "trainer": 6,
     "predict": 6,
     "tools": 7,
     "cli": 8,

@@ -17,7 +17,7 @@ from PIL import Image
 from safetensors.torch import load_file
 
 from bad_data import PATCH, make_bad_folder, make_empty_folder
-from conftest import TINY, assert_one_line_error, make_pair_folder, run_cli, run_patched_train
+from conftest import TINY, assert_one_line_error, make_pair_folder, run_cli, run_train_script
 from insanesr_dist import atomic
 from insanesr_dist.data import images, pairs
 from insanesr_dist.data.splits import load_splits
@@ -231,12 +231,12 @@ def test_gradscaler_steps_are_counted_once_whether_read_between_them_or_not():
 
 
 NAN_AFTER = """
-real, calls = T.training_loss, [0]
-def poisoned(*a):  # a fault from step {after} on, as an overflow in the model would give
-    calls[0] += 1
-    loss = real(*a)
-    return loss * float("nan") if calls[0] > {after} else loss
-T.training_loss = poisoned
+class Custom(Trainer):
+    calls = 0
+    def loss(self, sr, hr):  # a fault from step {after} on, as an overflow in the model would give
+        self.calls += 1
+        loss = super().loss(sr, hr)
+        return loss * float("nan") if self.calls > {after} else loss
 """
 
 
@@ -252,7 +252,7 @@ def _bad_step_run(tmp_path: Path, *more: str) -> tuple[Path, list[str]]:
 @pytest.mark.slow
 def test_a_run_of_non_finite_steps_stops_and_keeps_the_last_good_files(tmp_path):
     out, args = _bad_step_run(tmp_path, "--epochs", "3")
-    result = run_patched_train(NAN_AFTER.format(after=5), *args)
+    result = run_train_script(NAN_AFTER.format(after=5), *args)
     assert_one_line_error(result, "3 optimizer steps in a row", "--max-bad-steps 3")
     assert "warning: skipped 1 optimizer step(s)" in result.stdout + result.stderr
     # epoch 1 (5 steps) finished; epoch 2 stopped: nothing of it was written
@@ -263,15 +263,11 @@ def test_a_run_of_non_finite_steps_stops_and_keeps_the_last_good_files(tmp_path)
 
 
 NAN_FORWARD = """
-from insanesr_dist.model.architecture import InsaneSRNet
-real, calls = InsaneSRNet.forward, [0]
-def forward(self, x):  # training forwards {first}..{last} (1-based) overflow to NaN, as an fp16 forward can
-    out = real(self, x)
-    if not self.training:  # validation and the submission's predictions stay clean
-        return out
-    calls[0] += 1
-    return out * float("nan") if {first} <= calls[0] <= {last} else out
-InsaneSRNet.forward = forward
+class Custom(Trainer):
+    calls = 0
+    def loss(self, sr, hr):  # training forwards {first}..{last} (1-based) overflow to NaN, as an fp16 forward can
+        self.calls += 1
+        return super().loss(sr * float("nan") if {first} <= self.calls <= {last} else sr, hr)
 """
 
 
@@ -279,7 +275,7 @@ def _default_preset_run(tmp_path: Path, nan_first: int, nan_last: int):
     """A short run with --preset default (its loss has the SSIM term) whose model forward returns NaN on
     training steps nan_first..nan_last."""
     out, args = _bad_step_run(tmp_path, "--preset", "default", "--panel-images", "0", "--epochs", "2")
-    return out, run_patched_train(NAN_FORWARD.format(first=nan_first, last=nan_last), *args)
+    return out, run_train_script(NAN_FORWARD.format(first=nan_first, last=nan_last), *args)
 
 
 @pytest.mark.slow
@@ -392,7 +388,7 @@ def test_a_write_failing_mid_run_leaves_every_file_readable_and_the_run_resumabl
         "--output-dir",
         str(out),
     ]
-    failed = run_patched_train(DISK_FULL_AT_EPOCH_2, *args)
+    failed = run_train_script(DISK_FULL_AT_EPOCH_2, *args)
     assert_one_line_error(failed, "No space left on device", "rerun the same command")
     assert read_metadata(out / "latest.safetensors")["epoch"] == 1 and load_model(out / "latest.safetensors")
     assert read_metadata(out / "best.safetensors")["epoch"] == 1

@@ -20,7 +20,7 @@ from conftest import (
     make_pair_folder,
     read_rgb,
     run_cli,
-    run_patched_train,
+    run_train_script,
     upscale,
     write_png,
 )
@@ -254,19 +254,17 @@ def test_a_finished_run_is_never_overwritten(finished_run, pair_folder):
 
 
 BUG_AT_STEP_3 = """
-real, calls = T.training_loss, [0]
-def buggy(*a):  # a genuine bug mid-epoch, with the DataLoader workers (SIGTERM blocked) running
-    calls[0] += 1
-    if calls[0] == 3:
-        raise RuntimeError("a bug at step 3")
-    return real(*a)
-T.training_loss = buggy
+class Custom(Trainer):
+    def train_step(self, batch):  # a genuine bug mid-epoch, with the DataLoader workers (SIGTERM blocked) running
+        if self.state.step == 2:
+            raise RuntimeError("a bug at step 3")
+        return super().train_step(batch)
 """
 
 
 def test_a_bug_mid_epoch_exits_with_its_traceback_instead_of_hanging(pair_folder, tmp_path):
     args = ["--data", str(pair_folder), *TINY, "--num-workers", "2", "--output-dir", str(tmp_path / "run")]
-    result = run_patched_train(BUG_AT_STEP_3, *args, timeout=120)
+    result = run_train_script(BUG_AT_STEP_3, *args, timeout=120)
     assert result.returncode == 1 and "RuntimeError: a bug at step 3" in result.stderr, result.stderr[-2000:]
     assert "Exception ignored" not in result.stderr  # the workers' ends are not reported as further failures
 
@@ -274,9 +272,8 @@ def test_a_bug_mid_epoch_exits_with_its_traceback_instead_of_hanging(pair_folder
 def test_val_every_submit_every_and_val_max_images_through_the_cli(pair_folder, tmp_path):
     """--val-every 2 --submit-every 2 over 3 epochs: validation and submissions at epochs 2 and 3 (the last
     always), epoch 1 a train-only record; --val-max-images 2 scores the same 2 seeded images, named up front."""
-    from insanesr_dist.data.splits import load_splits
+    from insanesr_dist.data.splits import load_splits, val_subset
     from insanesr_dist.tools.study import read_row
-    from insanesr_dist.train import val_subset
 
     out = tmp_path / "out"
     result = run_cli(
@@ -333,7 +330,7 @@ def test_every_epoch_reaches_the_dataset_also_through_a_sharded_loader(pair_fold
     from accelerate.data_loader import prepare_data_loader
 
     from insanesr_dist.data import loaders, splits
-    from insanesr_dist.train import _epoch_batches
+    from insanesr_dist.data.batches import epoch_batches
 
     train = splits.load_splits(pair_folder, val_fraction=0.1, seed=0).train
     loader = loaders.train_loader(train, batch_size=2, patch_size=4, scale=4, seed=0, num_workers=0)
@@ -341,7 +338,7 @@ def test_every_epoch_reaches_the_dataset_also_through_a_sharded_loader(pair_fold
         loader, num_processes=2, process_index=1, put_on_device=False, use_seedable_sampler=True
     )
     for epoch in (1, 2):
-        _epoch_batches(None, shard, epoch, 0)
+        epoch_batches(shard, epoch, 0)
         assert shard.dataset.epoch == epoch
 
 

@@ -173,3 +173,11 @@ def check_patch_size(table: datasets.Dataset, patch_size: int, batch_size: int, 
         raise UserError(
             f"{source}: full-image training (--patch-size 0) with images of different sizes needs --batch-size 1"
         )
+
+
+def val_subset(count: int, limit: int, seed: int) -> list[int] | None:
+    """The validation rows --val-max-images keeps: the first `limit` of a permutation seeded by --seed, in
+    split order, so every epoch, rank and rerun scores the same images (None: all `count` of them)."""
+    if not limit or limit >= count:
+        return None
+    return sorted(np.random.default_rng([seed, 14]).permutation(count)[:limit].tolist())

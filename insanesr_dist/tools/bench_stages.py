@@ -128,7 +128,7 @@ def bare_step(spec: dict) -> dict:
 
     from insanesr_dist.config import TrainConfig
     from insanesr_dist.inference.forward import PRECISIONS
-    from insanesr_dist.train import build_model
+    from insanesr_dist.trainer import build_model
     from insanesr_dist.training.host_memory import keep_freed_memory
     from insanesr_dist.training.losses import training_loss
     from insanesr_dist.training.optimizer import make_optimizer

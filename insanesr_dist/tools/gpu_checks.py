@@ -52,7 +52,7 @@ SYNC_WARNING = "synchronizing CUDA operation"  # what set_sync_debug_mode("warn"
 
 def _sync_debug_training(spec: dict) -> dict:
     """The real training loop under sync debug mode; every sync warning is tagged with the training step it
-    came in (the count of training_loss calls so far) and where in this package it was called from.
+    came in (the count of train_step calls so far) and where in this package it was called from.
 
     Syncs that belong to epoch ends (the epoch's loss reduction, validation, panels, saving) are told apart: a
     warning counts as per-step only while training, after `warmup` steps, and not in an epoch's last step;
@@ -66,20 +66,20 @@ def _sync_debug_training(spec: dict) -> dict:
     from insanesr_dist import train
     from insanesr_dist.config import TrainConfig
     from insanesr_dist.data.crops import DevicePairs
+    from insanesr_dist.trainer import Trainer
 
     now = {"step": 0, "phase": "setup"}
     hits, epoch_ends = [], set()
-    # Wrapped where train() looks them up: the names train.py imported.
-    real_loss, real_score = train.training_loss, train.score_images
 
-    def training_loss(*args):
-        now["step"], now["phase"] = now["step"] + 1, "train"
-        return real_loss(*args)
+    class Watched(Trainer):  # tags each sync warning with the step or epoch end it came in
+        def train_step(self, batch):
+            now["step"], now["phase"] = now["step"] + 1, "train"
+            return super().train_step(batch)
 
-    def score_images(*args):
-        epoch_ends.add(now["step"])
-        now["phase"] = "epoch end"
-        return real_score(*args)
+        def evaluate(self, **kwargs):
+            epoch_ends.add(now["step"])
+            now["phase"] = "epoch end"
+            return super().evaluate(**kwargs)
 
     def record(message, category, filename, lineno, file=None, line=None):
         if SYNC_WARNING in str(message):
@@ -94,7 +94,7 @@ def _sync_debug_training(spec: dict) -> dict:
         device_batches[0] += 1
         return real_cut(self, plan)
 
-    train.training_loss, train.score_images, DevicePairs.cut = training_loss, score_images, cut
+    DevicePairs.cut = cut
     warnings.simplefilter("always")  # the default filter would show each call site only once
     warnings.showwarning = record
     # Batch 4: more steps per epoch (fewer epoch ends) than the preset's 16; what syncs does not depend on it.
@@ -115,7 +115,7 @@ def _sync_debug_training(spec: dict) -> dict:
     if cuda:
         torch.cuda.set_sync_debug_mode("warn")
     started = time.perf_counter()
-    train.train(TrainConfig(**settings))
+    train.train(TrainConfig(**settings), trainer_class=Watched)
     if cuda:
         torch.cuda.set_sync_debug_mode(0)
     seconds = time.perf_counter() - started

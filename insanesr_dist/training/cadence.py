@@ -54,3 +54,14 @@ class StepChecks:
     def saved(self) -> None:
         """A checkpoint was written: the timer starts again."""
         self._last_save = time.monotonic()
+
+
+def due(step: int, every_steps: int) -> bool:
+    """Whether a step form (--val-every-steps, --submit-every-steps, --checkpoint-every) is due at `step`."""
+    return bool(every_steps) and step % every_steps == 0
+
+
+def evaluates_at(epoch: int, every: int, last: int) -> bool:
+    """Whether an epoch validates (--val-every) or writes its submission (--submit-every): every `every`-th
+    epoch, and always the last one, so a run ends with scored best/latest weights and a CSV."""
+    return epoch % every == 0 or epoch == last

@@ -2,10 +2,10 @@
 
 A checkpoint is `OUT/checkpoints/step_NNNNNNNN/`: accelerate's `save_state` files (model, optimizer,
 grad scaler, every rank's RNG states, sampler), the weight EMA as `ema.safetensors` + `ema.json`, our
-`train_state.json` (epoch, step, position in the epoch's batches, best JM, the epoch's running loss, and
-the process count, precision and schedule it was written with), and `COMPLETE`, written last by the main
-process once every rank has saved. `COMPLETE` lists each file's size, so a truncated file is noticed too.
-Anything without a valid `COMPLETE` is ignored with a warning.
+`train_state.json` (training/state.py's TrainState: epoch, step, position in the epoch's batches, best JM, the
+epoch's running loss, the stream's position, and the process count, precision and schedule it was written with),
+and `COMPLETE`, written last by the main process once every rank has saved. `COMPLETE` lists each file's size, so
+a truncated file is noticed too. Anything without a valid `COMPLETE` is ignored with a warning.
 
 Nothing is unpickled on resume beyond what torch's `weights_only` loader allows (tensors, plain
 containers, numbers, and the numpy arrays of the RNG states): the EMA is deliberately not an accelerate
@@ -17,7 +17,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import shutil
-from dataclasses import dataclass
 from pathlib import Path
 
 from accelerate import Accelerator, PartialState
@@ -28,33 +27,12 @@ from safetensors.torch import load_file, save_file
 from insanesr_dist import run_files
 from insanesr_dist.atomic import write_text_atomic
 from insanesr_dist.errors import UserError
+from insanesr_dist.training.state import TrainState
 
 MARKER = "COMPLETE"
 STATE_FILE = "train_state.json"
 EMA_WEIGHTS, EMA_COUNTERS = "ema.safetensors", "ema.json"
 SCALER_FILE = "scaler.pt"  # accelerate's name for the GradScaler state (fp16 only)
-
-
-@dataclass
-class TrainState:
-    """Where the loop stands; with accelerate's state it is enough to continue bit-for-bit."""
-
-    epoch: int = 1  # the epoch in progress (1-based)
-    batches_done: int = 0  # batches of that epoch already trained on
-    step: int = 0  # optimizer steps taken
-    best_jm: float = float("-inf")
-    loss_sum: float = 0.0  # this rank's running sum of the epoch's batch losses
-    passes: int = 0  # batches summed in loss_sum
-    finished: bool = False
-    # How the checkpoint was written (0 / "" in checkpoints from before they were recorded): a resume
-    # under other values continues, but not as the uninterrupted run would have, and says so.
-    processes: int = 0
-    precision: str = ""
-    steps_per_epoch: int = 0
-    total_steps: int = 0
-    # --early-stop-patience: validations since the JM last rose above `stale_reference` + min delta
-    stale_validations: int = 0
-    stale_reference: float = float("-inf")
 
 
 def checkpoint_dir(out_dir: Path, step: int) -> Path:
@@ -110,7 +88,7 @@ def find_resume(resume: str, out_dir: Path, warn=print) -> Path | None:
 
 
 def read_state(path: Path) -> TrainState:
-    return TrainState(**json.loads((path / STATE_FILE).read_text()))
+    return TrainState.from_state_dict(json.loads((path / STATE_FILE).read_text()))
 
 
 def check_every_rank_can_read(launch: PartialState, path: Path) -> None:
@@ -160,7 +138,7 @@ def save_checkpoint(accelerator: Accelerator, out_dir: Path, state: TrainState, 
     if accelerator.is_main_process:
         if ema is not None:  # the same on every rank (same weights, same updates): rank 0's copy is all of it
             _save_ema(ema, path)
-        write_text_atomic(path / STATE_FILE, json.dumps(dataclasses.asdict(state)))
+        write_text_atomic(path / STATE_FILE, json.dumps(state.state_dict()))
         sizes = {p.name: p.stat().st_size for p in sorted(path.iterdir()) if p.is_file()}
         write_text_atomic(path / MARKER, json.dumps(sizes, indent=1))
         _prune(out_dir, keep)
@@ -216,14 +194,14 @@ def _check_random_states(path: Path, say) -> None:
 def for_processes(state: TrainState, processes: int) -> TrainState:
     """`state` as `processes` ranks continue it. The seeded sampler deals the epoch's global batches out to the
     ranks in turn, so M ranks that each trained on b batches have used the first b*M of them: N ranks skip
-    b*M/N each (rounded down: at most one batch per rank is trained on again) and count their passes alike,
+    b*M/N each (rounded down: at most one batch per rank is trained on again) and count their loss batches alike,
     which keeps the running loss's mean (the sum over ranks is shared out again)."""
     if not state.processes or state.processes == processes:
         return state
     return dataclasses.replace(
         state,
         batches_done=state.batches_done * state.processes // processes,
-        passes=state.passes * state.processes // processes,
+        loss_batches=state.loss_batches * state.processes // processes,
         processes=processes,
     )
 

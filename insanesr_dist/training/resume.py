@@ -9,7 +9,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import sys
-from dataclasses import asdict
 from pathlib import Path
 
 from accelerate import Accelerator, PartialState
@@ -19,6 +18,7 @@ from insanesr_dist import run_files
 from insanesr_dist.config import TrainConfig, saved_settings
 from insanesr_dist.errors import UserError
 from insanesr_dist.training import checkpoint
+from insanesr_dist.training.state import TrainState
 
 # Settings that may change between an interrupted run and its continuation without changing the result.
 RESUMABLE = {
@@ -54,7 +54,7 @@ def total_steps_of(cfg: TrainConfig, steps_per_epoch: int) -> int:
     return min(cfg.max_steps or sys.maxsize, cfg.epochs * steps_per_epoch)
 
 
-def resume_point(cfg: TrainConfig, out_dir: Path, launch: PartialState) -> tuple[Path | None, checkpoint.TrainState]:
+def resume_point(cfg: TrainConfig, out_dir: Path, launch: PartialState) -> tuple[Path | None, TrainState]:
     """The checkpoint to continue from and its state, as rank 0 chose and read them.
 
     Only rank 0 looks (a lagging or per-node file system must not let ranks continue from different
@@ -64,7 +64,7 @@ def resume_point(cfg: TrainConfig, out_dir: Path, launch: PartialState) -> tuple
     if launch.is_main_process:
         try:
             path = _choose_checkpoint(cfg, out_dir)
-            choice = [str(path), asdict(checkpoint.read_state(path)), None] if path else choice
+            choice = [str(path), checkpoint.read_state(path).state_dict(), None] if path else choice
         except UserError as e:
             choice = [None, None, e.message]  # every rank raises it: none may go on
     if launch.num_processes > 1:
@@ -73,9 +73,9 @@ def resume_point(cfg: TrainConfig, out_dir: Path, launch: PartialState) -> tuple
     if error:
         raise UserError(error)
     if path is None:
-        return None, checkpoint.TrainState()
+        return None, TrainState()
     checkpoint.check_every_rank_can_read(launch, Path(path))
-    return Path(path), checkpoint.TrainState(**state)
+    return Path(path), TrainState.from_state_dict(state)
 
 
 def _choose_checkpoint(cfg: TrainConfig, out_dir: Path) -> Path | None:
@@ -104,7 +104,7 @@ def _choose_checkpoint(cfg: TrainConfig, out_dir: Path) -> Path | None:
     return resume_from
 
 
-def budget_grew(cfg: TrainConfig, state: checkpoint.TrainState) -> bool:
+def budget_grew(cfg: TrainConfig, state: TrainState) -> bool:
     """Whether a finished run's checkpoint is given more steps than it had (--epochs, --max-steps): the run
     then goes on (an extension); else it has nothing left to do."""
     planned = total_steps_of(cfg, state.steps_per_epoch) if state.steps_per_epoch else 0
@@ -112,8 +112,8 @@ def budget_grew(cfg: TrainConfig, state: checkpoint.TrainState) -> bool:
 
 
 def continued(
-    accelerator: Accelerator, state: checkpoint.TrainState, cfg: TrainConfig, steps_per_epoch: int, total_steps: int
-) -> tuple[checkpoint.TrainState, int]:
+    accelerator: Accelerator, state: TrainState, cfg: TrainConfig, steps_per_epoch: int, total_steps: int
+) -> tuple[TrainState, int]:
     """The state and step budget with which this run continues the checkpoint's, saying what differs.
 
     Another process count changes the steps per epoch: the epoch goes on after the global batches already

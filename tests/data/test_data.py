@@ -160,7 +160,7 @@ def test_training_batches_reach_the_pin_step_and_accelerates_move_as_one_batch(p
     from accelerate.utils import send_to_device
     from torch.utils.data._utils.pin_memory import pin_memory
 
-    from insanesr_dist.train import _model_inputs
+    from insanesr_dist.data.batches import model_inputs
 
     train = load_splits(pair_folder, val_fraction=0.1, seed=0).train
     batch = next(iter(loaders.train_loader(train, batch_size=4, patch_size=4, scale=4, seed=0, num_workers=0)))
@@ -181,9 +181,9 @@ def test_training_batches_reach_the_pin_step_and_accelerates_move_as_one_batch(p
     cpu = torch.device("cpu")
     want = C.augment(*map(torch.from_numpy, (batch.lr, batch.hr, batch.codes)))
     for given in (batch, batch.to(cpu)):
-        got = _model_inputs(given, cpu, None, channels_last=True)
+        got = model_inputs(given, cpu, None, channels_last=True)
         assert all(torch.equal(g, w.float() / 255) for g, w in zip(got, want))
-    assert all(t.device.type == "meta" for t in _model_inputs(batch, torch.device("meta"), None, True))
+    assert all(t.device.type == "meta" for t in model_inputs(batch, torch.device("meta"), None, True))
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="pinned host memory needs a GPU driver; none here")

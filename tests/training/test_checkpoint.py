@@ -16,6 +16,7 @@ from tensorboard.backend.event_processing.event_file_loader import LegacyEventFi
 from conftest import TINY, accelerate_launch, kill_tree, run_cli, run_tree
 from insanesr_dist.errors import UserError
 from insanesr_dist.training import checkpoint, preemption
+from insanesr_dist.training.state import TrainState
 
 RUN = ["--epochs", "3", "--batch-size", "2", "--log-every", "1", "--checkpoint-every", "3"]
 
@@ -286,15 +287,13 @@ def test_a_checkpoint_without_scaler_state_resumes_under_fp16_with_a_fresh_scale
 
 
 def test_a_state_continued_by_another_process_count_skips_the_same_global_batches():
-    two = checkpoint.TrainState(epoch=2, batches_done=3, step=9, loss_sum=6.0, passes=3, processes=2)
+    two = TrainState(epoch=2, batches_done=3, step=9, loss_sum=6.0, loss_batches=3, processes=2)
     one = checkpoint.for_processes(two, 1)
-    assert (one.batches_done, one.passes, one.processes) == (6, 6, 1)
-    # The epoch's mean loss is kept: the sum over ranks shared out again, over each rank's passes.
-    assert two.loss_sum / two.processes / two.passes == one.loss_sum / 1 / one.passes
+    assert (one.batches_done, one.loss_batches, one.processes) == (6, 6, 1)
+    # The epoch's mean loss is kept: the sum over ranks shared out again, over each rank's batches.
+    assert two.loss_sum / two.processes / two.loss_batches == one.loss_sum / 1 / one.loss_batches
     assert checkpoint.for_processes(one, 2) == two
-    assert (
-        checkpoint.for_processes(checkpoint.TrainState(batches_done=5), 2).batches_done == 5
-    )  # count unknown: as it was
+    assert checkpoint.for_processes(TrainState(batches_done=5), 2).batches_done == 5  # count unknown: as it was
 
 
 def run_logged(command: list[str], log_path: Path, timeout: float) -> tuple[int, str]:
@@ -367,12 +366,11 @@ def test_a_rank_that_cannot_read_rank_0s_checkpoint_fails_in_one_line_and_no_ran
     script.write_text(
         "import os, sys\n"
         "import insanesr_dist.training.checkpoint as C\n"
-        "import insanesr_dist.train as T\n"
+        "from insanesr_dist.train import main\n"
         "real = C._is_complete\n"
         "C._is_complete = lambda p: (real(p) if os.environ['RANK'] == '0'\n"
         "                            else 'optimizer.bin cannot be read (injected)')\n"
-        "sys.argv = ['train', *sys.argv[1:]]\n"
-        "T.main()\n"
+        "main(sys.argv[1:], prog_name='train')\n"
     )
     command = accelerate_launch(2, *args, "--output-dir", str(out), target=(str(script),))
     code, output = run_logged(command, tmp_path / "rerun.log", timeout=300)

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import TINY, accelerate_launch, assert_one_line_error, patched_train_script, run_cli
+from conftest import TINY, accelerate_launch, assert_one_line_error, run_cli, train_script
 from insanesr_dist.training import precision, runtime
 
 CONFIGS = Path(__file__).resolve().parents[2] / "accelerate_configs"
@@ -66,19 +66,19 @@ def test_the_accelerate_config_decides_cpu_even_on_a_gpu_host(monkeypatch, confi
 
 
 SLOW_RANK_0 = """
-import os, time
-real_load_splits = T.load_splits
-def slow_load_splits(*args, **kwargs):
-    if os.environ["RANK"] == "0":
-        time.sleep(15)  # a first run preparing a large dataset, while rank 1 waits in a barrier
-    return real_load_splits(*args, **kwargs)
-T.load_splits = slow_load_splits
+import time
+class Custom(Trainer):
+    def load_data(self):
+        with self.accelerator.main_process_first():
+            if self.accelerator.is_main_process:
+                time.sleep(15)  # a first run preparing a large dataset, while rank 1 waits in a barrier
+        return super().load_data()
 """
 
 
 @pytest.mark.slow
 def test_a_long_rank_0_preparation_needs_a_long_enough_dist_timeout(pair_folder, tmp_path):
-    script = patched_train_script(SLOW_RANK_0)
+    script = train_script(SLOW_RANK_0)
 
     def launch(timeout_s: int, out: str):
         return run_cli(
@@ -118,7 +118,7 @@ def test_a_stuck_dataloader_worker_ends_the_run_with_one_line(pair_folder, tmp_p
     )
     result = run_cli(
         sys.executable,
-        str(patched_train_script(stuck)),
+        str(train_script(stuck)),
         "--data",
         str(pair_folder),
         "--epochs",
