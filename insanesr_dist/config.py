@@ -50,7 +50,7 @@ class TrainConfig:
     # data
     data: str | None = setting(
         None,
-        "Dataset: a DIR with train/LR, train/HR (and test/LR), a DIV2K-like folder "
+        "Dataset: a DIR with train/LR, train/HR (and val/LR + val/HR, test/LR), a DIV2K-like folder "
         "(DIV2K_train_HR, DIV2K_train_LR_bicubic/X4, ...), a save_to_disk folder, a "
         "folder of parquet/arrow/jsonl/csv files (a hub dataset on disk), or a hub "
         "dataset id. Default: the embedded demo data.",

@@ -94,7 +94,8 @@ def _shade(color, num: int, den: int) -> tuple[int, int, int]:
     return tuple(min(255, c * num // den) for c in color)
 
 
-def _gradient(h: int, w: int, top, bottom) -> np.ndarray:
+def gradient(h: int, w: int, top, bottom) -> np.ndarray:
+    """An h x w RGB uint8 area fading from colour `top` (first row) to `bottom` (last row)."""
     # Integer interpolation: exact everywhere, unlike rounding a float blend.
     t, d = np.arange(h, dtype=np.int32)[:, None, None], max(h - 1, 1)
     col = (np.array(top, np.int32) * (d - t) + np.array(bottom, np.int32) * t) // d
@@ -127,7 +128,7 @@ def _background(img: np.ndarray, rng, t: int) -> None:
     if rng.random() < 0.5:
         # Side-scroller: sky gradient, sun, clouds, tiled ground under a grass strip, platforms.
         hor = int(h * rng.uniform(0.55, 0.8))
-        img[:hor] = _gradient(hor, w, _color(rng, 0, 120), _color(rng, 120, 256))
+        img[:hor] = gradient(hor, w, _color(rng, 0, 120), _color(rng, 120, 256))
         sun = (int(rng.integers(0, w)), int(rng.integers(0, hor // 2 + 1)))
         r = int(rng.integers(s // 16, s // 8))
         cv2.circle(img, sun, r, (255, 230, int(rng.integers(60, 200))), -1, cv2.LINE_AA)
@@ -181,7 +182,7 @@ def _shape_sprite(img: np.ndarray, rng) -> None:
     else:
         cv2.fillPoly(mask, [pts], 255)
     if rng.random() < 0.5:
-        shaded = _gradient(h, w, _shade(fill, 5, 4), _shade(fill, 1, 2))
+        shaded = gradient(h, w, _shade(fill, 5, 4), _shade(fill, 1, 2))
         np.copyto(img, shaded, where=mask[..., None] > 0)
     else:
         img[mask > 0] = fill
@@ -300,7 +301,7 @@ def _imwrite(path: Path, rgb: np.ndarray) -> None:
         raise OSError(f"could not write {path}")
 
 
-def _write_pair(tmp: Path, num_train: int, hr_hw: tuple[int, int], seed: int, index: int) -> None:
+def _write_pair(tmp: Path, index: int, *, num_train: int, hr_hw: tuple[int, int], seed: int) -> None:
     """Draw frame `index` and write it into `tmp`: HR and LR for a training id, LR only for a test id."""
     # A (seed, index) seed sequence gives each frame its own stream, whereas with
     # seed + index, seed 1's frame 0 would equal seed 0's frame 1.
@@ -324,32 +325,33 @@ def _pool_context() -> multiprocessing.context.BaseContext:
     return multiprocessing.get_context("forkserver" if "forkserver" in methods else "spawn")
 
 
-def _write(
-    out_dir: Path, num_train: int, num_test: int, hr_size: int | tuple[int, int], seed: int, workers: int = 1
+def write_atomically(
+    out_dir: Path, folders, write_one, count: int, workers: int = 1, files: dict[str, str] | None = None
 ) -> bool:
-    """Generate into a private sibling temp dir, then rename it to `out_dir` in one step.
+    """Write a dataset into a private sibling temp dir, then rename it to `out_dir` in one step.
 
-    The rename makes the dataset appear complete or not at all. Returns False, with the temp dir
-    removed, when `out_dir` was already non-empty at rename time (another process got there first).
-    `workers` > 1 draws frames in that many processes; each frame is a pure function of (seed, index)
-    and goes to its own file, so the files are the same whatever the number of workers.
+    `folders` are made first; `write_one(tmp, index)` writes item `index` (of `count`) into the temp dir and must
+    be a pure function of the index (and picklable for `workers` > 1), so the files are the same whatever the
+    number of workers; `files` (name -> text) are written beside the folders. The rename makes the dataset
+    appear complete or not at all. Returns False, with the temp dir removed, when `out_dir` was already
+    non-empty at rename time (another process got there first).
     """
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     # pid plus a random suffix: unique even across hosts sharing one cache directory.
     tmp = out_dir.parent / f".{out_dir.name}.tmp-{os.getpid()}-{secrets.token_hex(4)}"
     try:
-        for sub in _layout(num_train, num_test):
+        for sub in folders:
             (tmp / sub).mkdir(parents=True)
-        write = functools.partial(_write_pair, tmp, num_train, _hw(hr_size), seed)
-        indices = range(num_train + num_test)
-        workers = min(workers, len(indices))
+        for name, text in (files or {}).items():
+            (tmp / name).write_text(text, encoding="utf-8")
+        workers = min(workers, count)
         if workers <= 1:
-            for index in indices:
-                write(index)
+            for index in range(count):
+                write_one(tmp, index)
         else:
             # Leaving the `with` terminates the workers, also on an error, before the temp dir is removed.
             with _pool_context().Pool(workers, initializer=_init_worker) as pool:
-                for _ in pool.imap_unordered(write, indices):
+                for _ in pool.imap_unordered(functools.partial(write_one, tmp), range(count)):
                     pass
         try:
             os.rename(tmp, out_dir)  # POSIX: replaces an empty dir, fails on a non-empty one
@@ -360,6 +362,14 @@ def _write(
         return True
     finally:
         shutil.rmtree(tmp, ignore_errors=True)  # nothing left to remove after a successful rename
+
+
+def _write(
+    out_dir: Path, num_train: int, num_test: int, hr_size: int | tuple[int, int], seed: int, workers: int = 1
+) -> bool:
+    """The procedural set, written by write_atomically (False: `out_dir` was filled by another process)."""
+    write = functools.partial(_write_pair, num_train=num_train, hr_hw=_hw(hr_size), seed=seed)
+    return write_atomically(out_dir, _layout(num_train, num_test), write, num_train + num_test, workers)
 
 
 def write_demo_data(
