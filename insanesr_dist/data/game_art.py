@@ -37,13 +37,13 @@ import numpy as np
 
 from insanesr_dist.data.degrade import lr_from_hr
 from insanesr_dist.data.demo import (
-    _check_size,
-    _hw,
-    _imwrite,
-    _is_nonempty,
-    _scaled,
+    check_size,
     demo_data_dir,
+    frame_hw,
     gradient,
+    imwrite_rgb,
+    is_nonempty,
+    scaled_count,
     write_atomically,
 )
 from insanesr_dist.errors import UserError
@@ -246,7 +246,7 @@ def _top_down(img: np.ndarray, rng: np.random.Generator, art: Art) -> None:
         for c in range(cols):
             paste(img, grid[r][c], r * th, c * tw)
     sprites = art.pool("top", "side", "item")
-    for _ in range(_scaled(int(rng.integers(3, 9)), h, w)):
+    for _ in range(scaled_count(int(rng.integers(3, 9)), h, w)):
         sprite = np.rot90(_sized(rng, _pick(rng, sprites)[1], s // 16, s * 5 // 16), int(rng.integers(4)))
         if rng.random() < 0.5:
             sprite = sprite[:, ::-1]
@@ -283,11 +283,11 @@ def _side_view(img: np.ndarray, rng: np.random.Generator, art: Art) -> None:
         for c in range(int(rng.integers(2, 5))):
             paste(img, ledge, y, x + c * t)
     others = [tile for name, tile in tiles if _family(name) != family] or [tile for _, tile in tiles]
-    for _ in range(_scaled(int(rng.integers(0, 4)), h, w)):  # bushes, crates, signs standing on the ground
+    for _ in range(scaled_count(int(rng.integers(0, 4)), h, w)):  # bushes, crates, signs standing on the ground
         thing = shrink(_pick(rng, others), k)
         paste(img, thing, ground - thing.shape[0], int(rng.integers(-t // 2, w - t // 2)))
     sprites = art.images["side"] + art.images["item"] or art.pool("top")
-    for _ in range(_scaled(int(rng.integers(2, 7)), h, w)):
+    for _ in range(scaled_count(int(rng.integers(2, 7)), h, w)):
         sprite = _sized(rng, _pick(rng, sprites)[1], s // 10, s // 4)
         if rng.random() < 0.5:
             sprite = sprite[:, ::-1]
@@ -307,7 +307,7 @@ def _hud(img: np.ndarray, rng: np.random.Generator, art: Art) -> None:
 
 def render_scene(rng: np.random.Generator, art: Art, size: int | tuple[int, int]) -> np.ndarray:
     """One RGB uint8 scene, size x size or (height, width); every random choice comes from `rng`."""
-    h, w = _hw(size)
+    h, w = frame_hw(size)
     img = np.zeros((h, w, 3), np.uint8)
     kinds = [draw for draw, role in ((_top_down, "floor"), (_side_view, "tile")) if art.images[role]]
     _pick(rng, kinds)(img, rng, art)
@@ -333,8 +333,8 @@ def _write_scene(
 ) -> None:
     hr = render_scene(np.random.default_rng((seed, index)), load_art(Path(wheel)), hr_hw)
     split, name = _split_of(index, counts), f"{index:05d}.png"
-    _imwrite(tmp / split / "HR" / name, hr)
-    _imwrite(tmp / split / "LR" / name, lr_from_hr(hr, 4, "bicubic"))
+    imwrite_rgb(tmp / split / "HR" / name, hr)
+    imwrite_rgb(tmp / split / "LR" / name, lr_from_hr(hr, 4, "bicubic"))
 
 
 def _readme(art: Art, wheel: Path, counts: tuple[int, int, int], hr_hw: tuple[int, int], seed: int) -> str:
@@ -376,14 +376,14 @@ def write_game_art(
 
     Raises ValueError for a bad size or count, FileExistsError if `out_dir` is not an empty folder, and
     UserError for a wheel without art or without its CC0 licence file."""
-    hr_hw = _check_size(hr_size)
+    hr_hw = check_size(hr_size)
     if num_train < 1 or num_val < 0 or num_test < 0 or workers < 1:
         raise ValueError(
             f"need num_train >= 1, num_val >= 0, num_test >= 0 and workers >= 1; got {num_train}, {num_val}, "
             f"{num_test} and {workers}"
         )
     out_dir = Path(out_dir)
-    if _is_nonempty(out_dir):
+    if is_nonempty(out_dir):
         raise FileExistsError(f"{out_dir} already exists and is not empty; pick a new data folder")
     wheel = Path(wheel) if wheel is not None else fetch_wheel()
     art = load_art(wheel)  # here, not first in a worker: a bad wheel is one line before anything is written
