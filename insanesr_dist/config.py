@@ -176,6 +176,11 @@ class TrainConfig:
         "Keep an exponential moving average of the weights with this decay and "
         "validate, save and predict with it; 0 disables it." + preset_help("ema_decay"),
     )
+    adam_beta2: float = setting(
+        0.999,
+        "Adam's beta2, the decay of its squared-gradient average (beta1 stays 0.9): 0.999 is Adam's and the "
+        "seed's; 0.99 adapts faster to changing gradient scales.",
+    )
     max_grad_norm: float = setting(0.0, "Clip the gradient norm to this value; 0 disables clipping (seed).")
     max_bad_steps: int = setting(
         20,
@@ -304,6 +309,7 @@ class TrainConfig:
             (self.warmup_steps >= 0, "warmup_steps must be >= 0"),
             (self.ssim_weight >= 0, "ssim_weight must be >= 0"),
             (0 <= self.ema_decay < 1, "ema_decay must be in [0, 1)"),
+            (0 < self.adam_beta2 < 1, "adam_beta2 must be in (0, 1)"),
             (self.max_grad_norm >= 0, "max_grad_norm must be >= 0"),
             (self.max_bad_steps >= 1, "max_bad_steps must be >= 1"),
             (min(self.num_rrdb, self.channels, self.growth, self.layers_per_block) >= 1, "model sizes must be >= 1"),
