@@ -112,8 +112,29 @@ class HrSize(click.ParamType):
 
 @cli.command("make-demo-data")
 @click.argument("out_dir", type=click.Path(file_okay=False, path_type=Path))
+@click.option(
+    "--kind",
+    type=click.Choice(["procedural", "game-art"]),
+    default="procedural",
+    show_default=True,
+    help="procedural: the embedded demo frames (drawn by code); game-art: scenes composited from the CC0 "
+    "Kenney.nl art the arcade wheel on PyPI ships, with a val split and HR for the test split (docs/study.md).",
+)
 @click.option("--num-train", default=200, show_default=True, type=click.IntRange(2), help="Training pairs.")
-@click.option("--num-test", default=20, show_default=True, type=click.IntRange(0), help="LR-only test images.")
+@click.option(
+    "--num-val",
+    default=None,
+    type=click.IntRange(0),
+    show_default="20",
+    help="game-art: validation pairs (val/HR, val/LR). The procedural set has none: training holds out 10% of train.",
+)
+@click.option(
+    "--num-test",
+    default=20,
+    show_default=True,
+    type=click.IntRange(0),
+    help="Test images: LR only (procedural), LR and HR (game-art).",
+)
 @click.option(
     "--hr-size",
     default="256",
@@ -124,6 +145,12 @@ class HrSize(click.ParamType):
 )
 @click.option("--seed", default=0, show_default=True, type=int, help="Generator seed.")
 @click.option(
+    "--wheel",
+    type=click.Path(dir_okay=False, exists=True, path_type=Path),
+    help="game-art: the arcade wheel to read the art from (pip download --no-deps arcade==3.3.3). "
+    "Default: that wheel, downloaded once with pip into ~/.cache/insanesr-dist/wheels.",
+)
+@click.option(
     "--workers",
     default=None,
     show_default="usable cores",
@@ -131,11 +158,21 @@ class HrSize(click.ParamType):
     help="Processes drawing frames (the files are the same for any number).",
 )
 def make_demo_data(
-    out_dir: Path, num_train: int, num_test: int, hr_size: tuple[int, int], seed: int, workers: int | None
+    out_dir: Path,
+    kind: str,
+    num_train: int,
+    num_val: int | None,
+    num_test: int,
+    hr_size: tuple[int, int],
+    seed: int,
+    wheel: Path | None,
+    workers: int | None,
 ) -> None:
-    """Write the embedded procedural demo dataset (train/LR, train/HR, test/LR) to OUT_DIR.
+    """Write a demo dataset to OUT_DIR: the embedded procedural frames (train/LR, train/HR, test/LR), or with
+    --kind game-art scenes of real CC0 game art (train, val and test, each HR and LR, plus README.txt and
+    LICENSE.txt naming the art's source and licence).
 
-    Training without --data uses the same data (generated once into ~/.cache/insanesr-dist).
+    Training without --data uses the procedural data (generated once into ~/.cache/insanesr-dist).
     With --hr-size WxH it draws wide frames, e.g. DIV2K-sized ones (HR 2040x1344, LR 510x336) to
     measure the data path at real size.
 
@@ -145,19 +182,41 @@ def make_demo_data(
       insanesr-dist make-demo-data demo-small/ --num-train 40 --num-test 5 --hr-size 128
       insanesr-dist train --data demo-small/ --epochs 2
       insanesr-dist make-demo-data div2k-like/ --num-train 800 --num-test 100 --hr-size 2040x1344
+      insanesr-dist make-demo-data game-art/ --kind game-art --num-train 400 --num-val 50 --num-test 50
     """
     import os
 
-    from insanesr_dist.data.demo import write_demo_data
     from insanesr_dist.errors import UserError
 
     workers = workers or len(os.sched_getaffinity(0))
+    if kind == "procedural" and (num_val is not None or wheel is not None):
+        raise click.UsageError("--num-val and --wheel are for --kind game-art")
     try:
-        write_demo_data(out_dir, num_train=num_train, num_test=num_test, hr_size=hr_size, seed=seed, workers=workers)
+        if kind == "game-art":
+            from insanesr_dist.data.game_art import write_game_art
+
+            num_val = 20 if num_val is None else num_val
+            write_game_art(
+                out_dir,
+                wheel=wheel,
+                num_train=num_train,
+                num_val=num_val,
+                num_test=num_test,
+                hr_size=hr_size,
+                seed=seed,
+                workers=workers,
+            )
+        else:
+            from insanesr_dist.data.demo import write_demo_data
+
+            write_demo_data(
+                out_dir, num_train=num_train, num_test=num_test, hr_size=hr_size, seed=seed, workers=workers
+            )
     except FileExistsError as e:
         raise UserError(str(e)) from None
+    val = f", {num_val} validation pairs" if kind == "game-art" else ""
     click.echo(
-        f"wrote {num_train} training pairs and {num_test} test images (HR {hr_size[1]}x{hr_size[0]}) to {out_dir}"
+        f"wrote {num_train} training pairs{val} and {num_test} test images (HR {hr_size[1]}x{hr_size[0]}) to {out_dir}"
     )
 
 

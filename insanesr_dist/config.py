@@ -52,7 +52,7 @@ class TrainConfig:
     # data
     data: str | None = setting(
         None,
-        "Dataset: a DIR with train/LR, train/HR (and test/LR), a DIV2K-like folder "
+        "Dataset: a DIR with train/LR, train/HR (and val/LR + val/HR, test/LR), a DIV2K-like folder "
         "(DIV2K_train_HR, DIV2K_train_LR_bicubic/X4, ...), a save_to_disk folder, a "
         "folder of parquet/arrow/jsonl/csv files (a hub dataset on disk), or a hub "
         "dataset id. Default: the embedded demo data.",
@@ -177,6 +177,11 @@ class TrainConfig:
         None,
         "Keep an exponential moving average of the weights with this decay and "
         "validate, save and predict with it; 0 disables it." + preset_help("ema_decay"),
+    )
+    adam_beta2: float = setting(
+        0.999,
+        "Adam's beta2, the decay of its squared-gradient average (beta1 stays 0.9): 0.999 is Adam's and the "
+        "seed's; 0.99 adapts faster to changing gradient scales.",
     )
     max_grad_norm: float = setting(0.0, "Clip the gradient norm to this value; 0 disables clipping (seed).")
     max_bad_steps: int = setting(
@@ -306,6 +311,7 @@ class TrainConfig:
             (self.warmup_steps >= 0, "warmup_steps must be >= 0"),
             (self.ssim_weight >= 0, "ssim_weight must be >= 0"),
             (0 <= self.ema_decay < 1, "ema_decay must be in [0, 1)"),
+            (0 < self.adam_beta2 < 1, "adam_beta2 must be in (0, 1)"),
             (self.max_grad_norm >= 0, "max_grad_norm must be >= 0"),
             (self.max_bad_steps >= 1, "max_bad_steps must be >= 1"),
             (min(self.num_rrdb, self.channels, self.growth, self.layers_per_block) >= 1, "model sizes must be >= 1"),

@@ -188,32 +188,3 @@ def test_a_default_preset_run_saves_the_ema_weights(pair_folder, tmp_path):
     assert all(torch.equal(latest[k], ema_weights[k]) for k in latest)
     assert any(not torch.equal(latest[k], live[k]) for k in latest)  # the average, not the live weights
     assert read_metadata(out / "latest.safetensors")["insanesr_config"]["output_head"] == "residual"
-
-
-def test_study_writes_a_table_with_the_baselines_and_each_variant(pair_folder, tmp_path):
-    out = tmp_path / "study"
-    result = run_cli(
-        "insanesr-dist",
-        "study",
-        "--data",
-        str(pair_folder),
-        "--output-dir",
-        str(out),
-        "--steps",
-        "2",
-        "--variants",
-        "head: residual",
-        "--train-args",
-        "--patch-size 8 --batch-size 4 " + " ".join(TINY_MODEL),
-    )
-    assert result.returncode == 0, result.stderr[-3000:]
-    import csv
-
-    rows = list(csv.DictReader((out / "study.csv").open()))
-    assert [r["variant"] for r in rows] == ["bilinear x4 (no training)", "bicubic x4 (no training)", "head: residual"]
-    trained = rows[-1]
-    assert trained["steps"] == "2" and float(trained["samples_per_s"]) > 0
-    logged = json.loads((out / "runs" / "head__residual" / "metrics.jsonl").read_text().splitlines()[-1])
-    assert float(trained["jm"]) == pytest.approx(logged["jm"])
-    assert "--output-head residual" in trained["settings"] and "--preset report" in trained["settings"]
-    assert float(rows[1]["jm"]) > 0 and "| head: residual | 2 |" in (out / "study.md").read_text()

@@ -40,7 +40,7 @@ _HUD_WORDS = ("SCORE", "COINS", "TIME", "LEVEL", "GOLD", "XP")
 _DIALOGUE = ("PRESS START", "GAME OVER", "You found a key!", "LEVEL CLEAR", "Save game?", "READY")
 
 
-def _hw(size: int | tuple[int, int]) -> tuple[int, int]:
+def frame_hw(size: int | tuple[int, int]) -> tuple[int, int]:
     """(height, width) of a frame size given as one edge (square) or as (height, width)."""
     if isinstance(size, (int, np.integer)):
         return int(size), int(size)
@@ -58,19 +58,19 @@ def parse_size(text: str) -> tuple[int, int]:
         raise ValueError(f"{text!r} is not N or WxH (e.g. 256 or 2040x1344)")
     w = int(m[1])
     h = int(m[2]) if m[2] else w
-    _check_size((h, w))
+    check_size((h, w))
     return h, w
 
 
-def _check_size(size: int | tuple[int, int]) -> tuple[int, int]:
-    h, w = _hw(size)
+def check_size(size: int | tuple[int, int]) -> tuple[int, int]:
+    h, w = frame_hw(size)
     if min(h, w) < 16 or h % 4 or w % 4:
         shown = f"{w}" if h == w else f"{w}x{h} (WxH)"
         raise ValueError(f"HR edges must be multiples of 4 and at least 16, got {shown}")
     return h, w
 
 
-def _scaled(n: int, h: int, w: int) -> int:
+def scaled_count(n: int, h: int, w: int) -> int:
     """n objects per min(h, w)^2 of area, rounded: exactly n on a square frame, more on a wide one."""
     s2 = min(h, w) ** 2
     return (n * h * w + s2 // 2) // s2
@@ -94,7 +94,8 @@ def _shade(color, num: int, den: int) -> tuple[int, int, int]:
     return tuple(min(255, c * num // den) for c in color)
 
 
-def _gradient(h: int, w: int, top, bottom) -> np.ndarray:
+def gradient(h: int, w: int, top, bottom) -> np.ndarray:
+    """An h x w RGB uint8 area fading from colour `top` (first row) to `bottom` (last row)."""
     # Integer interpolation: exact everywhere, unlike rounding a float blend.
     t, d = np.arange(h, dtype=np.int32)[:, None, None], max(h - 1, 1)
     col = (np.array(top, np.int32) * (d - t) + np.array(bottom, np.int32) * t) // d
@@ -127,17 +128,17 @@ def _background(img: np.ndarray, rng, t: int) -> None:
     if rng.random() < 0.5:
         # Side-scroller: sky gradient, sun, clouds, tiled ground under a grass strip, platforms.
         hor = int(h * rng.uniform(0.55, 0.8))
-        img[:hor] = _gradient(hor, w, _color(rng, 0, 120), _color(rng, 120, 256))
+        img[:hor] = gradient(hor, w, _color(rng, 0, 120), _color(rng, 120, 256))
         sun = (int(rng.integers(0, w)), int(rng.integers(0, hor // 2 + 1)))
         r = int(rng.integers(s // 16, s // 8))
         cv2.circle(img, sun, r, (255, 230, int(rng.integers(60, 200))), -1, cv2.LINE_AA)
-        for _ in range(_scaled(int(rng.integers(1, 4)), h, w)):
+        for _ in range(scaled_count(int(rng.integers(1, 4)), h, w)):
             cx, cy = int(rng.integers(0, w)), int(rng.integers(0, hor // 2 + 1))
             for dx in (-t, 0, t):  # three overlapping ellipses: a flat cartoon cloud
                 cv2.ellipse(img, (cx + dx, cy), (t, t * 2 // 3), 0, 0, 360, (250, 250, 250), -1)
         img[hor:] = _tiled(rng, h - hor, w, t, str(rng.choice(["brick", "grass", "checker"])))
         img[hor : hor + max(2, t // 3)] = _color(rng, 0, 100) + np.array([0, 120, 0])
-        for _ in range(_scaled(int(rng.integers(0, 3)), h, w)):
+        for _ in range(scaled_count(int(rng.integers(0, 3)), h, w)):
             n, x = int(rng.integers(2, 6)), int(rng.integers(0, w))
             y = int(rng.integers(hor // 3, max(hor // 3 + 1, hor - t)))
             plat = _tiled(rng, t, n * t, t, "brick")[:, : w - x]
@@ -181,7 +182,7 @@ def _shape_sprite(img: np.ndarray, rng) -> None:
     else:
         cv2.fillPoly(mask, [pts], 255)
     if rng.random() < 0.5:
-        shaded = _gradient(h, w, _shade(fill, 5, 4), _shade(fill, 1, 2))
+        shaded = gradient(h, w, _shade(fill, 5, 4), _shade(fill, 1, 2))
         np.copyto(img, shaded, where=mask[..., None] > 0)
     else:
         img[mask > 0] = fill
@@ -260,13 +261,13 @@ def _hud(img: np.ndarray, rng) -> None:
 
 def _render_frame(rng: np.random.Generator, size: int | tuple[int, int]) -> np.ndarray:
     """One RGB uint8 frame, size x size or (height, width); every random choice comes from `rng`."""
-    h, w = _hw(size)
+    h, w = frame_hw(size)
     img = np.zeros((h, w, 3), np.uint8)
     t = 2 * max(2, round(int(rng.choice([16, 24, 32])) * min(h, w) / 512))  # even tile size
     _background(img, rng, t)
-    for _ in range(_scaled(int(rng.integers(2, 6)), h, w)):
+    for _ in range(scaled_count(int(rng.integers(2, 6)), h, w)):
         _shape_sprite(img, rng)
-    for _ in range(_scaled(int(rng.integers(2, 5)), h, w)):
+    for _ in range(scaled_count(int(rng.integers(2, 5)), h, w)):
         _pixel_art(img, rng)
     _hud(img, rng)
     return img
@@ -290,17 +291,17 @@ def _is_complete(root: Path, num_train: int, num_test: int) -> bool:
         return False
 
 
-def _is_nonempty(path: Path) -> bool:
+def is_nonempty(path: Path) -> bool:
     return path.exists() and (not path.is_dir() or any(path.iterdir()))
 
 
-def _imwrite(path: Path, rgb: np.ndarray) -> None:
+def imwrite_rgb(path: Path, rgb: np.ndarray) -> None:
     # Frames are drawn in RGB and OpenCV writes BGR: flip so the colours on disk are as drawn.
     if not cv2.imwrite(str(path), np.ascontiguousarray(rgb[:, :, ::-1])):
         raise OSError(f"could not write {path}")
 
 
-def _write_pair(tmp: Path, num_train: int, hr_hw: tuple[int, int], seed: int, index: int) -> None:
+def _write_pair(tmp: Path, index: int, *, num_train: int, hr_hw: tuple[int, int], seed: int) -> None:
     """Draw frame `index` and write it into `tmp`: HR and LR for a training id, LR only for a test id."""
     # A (seed, index) seed sequence gives each frame its own stream, whereas with
     # seed + index, seed 1's frame 0 would equal seed 0's frame 1.
@@ -308,10 +309,10 @@ def _write_pair(tmp: Path, num_train: int, hr_hw: tuple[int, int], seed: int, in
     lr = cv2.resize(hr, (hr_hw[1] // 4, hr_hw[0] // 4), interpolation=cv2.INTER_CUBIC)
     name = f"{index:05d}.png"
     if index < num_train:
-        _imwrite(tmp / "train" / "HR" / name, hr)
-        _imwrite(tmp / "train" / "LR" / name, lr)
+        imwrite_rgb(tmp / "train" / "HR" / name, hr)
+        imwrite_rgb(tmp / "train" / "LR" / name, lr)
     else:
-        _imwrite(tmp / "test" / "LR" / name, lr)
+        imwrite_rgb(tmp / "test" / "LR" / name, lr)
 
 
 def _init_worker() -> None:
@@ -324,42 +325,51 @@ def _pool_context() -> multiprocessing.context.BaseContext:
     return multiprocessing.get_context("forkserver" if "forkserver" in methods else "spawn")
 
 
-def _write(
-    out_dir: Path, num_train: int, num_test: int, hr_size: int | tuple[int, int], seed: int, workers: int = 1
+def write_atomically(
+    out_dir: Path, folders, write_one, count: int, workers: int = 1, files: dict[str, str] | None = None
 ) -> bool:
-    """Generate into a private sibling temp dir, then rename it to `out_dir` in one step.
+    """Write a dataset into a private sibling temp dir, then rename it to `out_dir` in one step.
 
-    The rename makes the dataset appear complete or not at all. Returns False, with the temp dir
-    removed, when `out_dir` was already non-empty at rename time (another process got there first).
-    `workers` > 1 draws frames in that many processes; each frame is a pure function of (seed, index)
-    and goes to its own file, so the files are the same whatever the number of workers.
+    `folders` are made first; `write_one(tmp, index)` writes item `index` (of `count`) into the temp dir and must
+    be a pure function of the index (and picklable for `workers` > 1), so the files are the same whatever the
+    number of workers; `files` (name -> text) are written beside the folders. The rename makes the dataset
+    appear complete or not at all. Returns False, with the temp dir removed, when `out_dir` was already
+    non-empty at rename time (another process got there first).
     """
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     # pid plus a random suffix: unique even across hosts sharing one cache directory.
     tmp = out_dir.parent / f".{out_dir.name}.tmp-{os.getpid()}-{secrets.token_hex(4)}"
     try:
-        for sub in _layout(num_train, num_test):
+        for sub in folders:
             (tmp / sub).mkdir(parents=True)
-        write = functools.partial(_write_pair, tmp, num_train, _hw(hr_size), seed)
-        indices = range(num_train + num_test)
-        workers = min(workers, len(indices))
+        for name, text in (files or {}).items():
+            (tmp / name).write_text(text, encoding="utf-8")
+        workers = min(workers, count)
         if workers <= 1:
-            for index in indices:
-                write(index)
+            for index in range(count):
+                write_one(tmp, index)
         else:
             # Leaving the `with` terminates the workers, also on an error, before the temp dir is removed.
             with _pool_context().Pool(workers, initializer=_init_worker) as pool:
-                for _ in pool.imap_unordered(write, indices):
+                for _ in pool.imap_unordered(functools.partial(write_one, tmp), range(count)):
                     pass
         try:
             os.rename(tmp, out_dir)  # POSIX: replaces an empty dir, fails on a non-empty one
         except OSError:
-            if _is_nonempty(out_dir):
+            if is_nonempty(out_dir):
                 return False
             raise
         return True
     finally:
         shutil.rmtree(tmp, ignore_errors=True)  # nothing left to remove after a successful rename
+
+
+def _write(
+    out_dir: Path, num_train: int, num_test: int, hr_size: int | tuple[int, int], seed: int, workers: int = 1
+) -> bool:
+    """The procedural set, written by write_atomically (False: `out_dir` was filled by another process)."""
+    write = functools.partial(_write_pair, num_train=num_train, hr_hw=frame_hw(hr_size), seed=seed)
+    return write_atomically(out_dir, _layout(num_train, num_test), write, num_train + num_test, workers)
 
 
 def write_demo_data(
@@ -378,13 +388,13 @@ def write_demo_data(
     it). Raises ValueError for a bad size or count and FileExistsError if `out_dir` exists and is not
     an empty directory.
     """
-    _check_size(hr_size)
+    check_size(hr_size)
     if num_train < 1 or num_test < 0:
         raise ValueError(f"need num_train >= 1 and num_test >= 0, got {num_train} and {num_test}")
     if workers < 1:
         raise ValueError(f"need workers >= 1, got {workers}")
     out_dir = Path(out_dir)
-    if _is_nonempty(out_dir):
+    if is_nonempty(out_dir):
         raise FileExistsError(f"{out_dir} already exists and is not empty; pick a new demo data folder")
     if not _write(out_dir, num_train, num_test, hr_size, seed, workers):
         raise FileExistsError(f"{out_dir} was filled by another process while demo data was being written")
@@ -406,7 +416,7 @@ def ensure_demo_data() -> Path:
     out_dir, counts = demo_data_dir(), (DEFAULT_NUM_TRAIN, DEFAULT_NUM_TEST)
     if _is_complete(out_dir, *counts):
         return out_dir
-    if _is_nonempty(out_dir):
+    if is_nonempty(out_dir):
         raise FileExistsError(f"{out_dir} is not a complete demo dataset; delete it to regenerate it")
     if not _write(out_dir, *counts, DEFAULT_HR_SIZE, seed=0) and not _is_complete(out_dir, *counts):
         raise FileExistsError(f"{out_dir} was filled by another process but is not a complete demo dataset")

@@ -9,7 +9,8 @@ only by the functions that build tables, so deciding on and checking an image fo
 Image folders: the toolkit's own layout, the DIV2K/Flickr2K layout, or folders given one by one (--hr-dir,
 --lr-dir, --val-hr-dir, --val-lr-dir, --test-lr-dir):
 
-    DIR/train/LR, DIR/train/HR [, DIR/test/LR]           the toolkit's layout: 90:10 split of train
+    DIR/train/LR, DIR/train/HR [, DIR/test/LR]           the toolkit's layout: 90:10 split of train, or
+    [, DIR/val/LR + DIR/val/HR]                          validation on DIR/val when it has both (game-art set)
     ROOT/DIV2K_train_HR, ROOT/DIV2K_train_LR_bicubic/X4  DIV2K (any prefix: Flickr2K/Flickr2K_HR, ...); a
     [, ROOT/DIV2K_valid_HR + DIV2K_valid_LR_bicubic/X4]  "valid" set is the validation set, a "test" LR set the
     [, ROOT/DIV2K_test_LR_bicubic/X4]                    test set; the folders may sit one level down
@@ -146,9 +147,15 @@ def find(root: Path, scale: int, hr_only: bool = False) -> Folders | None:
     """The layout of an image folder: the toolkit's own or DIV2K-like; None for a folder that holds a dataset
     (parquet, arrow, ...) or for a path that does not exist."""
     if (root / "train" / "LR").is_dir() or (root / "train" / "HR").is_dir():
-        test = root / "test" / "LR"
+        test, val = root / "test" / "LR", root / "val"
+        given_val = (val / "HR").is_dir() and ((val / "LR").is_dir() or hr_only)
         return Folders(
-            root / "train" / "LR", root / "train" / "HR", test_lr=test if test.is_dir() else None, layout="DIR layout"
+            root / "train" / "LR",
+            root / "train" / "HR",
+            val_lr=val / "LR" if given_val else None,
+            val_hr=val / "HR" if given_val else None,
+            test_lr=test if test.is_dir() else None,
+            layout="DIR layout",
         )
     if root.is_dir():
         sets = _div2k_sets(root, scale, hr_only) or next(

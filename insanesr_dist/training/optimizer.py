@@ -7,10 +7,13 @@ import math
 
 import torch
 
+ADAM_BETA1 = 0.9  # Adam's default, the seed's; only beta2 is a setting (--adam-beta2)
 
-def make_optimizer(params, lr: float) -> torch.optim.Adam:
-    """Adam (the seed's optimizer), fused: one kernel per step, and able to skip a step in-kernel."""
-    return torch.optim.Adam(params, lr=lr, fused=True)
+
+def make_optimizer(params, lr: float, beta2: float = 0.999) -> torch.optim.Adam:
+    """Adam (the seed's optimizer) with betas (0.9, `beta2`), fused: one kernel per step, and able to skip a step
+    in-kernel."""
+    return torch.optim.Adam(params, lr=lr, betas=(ADAM_BETA1, beta2), fused=True)
 
 
 def lr_at(step: int, *, peak: float, warmup: int, total: int, schedule: str) -> float:

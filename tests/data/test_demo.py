@@ -226,7 +226,7 @@ def test_failed_generation_leaves_nothing(tmp_path, monkeypatch):
     def fail(*args):
         raise OSError("disk full")
 
-    monkeypatch.setattr(demo_data, "_imwrite", fail)
+    monkeypatch.setattr(demo_data, "imwrite_rgb", fail)
     with pytest.raises(OSError, match="disk full"):
         write_demo_data(tmp_path / "out", **SMALL)
     assert os.listdir(tmp_path) == []

@@ -53,3 +53,15 @@ def test_the_optimizer_is_adam_at_the_given_rate_and_steps_the_parameters():
     # Adam's first step moves every parameter with a non-zero gradient by about lr.
     moved = (layer.weight.detach() - before).abs()
     assert torch.allclose(moved[layer.weight.grad != 0], torch.tensor(1e-2), rtol=1e-3)
+
+
+def test_beta2_is_a_setting_and_beta1_stays_adams():
+    from insanesr_dist.config import TrainConfig
+
+    layer = torch.nn.Linear(3, 2)
+    assert make_optimizer(layer.parameters(), lr=1e-3).param_groups[0]["betas"] == (0.9, 0.999)
+    assert make_optimizer(layer.parameters(), lr=1e-3, beta2=0.99).param_groups[0]["betas"] == (0.9, 0.99)
+    assert TrainConfig().adam_beta2 == 0.999 and TrainConfig(adam_beta2=0.99).adam_beta2 == 0.99
+    for bad in (0.0, 1.0):
+        with pytest.raises(ValueError, match="adam_beta2 must be in"):
+            TrainConfig(adam_beta2=bad)
