@@ -114,7 +114,7 @@ class Trainer:
         model = build_model(cfg)
         if cfg.init_from and not resume_from:  # a resumed run continues from its checkpoint's weights
             self.cfg = cfg = _start_from(model, cfg, accelerator.print)
-        optimizer = make_optimizer(model.parameters(), cfg.lr)  # fused Adam: can skip a bad step in-kernel
+        optimizer = make_optimizer(model.parameters(), cfg.lr, cfg.adam_beta2)  # fused: skips a bad step in-kernel
         # EMA (--ema-decay): a float32 copy outside accelerate's wrappers; it is what gets validated and saved,
         # and its state is part of every checkpoint.
         self.ema = WeightEMA(model, cfg.ema_decay) if cfg.ema_decay else None
