@@ -32,6 +32,7 @@ from insanesr_dist.data import http_files, pairs, sources
 from insanesr_dist.errors import UserError
 
 BUILDERS = {".parquet": "parquet", ".arrow": "arrow", ".jsonl": "json", ".json": "json", ".tar": "webdataset"}
+ROWS_PER_READ = 8  # rows converted to Python at a time: a few images' bytes, not a row group's
 FOLDER_SHARD_PAIRS = 64  # an image folder's pairs per shard: shards to deal out, each a few seconds of decoding
 _SPLITS = {
     "train": "train",
@@ -130,6 +131,7 @@ class Source:
     folder_pairs: dict[str, list[tuple[str, str | None, str]]] = dataclasses.field(default_factory=dict)
     hub: datasets.IterableDatasetDict | None = None
     lr_from_hr: str | None = None  # a degrade.KERNELS name: LR made from HR, no LR column read
+    findings: list[pairs.Finding] = dataclasses.field(default_factory=list)  # folder: files that pair with nothing
 
     def shards(self, split: str = "train") -> list[str]:
         return self.splits.get(split, [])
@@ -154,7 +156,7 @@ class Source:
         if self.kind == "hub":
             table = self.hub[split]
             table = table.shard(num_shards=table.num_shards, index=shard)
-            yield from enumerate(map(self._ours, table.skip(start) if start else table), start)
+            yield from enumerate(map(self._ours, _examples(table.skip(start) if start else table)), start)
             return
         base = name.rsplit("/", 1)[0] if _remote(name) else str(Path(name).parent)
         table = self._table(split, name)
@@ -189,10 +191,10 @@ class Source:
                 for g in range(first, len(counts)):
                     group = groups.shard(num_shards=len(counts), index=g)
                     skip = start - row if g == first else 0
-                    yield from enumerate(group.skip(skip) if skip else group, row + skip)
+                    yield from enumerate(_examples(group.skip(skip) if skip else group), row + skip)
                     row += counts[g]
                 return
-        yield from enumerate(table.skip(start) if start else table, start)
+        yield from enumerate(_examples(table.skip(start) if start else table), start)
 
     def _ours(self, example: dict, base: str | None = None, default_id: str = "") -> dict:
         row = {"id": str(example[self.columns["id"]]) if self.columns.get("id") in example else default_id}
@@ -201,6 +203,16 @@ class Source:
         if self.lr_from_hr:
             row["lr"], row["lr_from_hr"] = row["hr"], self.lr_from_hr
         return row
+
+
+def _examples(table: datasets.IterableDataset) -> Iterator[dict]:
+    """A streamed table's rows, read in small batches. Not `iter(table)`: in a DataLoader worker that would
+    split the table's shards between the workers itself (datasets' own worker sharding), and a one-shard table
+    would give every worker but the first nothing."""
+    for batch in table.iter(batch_size=ROWS_PER_READ):
+        columns = list(batch.values())
+        for i in range(len(columns[0]) if columns else 0):
+            yield dict(zip(batch, (column[i] for column in columns)))
 
 
 def _row_groups(metadata) -> list:
@@ -338,14 +350,15 @@ def _features(builder: str, first: str, wanted: dict[str, str], text: str):
 def _folder_source(text: str, folders: sources.Folders, scale: int, wanted: dict, lr_from_hr: str | None) -> Source:
     """An image folder's pairs, paired by name as training pairs them (files without a partner are listed by
     `check-data`; here they are left out, as they pair with nothing)."""
-    splits, folder_pairs = {}, {}
+    splits, folder_pairs, findings = {}, {}, []
     sets = {"train": (folders.train_lr, folders.train_hr)}
     if folders.val_hr is not None:
         sets["validation"] = (folders.val_lr, folders.val_hr)
     for split, (lr_dir, hr_dir) in sets.items():
-        hr_files, _ = pairs.scan_folder(hr_dir)
-        lr_files = pairs.scan_folder(lr_dir)[0] if lr_dir is not None else hr_files
-        names, _ = pairs.pair_names(lr_files, hr_files, scale)
+        hr_files, hr_findings = pairs.scan_folder(hr_dir)
+        lr_files, lr_findings = pairs.scan_folder(lr_dir) if lr_dir is not None else (hr_files, [])
+        names, orphans = pairs.pair_names(lr_files, hr_files, scale)
+        findings += [f for f in hr_findings + lr_findings + orphans if f.kind == "bad"]
         found = [(hr, None if lr_from_hr else str(lr_files[lr]), str(hr_files[hr])) for lr, hr in names]
         if found:
             folder_pairs[split] = found
@@ -358,7 +371,8 @@ def _folder_source(text: str, folders: sources.Folders, scale: int, wanted: dict
             splits["test"] = [f"{folders.test_lr} shard {i}" for i in range(-(-len(test_files) // FOLDER_SHARD_PAIRS))]
     if "train" not in splits:
         raise UserError(f"{text}: no training pairs found ({folders.describe()})")
-    return Source(text, "folder", splits, {**wanted, "id": "id"}, folder_pairs=folder_pairs, lr_from_hr=lr_from_hr)
+    columns = {**wanted, "id": "id"}
+    return Source(text, "folder", splits, columns, folder_pairs=folder_pairs, lr_from_hr=lr_from_hr, findings=findings)
 
 
 def _hub_source(text: str, wanted: dict, lr_from_hr: str | None) -> Source:

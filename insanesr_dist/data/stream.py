@@ -131,6 +131,29 @@ def checked_pair(row: dict, scale: int, patch_size: int = 0) -> tuple[np.ndarray
     return lr, hr
 
 
+def iter_rows(
+    source: shards.Source, split: str = "train", *, bad: Callable[[str], None], retries: int = 3, backoff_s: float = 0.5
+) -> Iterator[tuple[str, dict]]:
+    """Every row of a split in canonical order, once: (where: "<shard> row N", row). An unreadable shard is one
+    line to `bad`; reading goes on."""
+    for shard, name in enumerate(source.shards(split)):
+        try:
+            for row, example in shard_rows(source, split, shard, 0, retries=retries, backoff_s=backoff_s):
+                yield f"{name} row {row}", example
+        except ShardUnreadable as e:
+            bad(str(e))
+
+
+def decoded(where: str, example: dict, scale: int, lr_only: bool = False) -> tuple[np.ndarray, np.ndarray | None]:
+    """A row's (LR, HR) by check-data's rules ((LR, None) with `lr_only`); UserError naming `where` otherwise."""
+    try:
+        if lr_only:
+            return decode_rgb(shards.read_cell(example["lr"]), pairs.cell_name(example, "lr")), None
+        return checked_pair(example, scale)
+    except UserError as e:
+        raise UserError(f"{where}: {e.message}") from None
+
+
 def iter_pairs(
     source: shards.Source,
     split: str = "train",
@@ -141,21 +164,13 @@ def iter_pairs(
     backoff_s: float = 0.5,
     lr_only: bool = False,
 ) -> Iterator[tuple[str, dict, np.ndarray, np.ndarray | None]]:
-    """Every usable pair of a split in canonical order, once: (where: "shard row N", row, LR, HR; HR None with
-    `lr_only`). Each bad pair or unreadable shard is one line to `bad`; reading goes on."""
-    for shard, name in enumerate(source.shards(split)):
+    """Every usable pair of a split in canonical order, once: (where, row, LR, HR; HR None with `lr_only`).
+    Each bad pair or unreadable shard is one line to `bad`; reading goes on."""
+    for where, example in iter_rows(source, split, bad=bad, retries=retries, backoff_s=backoff_s):
         try:
-            for row, example in shard_rows(source, split, shard, 0, retries=retries, backoff_s=backoff_s):
-                where = f"{name} row {row}"
-                try:
-                    if lr_only:
-                        yield where, example, decode_rgb(shards.read_cell(example["lr"]), where), None
-                    else:
-                        yield where, example, *checked_pair(example, scale)
-                except UserError as e:
-                    bad(f"{where}: {e.message}")
-        except ShardUnreadable as e:
-            bad(str(e))
+            yield where, example, *decoded(where, example, scale, lr_only)
+        except UserError as e:
+            bad(e.message)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -562,6 +577,8 @@ def eval_sets(
         problems.append(line)
         say(f"skipping {line}")
 
+    for finding in source.findings:  # an image folder's files that pair with nothing, as training says them
+        bad(f"{finding.path}: {finding.problem}")
     options = dict(scale=scale, bad=bad, retries=retries, backoff_s=backoff_s)
     has_val = bool(source.shards("validation"))
     if not has_val and val_size <= 0:
