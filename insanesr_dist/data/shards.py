@@ -88,31 +88,35 @@ def _filesystem(url: str) -> fsspec.AbstractFileSystem:
         raise UserError(f"{url}: cannot read {protocol}:// here ({e})") from None
 
 
-def _expand(pattern: str) -> list[str]:
-    """One source text as files: braces expanded, globs listed (sorted), folders searched for data files."""
-    found: list[str] = []
+def _expand(pattern: str) -> list[tuple[str, str]]:
+    """One source text as files: braces expanded, globs listed (sorted), folders searched for data files. Each
+    file comes with the part of its name its split is read from: below the folder or the glob's fixed part (a
+    hub layout's train/0000.parquet), else its file name."""
+    found: list[tuple[str, str]] = []
     for name in expand_braces(pattern):
+        magic = _GLOB.search(name)
+        fixed = name[: name.rfind("/", 0, magic.start()) + 1] if magic else ""
         if _remote(name):
-            if _GLOB.search(name):
-                fs = _filesystem(name)
-                try:
-                    matches = sorted(fs.glob(name.split("://", 1)[1]))
-                except NotImplementedError as e:
-                    raise UserError(str(e)) from None
-                found += [fs.unstrip_protocol(m) for m in matches]
-            else:
-                _filesystem(name)  # a missing package is said now, not in a worker
-                found.append(name)
+            fs = _filesystem(name)  # a missing package is said now, not in a worker
+            if not magic:
+                found.append((name, name.rsplit("/", 1)[-1]))
+                continue
+            try:
+                matches = sorted(fs.glob(name.split("://", 1)[1]))
+            except NotImplementedError as e:
+                raise UserError(str(e)) from None
+            found += [(url, url[len(fixed) :]) for url in map(fs.unstrip_protocol, matches)]
             continue
         path = Path(name).expanduser()
-        if _GLOB.search(name):
-            found += sorted(str(p) for p in Path(path.anchor or ".").glob(str(path.relative_to(path.anchor or "."))))
+        if magic:
+            root = Path(fixed or ".").expanduser()
+            found += [(str(p), p.relative_to(root).as_posix()) for p in sorted(root.glob(name[len(fixed) :]))]
         elif path.is_dir():
-            found += [str(p) for p in sources.data_files(path) if p.suffix in BUILDERS] + [
-                str(p) for p in sorted(path.rglob("*.tar")) if not any(part.startswith(".") for part in p.parts)
-            ]
+            files = [p for p in sources.data_files(path) if p.suffix in BUILDERS]
+            files += [p for p in sorted(path.rglob("*.tar")) if not any(d.startswith(".") for d in p.parts)]
+            found += [(str(p), p.relative_to(path).as_posix()) for p in files]
         elif path.is_file():
-            found.append(str(path))
+            found.append((str(path), path.name))
         else:
             raise UserError(f"{name}: no such file or folder")
     return found
@@ -125,11 +129,12 @@ class Source:
     text: str
     kind: str  # "files", "folder" or "hub"
     splits: dict[str, list[str]]  # split -> shard names (a file, URL, or "<folder or id> shard i")
-    columns: dict[str, str]  # our column (lr, hr, id) -> the source's; id may be absent from the source
+    columns: dict[str, dict[str, str]]  # split -> our column (lr, hr, id) -> the source's (id may be missing)
     builder: str | None = None  # files: the datasets builder (parquet, arrow, json, webdataset)
-    features: datasets.Features | None = None  # files: their columns, image ones undecoded
     folder_pairs: dict[str, list[tuple[str, str | None, str]]] = dataclasses.field(default_factory=dict)
-    hub: datasets.IterableDatasetDict | None = None
+    # files and hub: each split's streamed table, made once (datasets' load_dataset also pings the hub's download
+    # counter when online: once per source, not per shard); a shard is `.shard()` of it, which reads nothing
+    tables: dict[str, datasets.IterableDataset] = dataclasses.field(default_factory=dict)
     lr_from_hr: str | None = None  # a degrade.KERNELS name: LR made from HR, no LR column read
     findings: list[pairs.Finding] = dataclasses.field(default_factory=list)  # folder: files that pair with nothing
 
@@ -153,28 +158,14 @@ class Source:
                     row_cells["lr_from_hr"] = self.lr_from_hr
                 yield row, row_cells
             return
+        table = self.tables[split].shard(num_shards=len(self.splits[split]), index=shard)
         if self.kind == "hub":
-            table = self.hub[split]
-            table = table.shard(num_shards=table.num_shards, index=shard)
-            yield from enumerate(map(self._ours, _examples(table.skip(start) if start else table)), start)
+            rows = _examples(table.skip(start) if start else table)
+            yield from enumerate((self._ours(split, example) for example in rows), start)
             return
         base = name.rsplit("/", 1)[0] if _remote(name) else str(Path(name).parent)
-        table = self._table(split, name)
         for row, example in self._from_row(table, name, start):
-            yield row, self._ours(example, base, f"{Path(name).stem}-{row:05d}")
-
-    def _table(self, split: str, name: str) -> datasets.IterableDataset:
-        files = datasets.data_files.DataFilesDict({split: datasets.data_files.DataFilesList([name], [()])})
-        options = {"columns": list(self.features)} if self.builder == "parquet" else {}
-        return datasets.load_dataset(
-            self.builder,
-            data_files=files,
-            split=split,
-            streaming=True,
-            features=self.features,
-            cache_dir=_lock_folder(),
-            **options,
-        )
+            yield row, self._ours(split, example, base, f"{Path(name).stem}-{row:05d}")
 
     def _from_row(self, table: datasets.IterableDataset, name: str, start: int) -> Iterator[tuple[int, dict]]:
         """The table's rows from `start`: a parquet file's row groups before it are not read at all (its footer
@@ -196,11 +187,12 @@ class Source:
                 return
         yield from enumerate(_examples(table.skip(start) if start else table), start)
 
-    def _ours(self, example: dict, base: str | None = None, default_id: str = "") -> dict:
-        row = {"id": str(example[self.columns["id"]]) if self.columns.get("id") in example else default_id}
-        for ours in ("lr", "hr") if not self.lr_from_hr else ("hr",):
-            row[ours] = _cell(example[self.columns[ours]], base)
-        if self.lr_from_hr:
+    def _ours(self, split: str, example: dict, base: str | None = None, default_id: str = "") -> dict:
+        columns = self.columns[split]
+        row = {"id": str(example[columns["id"]]) if columns.get("id") in example else default_id}
+        for ours in ("lr", "hr"):
+            row[ours] = _cell(example[columns[ours]], base) if ours in columns else _cell(None)
+        if self.lr_from_hr and split != "test":
             row["lr"], row["lr_from_hr"] = row["hr"], self.lr_from_hr
         return row
 
@@ -278,19 +270,17 @@ def resolve(
     first samples), nothing else."""
     texts = [source] if isinstance(source, str) else list(source)
     text = " ".join(texts)
-    wanted = dict(zip(("lr", "hr", "id"), columns))
-    if lr_from_hr:
-        wanted.pop("lr")
     if len(texts) == 1 and not _remote(texts[0]) and not _GLOB.search(texts[0]) and "{" not in texts[0]:
         path = Path(texts[0]).expanduser()
         folders = sources.find(path, scale, hr_only=bool(lr_from_hr)) if path.is_dir() else None
         if folders is not None:
-            return _folder_source(text, folders, scale, wanted, lr_from_hr)
+            return _folder_source(text, folders, scale, lr_from_hr)
         if not path.exists():
             if texts[0].startswith((".", "/", "~")) or texts[0].count("/") > 1:
                 raise UserError(f"{texts[0]}: no such file or folder")
-            return _hub_source(text, wanted, lr_from_hr)
-    files = [name for t in texts for name in _expand(t)]
+            return _hub_source(text, columns, lr_from_hr)
+    named = [found for t in texts for found in _expand(t)]
+    files = [name for name, _ in named]
     if not files:
         raise UserError(f"{text}: no data files found (looked for {', '.join(sorted(BUILDERS))})")
     suffixes = collections.Counter(Path(name.split("?")[0]).suffix for name in files)
@@ -298,14 +288,33 @@ def resolve(
     if suffix not in BUILDERS:
         raise UserError(f"{text}: {suffix or 'files without a suffix'} cannot be streamed ({', '.join(BUILDERS)})")
     splits: dict[str, list[str]] = {}
-    for name in files:
+    for name, relative in named:
         if Path(name.split("?")[0]).suffix == suffix:
-            splits.setdefault(split_of(name.rsplit("/", 1)[-1] if _remote(name) else name), []).append(name)
+            splits.setdefault(split_of(relative), []).append(name)
     if "train" not in splits:
         raise UserError(f"{text}: has splits {', '.join(splits)}; a 'train' split is needed")
-    builder = BUILDERS[suffix]
-    features, mapped = _features(builder, splits["train"][0], wanted, text)
-    return Source(text, "files", splits, mapped, builder=builder, features=features, lr_from_hr=lr_from_hr)
+    builder, tables, mapped = BUILDERS[suffix], {}, {}
+    for split, names in splits.items():
+        features, mapped[split] = _features(builder, names[0], _wanted(split, columns, lr_from_hr), text)
+        files = datasets.data_files.DataFilesDict({split: datasets.data_files.DataFilesList(names, [()] * len(names))})
+        options = {"columns": list(features)} if builder == "parquet" else {}
+        options.update(split=split, streaming=True, features=features, cache_dir=_lock_folder())
+        try:
+            table = datasets.load_dataset(builder, data_files=files, **options)
+        except Exception as e:  # every loader raises its own types; the user needs one line
+            problem = f"{type(e).__name__}: {e}"
+            raise UserError(f"{text}: its {split} files cannot be read as {builder} ({problem})") from None
+        tables[split] = table if builder == "parquet" else table.select_columns(list(features))
+    return Source(text, "files", splits, mapped, builder, tables=tables, lr_from_hr=lr_from_hr)
+
+
+def _wanted(split: str, columns: tuple[str, str, str], lr_from_hr: str | None) -> dict[str, str]:
+    """Our columns -> the source's, that a split is read for: a test split has no HR, and LR made from the HR
+    (lr_from_hr) needs no LR column."""
+    lr, hr, image_id = columns
+    if split == "test":
+        return {"lr": lr, "id": image_id}
+    return {"hr": hr, "id": image_id} if lr_from_hr else {"lr": lr, "hr": hr, "id": image_id}
 
 
 def _features(builder: str, first: str, wanted: dict[str, str], text: str):
@@ -347,7 +356,7 @@ def _features(builder: str, first: str, wanted: dict[str, str], text: str):
     return kept, mapped
 
 
-def _folder_source(text: str, folders: sources.Folders, scale: int, wanted: dict, lr_from_hr: str | None) -> Source:
+def _folder_source(text: str, folders: sources.Folders, scale: int, lr_from_hr: str | None) -> Source:
     """An image folder's pairs, paired by name as training pairs them (files without a partner are listed by
     `check-data`; here they are left out, as they pair with nothing)."""
     splits, folder_pairs, findings = {}, {}, []
@@ -371,11 +380,11 @@ def _folder_source(text: str, folders: sources.Folders, scale: int, wanted: dict
             splits["test"] = [f"{folders.test_lr} shard {i}" for i in range(-(-len(test_files) // FOLDER_SHARD_PAIRS))]
     if "train" not in splits:
         raise UserError(f"{text}: no training pairs found ({folders.describe()})")
-    columns = {**wanted, "id": "id"}
+    columns = {split: {"lr": "lr", "hr": "hr", "id": "id"} for split in splits}
     return Source(text, "folder", splits, columns, folder_pairs=folder_pairs, lr_from_hr=lr_from_hr, findings=findings)
 
 
-def _hub_source(text: str, wanted: dict, lr_from_hr: str | None) -> Source:
+def _hub_source(text: str, columns: tuple[str, str, str], lr_from_hr: str | None) -> Source:
     """A hub dataset, streamed as the hub shards it (its parquet files). Kept thin: it needs the network."""
     try:
         hub = datasets.load_dataset(text, streaming=True)
@@ -383,12 +392,13 @@ def _hub_source(text: str, wanted: dict, lr_from_hr: str | None) -> Source:
         raise UserError(f"{text}: cannot be streamed as a hub dataset ({type(e).__name__}: {e})") from None
     if "train" not in hub:
         raise UserError(f"{text}: has splits {', '.join(hub)}; a 'train' split is needed")
+    mapped = {}
     for split in list(hub):
-        table = hub[split]
+        table, mapped[split] = hub[split], _wanted(split, columns, lr_from_hr)
         for ours in ("lr", "hr"):
-            column = wanted.get(ours)
+            column = mapped[split].get(ours)
             if column in (table.features or {}) and isinstance(table.features[column], datasets.Image):
                 table = table.cast_column(column, datasets.Image(decode=False))
         hub[split] = table
     splits = {split: [f"{text} {split} shard {i}" for i in range(hub[split].num_shards)] for split in hub}
-    return Source(text, "hub", splits, wanted, hub=hub, lr_from_hr=lr_from_hr)
+    return Source(text, "hub", splits, mapped, tables=dict(hub), lr_from_hr=lr_from_hr)

@@ -264,7 +264,7 @@ class Lane:
         self.events.append((kind, line))
 
     def _rows(self, k: int, start: int):
-        """(pass, shard, part, row, row dict) of the lane's k-th read from row `start`."""
+        """(pass, shard, row, row dict) of the lane's k-th read from row `start`."""
         stream_pass, shard, part = self.plan.piece(self.plan.occurrence(self.index, k))
         start, s = max(start, self.plan.first_row(shard)), self.settings
         for row, example in shard_rows(self.source, "train", shard, start, retries=s.retries, backoff_s=s.backoff_s):
@@ -276,22 +276,26 @@ class Lane:
         key = _crop_key(shard, row, crop, s.crops_per_decode)
         return pair_window(lr, hr, s.patch_size, s.scale, crop_draws(s.seed, stream_pass, key))
 
-    def _decoded(self, shard: int, row: int, example: dict):
+    def _decoded(self, stream_pass: int, shard: int, row: int, example: dict):
         try:
             return checked_pair(example, self.settings.scale, self.settings.patch_size)
         except UserError as e:
-            self._problem("bad", f"{self.source.shards()[shard]} row {row}: {e.message}")
+            # Named and counted in the stream's first pass only, which meets each row once: later passes meet the
+            # same rows again (under "error" the first meeting has stopped the run).
+            if stream_pass == self.plan.first // self.plan.pieces:
+                self._problem("bad", f"{self.source.shards()[shard]} row {row}: {e.message}")
             return None
 
     def _pushes(self):
         """(key, window) of every crop from the cursor on, the cursor moved past each before it is given."""
         k, row, crop = self.cursor
-        per_decode, dry = self.settings.crops_per_decode, 0
+        per_decode = self.settings.crops_per_decode
+        dry: set[tuple[int, int]] = set()  # (shard, part) read whole without a usable pair since the last one
         while True:
             usable = False
             try:
                 for stream_pass, shard, r, example in self._rows(k, row):
-                    decoded = self._decoded(shard, r, example)
+                    decoded = self._decoded(stream_pass, shard, r, example)
                     if decoded is None:
                         continue
                     usable = True
@@ -299,12 +303,17 @@ class Lane:
                         self.cursor = (k, r, c + 1) if c + 1 < per_decode else (k, r + 1, 0)
                         yield (k, r, c), self._window(*decoded, stream_pass, shard, r, c)
                     crop = 0
+            except GeneratorExit:  # closed (at exit too, when the names below may already be gone): no problem
+                raise
             except ShardUnreadable as e:
                 self._problem("unreadable", str(e))
-            dry = 0 if usable else dry + 1
-            if dry >= self.plan.pieces:
+            if usable:
+                dry.clear()
+            elif row == 0:
+                dry.add(self.plan.piece(self.plan.occurrence(self.index, k))[1:])
+            if len(dry) == self.plan.pieces:  # every shard tried: going on would spin without a batch
                 raise StreamError(
-                    f"{self.source.text}: no usable pair in {dry} shard reads in a row (a whole pass); "
+                    f"{self.source.text}: no usable pair in any of its {len(self.plan.shards)} training shard(s); "
                     "see the lines above, or run insanesr-dist check-data on it"
                 )
             k, row, crop = k + 1, 0, 0
@@ -321,7 +330,7 @@ class Lane:
             try:
                 for stream_pass, shard, r, example in self._rows(k, min(rows)):
                     if r in rows:
-                        decoded = self._decoded(shard, r, example)
+                        decoded = self._decoded(stream_pass, shard, r, example)
                         for c in rows[r] if decoded is not None else ():
                             windows[(k, r, c)] = self._window(*decoded, stream_pass, shard, r, c)
                     if r >= max(rows):
@@ -398,6 +407,8 @@ class TrainStream(torch.utils.data.IterableDataset):
                     ).batches()
                 yield next(lanes[lane])
                 t += consumers
+        except GeneratorExit:  # closed (at exit too, when the names below may already be gone): no problem
+            raise
         except StreamError as e:
             yield StreamFailure(str(e))
 
