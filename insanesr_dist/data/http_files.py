@@ -1,16 +1,16 @@
-"""Reading http(s):// data files with Range requests, when fsspec's own HTTP filesystem cannot load.
+"""Reading http(s):// data files with Range requests: a small read-only fsspec filesystem on the standard library.
 
-`datasets` opens remote data files through fsspec, whose HTTP filesystem needs aiohttp, which is not among the
-toolkit's dependencies. This module registers, only in that case, a small read-only fsspec filesystem on the
-standard library: a file's size from a HEAD request (or a one-byte Range GET where HEAD is refused), its bytes
-by Range GETs, as object stores serve them. It cannot list a folder, so an http URL cannot hold a glob; the
-retries live one level up (stream.py retries a whole shard), so here a failed request is an error at once.
+`datasets` opens remote data files through fsspec, whose own HTTP filesystem needs aiohttp (not a dependency of
+the toolkit) and, where it loads, has datasets retry a dropped connection for up to 20 x 5 s per read. This one
+is registered for http and https in every process that imports it (DataLoader workers too): a file's size from a
+HEAD request (or a one-byte Range GET where HEAD is refused), its bytes by Range GETs, as object stores serve
+them; proxies come from the environment (urllib's). It cannot list a folder, so an http URL cannot hold a glob.
+A failed request is an error at once: the retries live one level up (stream.py retries a whole shard, briefly).
 """
 
 from __future__ import annotations
 
 import http.client
-import importlib.util
 import urllib.error
 import urllib.request
 
@@ -100,17 +100,10 @@ class RangeHTTPFile(AbstractBufferedFile):
         return data
 
 
-def fsspec_http_usable() -> bool:
-    """Whether fsspec's own HTTP filesystem can load (it needs aiohttp)."""
-    return importlib.util.find_spec("aiohttp") is not None
-
-
 def register() -> None:
-    """Make http(s):// readable through fsspec (and so through `datasets`) in this process, with fsspec's own
-    filesystem where it loads and this module's otherwise. Idempotent; DataLoader workers run it on import."""
-    if not fsspec_http_usable():
-        for protocol in RangeHTTPFileSystem.protocol:
-            fsspec.register_implementation(protocol, RangeHTTPFileSystem, clobber=True)
+    """Read http(s):// through this module's filesystem in this process (fsspec, and so `datasets`)."""
+    for protocol in RangeHTTPFileSystem.protocol:
+        fsspec.register_implementation(protocol, RangeHTTPFileSystem, clobber=True)
 
 
 register()

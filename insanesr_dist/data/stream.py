@@ -394,8 +394,8 @@ class TrainStream(torch.utils.data.IterableDataset):
 
     def __iter__(self) -> Iterator[StreamBatch | StreamFailure]:
         info = torch.utils.data.get_worker_info()
-        worker = info.id if info is not None else 0
-        consumers = self.world_size * max(1, self.num_workers)
+        worker, workers = (info.id, info.num_workers) if info is not None else (0, 1)
+        consumers = self.world_size * workers
         t = self.batches + self.rank + self.world_size * worker  # this process's first global batch
         lanes: dict[int, Iterator[StreamBatch]] = {}
         try:
@@ -529,7 +529,7 @@ class StreamLoader:
                 if self.shown <= SHOWN_PROBLEMS:
                     self.say(f"skipping {line}")
                 elif self.shown == SHOWN_PROBLEMS + 1:
-                    self.say("more bad pairs or shards are skipped without naming them (StreamLoader.problems)")
+                    self.say("more bad pairs or unreadable shards are skipped and counted without being named")
             yield item.windows
 
     def state_dict(self) -> dict:
