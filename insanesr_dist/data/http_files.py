@@ -2,7 +2,7 @@
 
 `datasets` opens remote data files through fsspec, whose own HTTP filesystem needs aiohttp (not a dependency of
 the toolkit) and, where it loads, has datasets retry a dropped connection for up to 20 x 5 s per read. This one
-is registered for http and https in every process that imports it (DataLoader workers too): a file's size from a
+is registered for http and https by shards.py, in every process that reads shards: a file's size from a
 HEAD request (or a one-byte Range GET where HEAD is refused), its bytes by Range GETs, as object stores serve
 them; proxies come from the environment (urllib's). It cannot list a folder, so an http URL cannot hold a glob.
 A failed request is an error at once: the retries live one level up (stream.py retries a whole shard, briefly).
@@ -104,6 +104,3 @@ def register() -> None:
     """Read http(s):// through this module's filesystem in this process (fsspec, and so `datasets`)."""
     for protocol in RangeHTTPFileSystem.protocol:
         fsspec.register_implementation(protocol, RangeHTTPFileSystem, clobber=True)
-
-
-register()

@@ -10,17 +10,20 @@ What `--data` names when it is streamed:
     FOLDER_SHARD_PAIRS pairs, each file read when its pair is;
   - a hub id: `datasets.load_dataset(id, streaming=True)`, its shards as the hub splits them.
 
-Rows are read by `datasets` (load_dataset(builder, data_files=[one shard], streaming=True)): nothing is downloaded
-or decoded ahead of the row being read, and nothing but datasets' lock files lands in a cache (a temporary folder
-of their own). A row is {"id", "lr", "hr"} with image cells {"bytes", "path"} as decode_rgb takes them.
+Rows are read by `datasets` (load_dataset(builder, data_files=..., streaming=True) once per split, a shard being
+`.shard()` of it), except an image folder's: nothing is downloaded or decoded ahead of the row being read, and
+nothing but datasets' lock files lands in a cache (a temporary folder of their own, removed at exit). A row is
+{"id", "lr", "hr"} with image cells {"bytes", "path"} as decode_rgb takes them.
 """
 
 from __future__ import annotations
 
+import atexit
 import collections
 import dataclasses
 import os
 import re
+import shutil
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -46,7 +49,7 @@ _GLOB = re.compile(r"[*?\[]")
 _BRACE = re.compile(r"\{([^{}]*)\}")
 _RANGE = re.compile(r"(-?\d+)\.\.(-?\d+)")
 
-assert http_files.RangeHTTPFileSystem  # imported for its registration: http(s):// readable by fsspec here
+http_files.register()  # here and in every DataLoader worker (they import this module to unpickle a Source)
 
 
 def expand_braces(text: str) -> list[str]:
@@ -219,6 +222,7 @@ def _lock_folder() -> str:
     process, so a long run over many shards leaves none in the user's cache."""
     if not _LOCKS:
         _LOCKS.append(tempfile.mkdtemp(prefix="insanesr-stream-"))
+        atexit.register(shutil.rmtree, _LOCKS[0], ignore_errors=True)
     return _LOCKS[0]
 
 

@@ -54,8 +54,9 @@ SHOWN_PROBLEMS = 10  # bad pairs and unreadable shards named one by one; the res
 
 @dataclasses.dataclass(frozen=True)
 class StreamSettings:
-    """What a stream's samples are made of; all but `on_bad_sample`, `retries` and `backoff_s` are part of its
-    position's fingerprint (a state of other settings cannot be continued)."""
+    """What a stream's samples are made of. All but the batch size (it only cuts the same crops into other
+    batches) and the problem switches are part of its position's fingerprint: a position taken under other
+    values cannot be continued exactly."""
 
     patch_size: int
     batch_size: int
@@ -557,6 +558,7 @@ class EvalSets:
     val: datasets.Dataset
     test: datasets.Dataset | None
     start: tuple[int, int]
+    skipped: int = 0  # bad files, pairs or shards left out of them (on_bad_sample="skip"), each said once
 
 
 _PAIR_FEATURES = {"id": datasets.Value("string")} | dict.fromkeys(("lr", "hr"), datasets.Image(decode=False))
@@ -615,7 +617,7 @@ def eval_sets(
             for _, example, _, _ in iter_pairs(source, "test", lr_only=True, **options)
         ]
         test = _table(found, ("id", "lr")) if found else None
-    return EvalSets(_table(rows, columns), test, start)
+    return EvalSets(_table(rows, columns), test, start, len(problems))
 
 
 def _past_end(source: shards.Source, start: tuple[int, int], retries: int, backoff_s: float) -> bool:
