@@ -121,7 +121,10 @@ class ShardWriter:
         path = self.folder / f"{self.split}-{len(self.written):05d}.parquet"
         context = atomic_path(path)
         temporary = context.__enter__()
-        self._open = (context, pq.ParquetWriter(temporary, self.features.arrow_schema), path)
+        # No min/max statistics of the image bytes: they would copy two images per column and row group into the
+        # footer, which every reader (and a resumed stream, per row group) fetches first.
+        writer = pq.ParquetWriter(temporary, self.features.arrow_schema, write_statistics=["id"])
+        self._open = (context, writer, path)
         self._size = 0
 
     def _flush(self) -> None:
