@@ -376,10 +376,12 @@ def bench_data(data, batch_size, patch_size, threads, as_json, crops, cache_mb, 
     """
     data = _demo_or(data)
     if streaming:
+        from insanesr_dist.config import TrainConfig
         from insanesr_dist.tools import stream_speed
 
+        train = TrainConfig()  # training's defaults: what a streaming run uses unless told otherwise
         spec = dict(data=data, batch_size=batch_size, patch_size=patch_size, crops=crops)
-        spec.update(crops_per_decode=4, shuffle_crops=256)
+        spec.update(crops_per_decode=train.crops_per_decode, shuffle_crops=train.shuffle_crops)
         result = stream_speed.measure(spec)
         click.echo(json.dumps(result, indent=2) if as_json else stream_speed.describe(result, spec))
         return
