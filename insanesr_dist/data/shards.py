@@ -9,9 +9,11 @@ What `--data` names when it is streamed:
   - an image folder (train/LR + train/HR, DIV2K-like; sources.py): its pairs by name, in shards of
     FOLDER_SHARD_PAIRS pairs, each file read when its pair is;
   - a hub id: `datasets.load_dataset(id, streaming=True)`, its shards as the hub splits them.
+Folders given as for training (--val-hr-dir with --val-lr-dir, --test-lr-dir) are the validation and test splits
+of any of these, read as an image folder's; --hr-dir and --lr-dir stand in for an image folder's own.
 
 Rows are read by `datasets` (load_dataset(builder, data_files=..., streaming=True) once per split, a shard being
-`.shard()` of it), except an image folder's: nothing is downloaded or decoded ahead of the row being read, and
+`.shard()` of it), except an image folder's splits': nothing is downloaded or decoded ahead of the row being read, and
 nothing but datasets' lock files lands in a cache (a temporary folder of their own, removed at exit). A row is
 {"id", "lr", "hr"} with image cells {"bytes", "path"} as decode_rgb takes them.
 """
@@ -25,7 +27,8 @@ import os
 import re
 import shutil
 import tempfile
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import datasets
@@ -134,6 +137,8 @@ class Source:
     splits: dict[str, list[str]]  # split -> shard names (a file, URL, or "<folder or id> shard i")
     columns: dict[str, dict[str, str]]  # split -> our column (lr, hr, id) -> the source's (id may be missing)
     builder: str | None = None  # files: the datasets builder (parquet, arrow, json, webdataset)
+    # the splits read from image folders (a folder source's, or folders given for validation and test):
+    # (id, LR path or None, HR path) of each pair, FOLDER_SHARD_PAIRS to a shard
     folder_pairs: dict[str, list[tuple[str, str | None, str]]] = dataclasses.field(default_factory=dict)
     # files and hub: each split's streamed table, made once (datasets' load_dataset also pings the hub's download
     # counter when online: once per source, not per shard); a shard is `.shard()` of it, which reads nothing
@@ -147,12 +152,13 @@ class Source:
     def describe(self) -> str:
         counts = ", ".join(f"{split} {len(names)}" for split, names in self.splits.items())
         what = {"files": f"{self.builder} files", "folder": "an image folder", "hub": "a hub dataset"}[self.kind]
-        return f"{self.text}: {what}, shards: {counts}"
+        given = [split for split in self.folder_pairs if split != "train"] if self.kind != "folder" else []
+        return f"{self.text}: {what}, shards: {counts}" + (f" ({', '.join(given)} from folders)" if given else "")
 
     def rows(self, split: str, shard: int, start: int = 0) -> Iterator[tuple[int, dict]]:
         """(row number, row) of one shard from row `start` on; its read errors are raised as they come."""
         name = self.splits[split][shard]
-        if self.kind == "folder":
+        if split in self.folder_pairs:
             chunk = self.folder_pairs[split][shard * FOLDER_SHARD_PAIRS : (shard + 1) * FOLDER_SHARD_PAIRS]
             for row in range(start, len(chunk)):
                 image_id, lr, hr = chunk[row]
@@ -258,31 +264,91 @@ def read_cell(cell: dict) -> dict:
     return cell
 
 
+class ShardUnreadable(Exception):
+    """A shard that could not be read, retries included: its one line."""
+
+
+def shard_rows(
+    source: Source, split: str, shard: int, start: int, *, retries: int, backoff_s: float
+) -> Iterator[tuple[int, dict]]:
+    """(row, row dict) of a shard from `start`; a read that fails is retried from the row it reached, after
+    `backoff_s`, 2x, 4x, ... seconds, then raises ShardUnreadable naming the shard."""
+    name, row, failures = source.shards(split)[shard], start, 0
+    while True:
+        try:
+            for row_number, example in source.rows(split, shard, row):
+                row = row_number + 1
+                yield row_number, example
+            return
+        except Exception as e:  # any loader or filesystem error is this shard's read failing
+            failures += 1
+            if failures > retries:
+                what = f"{type(e).__name__}: {e}".splitlines()[0]
+                raise ShardUnreadable(f"{name}: cannot be read (at row {row}, {retries} retries): {what}") from None
+            time.sleep(backoff_s * 2 ** (failures - 1))
+
+
+def iter_rows(
+    source: Source, split: str = "train", *, bad: Callable[[str], None], retries: int = 3, backoff_s: float = 0.5
+) -> Iterator[tuple[str, dict]]:
+    """Every row of a split in canonical order, once: (where: "<shard> row N", row). An unreadable shard is one
+    line to `bad`; reading goes on."""
+    for shard, name in enumerate(source.shards(split)):
+        try:
+            for row, example in shard_rows(source, split, shard, 0, retries=retries, backoff_s=backoff_s):
+                yield f"{name} row {row}", example
+        except ShardUnreadable as e:
+            bad(str(e))
+
+
 # ---------------------------------------------------------------------------------------------
 # Resolving
 
 
 def resolve(
-    source: str | list[str],
+    source: str | list[str] | None,
     *,
     columns: tuple[str, str, str] = ("lr", "hr", "id"),
     scale: int = 4,
     lr_from_hr: str | None = None,
+    folders: dict[str, str | None] | None = None,
 ) -> Source:
     """What a streaming `--data` names (see the module's doc), as shards by split; `columns`: the source's LR,
     HR and id columns (--lr-column, --hr-column, --id-column). Reads one shard's schema (a WebDataset tar: its
-    first samples), nothing else."""
-    texts = [source] if isinstance(source, str) else list(source)
+    first samples), nothing else. `folders` (sources.Folders field -> path: --hr-dir and its siblings): with an
+    image folder, or no `source`, they stand in for its own folders as in map-style training; with data files
+    or a hub id, --val-hr-dir/--val-lr-dir and --test-lr-dir are its validation and test splits instead of its
+    own."""
+    given = {field: path for field, path in (folders or {}).items() if path}
+    texts = [] if source is None else [source] if isinstance(source, str) else list(source)
+    if not texts or _is_image_folder(texts, scale, bool(lr_from_hr)):
+        found = sources.resolve(texts[0] if texts else None, given, scale, hr_only=bool(lr_from_hr))
+        return _folder_source(" ".join(texts) or str(found.train_hr), found, scale, lr_from_hr)
+    streamed = _table_source(texts, columns, lr_from_hr)
+    return _with_eval_folders(streamed, given, scale, lr_from_hr) if given else streamed
+
+
+def _one_local_name(texts: list[str]) -> Path | None:
+    """The path when the source is one local name without braces or globs (a folder, a file, or a hub id)."""
+    text = texts[0]
+    if len(texts) > 1 or _remote(text) or _GLOB.search(text) or "{" in text:
+        return None
+    return Path(text).expanduser()
+
+
+def _is_image_folder(texts: list[str], scale: int, hr_only: bool) -> bool:
+    path = _one_local_name(texts)
+    return path is not None and path.is_dir() and sources.find(path, scale, hr_only) is not None
+
+
+def _table_source(texts: list[str], columns: tuple[str, str, str], lr_from_hr: str | None) -> Source:
+    """Data files (local or remote) or a hub id as a Source."""
     text = " ".join(texts)
-    if len(texts) == 1 and not _remote(texts[0]) and not _GLOB.search(texts[0]) and "{" not in texts[0]:
-        path = Path(texts[0]).expanduser()
-        folders = sources.find(path, scale, hr_only=bool(lr_from_hr)) if path.is_dir() else None
-        if folders is not None:
-            return _folder_source(text, folders, scale, lr_from_hr)
-        if not path.exists():
-            if texts[0].startswith((".", "/", "~")) or texts[0].count("/") > 1:
-                raise UserError(f"{texts[0]}: no such file or folder")
-            return _hub_source(text, columns, lr_from_hr)
+    path = _one_local_name(texts)
+    if path is not None and not path.exists():
+        if text.startswith((".", "/", "~")) or text.count("/") > 1:
+            raise UserError(f"{text}: no such file or folder")
+        return _hub_source(text, columns, lr_from_hr)
     named = [found for t in texts for found in _expand(t)]
     files = [name for name, _ in named]
     if not files:
@@ -360,14 +426,17 @@ def _features(builder: str, first: str, wanted: dict[str, str], text: str):
     return kept, mapped
 
 
-def _folder_source(text: str, folders: sources.Folders, scale: int, lr_from_hr: str | None) -> Source:
-    """An image folder's pairs, paired by name as training pairs them (files without a partner are listed by
-    `check-data`; here they are left out, as they pair with nothing)."""
+def _folder_splits(
+    folders: sources.Folders, scale: int, lr_from_hr: str | None
+) -> tuple[dict[str, list[str]], dict[str, list], list[pairs.Finding]]:
+    """The shard names, pairs and bad-file findings of the splits that image folders hold, paired by name as
+    training pairs them (files without a partner are findings: `check-data` lists them, training leaves them
+    out, as they pair with nothing)."""
     splits, folder_pairs, findings = {}, {}, []
-    sets = {"train": (folders.train_lr, folders.train_hr)}
-    if folders.val_hr is not None:
-        sets["validation"] = (folders.val_lr, folders.val_hr)
+    sets = {"train": (folders.train_lr, folders.train_hr), "validation": (folders.val_lr, folders.val_hr)}
     for split, (lr_dir, hr_dir) in sets.items():
+        if hr_dir is None:
+            continue
         hr_files, hr_findings = pairs.scan_folder(hr_dir)
         lr_files, lr_findings = pairs.scan_folder(lr_dir) if lr_dir is not None else (hr_files, [])
         names, orphans = pairs.pair_names(lr_files, hr_files, scale)
@@ -382,10 +451,47 @@ def _folder_source(text: str, folders: sources.Folders, scale: int, lr_from_hr: 
         if test_files:
             folder_pairs["test"] = [(name, str(path), str(path)) for name, path in test_files.items()]
             splits["test"] = [f"{folders.test_lr} shard {i}" for i in range(-(-len(test_files) // FOLDER_SHARD_PAIRS))]
+    return splits, folder_pairs, findings
+
+
+def _folder_source(text: str, folders: sources.Folders, scale: int, lr_from_hr: str | None) -> Source:
+    """An image folder's pairs (sources.Folders: its own folders, or those given in their place)."""
+    splits, folder_pairs, findings = _folder_splits(folders, scale, lr_from_hr)
     if "train" not in splits:
         raise UserError(f"{text}: no training pairs found ({folders.describe()})")
     columns = {split: {"lr": "lr", "hr": "hr", "id": "id"} for split in splits}
     return Source(text, "folder", splits, columns, folder_pairs=folder_pairs, lr_from_hr=lr_from_hr, findings=findings)
+
+
+def _with_eval_folders(source: Source, given: dict[str, str], scale: int, lr_from_hr: str | None) -> Source:
+    """A data-files or hub source whose validation and test splits are the given folders (--val-hr-dir with
+    --val-lr-dir, --test-lr-dir) instead of its own."""
+    paths = {field: Path(path).expanduser() for field, path in given.items()}
+    training = [sources.OPTIONS[field] for field in ("train_hr", "train_lr") if field in paths]
+    if training:
+        raise UserError(f"{source.text}: {', '.join(training)} need a folder of images as --data, not a dataset")
+    for field, path in paths.items():
+        if not path.is_dir():
+            raise UserError(f"{path}: no such folder ({sources.OPTIONS[field]})")
+    val_lr, val_hr = (None if lr_from_hr else paths.get("val_lr")), paths.get("val_hr")
+    if not lr_from_hr and bool(val_lr) != bool(val_hr):
+        have, need = ("val_lr", "val_hr") if val_lr else ("val_hr", "val_lr")
+        raise UserError(f"{paths[have]}: {sources.OPTIONS[have]} needs {sources.OPTIONS[need]} too")
+    folders = sources.Folders(val_lr=val_lr, val_hr=val_hr, test_lr=paths.get("test_lr"))
+    splits, folder_pairs, findings = _folder_splits(folders, scale, lr_from_hr)
+    for field, split in (("val_hr", "validation"), ("test_lr", "test")):
+        if field in paths and split not in splits:
+            raise UserError(f"{paths[field]}: no images found ({sources.OPTIONS[field]})")
+    tables = {split: table for split, table in source.tables.items() if split not in splits}
+    columns = {**source.columns, **{split: {"lr": "lr", "hr": "hr", "id": "id"} for split in splits}}
+    return dataclasses.replace(
+        source,
+        splits={**source.splits, **splits},
+        columns=columns,
+        tables=tables,
+        folder_pairs=folder_pairs,
+        findings=source.findings + findings,
+    )
 
 
 def _hub_source(text: str, columns: tuple[str, str, str], lr_from_hr: str | None) -> Source:

@@ -34,7 +34,6 @@ import dataclasses
 import functools
 import hashlib
 import json
-import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -74,10 +73,6 @@ class StreamError(Exception):
     all): raised as a one-line UserError in the main process."""
 
 
-class ShardUnreadable(StreamError):
-    """A shard that could not be read, retries included."""
-
-
 @dataclasses.dataclass
 class StreamFailure:
     """What a worker hands over instead of a batch when the stream must stop: its one line, not a traceback."""
@@ -102,26 +97,6 @@ class StreamBatch:
 # Reading and checking
 
 
-def shard_rows(
-    source: shards.Source, split: str, shard: int, start: int, *, retries: int, backoff_s: float
-) -> Iterator[tuple[int, dict]]:
-    """(row, row dict) of a shard from `start`; a read that fails is retried from the row it reached, after
-    `backoff_s`, 2x, 4x, ... seconds, then raises StreamError naming the shard."""
-    name, row, failures = source.shards(split)[shard], start, 0
-    while True:
-        try:
-            for row_number, example in source.rows(split, shard, row):
-                row = row_number + 1
-                yield row_number, example
-            return
-        except Exception as e:  # any loader or filesystem error is this shard's read failing
-            failures += 1
-            if failures > retries:
-                what = f"{type(e).__name__}: {e}".splitlines()[0]
-                raise ShardUnreadable(f"{name}: cannot be read (at row {row}, {retries} retries): {what}") from None
-            time.sleep(backoff_s * 2 ** (failures - 1))
-
-
 def checked_pair(row: dict, scale: int, patch_size: int = 0) -> tuple[np.ndarray, np.ndarray]:
     """A row's decoded (LR, HR) by check-data's rules; UserError with the problem otherwise."""
     row = {**row, "lr": shards.read_cell(row["lr"]), "hr": shards.read_cell(row["hr"])}
@@ -130,19 +105,6 @@ def checked_pair(row: dict, scale: int, patch_size: int = 0) -> tuple[np.ndarray
     if problem:
         raise UserError(f"{pairs.cell_name(row, 'hr')}: {problem}")
     return lr, hr
-
-
-def iter_rows(
-    source: shards.Source, split: str = "train", *, bad: Callable[[str], None], retries: int = 3, backoff_s: float = 0.5
-) -> Iterator[tuple[str, dict]]:
-    """Every row of a split in canonical order, once: (where: "<shard> row N", row). An unreadable shard is one
-    line to `bad`; reading goes on."""
-    for shard, name in enumerate(source.shards(split)):
-        try:
-            for row, example in shard_rows(source, split, shard, 0, retries=retries, backoff_s=backoff_s):
-                yield f"{name} row {row}", example
-        except ShardUnreadable as e:
-            bad(str(e))
 
 
 def decoded(where: str, example: dict, scale: int, lr_only: bool = False) -> tuple[np.ndarray, np.ndarray | None]:
@@ -167,7 +129,7 @@ def iter_pairs(
 ) -> Iterator[tuple[str, dict, np.ndarray, np.ndarray | None]]:
     """Every usable pair of a split in canonical order, once: (where, row, LR, HR; HR None with `lr_only`).
     Each bad pair or unreadable shard is one line to `bad`; reading goes on."""
-    for where, example in iter_rows(source, split, bad=bad, retries=retries, backoff_s=backoff_s):
+    for where, example in shards.iter_rows(source, split, bad=bad, retries=retries, backoff_s=backoff_s):
         try:
             yield where, example, *decoded(where, example, scale, lr_only)
         except UserError as e:
@@ -268,7 +230,9 @@ class Lane:
         """(pass, shard, row, row dict) of the lane's k-th read from row `start`."""
         stream_pass, shard, part = self.plan.piece(self.plan.occurrence(self.index, k))
         start, s = max(start, self.plan.first_row(shard)), self.settings
-        for row, example in shard_rows(self.source, "train", shard, start, retries=s.retries, backoff_s=s.backoff_s):
+        for row, example in shards.shard_rows(
+            self.source, "train", shard, start, retries=s.retries, backoff_s=s.backoff_s
+        ):
             if self.plan.parts == 1 or row % self.plan.parts == part:
                 yield stream_pass, shard, row, example
 
@@ -306,7 +270,7 @@ class Lane:
                     crop = 0
             except GeneratorExit:  # closed (at exit too, when the names below may already be gone): no problem
                 raise
-            except ShardUnreadable as e:
+            except shards.ShardUnreadable as e:
                 self._problem("unreadable", str(e))
             if usable:
                 dry.clear()
@@ -336,7 +300,7 @@ class Lane:
                             windows[(k, r, c)] = self._window(*decoded, stream_pass, shard, r, c)
                     if r >= max(rows):
                         break
-            except ShardUnreadable as e:
+            except shards.ShardUnreadable as e:
                 self._problem("unreadable", str(e))
         return [(key, windows[key]) for key in self._buffer_keys if key in windows]
 
@@ -622,10 +586,10 @@ def eval_sets(
 
 def _past_end(source: shards.Source, start: tuple[int, int], retries: int, backoff_s: float) -> bool:
     """Whether a shard has no row at or after `start` (then training starts at the next shard)."""
-    rows = shard_rows(source, "train", start[0], start[1], retries=retries, backoff_s=backoff_s)
+    rows = shards.shard_rows(source, "train", start[0], start[1], retries=retries, backoff_s=backoff_s)
     try:
         return next(rows, None) is None
-    except StreamError:
+    except shards.ShardUnreadable:
         return False
     finally:
         rows.close()

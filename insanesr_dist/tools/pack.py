@@ -162,7 +162,7 @@ class ShardWriter:
 
 def _rows(source: shards.Source, split: str, bad, workers: int, job):
     """Output rows of a split's rows, in source order, made by `workers` processes."""
-    rows = stream.iter_rows(source, split, bad=bad)
+    rows = shards.iter_rows(source, split, bad=bad)
     if workers <= 1:
         yield from map(job, rows)
         return
