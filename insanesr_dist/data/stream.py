@@ -45,6 +45,7 @@ from insanesr_dist.data import loaders, pairs, shards
 from insanesr_dist.data.crops import crop_draws, pair_window
 from insanesr_dist.data.images import decode_rgb
 from insanesr_dist.data.loaders import WindowBatch, collate_windows
+from insanesr_dist.data.splits import Splits
 from insanesr_dist.errors import UserError
 
 FORMAT = 1  # of the state dict
@@ -593,3 +594,110 @@ def _past_end(source: shards.Source, start: tuple[int, int], retries: int, backo
         return False
     finally:
         rows.close()
+
+
+# ---------------------------------------------------------------------------------------------
+# What a trainer opens
+
+
+@dataclasses.dataclass
+class StreamingData:
+    """A streaming run's data (see open_streaming): `splits` (validation and test, map-style; no train table)
+    and the training stream's source, settings and start, from which `train_loader` makes each rank's loader."""
+
+    splits: Splits
+    source: shards.Source
+    settings: StreamSettings
+    start: tuple[int, int]  # (shard, row) training starts at: past the validation pairs held out of the head
+    lanes: int | None  # the stream's lanes (None: ranks x workers of the first loader made)
+
+    def train_loader(
+        self,
+        *,
+        rank: int = 0,
+        world_size: int = 1,
+        num_workers: int = 0,
+        state: dict | None = None,
+        timeout: float = 0,
+        say: Callable[[str], None] = print,
+    ) -> StreamLoader:
+        """This rank's endless training batches (WindowBatch), from the start of the stream or from `state`
+        (a position saved as open_streaming says)."""
+        return StreamLoader(
+            self.source,
+            self.settings,
+            start=self.start,
+            rank=rank,
+            world_size=world_size,
+            num_workers=num_workers,
+            timeout=timeout,
+            lanes=self.lanes,
+            state=state,
+            say=say,
+        )
+
+
+def open_streaming(
+    data: str | list[str] | None,
+    *,
+    patch_size: int,
+    batch_size: int,
+    seed: int = 0,
+    val_size: int = 0,
+    crops_per_decode: int = 4,
+    shuffle_crops: int = 256,
+    lanes: int = 0,
+    on_bad_sample: str = "error",
+    retries: int = 3,
+    scale: int = 4,
+    columns: tuple[str, str, str] = ("lr", "hr", "id"),
+    folders: dict[str, str | None] | None = None,
+    lr_from_hr: str | None = None,
+    say: Callable[[str], None] = print,
+) -> StreamingData:
+    """Open a streaming run's data: what `--data` names, streamed (shards.resolve: a hub id, data files by path,
+    URL, brace range or glob, or an image folder), read lazily; nothing is downloaded or decoded ahead.
+
+    Returns StreamingData: `.splits` is a data.splits.Splits whose `val` and `test` are small in-memory tables
+    that loaders.eval_loader reads as it reads a map-style run's (so validation and submissions are unchanged;
+    `train` is None and `pixels` None). The validation pairs are the source's validation split (the given
+    folders' with --val-hr-dir/--val-lr-dir; its first `val_size`, all with 0), else `val_size` pairs held out
+    of the head of the training stream, never trained on. The test images are the source's test split (or
+    --test-lr-dir's). `.train_loader(rank=, world_size=, num_workers=, state=, timeout=)` makes this rank's
+    StreamLoader: endless batches, each rank taking the same number (so none waits at a collective).
+
+    The stream's position: after a step, every rank's `loader.state_dict()` (JSON-able, its own lanes) is
+    gathered and merged into one with `merge_states` (take them after the same number of batches on every rank);
+    the checkpoint keeps that dict. To resume, give it to every rank's `train_loader(state=...)`: each continues
+    at the next batch, nothing consumed is read again. On another ranks x workers that divides the saved lanes
+    the batches are the same; otherwise a new pass starts and the stream says so in one line (give `lanes`, e.g.
+    --stream-lanes, that every layout you may resume on divides).
+
+    `folders`: sources.Folders field -> path, from --hr-dir and its siblings (shards.resolve); `columns`: the
+    source's LR, HR and id columns; `lr_from_hr`: a degrade.KERNELS name. Bad pairs and unreadable shards stop
+    with one line naming them, or with `on_bad_sample="skip"` are left out, named through `say` (the first
+    ones) and counted (`StreamLoader.problems`; Splits.skipped for the validation and test sets).
+    """
+    if patch_size <= 0:
+        raise UserError("streaming trains on crops: it needs --patch-size > 0")
+    source = shards.resolve(data, columns=columns, scale=scale, lr_from_hr=lr_from_hr, folders=folders)
+    settings = StreamSettings(
+        patch_size=patch_size,
+        batch_size=batch_size,
+        seed=seed,
+        scale=scale,
+        crops_per_decode=crops_per_decode,
+        shuffle_crops=shuffle_crops,
+        on_bad_sample=on_bad_sample,
+        retries=retries,
+    )
+    held = eval_sets(source, val_size=val_size, scale=scale, on_bad_sample=on_bad_sample, retries=retries, say=say)
+    if source.shards("validation"):
+        where = "from its validation split"
+    else:
+        first = source.shards()[held.start[0]] if held.start[0] < len(source.shards()) else "its end"
+        where = f"held out of the stream's head (training starts at {first} row {held.start[1]})"
+    tested = len(held.test) if held.test is not None else 0
+    say(f"data: {source.text}: {len(held.val)} validation pair(s) {where}; {tested} test image(s)")
+    splits = Splits(train=None, val=held.val, test=held.test, source=source.text, skipped=held.skipped)
+    return StreamingData(splits, source, settings, held.start, lanes or None)

@@ -298,3 +298,67 @@ def test_validation_is_held_out_of_the_stream_head(shard_folder, tmp_path):
     write_parquet(test, make_pairs(2, first=60))
     given = stream.eval_sets(shards.resolve(str(tmp_path)), val_size=0, say=quiet)
     assert given.start == (0, 0) and len(given.val) == 3 and given.test["id"] == ["img0060.png", "img0061.png"]
+
+
+# ---------------------------------------------------------------------------------------------
+# What a trainer opens: open_streaming
+
+
+def opened(data, **options) -> stream.StreamingData:
+    knobs = dict(patch_size=8, batch_size=4, crops_per_decode=2, shuffle_crops=8, on_bad_sample="skip", say=quiet)
+    return stream.open_streaming(data, **{**knobs, **options})
+
+
+def eval_images(table, with_hr: bool = True) -> list[tuple]:
+    from insanesr_dist.data.loaders import eval_loader
+
+    return [tuple(t[0].numpy() for t in item[1:]) for item in eval_loader(table, with_hr=with_hr, num_workers=0)]
+
+
+def test_open_streaming_over_http_holds_out_validation_and_resumes_from_merged_ranks(server):
+    data = opened(f"{server.url}/train-{{00000..00004}}-of-00005.parquet", val_size=8, lanes=2)
+    assert data.splits.train is None and data.splits.pixels is None and data.splits.test is None
+    assert data.splits.val["id"] == [f"img{n:04d}.png" for n in range(8)]
+    for lr, hr in eval_images(data.splits.val):  # as validation reads a map-style run's: CHW uint8, whole
+        assert lr.shape == (3, 16, 16) and np.array_equal(up(lr.transpose(1, 2, 0)), hr.transpose(1, 2, 0))
+
+    ranks = [data.train_loader(rank=r, world_size=2) for r in (0, 1)]
+    trained = [take(loader, 3) for loader in ranks]
+    state = json.loads(json.dumps(stream.merge_states([loader.state_dict() for loader in ranks])))
+    uninterrupted = take(data.train_loader(), 10)
+    assert same(trained[0], uninterrupted[0:6:2]) and same(trained[1], uninterrupted[1:6:2])
+    assert same(take(data.train_loader(num_workers=2, state=state), 4), uninterrupted[6:10])
+    assert min(n for b in uninterrupted for n in images_of(b)) >= 8  # validation is never trained on
+
+
+def test_open_streaming_a_local_folder_with_given_validation_and_test_folders(shard_folder, pair_folder):
+    given = {
+        "val_hr": str(pair_folder / "train" / "HR"),
+        "val_lr": str(pair_folder / "train" / "LR"),
+        "test_lr": str(pair_folder / "test" / "LR"),
+    }
+    data = opened(str(shard_folder), val_size=3, folders=given)
+    assert data.start == (0, 0) and data.splits.val["id"] == ["img_000.png", "img_001.png", "img_002.png"]
+    assert [lr.shape for lr, _ in eval_images(data.splits.val)] == [(3, 16, 20)] * 3
+    assert data.splits.test["id"] == ["img_023.png", "img_024.png", "img_025.png"]
+    assert [lr.shape for (lr,) in eval_images(data.splits.test, with_hr=False)] == [(3, 16, 20)] * 3
+    batches = take(data.train_loader(num_workers=2), 20)
+    assert_true_windows(batches)
+    assert 0 in {n for b in batches for n in images_of(b)}  # nothing held out of the stream
+
+    with pytest.raises(UserError, match="has no validation split"):
+        opened(str(shard_folder))
+    with pytest.raises(UserError, match="--hr-dir need a folder of images"):
+        opened(str(shard_folder), folders={"train_hr": str(pair_folder / "train" / "HR")})
+    with pytest.raises(UserError, match="--val-lr-dir needs --val-hr-dir"):
+        opened(str(shard_folder), folders={"val_lr": given["val_lr"]})
+    with pytest.raises(UserError, match="--patch-size > 0"):
+        opened(str(shard_folder), val_size=2, patch_size=0)
+
+
+def test_training_defaults_are_the_streams():
+    from insanesr_dist.config import TrainConfig
+
+    train, defaults = TrainConfig(), stream.StreamSettings(patch_size=1, batch_size=1)
+    assert (train.crops_per_decode, train.shuffle_crops) == (defaults.crops_per_decode, defaults.shuffle_crops)
+    assert train.shard_retries == defaults.retries
