@@ -5,7 +5,8 @@ the toolkit) and, where it loads, has datasets retry a dropped connection for up
 is registered for http and https by shards.py, in every process that reads shards: a file's size from a
 HEAD request (or a one-byte Range GET where HEAD is refused), its bytes by Range GETs, as object stores serve
 them; proxies come from the environment (urllib's). It cannot list a folder, so an http URL cannot hold a glob.
-A failed request is an error at once: the retries live one level up (stream.py retries a whole shard, briefly).
+A failed request is an error at once: the retries live one level up (shards.shard_rows retries a whole shard,
+briefly).
 """
 
 from __future__ import annotations
