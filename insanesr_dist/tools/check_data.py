@@ -14,11 +14,11 @@ import click
 
 from insanesr_dist.commands import Command
 from insanesr_dist.data import sources
-from insanesr_dist.data.degrade import KERNELS
 from insanesr_dist.data.images import decode_image, max_pixels, sniff_format
 from insanesr_dist.data.pairs import Finding, cell_name, pair_names, pair_problem, patch_problem, scan_folder, show
 from insanesr_dist.data.sources import Folders
 from insanesr_dist.errors import UserError
+from insanesr_dist.tools.source_options import source_options
 
 if TYPE_CHECKING:
     from insanesr_dist.data.shards import Source
@@ -335,15 +335,7 @@ def run_check(
     default=None,
     help="As for training: LR images smaller than this cannot give a crop. [default: training's default]",
 )
-@click.option("--lr-column", default="lr", show_default=True, help="As for training: a dataset's LR image column.")
-@click.option("--hr-column", default="hr", show_default=True, help="As for training: a dataset's HR image column.")
-@click.option("--id-column", default="id", show_default=True, help="As for training: a dataset's id column.")
-@click.option(
-    "--lr-from-hr",
-    type=click.Choice(KERNELS),
-    default=None,
-    help="As for training: HR images only, each LR made from its HR by this kernel.",
-)
+@source_options("As for training: HR images only, each LR made from its HR by this kernel.")
 @click.option(
     "--streaming",
     is_flag=True,

@@ -25,9 +25,9 @@ import click
 from insanesr_dist.atomic import atomic_path
 from insanesr_dist.commands import Command
 from insanesr_dist.data import shards, stream
-from insanesr_dist.data.degrade import KERNELS
 from insanesr_dist.data.images import encode_png
 from insanesr_dist.errors import UserError
+from insanesr_dist.tools.source_options import source_options
 
 ROWS_PER_GROUP = 64  # a parquet row group: the unit a resumed stream skips without reading, and a read's size
 
@@ -231,15 +231,7 @@ def pack(
 @click.option(
     "--shard-mb", default=256.0, show_default=True, type=click.FloatRange(0, min_open=True), help="Shard size (MB)."
 )
-@click.option("--lr-column", default="lr", show_default=True, help="As for training: a dataset's LR image column.")
-@click.option("--hr-column", default="hr", show_default=True, help="As for training: a dataset's HR image column.")
-@click.option("--id-column", default="id", show_default=True, help="As for training: a dataset's id column.")
-@click.option(
-    "--lr-from-hr",
-    type=click.Choice(KERNELS),
-    default=None,
-    help="As for training: HR images only, each LR made from its HR by this kernel (the pack then holds both).",
-)
+@source_options("As for training: HR images only, each LR made from its HR by this kernel (the pack then holds both).")
 @click.option(
     "--on-bad-sample",
     type=click.Choice(["error", "skip"]),
