@@ -36,6 +36,10 @@ LAZY_COMMANDS = {
         "insanesr_dist.tools.check_data:check_data_command",
         "List every problem of a dataset (one line per file) before training on it.",
     ),
+    "pack": (
+        "insanesr_dist.tools.pack:pack_command",
+        "Pack a dataset into parquet shards of sub-images for streaming (--streaming).",
+    ),
     "study": (
         "insanesr_dist.tools.study:study_command",
         "Model-quality grid: each recipe lever alone and the default preset, at one step budget.",

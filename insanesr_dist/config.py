@@ -89,6 +89,12 @@ class TrainConfig:
         "id", "A dataset's column of image ids (the submission's names); without one, ids are 00000.png, 00001.png, ..."
     )
     val_fraction: float = setting(0.1, "Share of the training pairs held out for validation (seeded split).")
+    val_size: int = setting(
+        0,
+        "With --streaming: validation pairs held out from the head of the stream "
+        "(never trained on) when the source has no validation split and no "
+        "--val-hr-dir; else the first N pairs of that split; 0: all of them.",
+    )
     patch_size: int = setting(
         None, "LR crop edge for training (HR crop is 4x); 0 trains on full images." + preset_help("patch_size")
     )
@@ -111,8 +117,27 @@ class TrainConfig:
         4,
         "Without a decoded store (above --store-gb): every this many consecutive "
         "samples of a batch are crops of one decoded pair (a seeded choice per "
-        "epoch), so workers decode a 1/N share of the pairs per epoch; 1: one pair "
-        "per sample.",
+        "epoch), so workers decode a 1/N share of the pairs per epoch; with "
+        "--streaming: crops cut from each streamed pair (mixed across images by "
+        "--shuffle-crops); 1: one pair per sample.",
+    )
+    shuffle_crops: int = setting(
+        256,
+        "With --streaming: crops in each stream lane's shuffle buffer, so a batch "
+        "mixes crops of many images (memory: this many LR+HR crops per lane); 1: "
+        "no mixing.",
+    )
+    stream_lanes: int = setting(
+        0,
+        "With --streaming: the stream's readers (lanes); the sample order depends "
+        "on them, not on the processes, so a resumed run keeps it on any ranks x "
+        "workers that divide them; 0: ranks x workers.",
+    )
+    shard_retries: int = setting(
+        3,
+        "With --streaming: a shard that cannot be read (404, cut short, reset) is "
+        "tried again this many times (after 0.5 s, 1 s, 2 s, ...) before "
+        "--on-bad-sample skips it or stops.",
     )
     store_dir: str | None = setting(
         None, "Folder of the decoded stores (a fast local disk). Default: beside the Hugging Face datasets cache."
@@ -300,6 +325,10 @@ class TrainConfig:
             (self.decoded_cache_mb >= 0, "decoded_cache_mb must be >= 0"),
             (self.store_gb >= 0, "store_gb must be >= 0"),
             (self.crops_per_decode >= 1, "crops_per_decode must be >= 1"),
+            (self.shuffle_crops >= 1, "shuffle_crops must be >= 1"),
+            (self.stream_lanes >= 0, "stream_lanes must be >= 0"),
+            (self.shard_retries >= 0, "shard_retries must be >= 0"),
+            (self.val_size >= 0, "val_size must be >= 0"),
             (self.worker_timeout >= 0, "worker_timeout must be >= 0"),
             (self.dist_timeout > 0, "dist_timeout must be > 0"),
             (self.cpu_threads is None or self.cpu_threads >= 1, "cpu_threads must be >= 1"),

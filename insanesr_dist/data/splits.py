@@ -25,7 +25,7 @@ from insanesr_dist.errors import UserError
 class Splits:
     """Training pairs, held-out validation pairs and (optionally) LR-only test images."""
 
-    train: datasets.Dataset | datasets.IterableDataset
+    train: datasets.Dataset | datasets.IterableDataset | None  # None: streamed (stream.open_streaming)
     val: datasets.Dataset
     test: datasets.Dataset | None
     source: str

@@ -362,7 +362,8 @@ def bench_train(
     type=click.Path(file_okay=False),
     help="Where the temporary stores are built [default: the system's temp folder].",
 )
-def bench_data(data, batch_size, patch_size, threads, as_json, crops, cache_mb, store_dir) -> None:
+@click.option("--streaming", is_flag=True, help="Measure the streaming path instead (--data as for train --streaming).")
+def bench_data(data, batch_size, patch_size, threads, as_json, crops, cache_mb, store_dir, streaming) -> None:
     """Data path: the decoded store's build time on 1 and 2 processes, a second run's open time, start-up to a
     first batch, crops/s of one DataLoader worker from the store and without it (decoding every crop, or from
     the worker's decoded cache), peak RSS; and what a GPU would consume, for scale.
@@ -371,8 +372,19 @@ def bench_data(data, batch_size, patch_size, threads, as_json, crops, cache_mb, 
     A DIV2K-sized set to measure on (48 MB of PNGs, 0.84 GB decoded):
       insanesr-dist make-demo-data div2k-sized/ --num-train 96 --num-test 4 --hr-size 2040x1344
       insanesr-dist bench data --data div2k-sized/
+      insanesr-dist pack div2k-sized/ div2k-packed/ && insanesr-dist bench data --streaming --data div2k-packed/
     """
     data = _demo_or(data)
+    if streaming:
+        from insanesr_dist.config import TrainConfig
+        from insanesr_dist.tools import stream_speed
+
+        train = TrainConfig()  # training's defaults: what a streaming run uses unless told otherwise
+        spec = dict(data=data, batch_size=batch_size, patch_size=patch_size, crops=crops)
+        spec.update(crops_per_decode=train.crops_per_decode, shuffle_crops=train.shuffle_crops)
+        result = stream_speed.measure(spec)
+        click.echo(json.dumps(result, indent=2) if as_json else stream_speed.describe(result, spec))
+        return
     spec = {
         "data": data,
         "batch_size": batch_size,

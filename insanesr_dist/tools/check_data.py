@@ -8,16 +8,20 @@ from __future__ import annotations
 
 import collections
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import click
 
 from insanesr_dist.commands import Command
 from insanesr_dist.data import sources
-from insanesr_dist.data.degrade import KERNELS
 from insanesr_dist.data.images import decode_image, max_pixels, sniff_format
 from insanesr_dist.data.pairs import Finding, cell_name, pair_names, pair_problem, patch_problem, scan_folder, show
 from insanesr_dist.data.sources import Folders
 from insanesr_dist.errors import UserError
+from insanesr_dist.tools.source_options import source_options
+
+if TYPE_CHECKING:
+    from insanesr_dist.data.shards import Source
 
 SHOWN_PER_KIND = 10  # conversions and notes repeat per file; bad files are always all listed
 
@@ -159,11 +163,45 @@ def check_folders(folders: Folders, patch_size: int, scale: int, report: Report)
 
 
 def _read_cell(cell: dict | None, name: str, report: Report) -> tuple[int, ...] | None:
-    """An image cell's decoded shape: its bytes, or its file (which a table of paths may lack)."""
+    """An image cell's decoded shape: its bytes, or its file (which a table of paths may lack; a remote one is
+    fetched, as a streamed run fetches it)."""
     cell = cell or {}
     if cell.get("bytes") or not cell.get("path"):
         return _decode(cell.get("bytes") or b"", name, report)
+    if "://" in cell["path"] and not cell["path"].startswith("file://"):
+        from insanesr_dist.data.shards import read_cell
+
+        try:
+            return _decode(read_cell(cell)["bytes"], name, report)
+        except UserError as e:
+            report.add(name, e.message[len(cell["path"]) + 2 :])
+            return None
     return _read_and_decode(Path(cell["path"]), report)
+
+
+def _check_rows(
+    rows, split: str, label: str, *, patch_size: int, scale: int, report: Report, lr_from_hr: str | None
+) -> None:
+    """A split's rows, each (its image cells' names for messages, row): ids unique up to case and extension,
+    every image decoded, every pair judged (a test split's LR images only)."""
+    images = ("lr",) if split == "test" else ("hr",) if lr_from_hr else ("lr", "hr")
+    seen: dict[str, str] = {}
+    for names, row in rows:
+        key = Path(row["id"]).stem.casefold()
+        if key in seen:
+            report.add(f"{label} ({split}) id {row['id']}", f"same id as {seen[key]} up to case or extension")
+            continue
+        seen[key] = row["id"]
+        found = [_read_cell(row[column], names[column], report) for column in images]
+        if split == "test":
+            report.test += 1
+            continue
+        report.pairs += 1
+        if None in found:
+            continue
+        if lr_from_hr:
+            found = report.lr_from_hr(found[0], names["hr"], scale)
+        report.judge_pair(*found, names["lr"], names["hr"], scale=scale, patch_size=patch_size)
 
 
 def check_table(
@@ -179,27 +217,41 @@ def check_table(
     from insanesr_dist.data.sources import load_table
 
     train, test = load_table(source, kind, columns, lr_from_hr)
-    pair = ("hr",) if lr_from_hr else ("lr", "hr")
-    for split, table, images in (("train", train, pair), ("test", test, ("lr",))):
-        if table is None:
-            continue
-        seen: dict[str, str] = {}
-        for row in table:
-            key = Path(row["id"]).stem.casefold()
-            if key in seen:
-                report.add(f"{source} ({split}) id {row['id']}", f"same id as {seen[key]} up to case or extension")
-                continue
-            seen[key] = row["id"]
-            found = [_read_cell(row[column], cell_name(row, column), report) for column in images]
-            if split == "test":
-                report.test += 1
-                continue
-            report.pairs += 1
-            if None in found:
-                continue
-            if lr_from_hr:
-                found = report.lr_from_hr(found[0], cell_name(row, "hr"), scale)
-            report.judge_pair(*found, cell_name(row, "lr"), cell_name(row, "hr"), scale=scale, patch_size=patch_size)
+    options = dict(scale=scale, report=report, lr_from_hr=lr_from_hr)
+    for split, table in (("train", train), ("test", test)):
+        if table is not None:
+            rows = (({c: cell_name(row, c) for c in ("lr", "hr") if c in row}, row) for row in table)
+            _check_rows(rows, split, source, patch_size=patch_size, **options)
+
+
+def check_stream(source: Source, patch_size: int, scale: int, report: Report, lr_from_hr: str | None = None) -> None:
+    """A source as train --streaming reads it (a shards.Source: every split, shard by shard, row by row, nothing
+    cached), by the same rules; a cell is named by its shard and row. A shard that cannot be read is a finding
+    of its own (training retries it, then skips it or stops)."""
+    from insanesr_dist.data import shards
+
+    report.findings += source.findings
+    for split, names in source.splits.items():
+
+        def unreadable(line: str, names: list[str] = names) -> None:
+            name = next((n for n in names if line.startswith(f"{n}: ")), "")
+            report.add(name, line[len(name) + 2 :] if name else line)
+
+        rows = (
+            ({c: f"{where} {c}" for c in ("lr", "hr")}, row)
+            for where, row in shards.iter_rows(source, split, bad=unreadable)
+        )
+        patch = patch_size if split == "train" else 0  # validation images are whole, never cropped
+        _check_rows(rows, split, source.text, patch_size=patch, scale=scale, report=report, lr_from_hr=lr_from_hr)
+
+
+def only_streamed(source: str | None) -> bool:
+    """Whether a SOURCE is one only the streaming path reads: a URL (but file://), a brace range or list, a
+    glob, or a WebDataset .tar."""
+    if source is None:
+        return False
+    remote = "://" in source and not source.startswith("file://")
+    return remote or any(c in source for c in "{*?[") or source.endswith(".tar")
 
 
 def run_check(
@@ -211,15 +263,28 @@ def run_check(
     columns: tuple[str, str, str] = ("lr", "hr", "id"),
     given: dict[str, str | None] | None = None,
     lr_from_hr: str | None = None,
+    streaming: bool = False,
     echo=click.echo,
 ) -> bool:
     """Print every finding and a summary; True when training would run. `columns`: a table source's LR, HR
     and id columns, as training's --lr-column, --hr-column, --id-column; `given`: folders given one by one
-    (sources.Folders field -> path), as training's --hr-dir and siblings."""
+    (sources.Folders field -> path), as training's --hr-dir and siblings; `streaming`: read the source as
+    train --streaming does (always, for what only it reads: see only_streamed)."""
     max_pixels()  # a bad $INSANESR_MAX_PIXELS is one line, not a finding on every file
     report = Report()
-    kind, folders = sources.locate(source, given or {}, scale, hr_only=bool(lr_from_hr))
-    if folders is not None:
+    streamed = None
+    if streaming or only_streamed(source):
+        from insanesr_dist.data import shards
+
+        streamed = shards.resolve(source, columns=columns, scale=scale, lr_from_hr=lr_from_hr, folders=given)
+        if streamed.kind == "folder":  # an image folder streams its files as they are: checked as a folder
+            streamed = None
+    kind, folders = (None, None) if streamed else sources.locate(source, given or {}, scale, bool(lr_from_hr))
+    if streamed is not None:
+        source = streamed.text
+        echo(f"check-data: streamed {streamed.describe()}")
+        check_stream(streamed, patch_size, scale, report, lr_from_hr)
+    elif folders is not None:
         source = source or str(folders.train_hr)
         echo(f"check-data: {folders.describe()}")
         check_folders(folders, patch_size, scale, report)
@@ -270,14 +335,12 @@ def run_check(
     default=None,
     help="As for training: LR images smaller than this cannot give a crop. [default: training's default]",
 )
-@click.option("--lr-column", default="lr", show_default=True, help="As for training: a dataset's LR image column.")
-@click.option("--hr-column", default="hr", show_default=True, help="As for training: a dataset's HR image column.")
-@click.option("--id-column", default="id", show_default=True, help="As for training: a dataset's id column.")
+@source_options("As for training: HR images only, each LR made from its HR by this kernel.")
 @click.option(
-    "--lr-from-hr",
-    type=click.Choice(KERNELS),
-    default=None,
-    help="As for training: HR images only, each LR made from its HR by this kernel.",
+    "--streaming",
+    is_flag=True,
+    help="As train --streaming reads it: shard by shard, nothing cached (URLs, brace ranges, globs and "
+    "WebDataset tars are always read so).",
 )
 def check_data_command(
     source: str | None,
@@ -292,13 +355,16 @@ def check_data_command(
     hr_column: str,
     id_column: str,
     lr_from_hr: str | None,
+    streaming: bool,
 ) -> None:
     """Read every image of a dataset once and list every problem: one line per file (the problem and what
     training will do), then a summary. Exit status 1 when training would stop.
 
     SOURCE is what `--data` takes: a DIR with train/LR, train/HR (and test/LR), a DIV2K-like folder, a
-    save_to_disk folder, a folder of parquet/arrow/jsonl/csv files (a hub dataset on disk) or a hub id; the
-    folder and column options are training's too.
+    save_to_disk folder, a folder of parquet/arrow/jsonl/csv files (a hub dataset on disk, a `pack` output) or
+    a hub id. Data files by URL (a brace range train-{00000..00099}.parquet, a glob) and WebDataset tars are
+    read as train --streaming reads them, shard by shard and nothing cached; --streaming reads any source so.
+    The folder and column options are training's too.
 
     \b
     Examples:
@@ -307,6 +373,7 @@ def check_data_command(
       insanesr-dist check-data DIV2K/
       insanesr-dist check-data --hr-dir shots/HR --lr-dir shots/LR
       insanesr-dist check-data hub-dataset/ --lr-column low --hr-column high --id-column name
+      insanesr-dist check-data 'https://host/sets/train-{00000..00099}.parquet' --streaming
     """
     if patch_size is None:
         from insanesr_dist.config import TrainConfig
@@ -316,7 +383,6 @@ def check_data_command(
         dict(hr_dir=hr_dir, lr_dir=lr_dir, val_hr_dir=val_hr_dir, val_lr_dir=val_lr_dir, test_lr_dir=test_lr_dir)
     )
     columns = (lr_column, hr_column, id_column)
-    if not run_check(
-        source, patch_size=patch_size, on_bad_sample=on_bad_sample, columns=columns, given=given, lr_from_hr=lr_from_hr
-    ):
+    options = dict(columns=columns, given=given, lr_from_hr=lr_from_hr, streaming=streaming)
+    if not run_check(source, patch_size=patch_size, on_bad_sample=on_bad_sample, **options):
         raise UserError(f"{source or hr_dir}: training would stop on this data (see the lines above)")

@@ -36,6 +36,8 @@ RESUMABLE = {
     "decoded_cache_mb",
     "worker_timeout",
     "dist_timeout",
+    "shard_retries",
+    "stream_lanes",
     "val_every",
     "submit_every",
     "val_every_steps",
