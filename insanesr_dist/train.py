@@ -33,14 +33,11 @@ def train(cfg: TrainConfig, trainer_class: type[Trainer] = Trainer) -> Path:
     # Then, before any thread exists: threads inherit the signal block (and so do workers, see data/workers.py).
     preemption = PreemptionFlag()
     try:
-        return trainer_class(cfg, preemption).train()
+        out_dir = trainer_class(cfg, preemption).train()
+        _end_workers()
+        return out_dir
     except BaseException as e:
-        # DataLoader workers (persistent) have SIGTERM blocked, see PreemptionFlag: the polite shutdown at
-        # interpreter exit would wait for them forever. They hold nothing worth keeping. Without torch's
-        # SIGCHLD handler first, their deaths would be reported as failures (tracebacks) while exiting.
-        signal.signal(signal.SIGCHLD, signal.SIG_DFL)
-        for worker in multiprocessing.active_children():
-            worker.kill()
+        _end_workers()
         for bar in list(getattr(tqdm, "_instances", ())):  # an open progress bar would swallow the error line
             bar.close()
         if isinstance(e, UserError):  # shown as one line: the traceback is noise
@@ -55,6 +52,16 @@ def train(cfg: TrainConfig, trainer_class: type[Trainer] = Trainer) -> Path:
         raise UserError(problem) from None
     finally:
         preemption.close()
+
+
+def _end_workers() -> None:
+    """DataLoader workers have SIGTERM blocked (see PreemptionFlag): the polite shutdown at interpreter exit
+    would wait for any still running (a persistent loader's, or one whose loader is only freed by the garbage
+    collector) forever. They hold nothing worth keeping. Without torch's SIGCHLD handler first, their deaths
+    would be reported as failures (tracebacks) while exiting."""
+    signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+    for worker in multiprocessing.active_children():
+        worker.kill()
 
 
 @click.command("train", cls=Command, context_settings={"max_content_width": 110})

@@ -24,25 +24,17 @@ from pathlib import Path
 
 import torch
 from accelerate import Accelerator, DataLoaderConfiguration, PartialState
-from accelerate.utils import broadcast_object_list, set_seed
+from accelerate.utils import broadcast_object_list, gather_object, set_seed
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
 from insanesr_dist import run_files
 from insanesr_dist.config import TrainConfig, save_config
-from insanesr_dist.data import sources
+from insanesr_dist.data import sources, stream
 from insanesr_dist.data.batches import EpochBatches, StreamBatches, device_pairs, model_inputs
 from insanesr_dist.data.crops import DevicePlans
 from insanesr_dist.data.demo import ensure_demo_data
-from insanesr_dist.data.loaders import (
-    EvalImages,
-    StreamedPairs,
-    collate_windows,
-    eval_loader,
-    loader_kwargs,
-    streaming_train,
-    train_loader,
-)
+from insanesr_dist.data.loaders import EvalImages, eval_loader, train_loader
 from insanesr_dist.data.splits import Splits, check_patch_size, load_splits, val_subset
 from insanesr_dist.inference.forward import float32_forward
 from insanesr_dist.inference.sharded import predict_pngs
@@ -210,39 +202,60 @@ class Trainer:
     def load_data(self) -> tuple[Splits, int, list[int] | None]:
         """The splits (validation cut to --val-max-images), the validation set's full size, and the rows kept."""
         cfg, accelerator = self.cfg, self.accelerator
+        given = sources.given_folders(cfg.to_dict())
+        data = cfg.data or (None if given["train_hr"] or given["train_lr"] else str(ensure_demo_data()))
+        columns = (cfg.lr_column, cfg.hr_column, cfg.id_column)
         # The main process builds the dataset caches first, the others reuse them.
         with accelerator.main_process_first():
-            given = sources.given_folders(cfg.to_dict())
-            data = cfg.data or (None if given["train_hr"] or given["train_lr"] else str(ensure_demo_data()))
-            splits = load_splits(
-                data,
-                val_fraction=cfg.val_fraction,
-                seed=cfg.seed,
-                scale=cfg.scale,
-                on_bad_sample=cfg.on_bad_sample,
-                patch_size=cfg.patch_size,
-                store_dir=cfg.store_dir,
-                store_gb=cfg.store_gb,
-                columns=(cfg.lr_column, cfg.hr_column, cfg.id_column),
-                folders=given,
-                lr_from_hr=cfg.lr_from_hr,
-                say=accelerator.print,
-            )
-        check_patch_size(splits.train, cfg.patch_size, cfg.batch_size, splits.source)
+            if cfg.streaming:  # read as the steps need it: only validation and test are loaded here
+                self.streaming = stream.open_streaming(
+                    data,
+                    patch_size=cfg.patch_size,
+                    batch_size=cfg.batch_size,
+                    seed=cfg.seed,
+                    val_size=cfg.val_size,
+                    crops_per_decode=cfg.crops_per_decode,
+                    shuffle_crops=cfg.shuffle_crops,
+                    lanes=cfg.stream_lanes,
+                    on_bad_sample=cfg.on_bad_sample,
+                    retries=cfg.shard_retries,
+                    scale=cfg.scale,
+                    columns=columns,
+                    folders=given,
+                    lr_from_hr=cfg.lr_from_hr,
+                    say=accelerator.print,
+                )
+                splits = self.streaming.splits
+            else:
+                splits = load_splits(
+                    data,
+                    val_fraction=cfg.val_fraction,
+                    seed=cfg.seed,
+                    scale=cfg.scale,
+                    on_bad_sample=cfg.on_bad_sample,
+                    patch_size=cfg.patch_size,
+                    store_dir=cfg.store_dir,
+                    store_gb=cfg.store_gb,
+                    columns=columns,
+                    folders=given,
+                    lr_from_hr=cfg.lr_from_hr,
+                    say=accelerator.print,
+                )
+        if splits.train is not None:
+            check_patch_size(splits.train, cfg.patch_size, cfg.batch_size, splits.source)
         val_count = len(splits.val)
         kept = val_subset(val_count, cfg.val_max_images, cfg.seed)
         if kept is not None:  # the same rows on every rank: the split and the permutation are both seeded
             splits = dataclasses.replace(splits, val=splits.val.select(kept))
         return splits, val_count, kept
 
-    def _loaders(self, splits: Splits) -> tuple[DataLoader, DataLoader | None, DataLoader]:
+    def _loaders(self, splits: Splits) -> tuple[DataLoader, DataLoader | None, DataLoader | stream.StreamLoader]:
         """The validation and test loaders, and the training loader: a stream's, the device store's plans (the
         store itself becomes `device_pairs`), or the workers' crops."""
         cfg, accelerator = self.cfg, self.accelerator
         workers = dict(num_workers=cfg.num_workers, timeout=cfg.worker_timeout)
         val_dl = eval_loader(splits.val, with_hr=True, pixels=splits.pixels, **workers)
         test_dl = eval_loader(splits.test, with_hr=False, **workers) if splits.test is not None else None
-        crops = dict(patch_size=cfg.patch_size, scale=cfg.scale, seed=cfg.seed)
         self.device_pairs, device_note = device_pairs(
             cfg.device_store,
             splits.train,
@@ -254,20 +267,14 @@ class Trainer:
             device=accelerator.device,
         )
         accelerator.print(device_note)
-        if cfg.streaming:
-            stream = streaming_train(
-                splits.train,
-                seed=cfg.seed,
+        if cfg.streaming:  # this rank's share, from the saved position when resuming
+            train_dl = self.streaming.train_loader(
                 rank=accelerator.process_index,
                 world_size=accelerator.num_processes,
-                workers=cfg.num_workers,
-            )
-            samples = StreamedPairs(stream, pixels=splits.pixels, crops_per_decode=cfg.crops_per_decode, **crops)
-            train_dl = DataLoader(
-                samples,
-                batch_size=cfg.batch_size,
-                collate_fn=collate_windows,
-                **loader_kwargs(cfg.num_workers, persistent=False, timeout=cfg.worker_timeout),
+                num_workers=cfg.num_workers,
+                state=self.state.stream,
+                timeout=cfg.worker_timeout,
+                say=_stream_lines(accelerator),
             )
         elif self.device_pairs is not None:  # the loader only plans: the crops are cut on the device
             plans = DevicePlans(self.device_pairs, length=cfg.epoch_samples)
@@ -282,8 +289,10 @@ class Trainer:
                 pixels=splits.pixels,
                 crops_per_decode=cfg.crops_per_decode,
                 epoch_samples=cfg.epoch_samples,
+                patch_size=cfg.patch_size,
+                scale=cfg.scale,
+                seed=cfg.seed,
                 **workers,
-                **crops,
             )
         return val_dl, test_dl, train_dl
 
@@ -293,7 +302,8 @@ class Trainer:
         """The run's two opening lines: what it trains on, with what, for how long; and how it evaluates."""
         cfg, accelerator, state = self.cfg, self.accelerator, self.state
         accelerator.print(
-            f"insanesr-dist: {splits.source}: {len(splits.train)} train / {len(splits.val)} val / "
+            f"insanesr-dist: {splits.source}: {'streamed' if splits.train is None else len(splits.train)} train / "
+            f"{len(splits.val)} val / "
             f"{len(splits.test) if splits.test is not None else 0} test images; model "
             f"{count_parameters(self.model):,} parameters; {accelerator.num_processes} process(es) on "
             f"{accelerator.device.type}, precision {accelerator.mixed_precision}; {self.epochs} epoch(s), "
@@ -339,6 +349,8 @@ class Trainer:
         self.accelerator.print(
             f"done: best JM {self.state.best_jm:.4f}; weights, submissions and logs in {self.out_dir}"
         )
+        if isinstance(self.batches, StreamBatches):
+            self.batches.close()
         end_hparams(self.accelerator)
         self.accelerator.end_training()
         return self.out_dir
@@ -515,6 +527,10 @@ class Trainer:
             "data_wait_fraction": trained["data_wait_fraction"],
             "eval_seconds": trained["mid_epoch_eval_seconds"] + eval_seconds,
         }
+        if cfg.streaming:  # pairs and shards left out so far (--on-bad-sample skip), over every rank's lanes
+            problems = self.batches.loader.problems
+            counts = torch.tensor([problems["bad"], problems["unreadable"]], device=accelerator.device)
+            record["skipped_pairs"], record["skipped_shards"] = accelerator.reduce(counts, "sum").tolist()
         log_epoch(accelerator, self.out_dir, record, self.epochs, improved)
 
         state.next_epoch()
@@ -602,6 +618,8 @@ class Trainer:
         # Each rank holds its own running loss; the sum over ranks, shared out again on resume, gives the same mean.
         self.state.loss_sum = self.accelerator.reduce(self.epoch_loss.clone(), "sum").item()
         self.state.finished = finished
+        if self.cfg.streaming:  # every rank's lanes, after the same number of batches on each
+            self.state.stream = stream.merge_states(gather_object([self.batches.loader.state_dict()]))
         checkpoint.save_checkpoint(
             self.accelerator, self.out_dir, self.state, keep=self.cfg.keep_checkpoints, ema=self.ema
         )
@@ -655,6 +673,19 @@ def _agree_on_output_dir(state: PartialState, requested: str | None) -> Path:
     if state.num_processes > 1:
         broadcast_object_list(choice, from_process=0)
     return Path(choice[0])
+
+
+def _stream_lines(accelerator: Accelerator):
+    """How the stream says its lines: its plan once (every rank's is the same), and the pairs each rank skips from
+    every rank, since each reads other shards."""
+
+    def say(line: str) -> None:
+        if accelerator.is_main_process:
+            print(line)
+        elif line.startswith(("skipping", "more bad pairs")):
+            print(f"rank {accelerator.process_index}: {line}")
+
+    return say
 
 
 def _synchronize(device: torch.device) -> None:

@@ -73,23 +73,45 @@ def test_predicted_pngs_are_gathered_to_the_main_process_only(tmp_path):
     assert pngs[1] == {}
 
 
-def test_two_process_streaming_trains_by_steps(pair_folder, tmp_path):
+def test_two_processes_stream_three_shards_from_a_url_and_take_the_same_steps(tmp_path):
+    """2 ranks x 1 worker over 3 parquet shards served by a loopback HTTP server (a brace range of URLs): the
+    shards do not divide by the readers, every rank still takes every step (none waits at a collective), a bad row
+    is skipped, named and counted in metrics.jsonl, and the checkpoint holds both ranks' lanes."""
+    from insanesr_dist.training import checkpoint
+    from stream_data import ShardServer, make_pairs, write_parquet
+
+    bad = {"id": "bad.png", "lr": b"not a png", "hr": b"not a png"}
+    for shard in range(3):
+        rows = make_pairs(10, first=10 * shard) + ([bad] if shard == 1 else [])
+        write_parquet(tmp_path / "sets" / f"train-{shard:05d}.parquet", rows)
     out = tmp_path / "stream"
-    result = launch_two(
-        "--data",
-        str(pair_folder),
-        "--streaming",
-        "--max-steps",
-        "6",
-        "--epochs",
-        "2",
-        "--num-workers",
-        "2",
-        "--output-dir",
-        str(out),
-        *TINY,
-    )
-    assert result.returncode == 0, result.stderr[-4000:]
+    with ShardServer(tmp_path / "sets") as server:
+        result = launch_two(
+            "--data",
+            f"{server.url}/train-{{00000..00002}}.parquet",
+            "--streaming",
+            "--val-size",
+            "4",
+            "--patch-size",
+            "8",
+            "--max-steps",
+            "6",
+            "--epochs",
+            "2",
+            "--num-workers",
+            "1",
+            "--on-bad-sample",
+            "skip",
+            "--output-dir",
+            str(out),
+            *TINY,
+        )
+        assert result.returncode == 0, result.stderr[-4000:]
+        assert sum(server.requests.values()) > 0
+    assert "bad.png" in result.stdout + result.stderr  # named when skipped
+    assert "3 shards for 2 lanes" in result.stdout, result.stdout[-3000:]
     records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
-    assert [r["step"] for r in records] == [3, 6]
+    assert [r["step"] for r in records] == [3, 6] and records[-1]["skipped_pairs"] == 1
     assert (out / "best.safetensors").is_file()
+    stream = checkpoint.read_state(checkpoint.complete_checkpoints(out)[-1]).stream
+    assert stream["lanes"] == 2 and sorted(stream["lane_states"]) == ["0", "1"] and stream["batches"] == 12

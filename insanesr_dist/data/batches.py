@@ -3,6 +3,7 @@ endless passes; the device store (--device-store); and a batch as the model's fl
 
 from __future__ import annotations
 
+import itertools
 import math
 
 import torch
@@ -10,7 +11,6 @@ from torch.utils.data import DataLoader
 
 from insanesr_dist.data.crops import DevicePairs, augment
 from insanesr_dist.data.loaders import store_rows
-from insanesr_dist.errors import UserError
 
 
 class EpochBatches:
@@ -29,16 +29,27 @@ class EpochBatches:
 
 
 class StreamBatches:
-    """A stream's epochs: a stream has no length, so an epoch is a number of optimizer steps, taken from as
-    many passes over this rank's share of the stream as that needs."""
+    """A stream's epochs: a stream has no length, so an epoch is a number of optimizer steps, taken from the
+    endless stream (`loader`, a data/stream.StreamLoader), which holds its own position: a resumed epoch goes on
+    at the next batch without reading the consumed ones again."""
 
-    def __init__(self, loader: DataLoader, *, grad_accum: int, steps_per_epoch: int) -> None:
+    def __init__(self, loader, *, grad_accum: int, steps_per_epoch: int) -> None:
         self.loader, self.grad_accum, self.steps_per_epoch = loader, grad_accum, steps_per_epoch
+        self._batches = None  # one iteration for the whole run: its workers are not restarted each epoch
 
     def of_epoch(self, epoch: int, skip: int, steps: int):
         """Batches `skip`.. of the epoch's `steps` optimizer steps, and how many batches that is."""
         limit = steps * self.grad_accum
-        return stream_batches(self.loader, epoch, limit, skip), limit
+        if self._batches is None:
+            self._batches = iter(self.loader)
+        return itertools.islice(self._batches, limit - skip), limit
+
+    def close(self) -> None:
+        """Stop the stream's DataLoader workers now. Left to the interpreter's exit, they would be sent SIGTERM,
+        which training's workers block (training/preemption.py), and the exit would wait for them forever."""
+        if self._batches is not None:
+            self._batches.close()
+            self._batches = None
 
 
 def epoch_batches(loader: DataLoader, epoch: int, skip: int, skip_first_batches=None):
@@ -49,25 +60,6 @@ def epoch_batches(loader: DataLoader, epoch: int, skip: int, skip_first_batches=
     # DataLoaderShard.set_epoch): without this, every epoch would cut the same crops.
     loader.dataset.set_epoch(epoch)
     return skip_first_batches(loader, skip) if skip else loader
-
-
-def stream_batches(loader: DataLoader, epoch: int, limit: int, skip: int):
-    """Batches `skip`..`limit` of the epoch from a streaming loader, starting new passes over the stream as
-    needed (each pass shuffled by its own seed)."""
-    given, stream_pass = 0, 0
-    while given < limit:
-        loader.dataset.set_epoch(epoch * 1000 + stream_pass)
-        empty = True
-        for batch in loader:
-            empty = False
-            if given >= skip:
-                yield batch
-            given += 1
-            if given == limit:
-                return
-        if empty:
-            raise UserError("the streaming training set produced no batch for this rank")
-        stream_pass += 1
 
 
 def device_pairs(

@@ -1,5 +1,5 @@
-"""The DataLoaders over the split tables (splits.py): training windows (map-style or streamed), whole images for
-validation and prediction, and the batch object training moves to its device.
+"""The DataLoaders over the split tables (splits.py): training windows (map-style; streams are stream.py's), whole
+images for validation and prediction, and the batch object training moves to its device.
 
 Every table has the same columns: `id` (string), `lr` and `hr` (`datasets.Image(decode=False)` cells: a local
 file's path, or the encoded bytes of a saved or hub dataset). DataLoader workers (started as workers.py says) cut
@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import dataclasses
 import multiprocessing.context
-import zlib
 from typing import Any
 
 import datasets
@@ -24,22 +23,6 @@ from insanesr_dist.data.crops import crop_draws, pair_window
 from insanesr_dist.data.images import decode_rgb
 from insanesr_dist.data.pairs import cell_name
 from insanesr_dist.data.tensors import to_chw
-
-# ---------------------------------------------------------------------------------------------
-# Sources
-
-
-def streaming_train(train: datasets.Dataset, *, seed: int, rank: int, world_size: int, workers: int):
-    """The training pairs as a sharded, shuffled `IterableDataset` holding only this rank's share."""
-    from datasets.distributed import split_dataset_by_node
-
-    # Shard counts divisible by ranks x workers give every reader whole shards, not every n-th row.
-    shards = world_size * max(1, workers)
-    shards *= max(1, min(len(train) // shards, 8))
-    stream = train.to_iterable_dataset(num_shards=min(shards, len(train)))
-    stream = split_dataset_by_node(stream, rank=rank, world_size=world_size)
-    return stream.shuffle(seed=seed, buffer_size=256)
-
 
 # ---------------------------------------------------------------------------------------------
 # Samples
@@ -123,40 +106,6 @@ class TrainPairs(torch.utils.data.Dataset):
         if self._last is None or self._last[0] != pair:
             self._last = pair, self._decoded(pair)
         return pair_window(*self._last[1], self.patch_size, self.scale, crop_draws(self.seed, self.epoch, index))
-
-
-class StreamedPairs(torch.utils.data.IterableDataset):
-    """Iterable training samples from a (rank-sharded) streaming dataset; workers split its shards. Windows come
-    from the decoded store when there is one; otherwise each decoded pair gives `crops_per_decode` consecutive
-    samples (as TrainPairs)."""
-
-    def __init__(
-        self,
-        stream: datasets.IterableDataset,
-        *,
-        patch_size: int,
-        scale: int,
-        seed: int,
-        pixels: store.Store | None = None,
-        crops_per_decode: int = 1,
-    ) -> None:
-        self.stream, self.patch_size, self.scale, self.seed = stream, patch_size, scale, seed
-        self.pixels, self.epoch = pixels, 0
-        self.crops_per_decode = crops_per_decode if pixels is None else 1
-
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
-        self.stream.set_epoch(epoch)  # reshuffles the shard order and the buffer
-
-    def __iter__(self):
-        for row in self.stream:
-            if self.pixels is not None:
-                lr, hr = self.pixels.pair(row["store_row"])
-            else:
-                lr, hr = pairs.decode_pair(row, self.scale)
-            key = zlib.crc32(row["id"].encode()) * self.crops_per_decode
-            for crop in range(self.crops_per_decode):
-                yield pair_window(lr, hr, self.patch_size, self.scale, crop_draws(self.seed, self.epoch, key + crop))
 
 
 class EvalImages(torch.utils.data.Dataset):

@@ -203,19 +203,6 @@ def test_patch_size_and_batching_are_checked_before_training(pair_folder):
     check_patch_size(splits.train, 0, 4, "data")  # all images the same size: full images batch fine
 
 
-def test_streaming_shards_cover_every_pair_once_across_ranks(pair_folder):
-    splits = load_splits(pair_folder, val_fraction=0.1, seed=0)
-    seen = []
-    for rank in range(2):
-        stream = loaders.streaming_train(splits.train, seed=0, rank=rank, world_size=2, workers=2)
-        ids = [row["id"] for row in stream]
-        assert ids, f"rank {rank} got nothing"
-        seen.extend(ids)
-        loader = DataLoader(loaders.StreamedPairs(stream, patch_size=4, scale=4, seed=0), batch_size=1, num_workers=2)
-        assert sum(1 for _ in loader) == len(ids)  # the two workers split the shards, no repeats
-    assert sorted(seen) == sorted(splits.train["id"])
-
-
 def test_decoded_cache_serves_later_epochs_without_decoding(pair_folder, monkeypatch):
     train = load_splits(pair_folder, val_fraction=0.1, seed=0).train
     decoded = []

@@ -387,3 +387,47 @@ def test_a_rank_that_cannot_read_rank_0s_checkpoint_fails_in_one_line_and_no_ran
             "files (a shared file system)"
         )
     }, output[-3000:]
+
+
+@pytest.mark.slow
+def test_kill_9_mid_stream_and_rerun_equals_an_uninterrupted_run(tmp_path):
+    """--streaming from parquet shards: the checkpoint holds the stream's position, and the rerun goes on at the
+    next batch (no sample read again, none left out): its losses and weights are the uninterrupted run's."""
+    from stream_data import make_pairs, write_parquet
+
+    data = tmp_path / "shards"
+    for shard in range(3):
+        write_parquet(data / f"train-{shard:05d}.parquet", make_pairs(12, first=12 * shard))
+    args = ["--data", str(data), "--streaming", "--val-size", "4", "--patch-size", "8", "--num-workers", "1"]
+    args += [*TINY, *RUN, "--max-steps", "24", "--shuffle-crops", "16"]
+    reference = tmp_path / "reference"
+    done = run_tree(accelerate_launch(1, *args, "--output-dir", str(reference)), timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+
+    out = tmp_path / "killed"
+    job = subprocess.Popen(
+        accelerate_launch(1, *args, "--output-dir", str(out)),
+        start_new_session=True,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:  # killed mid-epoch 2 (8 steps an epoch), right after a mid-epoch checkpoint
+        wait_for(
+            lambda: (checkpoint.checkpoint_dir(out, 12) / checkpoint.MARKER).exists() or job.poll() is not None,
+            300,
+            "step 12",
+        )
+    finally:
+        kill_tree(job)
+    resumed_from = newest_complete(out)
+    state = checkpoint.read_state(resumed_from)
+    assert not state.finished and state.stream["batches"] == state.step * 1  # one process, no accumulation
+
+    rerun = run_tree(accelerate_launch(1, *args, "--output-dir", str(out)), timeout=600)
+    assert rerun.returncode == 0, rerun.stderr[-3000:]
+    assert f"resuming from {resumed_from}" in rerun.stdout
+    assert "not continued exactly" not in rerun.stdout + rerun.stderr
+    expected, got = step_losses(reference), step_losses(out)
+    assert sorted(got) == sorted(expected) == list(range(1, 25))
+    assert all(got[s] == expected[s] for s in expected)
+    assert max_relative_difference(reference / "latest.safetensors", out / "latest.safetensors") == 0
