@@ -249,6 +249,7 @@ def test_predict_tta_and_bf16_through_the_command_line(tiny_weights, lr_folder, 
         assert np.abs(image.astype(int) - plain).mean() < 4
 
 
+@pytest.mark.slow
 def test_tta_raises_the_jm_of_a_trained_model_on_unseen_images(pair_folder, tmp_path):
     # A short real training run; its x8 ensemble must score higher on images from another generator seed.
     # (Measured on the demo data with longer runs: +0.30 JM for the default model, +0.30 for a small one.)
@@ -288,6 +289,7 @@ def test_tta_raises_the_jm_of_a_trained_model_on_unseen_images(pair_folder, tmp_
     assert scores["--tta"] > scores["--no-tta"] + 0.02, scores
 
 
+@pytest.mark.slow
 def test_tile_64_overlap_16_matches_untiled_with_the_default_model(tmp_path):
     torch.manual_seed(0)
     save_weights(InsaneSRNet(), tmp_path / "default.safetensors")
