@@ -204,6 +204,7 @@ def test_predict_writes_pngs_and_a_csv_that_match(tiny_weights, lr_folder, tmp_p
     assert not list(tmp_path.rglob("*.tmp"))
 
 
+@pytest.mark.slow
 def test_predict_tta_and_bf16_through_the_command_line(tiny_weights, lr_folder, tmp_path):
     result = run_cli(
         "insanesr-dist",
@@ -379,6 +380,7 @@ def test_bad_input_is_one_line_and_a_nonzero_exit(case, needles, tiny_weights, l
     assert_one_line_error(result, *needles)
 
 
+@pytest.mark.slow
 def test_bench_predict_reports_speed_and_peak_memory(tiny_weights):
     result = run_cli(
         "insanesr-dist",

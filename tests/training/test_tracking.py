@@ -233,6 +233,7 @@ def test_report_to_mlflow_receives_the_same_scalars_and_settings(pair_folder, tm
     assert [e.step for e in events.Scalars("val/jm")] == [r["step"] for r in records]
 
 
+@pytest.mark.slow
 def test_an_unknown_or_missing_tracker_is_one_line(pair_folder, tmp_path):
     result = run_cli(
         "insanesr-dist",
