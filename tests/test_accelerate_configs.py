@@ -138,6 +138,7 @@ def test_multi_node_template_takes_ranks_and_address_from_the_command_line():
     assert env["ACCELERATE_MIXED_PRECISION"] == "no"  # not said: the trainer's auto decides
 
 
+@pytest.mark.slow
 def test_cpu_config_trains_for_real(pair_folder, tmp_path):
     out = tmp_path / "cpu"
     result = run_cli(

@@ -134,6 +134,7 @@ def test_the_limit_is_set_by_the_environment_and_a_bad_value_is_one_line(lr_fold
         assert_one_line_error(bad, "INSANESR_MAX_PIXELS: must be a positive whole number of pixels, got '1e9'")
 
 
+@pytest.mark.slow
 def test_predict_and_evaluate_refuse_a_bomb_in_one_line(lr_folder, tmp_path):
     lr_dir = lr_folder / "test" / "LR"
     (lr_dir / "img_001.png").write_bytes(bomb_png())

@@ -204,6 +204,7 @@ def test_predict_writes_pngs_and_a_csv_that_match(tiny_weights, lr_folder, tmp_p
     assert not list(tmp_path.rglob("*.tmp"))
 
 
+@pytest.mark.slow
 def test_predict_tta_and_bf16_through_the_command_line(tiny_weights, lr_folder, tmp_path):
     result = run_cli(
         "insanesr-dist",
@@ -249,6 +250,7 @@ def test_predict_tta_and_bf16_through_the_command_line(tiny_weights, lr_folder, 
         assert np.abs(image.astype(int) - plain).mean() < 4
 
 
+@pytest.mark.slow
 def test_tta_raises_the_jm_of_a_trained_model_on_unseen_images(pair_folder, tmp_path):
     # A short real training run; its x8 ensemble must score higher on images from another generator seed.
     # (Measured on the demo data with longer runs: +0.30 JM for the default model, +0.30 for a small one.)
@@ -288,6 +290,7 @@ def test_tta_raises_the_jm_of_a_trained_model_on_unseen_images(pair_folder, tmp_
     assert scores["--tta"] > scores["--no-tta"] + 0.02, scores
 
 
+@pytest.mark.slow
 def test_tile_64_overlap_16_matches_untiled_with_the_default_model(tmp_path):
     torch.manual_seed(0)
     save_weights(InsaneSRNet(), tmp_path / "default.safetensors")
@@ -377,6 +380,7 @@ def test_bad_input_is_one_line_and_a_nonzero_exit(case, needles, tiny_weights, l
     assert_one_line_error(result, *needles)
 
 
+@pytest.mark.slow
 def test_bench_predict_reports_speed_and_peak_memory(tiny_weights):
     result = run_cli(
         "insanesr-dist",

@@ -139,6 +139,7 @@ def test_the_former_preset_name_seed_still_names_the_report_recipe():
     assert "--preset [report|default]" in main.get_help(main.make_context("train", []))
 
 
+@pytest.mark.slow
 def test_a_report_preset_run_from_a_config_file_finishes_records_its_recipe_and_continues(pair_folder, tmp_path):
     config = tmp_path / "report.yaml"
     config.write_text("preset: seed\nlr: 0.0003\nbatch-size: 1\n")  # the recipe's former name
@@ -160,6 +161,7 @@ def test_a_report_preset_run_from_a_config_file_finishes_records_its_recipe_and_
     assert json.loads((out / "config.json").read_text())["preset"] == "report"
 
 
+@pytest.mark.slow
 def test_a_default_preset_run_saves_the_ema_weights(pair_folder, tmp_path):
     out = tmp_path / "default"
     result = run_cli(

@@ -70,6 +70,7 @@ def test_check_data_with_skip_passes_and_an_empty_folder_fails(bad_folder, tmp_p
     assert "empty folder" in empty.stdout
 
 
+@pytest.mark.slow
 def test_training_stops_on_the_first_bad_file_or_skips_each_once(bad_folder, tmp_path):
     root, cases = bad_folder
     refused = run_cli("insanesr-dist", "train", "--data", str(root), *ARGS, "--output-dir", str(tmp_path / "a"))

@@ -32,6 +32,8 @@ from insanesr_dist.tools.evaluate import evaluate_predictions
 from insanesr_dist.training.optimizer import lr_at
 from insanesr_dist.training.precision import resolve_precision
 
+SLOW = pytest.mark.slow
+
 
 def test_lr_schedule_is_a_pure_function_of_the_step():
     flat = [lr_at(s, peak=1e-4, warmup=0, total=10, schedule="constant") for s in range(10)]
@@ -186,6 +188,7 @@ def test_evaluate_command_agrees_with_the_grader(finished_run, tmp_path):
         assert float(result.stdout.split("JM ")[1]) == pytest.approx(expected, abs=1e-6)
 
 
+@pytest.mark.slow
 def test_config_file_fills_what_the_command_line_leaves(pair_folder, tmp_path):
     config = tmp_path / "c.yaml"
     config.write_text("epochs: 1\nmax-steps: 2\nbatch_size: 2\nlr: 0.001\n")
@@ -203,13 +206,14 @@ def test_config_file_fills_what_the_command_line_leaves(pair_folder, tmp_path):
 @pytest.mark.parametrize(
     "setup,args,needles",
     [
-        ("none", ["--data", "{tmp}/does/not/exist"], ["does/not/exist", "no such folder"]),
-        ("no-hr", ["--data", "{tmp}/d"], ["train/HR", "missing"]),
-        ("not-4x", ["--data", "{tmp}/d"], ["img_001.png", "exactly 4x"]),
-        ("garbage", ["--data", "{tmp}/d"], ["img_002.png", "cannot be decoded"]),
+        # The cases that get as far as the data set: slow tier; the checks of the settings alone stay fast.
+        pytest.param("none", ["--data", "{tmp}/does/not/exist"], ["does/not/exist", "no such folder"], marks=SLOW),
+        pytest.param("no-hr", ["--data", "{tmp}/d"], ["train/HR", "missing"], marks=SLOW),
+        pytest.param("not-4x", ["--data", "{tmp}/d"], ["img_001.png", "exactly 4x"], marks=SLOW),
+        pytest.param("garbage", ["--data", "{tmp}/d"], ["img_002.png", "cannot be decoded"], marks=SLOW),
         ("ok", ["--data", "{tmp}/d", "--batch-size", "0"], ["batch_size must be >= 1"]),
         ("ok", ["--data", "{tmp}/d", "--config", "{tmp}/bad.yaml"], ["unknown setting", "epoch_count"]),
-        ("ok", ["--data", "{tmp}/d", "--patch-size", "50"], ["--patch-size 50 is larger"]),
+        pytest.param("ok", ["--data", "{tmp}/d", "--patch-size", "50"], ["--patch-size 50 is larger"], marks=SLOW),
         ("ok", ["--data", "{tmp}/d", "--streaming"], ["max_steps"]),
         ("ok", ["--data", "{tmp}/d", "--val-every", "0"], ["val_every must be >= 1"]),
         ("ok", ["--data", "{tmp}/d", "--submit-every-steps", "-1"], ["submit_every_steps must be >= 0"]),
@@ -233,6 +237,7 @@ def test_bad_input_is_one_line_and_a_nonzero_exit(tmp_path, setup, args, needles
     assert not (tmp_path / "out" / "metrics.jsonl").exists()
 
 
+@pytest.mark.slow
 def test_a_finished_run_is_never_overwritten(finished_run, pair_folder):
     out, _ = finished_run
     before = {p: p.read_bytes() for p in out.glob("*.safetensors")}
@@ -262,6 +267,7 @@ class Custom(Trainer):
 """
 
 
+@pytest.mark.slow
 def test_a_bug_mid_epoch_exits_with_its_traceback_instead_of_hanging(pair_folder, tmp_path):
     args = ["--data", str(pair_folder), *TINY, "--num-workers", "2", "--output-dir", str(tmp_path / "run")]
     result = run_train_script(BUG_AT_STEP_3, *args, timeout=120)
@@ -269,6 +275,7 @@ def test_a_bug_mid_epoch_exits_with_its_traceback_instead_of_hanging(pair_folder
     assert "Exception ignored" not in result.stderr  # the workers' ends are not reported as further failures
 
 
+@pytest.mark.slow
 def test_val_every_submit_every_and_val_max_images_through_the_cli(pair_folder, tmp_path):
     """--val-every 2 --submit-every 2 over 3 epochs: validation and submissions at epochs 2 and 3 (the last
     always), epoch 1 a train-only record; --val-max-images 2 scores the same 2 seeded images, named up front."""
@@ -342,6 +349,7 @@ def test_every_epoch_reaches_the_dataset_also_through_a_sharded_loader(pair_fold
         assert shard.dataset.epoch == epoch
 
 
+@pytest.mark.slow
 def test_val_every_steps_and_submit_every_steps_evaluate_mid_epoch_without_changing_training(finished_run, pair_folder):
     """The step forms evaluate mid-epoch (TensorBoard, best/latest weights, step CSVs, a console line), leave
     the epoch's last step to the epoch end, keep metrics.jsonl a line per epoch, and change nothing of the
@@ -380,6 +388,7 @@ def test_val_every_steps_and_submit_every_steps_evaluate_mid_epoch_without_chang
     assert independent_val_jm(out / "best.safetensors", pair_folder) == pytest.approx(meta["jm"], abs=1e-9)
 
 
+@pytest.mark.slow
 def test_epoch_samples_set_the_epoch_and_epoch_ends_save_only_when_a_checkpoint_is_due(pair_folder, tmp_path):
     """--epoch-samples 40 at batch 4: 10 steps an epoch (20 training pairs would give 5). --checkpoint-every 7
     saves at steps 7, 14, 21, 28 mid-epoch; the epoch ends at steps 10 and 20 come 3 and 6 steps after a save,
@@ -401,6 +410,7 @@ def _tensors(path: Path) -> dict[str, torch.Tensor]:
     return load_model(path).state_dict()
 
 
+@pytest.mark.slow
 def test_init_from_a_run_directory_and_an_exported_folder_starts_from_their_weights(
     finished_run, pair_folder, tmp_path
 ):
@@ -464,6 +474,7 @@ def test_a_partial_init_lists_what_it_left_and_a_strict_one_names_the_tensor(tmp
     assert all(torch.equal(same.state_dict()[k], v) for k, v in source.items())
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("extra, stop_step", [([], None), (["--val-every-steps", "2"], 4)])
 def test_early_stopping_ends_the_run_as_finished_at_the_expected_validation(pair_folder, tmp_path, extra, stop_step):
     """Patience 1 with a min delta no JM gain reaches: the first validation sets the bar, the second stops the

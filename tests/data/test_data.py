@@ -265,6 +265,7 @@ if __name__ == "__main__":
 """
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("launch", ["script", "module"])
 def test_workers_start_from_a_fork_server_and_keep_the_signal_block(tmp_path, launch):
     """Forking a threaded training process can hang a worker inside os.fork() (data/workers.py): workers come
@@ -392,6 +393,7 @@ def test_missing_columns_and_unusable_folders_are_one_line_errors(tmp_path):
         load_splits(tmp_path / "docs", val_fraction=0.1, seed=0)
 
 
+@pytest.mark.slow
 def test_train_and_check_data_on_a_hub_folder_through_the_cli(tmp_path):
     hub, _ = make_hub_folder(tmp_path)
     flags = ["--lr-column", "low", "--hr-column", "high", "--id-column", "name"]

@@ -15,6 +15,9 @@ from insanesr_dist.model.files import read_metadata
 from insanesr_dist.model.weights import load_model
 from insanesr_dist.tools.export import export
 
+# Every test reads one ONNX export of the shared run (several seconds of exporter start-up).
+pytestmark = pytest.mark.slow
+
 
 @pytest.fixture(scope="module")
 def exported(finished_run, tmp_path_factory):

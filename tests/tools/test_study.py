@@ -52,6 +52,7 @@ def read_csv(path: Path) -> list[dict[str, str]]:
         return list(csv.DictReader(f))
 
 
+@pytest.mark.slow
 def test_two_seeds_give_mean_and_spread_test_scores_by_the_grader_and_a_tta_row(tmp_path):
     data = make_split_folder(tmp_path / "data")
     out = tmp_path / "study"

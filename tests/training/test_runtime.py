@@ -110,6 +110,7 @@ def test_a_long_rank_0_preparation_needs_a_long_enough_dist_timeout(pair_folder,
     assert (tmp_path / "long" / "latest.safetensors").is_file()
 
 
+@pytest.mark.slow
 def test_a_stuck_dataloader_worker_ends_the_run_with_one_line(pair_folder, tmp_path):
     # The patch reaches the worker: it starts from a fork server that imports the patched script.
     stuck = (

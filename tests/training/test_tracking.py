@@ -160,6 +160,7 @@ def test_hparams_dashboard_shows_settings_with_final_jm_speed_and_memory(board, 
     assert values["perf/peak_cpu_mb"] == pytest.approx(records[-1]["peak_cpu_mb"], rel=1e-6)
 
 
+@pytest.mark.slow
 def test_epochs_shorter_than_log_every_still_log_their_training_loss(pair_folder, tmp_path):
     # 20 training pairs, batch 4: 5 steps per epoch, never a multiple of --log-every 100.
     out = tmp_path / "run"
@@ -190,6 +191,7 @@ def test_epochs_shorter_than_log_every_still_log_their_training_loss(pair_folder
     assert all(math.isclose(value, r["train_loss"], rel_tol=1e-6) for (_, value), r in zip(logged, records))
 
 
+@pytest.mark.slow
 def test_report_to_mlflow_receives_the_same_scalars_and_settings(pair_folder, tmp_path, monkeypatch):
     """A real second tracker, offline: MLflow with a local file store, read back with MLflow's own client."""
     from mlflow.tracking import MlflowClient
@@ -231,6 +233,7 @@ def test_report_to_mlflow_receives_the_same_scalars_and_settings(pair_folder, tm
     assert [e.step for e in events.Scalars("val/jm")] == [r["step"] for r in records]
 
 
+@pytest.mark.slow
 def test_an_unknown_or_missing_tracker_is_one_line(pair_folder, tmp_path):
     result = run_cli(
         "insanesr-dist",
