@@ -31,7 +31,7 @@ LAZY_COMMANDS = {
         "insanesr_dist.tools.export:export_command",
         "Write a model folder to share (config.json, model.safetensors, model card; --onnx).",
     ),
-    "bench": ("insanesr_dist.tools.bench:bench", "Measure speed and peak memory."),
+    "bench": ("insanesr_dist.tools.bench:bench", "Measure speed and peak memory (from a source checkout)."),
     "check-data": (
         "insanesr_dist.tools.check_data:check_data_command",
         "List every problem of a dataset (one line per file) before training on it.",

@@ -4,7 +4,7 @@ raised while the command parses its options or runs is shown the way click shows
 
 The mapping sits on the commands themselves, not on the `insanesr-dist` group, because each command is also run
 alone: `python -m insanesr_dist.train` (and `accelerate launch -m ...`), `python -m insanesr_dist.predict`,
-`python -m insanesr_dist.tools.gpu_checks`, and tests calling a command through click's CliRunner. UserError
+the benchmark scripts of a checkout, and tests calling a command through click's CliRunner. UserError
 (errors.py) knows nothing of click; this module is the one place that turns it into click's error.
 """
 

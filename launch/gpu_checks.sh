@@ -7,7 +7,7 @@
 # other store path of each sync run, the NCHW rows and the device store against DataLoader workers on 2K pairs.
 # Each check has a cap (its share of the budget); a row not run says why. Exit 0 when every row that ran passed,
 # 1 otherwise. Refuses in one line where no CUDA GPU is visible. Options go to
-# `python -m insanesr_dist.tools.gpu_checks` (--budget-s, --compile, --extra, --steps, --warmup, --data); run
+# `benchmarks/gpu_checks.py` (--budget-s, --compile, --extra, --steps, --warmup, --data); run
 # from anywhere, e.g.
 #   launch/gpu_checks.sh | tee gpu_checks.md
 set -euo pipefail
@@ -17,4 +17,4 @@ if [[ -z "${VIRTUAL_ENV:-}" && -f .venv/bin/activate ]]; then
 fi
 # One GPU: the first visible one unless the caller chose.
 export CUDA_VISIBLE_DEVICES="${CUDA_VISIBLE_DEVICES-0}"
-exec python -m insanesr_dist.tools.gpu_checks "$@"
+exec python benchmarks/gpu_checks.py "$@"

@@ -364,6 +364,76 @@ def test_no_module_imports_itself_through_others():
     assert not cycles, report(cycles)
 
 
+# The benchmark and acceptance scripts (benchmarks/) measure the package from outside: they import it, never the
+# other way round. Only the thin `bench` command names their folder, to find them in a checkout.
+BENCHMARKS_DIR = PACKAGE_DIR.parent / "benchmarks"
+BENCHMARKS_LOCATOR = "tools/bench.py"
+NAMES_THE_FOLDER = re.compile(r"(?<!docs/)\bbenchmarks\b(?!\.md)")
+
+
+def benchmark_references(package_dir: Path, scripts: set[str]) -> list[Violation]:
+    """Imports of `benchmarks` or of a script of it (by its file name, as the scripts import each other), in any
+    module of the package; and any mention of the folder or a script's name, in code, strings or comments, outside
+    BENCHMARKS_LOCATOR (docs/benchmarks.md, the page of measured figures, is not the folder)."""
+    script_name = re.compile(rf"\b({'|'.join(sorted(scripts - {'bench'}))})\b") if scripts - {"bench"} else None
+    violations = []
+    for path in module_names(package_dir).values():
+        shown = f"{PACKAGE}/{path.relative_to(package_dir).as_posix()}"
+        text = path.read_text(encoding="utf-8")
+        for node in ast.walk(ast.parse(text)):
+            imported = (
+                [alias.name for alias in node.names]
+                if isinstance(node, ast.Import)
+                else [node.module or ""]
+                if isinstance(node, ast.ImportFrom) and not node.level
+                else []
+            )
+            for module in imported:
+                if module.split(".")[0] in scripts | {"benchmarks"}:
+                    violations.append(Violation(shown, node.lineno, "benchmarks", f"imports {module}"))
+        if path.relative_to(package_dir).as_posix() == BENCHMARKS_LOCATOR:
+            continue
+        for number, line in enumerate(text.splitlines(), 1):
+            if NAMES_THE_FOLDER.search(line) or (script_name and script_name.search(line)):
+                violations.append(Violation(shown, number, "benchmarks", f"names the benchmarks: {line.strip()}"))
+    return violations
+
+
+def test_the_package_neither_imports_nor_names_the_benchmarks():
+    scripts = {path.stem for path in BENCHMARKS_DIR.glob("*.py")}
+    assert {"bench", "bench_stages", "gpu_checks"} <= scripts
+    assert not (PACKAGE_DIR / "tools" / "gpu_checks.py").exists()
+    assert not (PACKAGE_DIR / "tools" / "bench_stages.py").exists()
+    violations = benchmark_references(PACKAGE_DIR, scripts)
+    assert not violations, report(violations)
+
+
+def test_the_benchmarks_checker_finds_imports_and_names(tmp_path):
+    package = write_tree(
+        tmp_path,
+        {
+            "__init__.py": "",
+            "training/__init__.py": "",
+            "training/a.py": "import bench_stages\nfrom benchmarks.gpu_checks import CHECKS\n",  # 1, 2
+            "training/b.py": 'def f():\n    import bench\n\nSEE = "docs/benchmarks.md"\n',  # 2; 4 is fine
+            "scoring/c.py": '# see benchmarks/bench.py\nRUN = ["python", "gpu_checks.py"]\n',  # 1, 2
+            "tools/__init__.py": "",
+            "tools/bench.py": 'import bench\nSCRIPT = "benchmarks"\n',  # the locator: may name, not import (1)
+        },
+    )
+
+    found = {(v.path, v.line) for v in benchmark_references(package, {"bench", "bench_stages", "gpu_checks"})}
+
+    assert found == {
+        ("insanesr_dist/training/a.py", 1),
+        ("insanesr_dist/training/a.py", 2),
+        ("insanesr_dist/training/b.py", 2),
+        ("insanesr_dist/scoring/c.py", 1),
+        ("insanesr_dist/scoring/c.py", 2),
+        ("insanesr_dist/tools/bench.py", 1),
+    }
+
+
 # The checker itself, on a small package written here: each rule must be able to fail.
 
 

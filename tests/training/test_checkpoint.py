@@ -222,8 +222,8 @@ def test_sigterm_to_a_two_process_job_saves_and_stops_then_the_rerun_finishes(pa
 
 
 def test_the_multi_tensor_ema_update_equals_the_per_tensor_lerp_bit_for_bit():
+    from bench_stages import per_tensor_ema_update  # benchmarks/: the update as it was
     from insanesr_dist.model.architecture import InsaneSRNet
-    from insanesr_dist.tools.bench_stages import per_tensor_ema_update
     from insanesr_dist.training.ema import WeightEMA
 
     torch.manual_seed(0)

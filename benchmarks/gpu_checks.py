@@ -1,6 +1,6 @@
 """GPU checks (issue 13): what can only be verified on a CUDA GPU, in one command, as one markdown table.
 
-    launch/gpu_checks.sh            # or: python -m insanesr_dist.tools.gpu_checks [--compile] [--extra]
+    launch/gpu_checks.sh            # or: python benchmarks/gpu_checks.py [--compile] [--extra]
 
 The rows, most important first (CHECKS_RUN holds them with their shares of the budget):
 
@@ -39,9 +39,12 @@ from typing import NamedTuple
 
 import click
 
+from bench_stages import call_command, json_result
 from insanesr_dist.commands import Command
 from insanesr_dist.errors import UserError
-from insanesr_dist.tools.children import call_command, failure_line, json_result
+from insanesr_dist.tools.children import failure_line
+
+BENCH = Path(__file__).resolve().with_name("bench.py")
 
 SYNC_WARNING = "synchronizing CUDA operation"  # what set_sync_debug_mode("warn") says
 
@@ -165,9 +168,12 @@ def per_step_syncs(hits: list[tuple], epoch_ends: set[int], warmup: int) -> list
 
 
 def _caller(stack) -> str:
-    """The innermost frame of this package (not this file) that led to a warning: file:line."""
+    """The innermost frame of the package (not of this script) that led to a warning: file:line."""
+    import insanesr_dist
+
+    package = Path(insanesr_dist.__file__).resolve().parent
     for frame in reversed(stack):
-        if "insanesr_dist" in frame.filename and not frame.filename.endswith("gpu_checks.py"):
+        if Path(frame.filename).resolve().is_relative_to(package):
             return f"{Path(frame.filename).name}:{frame.lineno}"
     return "outside insanesr_dist"
 
@@ -284,8 +290,8 @@ def _ieee_vs_tf32(spec: dict) -> dict:
 def _device_store_speed(spec: dict) -> dict:
     """Issue 14: the full toolkit step (bf16, batch 16, LR patch 32) on DIV2K-sized pairs (384 synthetic 2040x1344
     HR frames), crops cut on the GPU from the device store against DataLoader workers cutting them."""
+    from bench_stages import toolkit_step
     from insanesr_dist.data.demo import write_demo_data
-    from insanesr_dist.tools.bench_stages import toolkit_step
 
     cores = len(os.sched_getaffinity(0))
     data = write_demo_data(
@@ -333,7 +339,7 @@ BENCH_STEPS, BENCH_WARMUP = 20, 5  # per bench row: the timed steps are the medi
 
 def _run_child(name: str, spec: dict, timeout: float) -> dict:
     """CHECKS[name](spec) in a fresh process; its result, or {"error": one line} (a failure or a timeout)."""
-    return _run_json(call_command("insanesr_dist.tools.gpu_checks", "CHECKS", name, spec), timeout)
+    return _run_json(call_command("gpu_checks", "CHECKS", name, spec), timeout)
 
 
 def _run_json(command: list[str], timeout: float, parse: Callable[[str], dict] = json_result) -> dict:
@@ -367,9 +373,7 @@ def bench_command(precision: str, *, channels_last: bool, compile_: bool, data: 
     only (no seed baseline, no CPU data-path timing: neither is a GPU figure). `more`: further bench options."""
     return [
         sys.executable,
-        "-m",
-        "insanesr_dist",
-        "bench",
+        str(BENCH),
         "train",
         "--json",
         "--one-process",
@@ -679,7 +683,7 @@ def main(budget_s: int | None, compile_: bool, extra: bool, steps: int, warmup: 
     \b
     Examples:
       launch/gpu_checks.sh                               # the default rows, 450 s budget
-      python -m insanesr_dist.tools.gpu_checks --compile --extra
+      python benchmarks/gpu_checks.py --compile --extra
     """
     device = require_cuda()
     options = {name for name, given in (("--compile", compile_), ("--extra", extra)) if given}

@@ -1,5 +1,5 @@
 """`insanesr-dist bench data --streaming`: the streaming data path's speed (data/stream.py), measured in a fresh
-process as bench_stages' measurements are: the time to a first batch (source resolved, a worker started, its
+process as bench_stages.py's measurements are: the time to a first batch (source resolved, a worker started, its
 shuffle buffer filled) and the crops per second one DataLoader worker delivers after it."""
 
 from __future__ import annotations
@@ -9,7 +9,8 @@ import subprocess
 
 import click
 
-from insanesr_dist.tools.children import call_command, failure_line, json_result
+from bench_stages import call_command, json_result
+from insanesr_dist.tools.children import failure_line
 
 
 def stream_speed(spec: dict) -> dict:
@@ -57,7 +58,7 @@ STAGES = {"stream": stream_speed}
 
 def measure(spec: dict) -> dict:
     """`stream_speed(spec)` in a fresh Python process."""
-    result = subprocess.run(call_command(__name__, "STAGES", "stream", spec), capture_output=True, text=True)
+    result = subprocess.run(call_command("stream_speed", "STAGES", "stream", spec), capture_output=True, text=True)
     if result.returncode != 0:
         raise click.ClickException(f"benchmark process failed: {failure_line(result.stderr)}")
     return json_result(result.stdout)

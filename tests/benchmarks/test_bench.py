@@ -1,15 +1,55 @@
-"""`insanesr-dist bench train/data/metric`: real runs on a small folder, their figures consistent with each other."""
+"""`insanesr-dist bench train/data/metric` (benchmarks/bench.py): real runs on a small folder, their figures
+consistent with each other; and the command outside a checkout."""
 
 from __future__ import annotations
 
 import json
+import os
+from pathlib import Path
 
 import pytest
 
-from conftest import run_cli
+from bench_stages import STAGES, call_command, training_flops_per_lr_pixel
+from conftest import assert_one_line_error, run_cli, run_tree
 from insanesr_dist.model.architecture import InsaneSRNet
-from insanesr_dist.tools.bench_stages import STAGES, training_flops_per_lr_pixel
-from insanesr_dist.tools.children import call_command, failure_line
+from insanesr_dist.tools.children import failure_line
+
+
+def test_bench_runs_the_checkout_s_script_with_its_help_and_exit_status():
+    result = run_cli("insanesr-dist", "bench", "--help", timeout=120)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert result.stdout.startswith("Usage: insanesr-dist bench [OPTIONS] COMMAND")
+    assert all(f"  {name} " in result.stdout for name in ("train", "data", "metric", "predict", "ema"))
+    result = run_cli("insanesr-dist", "bench", "no-such-bench", timeout=120)
+    assert result.returncode == 2 and "No such command 'no-such-bench'" in result.stderr
+
+
+@pytest.mark.parametrize("command", ["train", "data", "metric", "predict", "ema"])
+def test_every_bench_command_has_documented_options_and_maps_user_errors(command):
+    import click
+    from click.testing import CliRunner
+
+    import bench
+    from insanesr_dist.commands import Command
+
+    sub = bench.bench.commands[command]
+    assert isinstance(sub, Command)
+    assert [p.name for p in sub.params if isinstance(p, click.Option) and not p.help] == []
+    result = CliRunner().invoke(bench.bench, [command, "--help"], prog_name="insanesr-dist bench")
+    assert result.exit_code == 0 and f"Usage: insanesr-dist bench {command}" in result.output
+
+
+def test_an_installed_package_without_the_scripts_says_so_in_one_line(tmp_path):
+    import shutil
+    import sys
+
+    import insanesr_dist
+
+    site = tmp_path / "site-packages"  # the package alone, as a wheel installs it: no benchmarks/ beside it
+    shutil.copytree(Path(insanesr_dist.__file__).parent, site / "insanesr_dist")
+    env = {**os.environ, "PYTHONPATH": str(site)}
+    result = run_tree([sys.executable, "-m", "insanesr_dist", "bench", "train"], cwd=tmp_path, env=env, timeout=120)
+    assert_one_line_error(result, "the benchmarks run from a source checkout")
 
 
 def bench_json(*args: str) -> dict:
@@ -22,7 +62,7 @@ def test_every_stage_bench_names_is_in_the_table():
     import ast
     import inspect
 
-    from insanesr_dist.tools import bench
+    import bench
 
     calls = [
         node
@@ -44,7 +84,7 @@ def test_a_failed_child_is_told_by_its_last_stderr_line():
 def test_a_stage_runs_by_its_name_in_a_child_and_a_failed_one_is_its_last_line():
     import subprocess
 
-    command = call_command("insanesr_dist.tools.bench_stages", "STAGES", "ema_update", {"threads": 1})
+    command = call_command("bench_stages", "STAGES", "ema_update", {"threads": 1})
     result = subprocess.run(command, capture_output=True, text=True, timeout=300)
     assert result.returncode != 0 and failure_line(result.stderr) == "KeyError: 'warmup'"
 

@@ -10,9 +10,9 @@ from pathlib import Path
 
 import pytest
 
+import gpu_checks
 from conftest import assert_one_line_error, run_tree
-from insanesr_dist.tools import gpu_checks
-from insanesr_dist.tools.gpu_checks import (
+from gpu_checks import (
     CHECKS_RUN,
     DEFAULT_BUDGET_S,
     MIN_CHECK_S,
@@ -138,7 +138,7 @@ def sync_result(**changes) -> dict:
 
 
 def test_a_sync_row_fails_on_a_per_step_sync_on_the_other_store_path_or_without_panels():
-    from insanesr_dist.tools.gpu_checks import _rows_sync
+    from gpu_checks import _rows_sync
 
     check = CHECKS_RUN[0]
 
@@ -324,7 +324,7 @@ def test_the_training_nan_and_jm_checks_run_end_to_end_on_the_cpu(pair_folder, t
 
 
 def test_a_bench_row_is_one_process_and_its_json_is_read_past_the_training_lines(pair_folder):
-    from insanesr_dist.tools.gpu_checks import _rows_bench, bench_command
+    from gpu_checks import _rows_bench, bench_command
 
     # The fp16 row's command; on a CPU, a tiny batch in float32 (a later option wins over the row's own).
     tiny = ("--batch-size", "1", "--patch-size", "8", "--threads", "2", "--mixed-precision", "no")

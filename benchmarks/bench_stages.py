@@ -1,18 +1,41 @@
-"""The measurements behind `insanesr-dist bench`: each stage (STAGES, by name) takes a JSON-able spec, runs in a
-fresh process (bench.py starts it) and returns a JSON-able dict of figures.
+"""The measurements behind `insanesr-dist bench` (bench.py): each stage (STAGES, by name) takes a JSON-able spec,
+runs in a fresh process and returns a JSON-able dict of figures.
 
 A fresh process per measurement keeps one measurement's threads, allocations and peak RSS out of the next's.
+This folder is not part of the installed package: its scripts import insanesr_dist, never the other way round,
+and import each other by file name (a script's folder is first on its sys.path; `call_command` puts it there
+for a child).
 """
 
 from __future__ import annotations
 
+import json
 import os
 import resource
 import subprocess
 import sys
+from pathlib import Path
 
 from insanesr_dist import run_files
 from insanesr_dist.tools.children import failure_line
+
+HERE = Path(__file__).resolve().parent
+FIXED_BATCHES = 4  # the bare step cycles through this many of the loader's batches
+
+
+def call_command(module: str, table: str, name: str, spec: dict) -> list[str]:
+    """The command that runs `table[name](spec)` of `module`, a script of this folder (STAGES here, gpu_checks'
+    CHECKS), in a fresh Python and prints its JSON-able result on the last line of its stdout."""
+    code = (
+        f"import json, sys; sys.path.insert(0, {str(HERE)!r}); from {module} import {table}; "
+        f"print(json.dumps({table}[sys.argv[1]](json.loads(sys.argv[2]))))"
+    )
+    return [sys.executable, "-c", code, name, json.dumps(spec)]
+
+
+def json_result(stdout: str) -> dict:
+    """A child's result: the JSON on the last line of its stdout (anything printed before it is not ours)."""
+    return json.loads(stdout.strip().splitlines()[-1])
 
 
 def peak_rss_mb(who: int = resource.RUSAGE_SELF) -> float:
@@ -120,51 +143,58 @@ def matmul_ceiling(spec: dict) -> dict:
 
 
 def bare_step(spec: dict) -> dict:
-    """The model step alone, as the toolkit builds it (model, optimizer, loss, autocast, memory format),
-    on random tensors: forward, backward, optimizer step. Nothing else."""
+    """The training step alone: the real `Trainer.train_step` (model inputs, forward, loss, backward, optimizer
+    step, EMA) of a trainer that the real train command sets up for these settings, timed on a few fixed batches
+    of its own loader. No data wait, logging, step checks or evaluation between the steps: what the toolkit row
+    adds to this is the loop around the step."""
+    import contextlib
+    import itertools
+    import tempfile
     import time
 
     import torch
 
+    from insanesr_dist import train
     from insanesr_dist.config import TrainConfig
-    from insanesr_dist.inference.forward import PRECISIONS
-    from insanesr_dist.trainer import build_model
-    from insanesr_dist.training.host_memory import keep_freed_memory
-    from insanesr_dist.training.losses import training_loss
-    from insanesr_dist.training.optimizer import make_optimizer
+    from insanesr_dist.trainer import Trainer, build_model
 
-    torch.set_num_threads(spec["threads"])
-    torch.manual_seed(0)
-    cfg = TrainConfig(**spec["config"])
-    if not torch.cuda.is_available():
-        keep_freed_memory()  # as train() does
-    model = build_model(cfg)
-    optimizer = make_optimizer(model.parameters(), cfg.lr)
-    train_model = torch.compile(model) if cfg.compile else model
-    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    model.to(device)
-    b, p = cfg.batch_size, cfg.patch_size
-    lr_u8 = torch.randint(0, 256, (b, 3, p, p), dtype=torch.uint8, device=device)
-    hr_u8 = torch.randint(0, 256, (b, 3, 4 * p, 4 * p), dtype=torch.uint8, device=device)
-    half = PRECISIONS[spec["precision"]]
-    times = []
-    for _ in range(spec["warmup"] + spec["steps"]):
-        started = time.perf_counter()
-        lr_img, hr_img = lr_u8.float().div_(255), hr_u8.float().div_(255)
-        with torch.autocast(device.type, dtype=half or torch.float32, enabled=half is not None):
-            sr = train_model(lr_img)
-        loss = training_loss(cfg.loss, cfg.ssim_weight, sr, hr_img)
-        loss.backward()  # (no fp16 loss scaling here: a bare step's figure, within a percent or two)
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        times.append(time.perf_counter() - started)
+    times: list[float] = []
+
+    class TimedSteps(Trainer):
+        def train(self):
+            # The epoch's first batches, kept: the step's time without the loader's. Consumed in the step as
+            # the loop would consume them (a worker's crops, or the device store's plans).
+            batches, _ = self.batches.of_epoch(self.state.epoch, 0, self.steps_per_epoch)
+            fixed = list(itertools.islice(batches, FIXED_BATCHES))
+            for i in range(spec["warmup"] + spec["steps"]):
+                started = time.perf_counter()
+                self.train_step(fixed[i % len(fixed)])
+                if self.accelerator.device.type == "cuda":
+                    torch.cuda.synchronize()
+                times.append(time.perf_counter() - started)
+            self.accelerator.end_training()
+            return self.out_dir
+
+    with tempfile.TemporaryDirectory() as tmp:
+        cfg = TrainConfig(
+            **spec["config"],
+            data=spec["data"],
+            output_dir=f"{tmp}/run",
+            mixed_precision=spec["precision"],
+            cpu_threads=spec["threads"],
+            max_steps=spec["warmup"] + spec["steps"],
+            epochs=1000,
+            panel_images=0,
+            num_workers=0,  # the batches are taken once: no worker needed to cut them
+        )
+        # The trainer's lines go to stderr: in `--one-process`, this process's stdout is the bench's JSON.
+        with contextlib.redirect_stdout(sys.stderr):
+            train.train(cfg, trainer_class=TimedSteps)
     timed = times[spec["warmup"] :]
     return {
-        "samples_per_s": b * len(timed) / sum(timed),
+        "samples_per_s": cfg.batch_size * len(timed) / sum(timed),
         "first_step_s": times[0],
-        "flops_per_lr_pixel": training_flops_per_lr_pixel(model.float().cpu()),
+        "flops_per_lr_pixel": training_flops_per_lr_pixel(build_model(cfg).float()),
     }
 
 
@@ -472,7 +502,7 @@ def ema_update(spec: dict) -> dict:
     }
 
 
-# What bench.py (and gpu_checks) run in a child, by name
+# What bench.py (and gpu_checks.py) run in a child, by name
 STAGES = {
     "predict": predict_stage,
     "matmul_ceiling": matmul_ceiling,
