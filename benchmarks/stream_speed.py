@@ -67,7 +67,7 @@ def measure(spec: dict) -> dict:
 def describe(result: dict, spec: dict) -> str:
     return (
         f"bench data --streaming: {result['source']}; batch {spec['batch_size']}, LR patch {spec['patch_size']}, "
-        f"{spec['crops_per_decode']} crops per decoded pair\n"
+        f"crops per decoded pair: {spec['crops_per_decode'] or 'by its size'}\n"
         f"first batch {result['first_batch_seconds']:.1f} s after start (buffer of {spec['shuffle_crops']} crops); "
         f"then {result['crops_per_s']:.0f} crops/s from one worker; worker peak RSS "
         f"{result['peak_worker_rss_mb']:.0f} MB"

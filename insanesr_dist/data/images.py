@@ -157,7 +157,10 @@ def size_problem(size: tuple[int, int] | None) -> str | None:
 
 
 def _truncated(data: bytes, kind: str) -> bool:
-    """A PNG ends with its IEND chunk and a JPEG with its EOI marker; decoders may accept a cut-off file."""
+    """A PNG ends with its IEND chunk, a JPEG with its EOI marker, and a BMP is as long as its header says;
+    decoders may accept a cut-off file."""
+    if kind == "BMP":
+        return len(data) < struct.unpack("<I", data[2:6])[0]
     if kind == "PNG":
         return b"IEND" not in data[-12:]
     if kind == "JPEG":
@@ -244,9 +247,14 @@ def read_image(path: str | os.PathLike, notes: list[str] | None = None) -> np.nd
 
 def encode_png(rgb: np.ndarray) -> bytes:
     """HxWx3 uint8 RGB -> PNG bytes (colours stored as RGB, as any viewer expects)."""
-    ok, buffer = cv2.imencode(".png", cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR))
+    return encode_image(rgb, "png")
+
+
+def encode_image(rgb: np.ndarray, kind: str) -> bytes:
+    """HxWx3 uint8 RGB -> lossless `kind` ("png", or "bmp": uncompressed, decoded at memory speed) bytes."""
+    ok, buffer = cv2.imencode(f".{kind}", cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR))
     if not ok:
-        raise RuntimeError("PNG encoding failed")
+        raise RuntimeError(f"{kind.upper()} encoding failed")
     return buffer.tobytes()
 
 

@@ -33,14 +33,18 @@ def store_rows(table: datasets.Dataset) -> np.ndarray:
     return np.asarray(table["store_row"], dtype=np.int64)
 
 
+# crops_per_decode 0 here: consecutive samples of a batch share a pair, so a batch of 16 mixes 4 images.
+AUTO_CROPS_PER_DECODE = 4
+
+
 class TrainPairs(torch.utils.data.Dataset):
     """Map-style training samples: one pair's window per index.
 
     With the decoded store (`pixels`, store.py) a window is a slice of its memory-mapped arrays. Without it
     (above --store-gb) each worker decodes pairs, keeping them up to `cache_mb` (with persistent workers,
-    later epochs then decode nothing), and `crops_per_decode` K > 1 makes every K consecutive samples share
-    one pair (a seeded choice per epoch): an epoch decodes 1/K of the pairs, K crops each. Consecutive
-    samples fall in one batch, so the loader must not shuffle then (`shuffles`).
+    later epochs then decode nothing), and `crops_per_decode` K > 1 (0: AUTO_CROPS_PER_DECODE) makes every K
+    consecutive samples share one pair (a seeded choice per epoch): an epoch decodes 1/K of the pairs, K crops
+    each. Consecutive samples fall in one batch, so the loader must not shuffle then (`shuffles`).
 
     `length` (--epoch-samples) sets the samples of an epoch: index i takes pair i mod the pair count, with the
     crop of sample i, so each repeat of a pair gets its own window (0: one sample per pair).
@@ -61,7 +65,7 @@ class TrainPairs(torch.utils.data.Dataset):
         self.table, self.patch_size, self.scale, self.seed = table, patch_size, scale, seed
         self.pixels, self.rows = pixels, store_rows(table) if pixels is not None else None
         self.length = length or len(table)
-        self.crops_per_decode = crops_per_decode if pixels is None else 1
+        self.crops_per_decode = (crops_per_decode or AUTO_CROPS_PER_DECODE) if pixels is None else 1
         self.shuffles = self.crops_per_decode == 1  # else the pairs' order is drawn here, per epoch
         self._order: tuple[int, np.ndarray] | None = None  # (epoch, pair order), per worker process
         self._last: tuple[int, tuple[np.ndarray, np.ndarray]] | None = None  # the pair decoded last

@@ -8,7 +8,7 @@ l+2P, ... . With P dividing the shard count each lane reads whole shards, S/P of
 passes overlap between lanes (each shard is still read once per pass); with fewer shards than lanes each shard
 is read as ceil(P/S) parts (rows split by index: every part reads the whole shard and keeps its rows).
 
-A lane's samples: each usable pair gives `crops_per_decode` crops (crops.pair_window; the window and transform are
+A lane's samples: each usable pair gives `crops_per_pair` crops (crops.pair_window; the window and transform are
 a pure function of (seed, pass, shard, row, crop)), mixed by a shuffle buffer of crops (`shuffle_crops`; the slot
 each new crop replaces is drawn from (seed, lane, count)), and cut into batches of consecutive crops. Global batch
 t is batch t // P of lane t % P; rank r of W takes global batches r, r+W, r+2W, ... and its DataLoader worker w
@@ -62,8 +62,8 @@ class StreamSettings:
     batch_size: int
     seed: int = 0
     scale: int = 4
-    crops_per_decode: int = 4
-    shuffle_crops: int = 256  # crops in each lane's shuffle buffer (memory: this many LR+HR windows per lane)
+    crops_per_decode: int = 0  # 0: by the pair's size (crops_per_pair)
+    shuffle_crops: int = 1024  # crops in each lane's shuffle buffer (memory: this many LR+HR windows per lane)
     on_bad_sample: str = "error"
     retries: int = 3
     backoff_s: float = 0.5
@@ -191,8 +191,22 @@ def _order(seed: int, stream_pass: int, pieces: int) -> np.ndarray:
     return np.random.default_rng([seed, stream_pass, 0x5EED]).permutation(pieces)
 
 
-def _crop_key(shard: int, row: int, crop: int, per_decode: int) -> int:
-    return ((shard << 32) + row) * per_decode + crop
+AUTO_CROP_AREAS = 4  # crops_per_decode 0: one crop per this many HR crop areas of the pair...
+MAX_AUTO_CROPS = 32  # ...and at most this many
+
+
+def crops_per_pair(settings: StreamSettings, hr_shape: tuple[int, ...]) -> int:
+    """Crops cut from one decoded pair: `crops_per_decode`, or with 0 one per AUTO_CROP_AREAS crop areas of its HR
+    (1 to MAX_AUTO_CROPS). A decode costs the same whatever is cut from it, so a large image gives many crops (a
+    2K pair 32 at LR patch 32) and a packed tile few (a 480-px tile 4); the shuffle buffer mixes them."""
+    if settings.crops_per_decode:
+        return settings.crops_per_decode
+    crop = (settings.patch_size * settings.scale) ** 2
+    return max(1, min(MAX_AUTO_CROPS, -(-hr_shape[0] * hr_shape[1] // (AUTO_CROP_AREAS * crop))))
+
+
+def _crop_key(shard: int, row: int, crop: int, settings: StreamSettings) -> int:
+    return ((shard << 32) + row) * (settings.crops_per_decode or MAX_AUTO_CROPS) + crop
 
 
 class Lane:
@@ -239,7 +253,7 @@ class Lane:
 
     def _window(self, lr, hr, stream_pass: int, shard: int, row: int, crop: int):
         s = self.settings
-        key = _crop_key(shard, row, crop, s.crops_per_decode)
+        key = _crop_key(shard, row, crop, s)
         return pair_window(lr, hr, s.patch_size, s.scale, crop_draws(s.seed, stream_pass, key))
 
     def _decoded(self, stream_pass: int, shard: int, row: int, example: dict):
@@ -255,7 +269,6 @@ class Lane:
     def _pushes(self):
         """(key, window) of every crop from the cursor on, the cursor moved past each before it is given."""
         k, row, crop = self.cursor
-        per_decode = self.settings.crops_per_decode
         dry: set[tuple[int, int]] = set()  # (shard, part) read whole without a usable pair since the last one
         while True:
             usable = False
@@ -265,6 +278,7 @@ class Lane:
                     if decoded is None:
                         continue
                     usable = True
+                    per_decode = crops_per_pair(self.settings, decoded[1].shape)
                     for c in range(crop, per_decode):
                         self.cursor = (k, r, c + 1) if c + 1 < per_decode else (k, r + 1, 0)
                         yield (k, r, c), self._window(*decoded, stream_pass, shard, r, c)
@@ -644,8 +658,8 @@ def open_streaming(
     batch_size: int,
     seed: int = 0,
     val_size: int = 0,
-    crops_per_decode: int = 4,
-    shuffle_crops: int = 256,
+    crops_per_decode: int = 0,
+    shuffle_crops: int = 1024,
     lanes: int = 0,
     on_bad_sample: str = "error",
     retries: int = 3,

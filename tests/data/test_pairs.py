@@ -106,3 +106,15 @@ def test_some_image_files_lists_the_images_or_says_in_one_line_that_there_are_no
     assert "\n" not in line
     assert line.startswith(f"{empty}: no LR images found (looked for ")
     assert ".png" in line
+
+
+def test_a_bmp_is_decoded_exactly_and_one_cut_short_is_named():
+    import numpy as np
+
+    from insanesr_dist.data.images import decode_image, encode_image
+
+    rgb = np.random.default_rng(0).integers(0, 256, (6, 10, 3), dtype=np.uint8)
+    data = encode_image(rgb, "bmp")
+    assert np.array_equal(decode_image(data, "tile.bmp"), rgb)
+    with pytest.raises(UserError, match=r"tile\.bmp: cannot be decoded: truncated BMP file"):
+        decode_image(data[:-7], "tile.bmp")

@@ -3,6 +3,7 @@ unreadable shards, endless equal streams per rank, and an exact resume through a
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 from itertools import islice
@@ -43,10 +44,10 @@ def images_of(batch: WindowBatch) -> set[int]:
     return {int(n) for n in batch.lr[:, 0, 0, 0]}
 
 
-def assert_true_windows(batches: list[WindowBatch]) -> None:
+def assert_true_windows(batches: list[WindowBatch], patch: int = SETTINGS.patch_size) -> None:
     """Each sample is an aligned window pair of one source image (HR = LR repeated, channel 0 its number)."""
     for batch in batches:
-        assert batch.lr.dtype == np.uint8 and batch.lr.shape == (SETTINGS.batch_size, 8, 8, 3)
+        assert batch.lr.dtype == np.uint8 and batch.lr.shape == (SETTINGS.batch_size, patch, patch, 3)
         assert np.array_equal(up(batch.lr), batch.hr)
         assert (batch.lr[..., 0] == batch.lr[:, :1, :1, 0]).all()
         assert batch.codes.dtype == np.int64 and ((batch.codes >= 0) & (batch.codes < 8)).all()
@@ -168,8 +169,6 @@ def test_bad_rows_are_skipped_named_up_to_ten_and_counted(bad_rows_folder):
 
 
 def dataclasses_replace(on: str = "error", **more) -> stream.StreamSettings:
-    import dataclasses
-
     return dataclasses.replace(SETTINGS, on_bad_sample=on, **more)
 
 
@@ -246,15 +245,25 @@ def test_fewer_shards_than_lanes_are_read_in_parts(tmp_path):
     assert_true_windows(take(ranks[0], 10))  # and on, through later passes
 
 
-def test_resume_through_a_two_worker_loader_is_exact(shard_folder):
+def test_crops_per_pair_follow_the_pairs_size_unless_given():
+    auto = stream.StreamSettings(patch_size=32, batch_size=16)
+    assert stream.crops_per_pair(auto, (1344, 2040, 3)) == stream.MAX_AUTO_CROPS  # a 2K image: 42, capped
+    assert stream.crops_per_pair(auto, (480, 480, 3)) == 4  # a packed tile: 3.5 crop areas of 4
+    assert stream.crops_per_pair(auto, (128, 128, 3)) == 1
+    assert stream.crops_per_pair(dataclasses.replace(auto, crops_per_decode=3), (1344, 2040, 3)) == 3
+
+
+@pytest.mark.parametrize("crops", [{}, {"crops_per_decode": 0, "patch_size": 4}], ids=["given", "by-size"])
+def test_resume_through_a_two_worker_loader_is_exact(shard_folder, crops):
     source = shards.resolve(str(shard_folder))
-    settings = dataclasses_replace(on="skip")
+    settings = dataclasses_replace(on="skip", **crops)
     loader = stream.StreamLoader(source, settings, num_workers=2, lanes=4, say=quiet)
     run = iter(loader)
     first = list(islice(run, 7))
     state = json.loads(json.dumps(loader.state_dict()))
     rest = list(islice(run, 9))
-    assert_true_windows(first + rest)
+    assert_true_windows(first + rest, settings.patch_size)
+    assert len(images_of(first[0])) > 1
 
     resumed = stream.StreamLoader(source, settings, num_workers=2, state=state, say=quiet)
     assert same(take(resumed, 9), rest)

@@ -59,7 +59,18 @@ def test_a_pair_folder_packs_into_shards_that_read_back_as_its_tiles(tmp_path, p
             got_lr, got_hr = got.pop(f"{hr_path.stem}_s{n:03d}")
             assert np.array_equal(got_lr, lr_tile) and np.array_equal(got_hr, hr_tile)
     assert not got
+    assert all(row[c]["bytes"][:2] == b"BM" for row in rows for c in ("lr", "hr"))  # BMP tiles by default
     assert len(packed(out, "test")) == 3
+
+    as_png = tmp_path / "as-png"
+    pack(str(pair_folder), as_png, tile=32, step=16, tile_format="png", say=print)
+    png_rows = packed(as_png)
+    assert all(row["hr"]["bytes"][:4] == b"\x89PNG" for row in png_rows)
+    assert all(  # the same tiles, pixel for pixel
+        a["id"] == b["id"] and np.array_equal(decode(a[c]), decode(b[c]))
+        for a, b in zip(rows, png_rows, strict=True)
+        for c in ("lr", "hr")
+    )
 
     checked = run_cli("insanesr-dist", "check-data", str(out), "--patch-size", "8", timeout=300)
     assert checked.returncode == 0, checked.stdout + checked.stderr
