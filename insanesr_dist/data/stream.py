@@ -222,16 +222,20 @@ class Lane:
         self.batches_made = state.get("batches", 0)
         self.counts = dict(state.get("counts", {"bad": 0, "unreadable": 0}))
         self.events: list[tuple[str, str]] = []
-        self._buffer_keys = [tuple(key) for key in state.get("buffer", [])]
+        self._buffer_keys = [
+            tuple(key) for key in np.asarray(state.get("buffer", []), np.int64).reshape(-1, 3).tolist()
+        ]
 
-    def state(self, buffer: list) -> dict:
+    def state(self, buffer_keys: np.ndarray) -> dict:
+        """The position; "buffer" is an array here (a list per crop would cost more than the crop, per batch),
+        a list once StreamLoader.state_dict makes it JSON."""
         return {
             "cursor": list(self.cursor),
             "pass": self.plan.piece(self.plan.occurrence(self.index, self.cursor[0]))[0],
             "emitted": self.emitted,
             "batches": self.batches_made,
             "counts": dict(self.counts),
-            "buffer": [list(key) for key, _ in buffer],
+            "buffer": buffer_keys.copy(),
         }
 
     def _problem(self, kind: str, line: str) -> None:
@@ -321,20 +325,24 @@ class Lane:
 
     def batches(self) -> Iterator[StreamBatch]:
         s = self.settings
-        buffer, out = self._restored(), []
+        restored, out = self._restored(), []
         capacity = max(1, s.shuffle_crops)
+        windows = [window for _, window in restored]
+        keys = np.zeros((capacity, 3), np.int64)  # the buffer's crops, as (read, row, crop)
+        keys[: len(restored)] = [key for key, _ in restored] or np.zeros((0, 3))
         for key, window in self._pushes():
-            if len(buffer) < capacity:
-                buffer.append((key, window))
+            if len(windows) < capacity:
+                keys[len(windows)] = key
+                windows.append(window)
                 continue
             slot = crop_draws(s.seed, (1 << 40) + self.index, self.emitted)[0] % capacity
-            out.append(buffer[slot][1])
-            buffer[slot] = (key, window)
+            out.append(windows[slot])
+            windows[slot], keys[slot] = window, key
             self.emitted += 1
             if len(out) == s.batch_size:
                 self.batches_made += 1
                 events, self.events = self.events, []
-                yield StreamBatch(collate_windows(out), self.index, self.state(buffer), events)
+                yield StreamBatch(collate_windows(out), self.index, self.state(keys[: len(windows)]), events)
                 out = []
 
 
@@ -395,6 +403,10 @@ class TrainStream(torch.utils.data.IterableDataset):
 
 def _as_is(item):
     return item
+
+
+def _as_json(lane_state: dict) -> dict:
+    return {**lane_state, "buffer": np.asarray(lane_state.get("buffer", []), np.int64).tolist()}
 
 
 def merge_states(states: list[dict]) -> dict:
@@ -521,7 +533,7 @@ class StreamLoader:
             "lanes": self.plan.lanes,
             "first": self.plan.first,
             "batches": self.batches_before + self.consumed * self.world_size,
-            "lane_states": {str(lane): state for lane, state in sorted(self.lane_states.items())},
+            "lane_states": {str(lane): _as_json(state) for lane, state in sorted(self.lane_states.items())},
         }
 
 
