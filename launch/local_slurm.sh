@@ -4,6 +4,7 @@
 #   sudo launch/local_slurm.sh start    # install slurm-wlm + munge if missing, start munged, slurmctld, 2 slurmd
 #   sudo launch/local_slurm.sh status   # daemons and `sinfo`
 #   sudo launch/local_slurm.sh stop     # `scontrol shutdown`, then make sure every daemon started here is gone
+#   sudo KILL_WAIT=5 launch/local_slurm.sh start   # KillWait (SIGTERM to SIGKILL) of 5 s instead of SLURM's 30
 #
 # Nodes n1 and n2 (CPUs=1 each, partition `debug`) are two slurmd daemons on loopback (127.0.0.1, ports
 # 17001/17002); `127.0.0.1 n1 n2` goes into /etc/hosts so `scontrol show hostnames` users can reach them.
@@ -19,6 +20,10 @@ CONF=/etc/slurm/slurm.conf
 STATE=/run/insanesr-local-slurm     # pid files of the daemons this script started
 NODES=(n1 n2)
 PORTS=(17001 17002)
+# Seconds a job's processes get between SIGTERM and SIGKILL (SLURM's default, 30 s, unless set); read at start,
+# when the configuration is written. The tests shorten it: a fake slow requeue must outlast it, and it bounds how
+# long a cancelled or requeued job lingers.
+KILL_WAIT=${KILL_WAIT:-30}
 
 die() { echo "local_slurm: $*" >&2; exit 1; }
 say() { echo "local_slurm: $*"; }
@@ -107,6 +112,7 @@ SelectTypeParameters=CR_Core
 ReturnToService=2
 MpiDefault=none
 JobRequeue=1
+KillWait=$KILL_WAIT
 MinJobAge=600
 # Schedule pending (e.g. requeued) jobs within seconds, not on the default 60 s pass.
 SchedulerParameters=sched_interval=2,bf_interval=2
@@ -118,6 +124,7 @@ EOF
 
 start() {
     [[ $EUID -eq 0 ]] || die "must run as root"
+    [[ "$KILL_WAIT" =~ ^[0-9]+$ ]] || die "KILL_WAIT=$KILL_WAIT is not a number of seconds"
     install_packages
     mkdir -p "$STATE"
     setup_hosts
@@ -178,7 +185,7 @@ stop() {
         done
         if alive "$(pid_in /run/slurmctld.pid)"; then
             # Jobs first: slurmd's shutdown leaves running steps (slurmstepd and the training) behind.
-            # Repeated, since a job may requeue itself while it is being cancelled (up to KillWait, 30 s).
+            # Repeated, since a job may requeue itself while it is being cancelled (up to KillWait).
             local jobs
             for _ in $(seq 40); do
                 jobs=$(squeue -h -o %i 2>/dev/null || true)

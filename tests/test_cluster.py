@@ -28,6 +28,9 @@ LOCAL_SLURM = REPO / "launch" / "local_slurm.sh"
 VENV_BIN = Path(sys.executable).parent
 # One torch thread per process: every SLURM node of the test cluster has one CPU, and both share this machine.
 SMALL_RUN = [*TINY, "--cpu-threads", "1"]
+# The test cluster's KillWait (seconds from SIGTERM to SIGKILL, 30 by default): a cancelled or requeued job's
+# steps linger that long at most, and the slow requeue below need only outlast this much.
+KILL_WAIT = 5
 
 
 @pytest.fixture
@@ -116,7 +119,13 @@ def slurm():
     if os.geteuid() != 0:
         pytest.skip("the local SLURM cluster needs root (apt-get install slurm-wlm munge, /etc, daemons)")
     try:
-        started = subprocess.run([str(LOCAL_SLURM), "start"], capture_output=True, text=True, timeout=900)
+        started = subprocess.run(
+            [str(LOCAL_SLURM), "start"],
+            env={**os.environ, "KILL_WAIT": str(KILL_WAIT)},
+            capture_output=True,
+            text=True,
+            timeout=900,
+        )
         assert started.returncode == 0, f"launch/local_slurm.sh start failed:\n{started.stdout}\n{started.stderr}"
         yield
     finally:
@@ -304,8 +313,9 @@ def test_sbatch_preempted_job_requeues_resumes_and_finishes(slurm, data, tmp_pat
 
 SLOW_REQUEUE = """#!/bin/bash
 # scontrol, but `scontrol requeue` first waits (as on a busy controller) and leaves a mark that it was asked:
-# 60 s, longer than a killed step's grace (KillWait and torchrun's shutdown, 30 s each) before SIGKILL.
-if [[ "$1" == requeue ]]; then touch "$(dirname "$0")/asked"; sleep 60; fi
+# {seconds} s, three times a killed step's grace before SIGKILL (the test cluster's KillWait; torchrun's own
+# shutdown allows 30 s, but the step's SIGKILL comes first).
+if [[ "$1" == requeue ]]; then touch "$(dirname "$0")/asked"; sleep {seconds}; fi
 exec {scontrol} "$@"
 """
 
@@ -314,11 +324,15 @@ def test_sbatch_multi_node_preemption_requeues_even_when_the_requeue_is_slow(slu
     """Every rank waits for rank 0's `scontrol requeue` before it exits. A rank that left first would end its node's
     launcher with an error, and `srun --kill-on-bad-exit=1` would end the step, rank 0 and its unfinished requeue
     included: the job would fail instead of coming back. A requeue slower than the step's grace period before
-    SIGKILL makes that race likely: with the old order (and a 40 s requeue) this job ended FAILED, status 137."""
+    SIGKILL makes that race likely: with the old order (a 15 s requeue, KillWait 5 s) this job ended FAILED,
+    status 137."""
+    config = subprocess.run(["scontrol", "show", "config"], capture_output=True, text=True, check=True, timeout=30)
+    kill_wait = re.search(r"^KillWait\s*=\s*(\d+) sec", config.stdout, re.MULTILINE)
+    assert kill_wait and int(kill_wait[1]) == KILL_WAIT, "the requeue below must outlast the cluster's KillWait"
     out, log, bin_dir = tmp_path / "run", tmp_path / "slurm.out", tmp_path / "bin"
     bin_dir.mkdir()
     real = subprocess.run(["which", "scontrol"], capture_output=True, text=True, check=True).stdout.strip()
-    (bin_dir / "scontrol").write_text(SLOW_REQUEUE.format(scontrol=real))
+    (bin_dir / "scontrol").write_text(SLOW_REQUEUE.format(scontrol=real, seconds=3 * KILL_WAIT))
     (bin_dir / "scontrol").chmod(0o755)
     epochs = 30
     path = f"{bin_dir}{os.pathsep}{VENV_BIN}{os.pathsep}{os.environ['PATH']}"

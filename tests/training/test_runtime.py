@@ -2,6 +2,7 @@
 
 import json
 import sys
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -18,13 +19,20 @@ print("PROBE", json.dumps({"precision": precision.launch_precision(), "cpu": run
 """
 
 
-def probe(tmp_path: Path, *launch_args: str) -> dict:
+def probes(tmp_path: Path, *launches: list[str]) -> list[dict]:
+    """What the probe script says under `accelerate launch` with each of `launches`' options. The launches are
+    separate one-process runs that share nothing but the script, so they run at the same time."""
     script = tmp_path / "probe.py"
     script.write_text(PROBE)
-    result = run_cli("accelerate", "launch", *launch_args, str(script), timeout=180)
-    assert result.returncode == 0, result.stderr[-3000:]
-    line = next(line for line in result.stdout.splitlines() if line.startswith("PROBE "))
-    return json.loads(line[len("PROBE ") :])
+
+    def probe(launch_args: list[str]) -> dict:
+        result = run_cli("accelerate", "launch", *launch_args, str(script), timeout=180)
+        assert result.returncode == 0, result.stderr[-3000:]
+        line = next(line for line in result.stdout.splitlines() if line.startswith("PROBE "))
+        return json.loads(line[len("PROBE ") :])
+
+    with ThreadPoolExecutor(len(launches)) as pool:
+        return list(pool.map(probe, launches))
 
 
 @pytest.mark.slow
@@ -34,12 +42,19 @@ def test_only_an_explicit_float32_request_is_float32(tmp_path):
     fp32_config = tmp_path / "fp32.yaml"
     fp32_config.write_text((CONFIGS / "cpu.yaml").read_text() + "mixed_precision: 'no'\n")
     single = ["--num_processes", "1", "--dynamo_backend", "no"]
-    assert probe(tmp_path, *single)["precision"] is None  # nothing said: auto decides
-    assert probe(tmp_path, *single, "--mixed_precision", "no")["precision"] == "no"  # the flag (the sbatch knob)
-    assert probe(tmp_path, *single, "--mixed_precision", "bf16")["precision"] == "bf16"
-    assert probe(tmp_path, "--config_file", str(fp32_config))["precision"] == "no"  # a config file saying 'no'
-    leaves_it = probe(tmp_path, "--config_file", str(CONFIGS / "cpu.yaml"))  # ours leaves it to the trainer
-    assert leaves_it == {"precision": None, "cpu": True}
+    unsaid, flag_no, flag_bf16, config_no, ours = probes(
+        tmp_path,
+        single,
+        [*single, "--mixed_precision", "no"],
+        [*single, "--mixed_precision", "bf16"],
+        ["--config_file", str(fp32_config)],
+        ["--config_file", str(CONFIGS / "cpu.yaml")],
+    )
+    assert unsaid["precision"] is None  # nothing said: auto decides
+    assert flag_no["precision"] == "no"  # the flag (the sbatch knob)
+    assert flag_bf16["precision"] == "bf16"
+    assert config_no["precision"] == "no"  # a config file saying 'no'
+    assert ours == {"precision": None, "cpu": True}  # ours leaves it to the trainer
 
 
 def test_resolving_an_explicit_float32_request_gives_float32(monkeypatch):
@@ -71,7 +86,7 @@ class Custom(Trainer):
     def load_data(self):
         with self.accelerator.main_process_first():
             if self.accelerator.is_main_process:
-                time.sleep(15)  # a first run preparing a large dataset, while rank 1 waits in a barrier
+                time.sleep(10)  # a first run preparing a large dataset, while rank 1 waits in a barrier
         return super().load_data()
 """
 
