@@ -1,5 +1,5 @@
-"""`insanesr-dist bench train|data|metric|predict|ema` (or `python benchmarks/bench.py ...` from a checkout):
-measured speed and memory, as a table or `--json`.
+"""`insanesr-dist bench train|data|stream-training|metric|predict|ema` (or `python benchmarks/bench.py ...` from a
+checkout): measured speed and memory, as a table or `--json`.
 
 Every measurement runs in a fresh child process (bench_stages.py holds them): one measurement's threads,
 allocations and peak RSS (`ru_maxrss` only ever grows) stay out of the next one's. `bench train --one-process`
@@ -13,6 +13,8 @@ import json
 import os
 import resource
 import subprocess
+import tempfile
+from pathlib import Path
 
 import click
 
@@ -424,6 +426,108 @@ def bench_data(data, batch_size, patch_size, threads, as_json, crops, cache_mb, 
         f"at 10-25 % of {r['gpu_peak_tflops']:.0f} bf16 TFLOP/s consumes {r['gpu_samples_per_s'][0]:,.0f}-"
         f"{r['gpu_samples_per_s'][1]:,.0f} samples/s"
     )
+
+
+@bench.command("stream-training")
+@click.option("--pairs", default=100, show_default=True, type=click.IntRange(1), help="Distinct pairs: the small set.")
+@click.option(
+    "--copies",
+    default=10,
+    show_default=True,
+    type=click.IntRange(2),
+    help="The large set: the small set's shards served under this many times more names.",
+)
+@click.option(
+    "--hr-size",
+    default="2040x1344",
+    show_default=True,
+    help="HR width x height of the pairs (DIV2K's); LR is a quarter of it.",
+)
+@click.option(
+    "--shard-mb", default=256.0, show_default=True, type=click.FloatRange(0, min_open=True), help="As for pack."
+)
+@click.option(
+    "--steps",
+    default=40,
+    show_default=True,
+    type=click.IntRange(1),
+    help="Optimizer steps of each fresh run (the peak RSS is read over them).",
+)
+@click.option("--resume-steps", default=5, show_default=True, type=click.IntRange(1), help="Steps a resumed run takes.")
+@click.option(
+    "--repeats", default=2, show_default=True, type=click.IntRange(1), help="Rounds of the runs, side by side."
+)
+@click.option(
+    "--model",
+    default="tiny",
+    show_default=True,
+    type=click.Choice(["tiny", "default"]),
+    help="tiny: 1 RRDB of 8 channels, so that the data path is what the times measure; default: the full model.",
+)
+@click.option("--batch-size", default=16, show_default=True, type=click.IntRange(1), help="As for train.")
+@click.option("--patch-size", default=32, show_default=True, type=click.IntRange(1), help="As for train.")
+@click.option("--num-workers", "workers", default=1, show_default=True, type=click.IntRange(1), help="As for train.")
+@click.option(
+    "--work-dir",
+    default=lambda: str(Path(tempfile.gettempdir()) / "insanesr-stream-training"),
+    show_default="<temp>/insanesr-stream-training",
+    type=click.Path(file_okay=False),
+    help="Where the pairs' shards are kept, made once per --pairs, --hr-size and --shard-mb.",
+)
+@click.option(
+    "--runs-dir",
+    type=click.Path(file_okay=False),
+    help="Keep the training runs' folders and logs here [default: a temporary folder, removed].",
+)
+@click.option(
+    "--run-timeout",
+    default=1800.0,
+    show_default=True,
+    type=click.FloatRange(1),
+    help="Seconds a training run may take.",
+)
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object instead of the table.")
+def bench_stream_training(
+    pairs,
+    copies,
+    hr_size,
+    shard_mb,
+    steps,
+    resume_steps,
+    repeats,
+    model,
+    batch_size,
+    patch_size,
+    workers,
+    work_dir,
+    runs_dir,
+    run_timeout,
+    as_json,
+) -> None:
+    """Streaming training against issue 24's targets, on real `accelerate launch -m insanesr_dist.train
+    --streaming` runs over parquet shards of DIV2K-sized pairs served by a loopback HTTP server: the time to the
+    first step and the bytes fetched before it (small vs large set), the datasets cache after a run, the first
+    step after resuming at 90 % of a pass, and the peak RSS of the process tree.
+
+    \b
+    Example (about 10 minutes on 2 CPU cores; the pairs are made once, ~1 minute):
+      insanesr-dist bench stream-training --pairs 100 --copies 10
+    """
+    import stream_training
+    from insanesr_dist.config import TrainConfig
+
+    try:
+        size = tuple(int(n) for n in hr_size.lower().split("x"))
+    except ValueError:
+        raise click.BadParameter(f"{hr_size}: not WIDTHxHEIGHT", param_hint="--hr-size") from None
+    if len(size) != 2 or min(size) < 4 * patch_size:
+        raise click.BadParameter(f"{hr_size}: WIDTHxHEIGHT, each at least 4x --patch-size", param_hint="--hr-size")
+    train = TrainConfig()  # training's defaults: the crops per decoded pair set the length of a pass
+    spec = dict(pairs=pairs, copies=copies, hr_size=size, shard_mb=shard_mb, steps=steps, resume_steps=resume_steps)
+    spec.update(repeats=repeats, model=model, batch_size=batch_size, patch_size=patch_size, workers=workers)
+    spec.update(work_dir=work_dir, runs_dir=runs_dir, run_timeout=run_timeout, crops_per_decode=train.crops_per_decode)
+    result = stream_training.measure(spec)
+    click.echo(json.dumps(result, indent=2) if as_json else stream_training.describe(result))
 
 
 def gpu_consumption(patch_size: int) -> dict:

@@ -28,7 +28,7 @@ SCRIPT = Path(__file__).resolve().parents[2] / "benchmarks" / "bench.py"
 )
 @click.argument("args", nargs=-1, type=click.UNPROCESSED)
 def bench(args: tuple[str, ...]) -> None:
-    """Measure speed and peak memory (train, data, metric, predict, ema), from a source checkout."""
+    """Measure speed and peak memory (train, data, stream-training, metric, predict, ema), from a source checkout."""
     if not SCRIPT.is_file():
         raise UserError(
             "the benchmarks run from a source checkout (benchmarks/bench.py beside the insanesr_dist folder); "
