@@ -266,7 +266,11 @@ def measure(spec: dict) -> dict:
     shard_bytes = [path.stat().st_size for path in files]
     small, large = spec["pairs"], spec["pairs"] * spec["copies"]
     batch = spec["batch_size"]
-    pass_steps = large * spec["crops_per_decode"] // batch  # the large set's first pass, in steps
+    from insanesr_dist.data import stream
+
+    settings = stream.StreamSettings(spec["patch_size"], batch, crops_per_decode=spec["crops_per_decode"])
+    crops = stream.crops_per_pair(settings, hr_size)  # the pairs are all one size
+    pass_steps = large * crops // batch  # the large set's first pass, in steps
     resume_step = max(1, int(RESUME_AT * pass_steps))
     common = [
         # An epoch (an evaluation round) ends at the checkpoint step: the checkpoint run finishes with it, and

@@ -24,8 +24,8 @@ def test_bench_stream_training_reports_sane_figures(tmp_path):
     measured = json.loads(result.stdout)
     assert measured["set"]["pairs"] == 4 and measured["set"]["large_pairs"] == 8
     assert measured["set"]["large_shards"] == 2 * measured["set"]["shards"] >= 2
-    # a pass of 8 pairs, 4 crops each, 4 a batch: 8 steps; resumed at 90 % of it
-    assert (measured["pass_steps"], measured["resume_step"]) == (8, 7)
+    # a pass of 8 pairs of 32x32 HR, 1 crop each by size (HR crops of 32x32), 4 a batch: 2 steps; resumed at 90 %
+    assert (measured["pass_steps"], measured["resume_step"]) == (2, 1)
     runs = measured["runs"]
     assert sorted((r["kind"], r["pairs"]) for r in runs) == [("fresh", 4), ("fresh", 8), ("resumed", 8)]
     for run in runs:
@@ -39,6 +39,6 @@ def test_bench_stream_training_reports_sane_figures(tmp_path):
     # the table: a line per figure, each with a value per repeat
     table = describe(measured).splitlines()
     assert table[0].startswith("bench stream-training: ") and "--streaming" in table[1]
-    for label in ("1. first step, 4 pairs", "2. MB fetched", "3. first step resumed at step 7/8", "4. peak RSS"):
+    for label in ("1. first step, 4 pairs", "2. MB fetched", "3. first step resumed at step 1/2", "4. peak RSS"):
         assert any(line.startswith(label) for line in table), label
     assert sum(line.strip().startswith("ratio") for line in table) == 4
