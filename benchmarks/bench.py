@@ -515,12 +515,14 @@ def bench_stream_training(
     """
     import stream_training
     from insanesr_dist.config import TrainConfig
+    from insanesr_dist.data.demo import parse_size
 
     try:
-        size = tuple(int(n) for n in hr_size.lower().split("x"))
-    except ValueError:
-        raise click.BadParameter(f"{hr_size}: not WIDTHxHEIGHT", param_hint="--hr-size") from None
-    if len(size) != 2 or min(size) < 4 * patch_size:
+        height, width = parse_size(hr_size)
+    except ValueError as e:
+        raise click.BadParameter(str(e), param_hint="--hr-size") from None
+    size = (width, height)
+    if min(size) < 4 * patch_size:
         raise click.BadParameter(f"{hr_size}: WIDTHxHEIGHT, each at least 4x --patch-size", param_hint="--hr-size")
     train = TrainConfig()  # training's defaults: the crops per decoded pair set the length of a pass
     spec = dict(pairs=pairs, copies=copies, hr_size=size, shard_mb=shard_mb, steps=steps, resume_steps=resume_steps)

@@ -40,6 +40,7 @@ from pathlib import Path
 import click
 
 from insanesr_dist.tools.children import failure_line
+from process_tree import kill_tree
 from shard_server import ShardServer
 
 TINY_MODEL = ["--num-rrdb", "1", "--channels", "8", "--growth", "8", "--layers-per-block", "2"]
@@ -175,22 +176,6 @@ class TreeRSS:
         self._stop.set()
         self._thread.join()
         return self.peak / 2**20, self.peak_pss / 2**20
-
-
-def kill_tree(process: subprocess.Popen) -> None:
-    """SIGKILL a process and every process under it (a DataLoader worker would outlive its rank)."""
-    import psutil
-
-    try:
-        root = psutil.Process(process.pid)
-        processes = [root, *root.children(recursive=True)]
-    except psutil.NoSuchProcess:
-        processes = []
-    for each in processes:
-        with contextlib.suppress(psutil.NoSuchProcess):
-            each.kill()
-    psutil.wait_procs(processes, timeout=30)
-    process.wait()
 
 
 def first_step_time(out: Path, since: float) -> tuple[float, int]:

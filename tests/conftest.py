@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import os
 import socket
 import subprocess
@@ -13,6 +12,8 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
+
+from process_tree import kill_tree
 
 # A tiny InsaneSRNet and short runs: the end-to-end tests exercise every file the toolkit writes,
 # not the model's quality.
@@ -101,23 +102,6 @@ def independent_val_jm(weights: Path, data: Path, *, val_fraction: float = 0.1, 
     ]
     psnr, ssim = torch.stack(scores).mean(0).tolist()
     return joint_metric(psnr, ssim)
-
-
-def kill_tree(process: subprocess.Popen) -> None:
-    """SIGKILL a process and every process under it (torchrun starts its workers in new sessions, so a
-    process-group kill would miss them)."""
-    import psutil
-
-    try:
-        root = psutil.Process(process.pid)
-        processes = [root, *root.children(recursive=True)]
-    except psutil.NoSuchProcess:
-        processes = []
-    for each in processes:
-        with contextlib.suppress(psutil.NoSuchProcess):
-            each.kill()
-    psutil.wait_procs(processes, timeout=30)
-    process.wait()
 
 
 def run_tree(cmd: list[str], *, timeout: float, **options) -> subprocess.CompletedProcess:

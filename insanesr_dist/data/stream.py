@@ -329,7 +329,7 @@ class Lane:
         capacity = max(1, s.shuffle_crops)
         windows = [window for _, window in restored]
         keys = np.zeros((capacity, 3), np.int64)  # the buffer's crops, as (read, row, crop)
-        keys[: len(restored)] = [key for key, _ in restored] or np.zeros((0, 3))
+        keys[: len(restored)] = np.array([key for key, _ in restored], np.int64).reshape(-1, 3)
         for key, window in self._pushes():
             if len(windows) < capacity:
                 keys[len(windows)] = key

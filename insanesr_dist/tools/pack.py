@@ -64,7 +64,7 @@ def _cell(name: str, data: bytes) -> dict:
     return {"bytes": data, "path": name}
 
 
-def pack_row(item, *, split: str, scale: int, tile: int, step: int, kind: str = "bmp") -> tuple[list[dict], str | None]:
+def pack_row(item, *, split: str, scale: int, tile: int, step: int, kind: str) -> tuple[list[dict], str | None]:
     """One source row as output rows (tiles, a whole pair, or a test image), or its one-line problem. Runs in the
     pack's worker processes."""
     where, example = item
