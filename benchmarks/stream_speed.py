@@ -1,6 +1,6 @@
 """`insanesr-dist bench data --streaming`: the streaming data path's speed (data/stream.py), measured in a fresh
 process as bench_stages.py's measurements are: the time to a first batch (source resolved, a worker started, its
-shuffle buffer filled) and the crops per second one DataLoader worker delivers after it."""
+pool of pairs filled) and the crops per second one DataLoader worker delivers after it."""
 
 from __future__ import annotations
 
@@ -68,7 +68,7 @@ def describe(result: dict, spec: dict) -> str:
     return (
         f"bench data --streaming: {result['source']}; batch {spec['batch_size']}, LR patch {spec['patch_size']}, "
         f"crops per decoded pair: {spec['crops_per_decode'] or 'by its size'}\n"
-        f"first batch {result['first_batch_seconds']:.1f} s after start (buffer of {spec['shuffle_crops']} crops); "
+        f"first batch {result['first_batch_seconds']:.1f} s after start (pool of {spec['shuffle_crops']} crops); "
         f"then {result['crops_per_s']:.0f} crops/s from one worker; worker peak RSS "
         f"{result['peak_worker_rss_mb']:.0f} MB"
     )

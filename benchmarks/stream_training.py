@@ -258,9 +258,8 @@ def measure(spec: dict) -> dict:
     pass_steps = large * crops // batch  # the large set's first pass, in steps
     resume_step = max(1, int(RESUME_AT * pass_steps))
     common = [
-        # An epoch (an evaluation round) ends at the checkpoint step: the checkpoint run finishes with it, and
-        # its rerun with a larger --max-steps goes on into the next epoch. (A run whose --max-steps cut its last
-        # epoch short counts that epoch as done: its extension within the epoch would train nothing.)
+        # An epoch (an evaluation round) ends at the checkpoint step: the checkpoint run validates once, at its
+        # end, and its rerun with a larger --max-steps goes on into the next epoch.
         "--streaming", "--epoch-samples", str(resume_step * batch), "--log-every", "1", "--panel-images", "0",
         "--batch-size", str(batch), "--patch-size", str(spec["patch_size"]),
         "--num-workers", str(spec["workers"]),

@@ -124,9 +124,10 @@ class TrainConfig:
     )
     shuffle_crops: int = setting(
         1024,
-        "With --streaming: crops in each stream lane's shuffle buffer, so a batch "
-        "mixes crops of many images (memory: this many LR+HR crops per lane, 53 MB "
-        "at --patch-size 32); 1: no mixing.",
+        "With --streaming: each stream lane draws a batch's crops at random from a "
+        "pool of pairs cut into this many crops, so a batch mixes crops of many "
+        "images (memory: at most this many LR+HR crops per lane, 53 MB at "
+        "--patch-size 32); 1: no mixing.",
     )
     stream_lanes: int = setting(
         0,

@@ -345,7 +345,7 @@ class Trainer:
             return self.out_dir
         while self.state.epoch <= self.epochs:
             if self.end_epoch(self.train_epoch()):
-                break  # an early stop (--early-stop-patience)
+                break
         self.accelerator.print(
             f"done: best JM {self.state.best_jm:.4f}; weights, submissions and logs in {self.out_dir}"
         )
@@ -432,6 +432,9 @@ class Trainer:
         train_loss = accelerator.reduce(self.epoch_loss / max(1, state.loss_batches), "mean").item()
         seconds = time.perf_counter() - started - eval_seconds
         return {
+            # the step budget (--max-steps) ended inside the epoch: its checkpoint keeps the epoch's place, so
+            # that a larger budget goes on from there rather than from the next epoch
+            "cut_short": state.step >= self.total_steps and state.batches_done < epoch_batches,
             "train_loss": train_loss,
             "seconds": seconds,
             "samples_per_s": (state.loss_batches - skip) * samples_per_batch / seconds,
@@ -488,8 +491,8 @@ class Trainer:
 
     def end_epoch(self, trained: dict) -> bool:
         """Validate and predict the test set as due, record the epoch (metrics.jsonl, TensorBoard, its line) and,
-        when due, save its full state, from which a rerun continues with the next epoch. Returns whether the run
-        stops early."""
+        when due, save its full state, from which a rerun continues with the next epoch (within this one when the
+        step budget cut it short). Returns whether the run ends here (its last epoch or an early stop)."""
         cfg, accelerator, state = self.cfg, self.accelerator, self.state
         epoch = state.epoch
         stop, timer_expired = self.checks.read(accelerator, self.preemption, state.step)
@@ -533,8 +536,9 @@ class Trainer:
             record["skipped_pairs"], record["skipped_shards"] = accelerator.reduce(counts, "sum").tolist()
         log_epoch(accelerator, self.out_dir, record, self.epochs, improved)
 
-        state.next_epoch()
-        self.epoch_loss.zero_()
+        if not trained["cut_short"]:
+            state.next_epoch()
+            self.epoch_loss.zero_()
         if checkpointing or final:
             self.save(finished=final)
         if final and epoch < self.epochs:
@@ -546,7 +550,7 @@ class Trainer:
             return True
         if epoch < self.epochs and stop:
             self._stop_for_preemption()
-        return False
+        return final
 
     def _checkpoint_due_at_epoch_end(self, timer_expired: bool) -> bool:
         """Without a cadence every epoch end saves; with --checkpoint-every (steps) or --checkpoint-every-minutes

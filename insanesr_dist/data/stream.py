@@ -9,17 +9,17 @@ passes overlap between lanes (each shard is still read once per pass); with fewe
 is read as ceil(P/S) parts (rows split by index: every part reads the whole shard and keeps its rows).
 
 A lane's samples: each usable pair gives `crops_per_pair` crops (crops.pair_window; the window and transform are
-a pure function of (seed, pass, shard, row, crop)), mixed by a shuffle buffer of crops (`shuffle_crops`; the slot
-each new crop replaces is drawn from (seed, lane, count)), and cut into batches of consecutive crops. Global batch
-t is batch t // P of lane t % P; rank r of W takes global batches r, r+W, r+2W, ... and its DataLoader worker w
-(of N) every N-th of those, which all come from the lanes congruent to r + W*w modulo W*N (that must divide P).
-So the global batch sequence is the same for any number of ranks and workers that divides P: only which process
-cuts a batch changes. Every rank's stream is endless (lanes go on into later passes), so every rank can take the
-same fixed number of batches per epoch.
+a pure function of (seed, pass, shard, row, crop)). They wait in a pool of whole pairs cut into `shuffle_crops`
+crops; each crop given is the next crop of a pair drawn from the pool by (seed, lane, count) (Lane.batches), and
+consecutive crops make a batch. Global batch t is batch t // P of lane t % P; rank r of W takes global batches r,
+r+W, r+2W, ... and its DataLoader worker w (of N) every N-th of those, which all come from the lanes congruent to
+r + W*w modulo W*N (that must divide P). So the global batch sequence is the same for any number of ranks and
+workers that divides P: only which process cuts a batch changes. Every rank's stream is endless (lanes go on into
+later passes), so every rank can take the same fixed number of batches per epoch.
 
-The position (`StreamLoader.state_dict`, JSON): per lane its read position (occurrence, row, crop), the crops in
-its shuffle buffer (as keys, re-cut on resume from a re-read of their rows) and its counters, and the number of
-global batches consumed. A resumed stream yields exactly the batches the uninterrupted one would have, on any
+The position (`StreamLoader.state_dict`, JSON): per lane its read position (occurrence, row), the pairs in its
+pool (each one's place and next crop, re-cut on resume from a re-read of its row), its counters, and the number
+of global batches consumed. A resumed stream yields exactly the batches the uninterrupted one would have, on any
 process layout whose W*N divides P; another layout starts a new pass, and says so.
 
 Checks on the fly, by check-data's rules (decodable, header pixel limit before decoding, HR exactly 4x LR, large
@@ -48,7 +48,7 @@ from insanesr_dist.data.loaders import WindowBatch, collate_windows
 from insanesr_dist.data.splits import Splits
 from insanesr_dist.errors import UserError
 
-FORMAT = 1  # of the state dict
+FORMAT = 2  # of the state dict
 SHOWN_PROBLEMS = 10  # bad pairs and unreadable shards named one by one; the rest are counted
 
 
@@ -63,7 +63,7 @@ class StreamSettings:
     seed: int = 0
     scale: int = 4
     crops_per_decode: int = 0  # 0: by the pair's size (crops_per_pair)
-    shuffle_crops: int = 1024  # crops in each lane's shuffle buffer (memory: this many LR+HR windows per lane)
+    shuffle_crops: int = 1024  # crops of the pairs in each lane's pool (memory: at most this many LR+HR windows)
     on_bad_sample: str = "error"
     retries: int = 3
     backoff_s: float = 0.5
@@ -198,7 +198,7 @@ MAX_AUTO_CROPS = 32  # ...and at most this many
 def crops_per_pair(settings: StreamSettings, hr_shape: tuple[int, ...]) -> int:
     """Crops cut from one decoded pair: `crops_per_decode`, or with 0 one per AUTO_CROP_AREAS crop areas of its HR
     (1 to MAX_AUTO_CROPS). A decode costs the same whatever is cut from it, so a large image gives many crops (a
-    2K pair 32 at LR patch 32) and a packed tile few (a 480-px tile 4); the shuffle buffer mixes them."""
+    2K pair 32 at LR patch 32) and a packed tile few (a 480-px tile 4); the pool mixes them."""
     if settings.crops_per_decode:
         return settings.crops_per_decode
     crop = (settings.patch_size * settings.scale) ** 2
@@ -217,25 +217,23 @@ class Lane:
     ) -> None:
         self.source, self.plan, self.settings, self.index = source, plan, settings, index
         state = state or {}
-        self.cursor = tuple(state.get("cursor", (0, 0, 0)))  # (occurrence k of this lane, row, crop)
+        self.cursor = tuple(state.get("cursor", (0, 0)))  # (occurrence k of this lane, row): the next pair to read
         self.emitted = state.get("emitted", 0)
         self.batches_made = state.get("batches", 0)
         self.counts = dict(state.get("counts", {"bad": 0, "unreadable": 0}))
         self.events: list[tuple[str, str]] = []
-        self._buffer_keys = [
-            tuple(key) for key in np.asarray(state.get("buffer", []), np.int64).reshape(-1, 3).tolist()
-        ]
+        self._pool_keys = np.asarray(state.get("pool", []), np.int64).reshape(-1, 3).tolist()
 
-    def state(self, buffer_keys: np.ndarray) -> dict:
-        """The position; "buffer" is an array here (a list per crop would cost more than the crop, per batch),
-        a list once StreamLoader.state_dict makes it JSON."""
+    def state(self, pool_keys: np.ndarray) -> dict:
+        """The position; "pool" (a row (k, row, next crop) per pair in the pool) is an array here (a list per
+        batch would cost more than its crops), a list once StreamLoader.state_dict makes it JSON."""
         return {
             "cursor": list(self.cursor),
             "pass": self.plan.piece(self.plan.occurrence(self.index, self.cursor[0]))[0],
             "emitted": self.emitted,
             "batches": self.batches_made,
             "counts": dict(self.counts),
-            "buffer": buffer_keys.copy(),
+            "pool": pool_keys.copy(),
         }
 
     def _problem(self, kind: str, line: str) -> None:
@@ -255,38 +253,37 @@ class Lane:
             if self.plan.parts == 1 or row % self.plan.parts == part:
                 yield stream_pass, shard, row, example
 
-    def _window(self, lr, hr, stream_pass: int, shard: int, row: int, crop: int):
-        s = self.settings
-        key = _crop_key(shard, row, crop, s)
-        return pair_window(lr, hr, s.patch_size, s.scale, crop_draws(s.seed, stream_pass, key))
-
-    def _decoded(self, stream_pass: int, shard: int, row: int, example: dict):
+    def _crops(self, example: dict, stream_pass: int, shard: int, row: int, first: int = 0) -> list | None:
+        """A row's crops from crop `first` on, last first (the pool takes them from the end); None for a bad
+        pair."""
         try:
-            return checked_pair(example, self.settings.scale, self.settings.patch_size)
+            lr, hr = checked_pair(example, self.settings.scale, self.settings.patch_size)
         except UserError as e:
             # Named and counted in the stream's first pass only, which meets each row once: later passes meet the
             # same rows again (under "error" the first meeting has stopped the run).
             if stream_pass == self.plan.first // self.plan.pieces:
                 self._problem("bad", f"{self.source.shards()[shard]} row {row}: {e.message}")
             return None
+        s = self.settings
+        crops = range(crops_per_pair(s, hr.shape) - 1, first - 1, -1)
+        draws = (crop_draws(s.seed, stream_pass, _crop_key(shard, row, c, s)) for c in crops)
+        return [pair_window(lr, hr, s.patch_size, s.scale, d) for d in draws]
 
-    def _pushes(self):
-        """(key, window) of every crop from the cursor on, the cursor moved past each before it is given."""
-        k, row, crop = self.cursor
+    def _pairs(self):
+        """((k, row), crops) of every usable pair from the cursor on, the cursor moved past each before it is
+        given."""
+        k, row = self.cursor
         dry: set[tuple[int, int]] = set()  # (shard, part) read whole without a usable pair since the last one
         while True:
             usable = False
             try:
                 for stream_pass, shard, r, example in self._rows(k, row):
-                    decoded = self._decoded(stream_pass, shard, r, example)
-                    if decoded is None:
+                    crops = self._crops(example, stream_pass, shard, r)
+                    if crops is None:
                         continue
                     usable = True
-                    per_decode = crops_per_pair(self.settings, decoded[1].shape)
-                    for c in range(crop, per_decode):
-                        self.cursor = (k, r, c + 1) if c + 1 < per_decode else (k, r + 1, 0)
-                        yield (k, r, c), self._window(*decoded, stream_pass, shard, r, c)
-                    crop = 0
+                    self.cursor = (k, r + 1)
+                    yield (k, r), crops
             except GeneratorExit:  # closed (at exit too, when the names below may already be gone): no problem
                 raise
             except shards.ShardUnreadable as e:
@@ -300,49 +297,61 @@ class Lane:
                     f"{self.source.text}: no usable pair in any of its {len(self.plan.shards)} training shard(s); "
                     "see the lines above, or run insanesr-dist check-data on it"
                 )
-            k, row, crop = k + 1, 0, 0
-            self.cursor = (k, 0, 0)
+            k, row = k + 1, 0
+            self.cursor = (k, 0)
 
-    def _restored(self) -> list:
-        """The shuffle buffer of the state: its crops cut again from a re-read of their rows (a row that can no
-        longer be read loses its crops: the buffer refills before it gives more)."""
-        wanted: dict[int, dict[int, list[int]]] = {}
-        for k, r, c in self._buffer_keys:
-            wanted.setdefault(k, {}).setdefault(r, []).append(c)
-        windows = {}
+    def _restored(self) -> list[tuple[list[int], list]]:
+        """The pool of the state, in its order: each pair's crops left, cut again from a re-read of its row (a
+        row that can no longer be read loses its crops: the pool refills before it gives more)."""
+        wanted: dict[int, dict[int, int]] = {}
+        for k, r, c in self._pool_keys:
+            wanted.setdefault(k, {})[r] = c
+        crops = {}
         for k, rows in sorted(wanted.items()):
             try:
                 for stream_pass, shard, r, example in self._rows(k, min(rows)):
                     if r in rows:
-                        decoded = self._decoded(stream_pass, shard, r, example)
-                        for c in rows[r] if decoded is not None else ():
-                            windows[(k, r, c)] = self._window(*decoded, stream_pass, shard, r, c)
+                        crops[(k, r)] = self._crops(example, stream_pass, shard, r, rows[r])
                     if r >= max(rows):
                         break
             except shards.ShardUnreadable as e:
                 self._problem("unreadable", str(e))
-        return [(key, windows[key]) for key in self._buffer_keys if key in windows]
+        return [([k, r, c], crops[(k, r)]) for k, r, c in self._pool_keys if crops.get((k, r))]
 
     def batches(self) -> Iterator[StreamBatch]:
+        """Batches of crops, each the next crop of a pair drawn from the pool. The pool holds whole pairs: it
+        refills when the pairs in it were cut into fewer than `shuffle_crops` crops in all, and a pair leaves
+        when its last crop is drawn. So it holds about shuffle_crops / crops-per-pair pairs at any time, from
+        about as many before, and a resume re-reads about as many pairs as a fresh start reads to fill it (with
+        a pool of crops refilled crop by crop, a pair's last crop lingers for many pool-fulls)."""
         s = self.settings
-        restored, out = self._restored(), []
         capacity = max(1, s.shuffle_crops)
-        windows = [window for _, window in restored]
-        keys = np.zeros((capacity, 3), np.int64)  # the buffer's crops, as (read, row, crop)
+        restored = self._restored()
+        keys = np.zeros((max(capacity, len(restored)), 3), np.int64)  # (k, row, next crop) of each pooled pair
         keys[: len(restored)] = np.array([key for key, _ in restored], np.int64).reshape(-1, 3)
-        for key, window in self._pushes():
-            if len(windows) < capacity:
-                keys[len(windows)] = key
-                windows.append(window)
-                continue
-            slot = crop_draws(s.seed, (1 << 40) + self.index, self.emitted)[0] % capacity
-            out.append(windows[slot])
-            windows[slot], keys[slot] = window, key
+        pool = [crops for _, crops in restored]  # each pair's crops left, last first
+        cut = [key[2] + len(crops) for key, crops in restored]  # each pair's crops in all
+        total, out, fresh = sum(cut), [], self._pairs()
+        while True:
+            while total < capacity:
+                (k, r), crops = next(fresh)
+                keys[len(pool)] = (k, r, 0)
+                pool.append(crops)
+                cut.append(len(crops))
+                total += len(crops)
+            slot = crop_draws(s.seed, (1 << 40) + self.index, self.emitted)[0] % len(pool)
+            out.append(pool[slot].pop())
+            keys[slot, 2] += 1
+            if not pool[slot]:  # the pair is used up: the pool's last pair takes its slot
+                total -= cut[slot]
+                pool[slot], cut[slot], keys[slot] = pool[-1], cut[-1], keys[len(pool) - 1]
+                pool.pop()
+                cut.pop()
             self.emitted += 1
             if len(out) == s.batch_size:
                 self.batches_made += 1
                 events, self.events = self.events, []
-                yield StreamBatch(collate_windows(out), self.index, self.state(keys[: len(windows)]), events)
+                yield StreamBatch(collate_windows(out), self.index, self.state(keys[: len(pool)]), events)
                 out = []
 
 
@@ -406,7 +415,7 @@ def _as_is(item):
 
 
 def _as_json(lane_state: dict) -> dict:
-    return {**lane_state, "buffer": np.asarray(lane_state.get("buffer", []), np.int64).tolist()}
+    return {**lane_state, "pool": np.asarray(lane_state.get("pool", []), np.int64).tolist()}
 
 
 def merge_states(states: list[dict]) -> dict:
@@ -481,18 +490,18 @@ class StreamLoader:
 
     def _continue(self, state: dict, plan: Plan, consumers: int, fingerprint: str):
         """The plan, global batches and lane states to go on from `state` (a new pass when they cannot)."""
-        if state.get("format") != FORMAT:
-            raise UserError(f"stream position of format {state.get('format')}, not {FORMAT}: cannot be continued")
         lane_states = {int(lane): s for lane, s in state["lane_states"].items()}
-        if state["fingerprint"] == fingerprint and state["lanes"] % consumers == 0:
+        same = state.get("format") == FORMAT and state["fingerprint"] == fingerprint
+        if same and state["lanes"] % consumers == 0:
             kept = dataclasses.replace(plan, lanes=state["lanes"], first=state["first"])
             return kept, state["batches"], lane_states
         reached = max((s.get("pass", 0) for s in lane_states.values()), default=0)
-        why = (
-            "the source or the sample settings changed"
-            if state["fingerprint"] != fingerprint
-            else f"its {state['lanes']} lanes cannot be dealt to {consumers} ranks x workers"
-        )
+        if state.get("format") != FORMAT:
+            why = f"it was saved in the stream's format {state.get('format')}, not {FORMAT}"
+        elif state["fingerprint"] != fingerprint:
+            why = "the source or the sample settings changed"
+        else:
+            why = f"its {state['lanes']} lanes cannot be dealt to {consumers} ranks x workers"
         self.say(f"stream position not continued exactly ({why}): starting pass {reached + 1} instead")
         fresh = dataclasses.replace(plan, lanes=plan.lanes if plan.lanes % consumers == 0 else consumers)
         return dataclasses.replace(fresh, first=(reached + 1) * fresh.pieces), 0, {}

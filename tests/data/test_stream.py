@@ -273,6 +273,22 @@ def test_resume_through_a_two_worker_loader_is_exact(shard_folder, crops):
     assert same(rank0, rest[0::2]) and same(rank1, rest[1::2])
 
 
+def test_the_pool_holds_few_recent_pairs_so_a_resume_rereads_few(shard_folder):
+    """A resume re-reads every pair of the pool: it holds shuffle_crops / crops-per-pair pairs, the ones read
+    last, as a fresh start reads to fill it (a pool refilled crop by crop kept a pair's last crop for many
+    pool-fulls: at 2K pairs, ~4x the rows to re-read)."""
+    settings = dataclasses_replace(crops_per_decode=8, shuffle_crops=16)  # 2 pairs: each crop a 1/2 draw
+    loader = stream.StreamLoader(shards.resolve(str(shard_folder)), settings, say=quiet)
+    sizes, ages = set(), []
+    for _ in islice(iter(loader), 60):  # 240 crops: 30 pairs, a whole pass
+        lane = loader.state_dict()["lane_states"]["0"]
+        k, row = lane["cursor"]
+        sizes.add(len(lane["pool"]))
+        ages += [(k * ROWS + row) - (k_ * ROWS + row_) for k_, row_, _ in lane["pool"]]
+    assert sizes <= {1, 2}  # a pair used up leaves a gap until the next draw refills
+    assert max(ages) <= 6, ages  # at most a few pairs since it was read
+
+
 def test_ranks_states_merge_and_an_incompatible_layout_starts_a_new_pass(shard_folder):
     source = shards.resolve(str(shard_folder))
     ranks = [stream.StreamLoader(source, SETTINGS, rank=r, world_size=2, say=quiet) for r in (0, 1)]
