@@ -269,15 +269,18 @@ class Lane:
         draws = (crop_draws(s.seed, stream_pass, _crop_key(shard, row, c, s)) for c in crops)
         return [pair_window(lr, hr, s.patch_size, s.scale, d) for d in draws]
 
-    def _pairs(self):
+    def _pairs(self, going_on=None):
         """((k, row), crops) of every usable pair from the cursor on, the cursor moved past each before it is
-        given."""
+        given. `going_on`: the cursor's read, opened before the cursor's row (by `_restored`)."""
         k, row = self.cursor
         dry: set[tuple[int, int]] = set()  # (shard, part) read whole without a usable pair since the last one
         while True:
             usable = False
             try:
-                for stream_pass, shard, r, example in self._rows(k, row):
+                rows, going_on = going_on or self._rows(k, row), None
+                for stream_pass, shard, r, example in rows:
+                    if r < row:
+                        continue  # consumed after the pool's last row: not cut again
                     crops = self._crops(example, stream_pass, shard, r)
                     if crops is None:
                         continue
@@ -300,23 +303,31 @@ class Lane:
             k, row = k + 1, 0
             self.cursor = (k, 0)
 
-    def _restored(self) -> list[tuple[list[int], list]]:
+    def _restored(self):
         """The pool of the state, in its order: each pair's crops left, cut again from a re-read of its row (a
-        row that can no longer be read loses its crops: the pool refills before it gives more)."""
+        row that can no longer be read loses its crops: the pool refills before it gives more); and the cursor's
+        read when it holds pool rows, left open after them so that `_pairs` goes on with it rather than fetching
+        its rows again."""
         wanted: dict[int, dict[int, int]] = {}
         for k, r, c in self._pool_keys:
             wanted.setdefault(k, {})[r] = c
-        crops = {}
+        crops, going_on = {}, None
         for k, rows in sorted(wanted.items()):
+            read = self._rows(k, min(rows))
             try:
-                for stream_pass, shard, r, example in self._rows(k, min(rows)):
+                for stream_pass, shard, r, example in read:
                     if r in rows:
                         crops[(k, r)] = self._crops(example, stream_pass, shard, r, rows[r])
                     if r >= max(rows):
                         break
             except shards.ShardUnreadable as e:
                 self._problem("unreadable", str(e))
-        return [([k, r, c], crops[(k, r)]) for k, r, c in self._pool_keys if crops.get((k, r))]
+            if k == self.cursor[0]:
+                going_on = read
+            else:
+                read.close()
+        pool = [([k, r, c], crops[(k, r)]) for k, r, c in self._pool_keys if crops.get((k, r))]
+        return pool, going_on
 
     def batches(self) -> Iterator[StreamBatch]:
         """Batches of crops, each the next crop of a pair drawn from the pool. The pool holds whole pairs: it
@@ -326,12 +337,12 @@ class Lane:
         a pool of crops refilled crop by crop, a pair's last crop lingers for many pool-fulls)."""
         s = self.settings
         capacity = max(1, s.shuffle_crops)
-        restored = self._restored()
+        restored, going_on = self._restored()
         keys = np.zeros((max(capacity, len(restored)), 3), np.int64)  # (k, row, next crop) of each pooled pair
         keys[: len(restored)] = np.array([key for key, _ in restored], np.int64).reshape(-1, 3)
         pool = [crops for _, crops in restored]  # each pair's crops left, last first
         cut = [key[2] + len(crops) for key, crops in restored]  # each pair's crops in all
-        total, out, fresh = sum(cut), [], self._pairs()
+        total, out, fresh = sum(cut), [], self._pairs(going_on)
         while True:
             while total < capacity:
                 (k, r), crops = next(fresh)
