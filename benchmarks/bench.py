@@ -368,7 +368,16 @@ def bench_train(
     help="Where the temporary stores are built [default: the system's temp folder].",
 )
 @click.option("--streaming", is_flag=True, help="Measure the streaming path instead (--data as for train --streaming).")
-def bench_data(data, batch_size, patch_size, threads, as_json, crops, cache_mb, store_dir, streaming) -> None:
+@click.option(
+    "--crops-per-decode",
+    type=click.IntRange(0),
+    help="With --streaming: as for train (0: by the pair's size) [default: train's].",
+)
+@click.option("--shuffle-crops", type=click.IntRange(1), help="With --streaming: as for train [default: train's].")
+def bench_data(
+    data, batch_size, patch_size, threads, as_json, crops, cache_mb, store_dir, streaming, crops_per_decode,
+    shuffle_crops,
+) -> None:  # fmt: skip
     """Data path: the decoded store's build time on 1 and 2 processes, a second run's open time, start-up to a
     first batch, crops/s of one DataLoader worker from the store and without it (decoding every crop, or from
     the worker's decoded cache), peak RSS; and what a GPU would consume, for scale.
@@ -380,15 +389,21 @@ def bench_data(data, batch_size, patch_size, threads, as_json, crops, cache_mb, 
       insanesr-dist pack div2k-sized/ div2k-packed/ && insanesr-dist bench data --streaming --data div2k-packed/
     """
     data = _demo_or(data)
+    if not streaming and (crops_per_decode is not None or shuffle_crops is not None):
+        raise click.UsageError("--crops-per-decode and --shuffle-crops set the streaming path: add --streaming")
     if streaming:
         import stream_speed
         from insanesr_dist.config import TrainConfig
 
         train = TrainConfig()  # training's defaults: what a streaming run uses unless told otherwise
         spec = dict(data=data, batch_size=batch_size, patch_size=patch_size, crops=crops)
-        spec.update(crops_per_decode=train.crops_per_decode, shuffle_crops=train.shuffle_crops)
+        spec.update(
+            crops_per_decode=train.crops_per_decode if crops_per_decode is None else crops_per_decode,
+            shuffle_crops=shuffle_crops or train.shuffle_crops,
+        )
         result = stream_speed.measure(spec)
-        click.echo(json.dumps(result, indent=2) if as_json else stream_speed.describe(result, spec))
+        settings = {key: spec[key] for key in ("crops_per_decode", "shuffle_crops")}
+        click.echo(json.dumps({**result, **settings}, indent=2) if as_json else stream_speed.describe(result, spec))
         return
     spec = {
         "data": data,
