@@ -303,6 +303,10 @@ def test_ranks_states_merge_and_an_incompatible_layout_starts_a_new_pass(shard_f
     three = stream.StreamLoader(source, SETTINGS, world_size=3, state=state, say=lines.append)
     assert_true_windows(take(three, 3))
     assert any("starting pass" in line for line in lines)
+    # a position an earlier version saved (format 1: a buffer of crops) also starts a new pass, saying why
+    older = stream.StreamLoader(source, SETTINGS, state={**state, "format": 1}, say=lines.append)
+    assert_true_windows(take(older, 1))
+    assert any("format 1, not 2): starting pass" in line for line in lines)
 
 
 # ---------------------------------------------------------------------------------------------
