@@ -12,6 +12,7 @@ import torch
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from conftest import (
+    NO_WORKERS,
     TINY,
     accelerate_launch,
     assert_one_line_error,
@@ -194,7 +195,16 @@ def test_config_file_fills_what_the_command_line_leaves(pair_folder, tmp_path):
     config.write_text("epochs: 1\nmax-steps: 2\nbatch_size: 2\nlr: 0.001\n")
     out = tmp_path / "out"
     result = run_cli(
-        "insanesr-dist", "train", "--config", str(config), "--data", str(pair_folder), "--output-dir", str(out), *TINY
+        "insanesr-dist",
+        "train",
+        "--config",
+        str(config),
+        "--data",
+        str(pair_folder),
+        "--output-dir",
+        str(out),
+        *TINY,
+        *NO_WORKERS,
     )
     assert result.returncode == 0, result.stderr[-3000:]
     saved = json.loads((out / "config.json").read_text())
@@ -299,6 +309,7 @@ def test_val_every_submit_every_and_val_max_images_through_the_cli(pair_folder, 
         "--output-dir",
         str(out),
         *TINY,
+        *NO_WORKERS,
         timeout=300,
     )
     assert result.returncode == 0, result.stderr[-3000:]
@@ -394,7 +405,7 @@ def test_epoch_samples_set_the_epoch_and_epoch_ends_save_only_when_a_checkpoint_
     saves at steps 7, 14, 21, 28 mid-epoch; the epoch ends at steps 10 and 20 come 3 and 6 steps after a save,
     so they do not save; the last one always does, as finished."""
     out = tmp_path / "out"
-    args = ("--data", str(pair_folder), "--epochs", "3", "--output-dir", str(out), *TINY)
+    args = ("--data", str(pair_folder), "--epochs", "3", "--output-dir", str(out), *TINY, *NO_WORKERS)
     cadence = ("--epoch-samples", "40", "--checkpoint-every", "7", "--keep-checkpoints", "10")
     result = run_cli(*accelerate_launch(1, *args, *cadence), timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
@@ -443,6 +454,7 @@ def test_init_from_a_run_directory_and_an_exported_folder_starts_from_their_weig
             "--output-dir",
             str(out),
             *TINY,
+            *NO_WORKERS,
             timeout=300,
         )
         assert result.returncode == 0, result.stderr[-3000:]
@@ -496,6 +508,7 @@ def test_early_stopping_ends_the_run_as_finished_at_the_expected_validation(pair
         str(out),
         *extra,
         *TINY,
+        *NO_WORKERS,
     ]
     result = run_cli(*args, timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
@@ -529,6 +542,7 @@ def test_a_finished_run_given_a_larger_budget_continues_from_its_final_state(pai
             "1",
             *args,
             *TINY,
+            *NO_WORKERS,
             timeout=300,
         )
         assert result.returncode == 0, result.stderr[-3000:]

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import TINY, accelerate_launch, assert_one_line_error, run_cli, train_script
+from conftest import NO_WORKERS, TINY, accelerate_launch, assert_one_line_error, run_cli, train_script
 from insanesr_dist.training import precision, runtime
 
 CONFIGS = Path(__file__).resolve().parents[2] / "accelerate_configs"
@@ -109,6 +109,7 @@ def test_a_long_rank_0_preparation_needs_a_long_enough_dist_timeout(pair_folder,
             "--dist-timeout",
             str(timeout_s),
             *TINY,
+            *NO_WORKERS,
             timeout=300,
         )
 
