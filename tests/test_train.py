@@ -3,6 +3,7 @@
 import itertools
 import json
 import math
+import shutil
 from pathlib import Path
 
 import cv2
@@ -525,10 +526,11 @@ def test_early_stopping_ends_the_run_as_finished_at_the_expected_validation(pair
 
 
 @pytest.mark.slow
-def test_a_finished_run_given_a_larger_budget_continues_from_its_final_state(pair_folder, tmp_path):
-    """A finished 1-epoch run rerun with --epochs 2 continues (step count, Adam moments, EMA and RNG carried
-    over): under --schedule constant it ends exactly as a 2-epoch run; under cosine its learning rate follows the
-    new total's schedule from the step it stopped at; the same budget again does nothing."""
+def test_a_finished_run_given_a_larger_budget_continues_from_its_final_state(finished_run, pair_folder, tmp_path):
+    """A finished run rerun with more epochs continues (step count, Adam moments, EMA and RNG carried over): a
+    1-epoch run extended to 2 under --schedule constant ends exactly as a 2-epoch run; under cosine (a copy of
+    finished_run's 2 epochs, extended to 3) its learning rate follows the new total's schedule from the step it
+    stopped at; the same budget again does nothing."""
 
     def train(out: Path, *args: str) -> str:
         result = run_cli(
@@ -563,15 +565,19 @@ def test_a_finished_run_given_a_larger_budget_continues_from_its_final_state(pai
     assert all(torch.equal(mine[k], theirs[k]) for k in theirs)
     assert "already finished" in train(tmp_path / "extended", "--epochs", "2", "--schedule", "constant")
 
-    train(tmp_path / "cosine", "--epochs", "1")
-    train(tmp_path / "cosine", "--epochs", "2")
-    events = EventAccumulator(str(tmp_path / "cosine" / "logs"), size_guidance={"scalars": 0})
+    # finished_run's settings are train()'s with the default (cosine) schedule; the copy leaves it unchanged.
+    cosine = tmp_path / "cosine"
+    shutil.copytree(finished_run[0], cosine)
+    said = train(cosine, "--epochs", "3")
+    assert f"the run had finished: its budget grows from {2 * steps} to {3 * steps} steps" in said
+    events = EventAccumulator(str(cosine / "logs"), size_guidance={"scalars": 0})
     events.Reload()
     lrs = {e.step: e.value for e in events.Scalars("train/lr")}
-    config = json.loads((tmp_path / "cosine" / "config.json").read_text())
-    for step in (steps + 1, 2 * steps):  # the lr set for a step is the schedule's at the steps taken before it
-        expected = lr_at(step - 1, peak=config["lr"], warmup=config["warmup_steps"], total=2 * steps, schedule="cosine")
+    config = json.loads((cosine / "config.json").read_text())
+    for step in (2 * steps + 1, 3 * steps):  # the lr set for a step is the schedule's at the steps taken before it
+        expected = lr_at(step - 1, peak=config["lr"], warmup=config["warmup_steps"], total=3 * steps, schedule="cosine")
         assert lrs[step] == pytest.approx(expected, rel=1e-6)
-    assert lrs[steps] == pytest.approx(
-        lr_at(steps - 1, peak=config["lr"], warmup=config["warmup_steps"], total=steps, schedule="cosine"), rel=1e-6
+    assert lrs[2 * steps] == pytest.approx(
+        lr_at(2 * steps - 1, peak=config["lr"], warmup=config["warmup_steps"], total=2 * steps, schedule="cosine"),
+        rel=1e-6,
     )
