@@ -243,7 +243,7 @@ def test_bad_input_is_one_line_and_a_nonzero_exit(tmp_path, setup, args, needles
         (tmp_path / "d" / "train" / "LR" / "img_002.png").write_bytes(b"\x89PNG truncated")
     (tmp_path / "bad.yaml").write_text("epoch_count: 3\n")
     args = [a.replace("{tmp}", str(tmp_path)) for a in args]
-    result = run_cli("insanesr-dist", "train", "--output-dir", str(tmp_path / "out"), *TINY, *args)
+    result = run_cli("insanesr-dist", "train", "--output-dir", str(tmp_path / "out"), *TINY, *NO_WORKERS, *args)
     assert_one_line_error(result, *needles)
     assert not (tmp_path / "out" / "metrics.jsonl").exists()
 
@@ -252,19 +252,14 @@ def test_bad_input_is_one_line_and_a_nonzero_exit(tmp_path, setup, args, needles
 def test_a_finished_run_is_never_overwritten(finished_run, pair_folder):
     out, _ = finished_run
     before = {p: p.read_bytes() for p in out.glob("*.safetensors")}
+    command = ("insanesr-dist", "train", "--data", str(pair_folder), "--output-dir", str(out), *TINY, *NO_WORKERS)
     # The same budget (a larger one trains the finished run further, see below)
-    again = run_cli(
-        "insanesr-dist", "train", "--data", str(pair_folder), "--output-dir", str(out), "--epochs", "2", *TINY
-    )
+    again = run_cli(*command, "--epochs", "2")
     assert again.returncode == 0 and "already finished" in again.stdout, again.stderr
-    fresh = run_cli(
-        "insanesr-dist", "train", "--data", str(pair_folder), "--output-dir", str(out), *TINY, "--resume", "none"
-    )
+    fresh = run_cli(*command, "--resume", "none")
     assert_one_line_error(fresh, "already holds a run")
     # The checkpoint holds an EMA state (the default recipe): continuing without one is refused, not a traceback.
-    no_ema = run_cli(
-        "insanesr-dist", "train", "--data", str(pair_folder), "--output-dir", str(out), *TINY, "--ema-decay", "0"
-    )
+    no_ema = run_cli(*command, "--ema-decay", "0")
     assert_one_line_error(no_ema, "cannot resume with --ema-decay 0", "--ema-decay 0.999")
     assert {p: p.read_bytes() for p in out.glob("*.safetensors")} == before
 
@@ -365,11 +360,12 @@ def test_every_epoch_reaches_the_dataset_also_through_a_sharded_loader(pair_fold
 def test_val_every_steps_and_submit_every_steps_evaluate_mid_epoch_without_changing_training(finished_run, pair_folder):
     """The step forms evaluate mid-epoch (TensorBoard, best/latest weights, step CSVs, a console line), leave
     the epoch's last step to the epoch end, keep metrics.jsonl a line per epoch, and change nothing of the
-    training: the same command as finished_run's, plus the step flags, ends with its losses and weights."""
+    training: the same command as finished_run's, plus the step flags and without its DataLoader worker (a
+    setting that changes no result), ends with its losses and weights."""
     reference, _ = finished_run
     out = reference.parent / "steps"
     steps = ("--val-every-steps", "2", "--submit-every-steps", "3")
-    result = run_cli(*finished_run_command(pair_folder, out, *steps), timeout=300)
+    result = run_cli(*finished_run_command(pair_folder, out, *steps, *NO_WORKERS), timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
     records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     expected = [json.loads(line) for line in (reference / "metrics.jsonl").read_text().splitlines()]
