@@ -33,6 +33,10 @@ TINY = [
     "--panel-images",
     "2",
 ]
+# For runs whose test is not about the DataLoader workers: the batches are cut in the training process, which
+# saves each run the workers' fork server (one more interpreter importing torch, ~1.7 s of CPU). The worker
+# count is a setting a run may change on resume without changing its result (training/resume.py's RESUMABLE).
+NO_WORKERS = ["--num-workers", "0"]
 
 
 @pytest.fixture(autouse=True, scope="session")

@@ -294,7 +294,8 @@ def start_training_job(data: Path, out: Path, log: Path, epochs: int) -> str:
 def test_sbatch_preempted_job_requeues_resumes_and_finishes(slurm, data, tmp_path):
     """What `#SBATCH --signal=USR1@120` does before the time limit, now: SIGUSR1 to the job steps."""
     out, log = tmp_path / "run", tmp_path / "slurm.out"
-    epochs = 30  # 60 steps: long enough to still be training when the signal lands
+    # 24 steps: still training when the signal lands (a second or two after epoch 1's record), 11 epochs on
+    epochs = 12
     job = start_training_job(data, out, log, epochs)
     # Without --full/--batch, scancel signals the job steps only, not the batch shell: as --signal=USR1@120.
     subprocess.run(["scancel", "--signal=USR1", job], check=True, timeout=30)
@@ -334,7 +335,7 @@ def test_sbatch_multi_node_preemption_requeues_even_when_the_requeue_is_slow(slu
     real = subprocess.run(["which", "scontrol"], capture_output=True, text=True, check=True).stdout.strip()
     (bin_dir / "scontrol").write_text(SLOW_REQUEUE.format(scontrol=real, seconds=3 * KILL_WAIT))
     (bin_dir / "scontrol").chmod(0o755)
-    epochs = 30
+    epochs = 12  # as in the test above
     path = f"{bin_dir}{os.pathsep}{VENV_BIN}{os.pathsep}{os.environ['PATH']}"
     job = submit("slurm_multi_node.sbatch", log, PATH=path, **knobs(data, out, epochs))
     metrics = out / "metrics.jsonl"

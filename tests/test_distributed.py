@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from conftest import TINY, accelerate_launch, independent_val_jm, run_cli
+from conftest import NO_WORKERS, TINY, accelerate_launch, independent_val_jm, run_cli
 from insanesr_dist.scoring.submission import read_submission
 
 pytestmark = pytest.mark.slow
@@ -27,6 +27,7 @@ def test_two_process_ddp_gathers_every_image_once(pair_folder, tmp_path):
         "--store-dir",
         str(tmp_path / "store"),
         *TINY,
+        *NO_WORKERS,
     )
     assert result.returncode == 0, result.stderr[-4000:]
     assert "2 process(es)" in result.stdout

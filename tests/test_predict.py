@@ -10,7 +10,16 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import TINY, accelerate_launch, assert_one_line_error, make_pair_folder, read_rgb, run_cli, write_png
+from conftest import (
+    NO_WORKERS,
+    TINY,
+    accelerate_launch,
+    assert_one_line_error,
+    make_pair_folder,
+    read_rgb,
+    run_cli,
+    write_png,
+)
 from insanesr_dist.errors import UserError
 from insanesr_dist.inference.tiles import (
     RAMP,
@@ -267,6 +276,7 @@ def test_tta_raises_the_jm_of_a_trained_model_on_unseen_images(pair_folder, tmp_
         "--output-dir",
         str(run),
         *TINY,
+        *NO_WORKERS,
         "--preset",
         "report",
     )

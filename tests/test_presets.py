@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 
-from conftest import run_cli
+from conftest import NO_WORKERS, run_cli
 from insanesr_dist.config import TrainConfig
 from insanesr_dist.model.architecture import InsaneSRNet, ModelConfig, count_parameters
 from insanesr_dist.model.files import read_metadata
@@ -144,7 +144,7 @@ def test_a_report_preset_run_from_a_config_file_finishes_records_its_recipe_and_
     config = tmp_path / "report.yaml"
     config.write_text("preset: seed\nlr: 0.0003\nbatch-size: 1\n")  # the recipe's former name
     out = tmp_path / "report"
-    command = ["insanesr-dist", "train", "--data", str(pair_folder), "--output-dir", str(out), *TINY_MODEL]
+    command = ["insanesr-dist", "train", "--data", str(pair_folder), "--output-dir", str(out), *TINY_MODEL, *NO_WORKERS]
     result = run_cli(*command, "--config", str(config), "--max-steps", "2", "--lr", "0.0002")
     assert result.returncode == 0, result.stderr[-3000:]
     saved = json.loads((out / "config.json").read_text())
@@ -178,6 +178,7 @@ def test_a_default_preset_run_saves_the_ema_weights(pair_folder, tmp_path):
         "--batch-size",
         "4",
         *TINY_MODEL,
+        *NO_WORKERS,
     )
     assert result.returncode == 0, result.stderr[-3000:]
     saved = json.loads((out / "config.json").read_text())

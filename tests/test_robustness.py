@@ -17,7 +17,7 @@ from PIL import Image
 from safetensors.torch import load_file
 
 from bad_data import PATCH, make_bad_folder, make_empty_folder
-from conftest import TINY, assert_one_line_error, make_pair_folder, run_cli, run_train_script
+from conftest import NO_WORKERS, TINY, assert_one_line_error, make_pair_folder, run_cli, run_train_script
 from insanesr_dist import atomic
 from insanesr_dist.data import images, pairs
 from insanesr_dist.data.splits import load_splits
@@ -241,18 +241,18 @@ class Custom(Trainer):
 """
 
 
-def _bad_step_run(tmp_path: Path, *more: str) -> tuple[Path, list[str]]:
-    """The output folder and arguments of a short tiny-model float32 run on fresh data that stops after 3 bad
-    optimizer steps in a row, a loss line every step; `more` flags after the tiny model's."""
-    data = make_pair_folder(tmp_path / "d", num_train=23, num_test=2)
+def _bad_step_run(data: Path, tmp_path: Path, *more: str) -> tuple[Path, list[str]]:
+    """The output folder and arguments of a short tiny-model float32 run on `data` (conftest's pair_folder: 20
+    training pairs, 5 steps an epoch) that stops after 3 bad optimizer steps in a row, a loss line every step;
+    `more` flags after the tiny model's. No DataLoader workers: the bad steps are the training process's."""
     out = tmp_path / "run"
-    args = ["--data", str(data), *TINY, *more, "--log-every", "1", "--max-bad-steps", "3"]
+    args = ["--data", str(data), *TINY, *NO_WORKERS, *more, "--log-every", "1", "--max-bad-steps", "3"]
     return out, [*args, "--mixed-precision", "no", "--output-dir", str(out)]
 
 
 @pytest.mark.slow
-def test_a_run_of_non_finite_steps_stops_and_keeps_the_last_good_files(tmp_path):
-    out, args = _bad_step_run(tmp_path, "--epochs", "3")
+def test_a_run_of_non_finite_steps_stops_and_keeps_the_last_good_files(pair_folder, tmp_path):
+    out, args = _bad_step_run(pair_folder, tmp_path, "--epochs", "3")
     result = run_train_script(NAN_AFTER.format(after=5), *args)
     assert_one_line_error(result, "3 optimizer steps in a row", "--max-bad-steps 3")
     assert "warning: skipped 1 optimizer step(s)" in result.stdout + result.stderr
@@ -272,16 +272,16 @@ class Custom(Trainer):
 """
 
 
-def _default_preset_run(tmp_path: Path, nan_first: int, nan_last: int):
+def _default_preset_run(data: Path, tmp_path: Path, nan_first: int, nan_last: int):
     """A short run with --preset default (its loss has the SSIM term) whose model forward returns NaN on
     training steps nan_first..nan_last."""
-    out, args = _bad_step_run(tmp_path, "--preset", "default", "--panel-images", "0", "--epochs", "2")
+    out, args = _bad_step_run(data, tmp_path, "--preset", "default", "--panel-images", "0", "--epochs", "2")
     return out, run_train_script(NAN_FORWARD.format(first=nan_first, last=nan_last), *args)
 
 
 @pytest.mark.slow
-def test_a_nan_forward_under_the_default_loss_skips_its_steps_and_the_run_finishes(tmp_path):
-    out, result = _default_preset_run(tmp_path, nan_first=3, nan_last=4)
+def test_a_nan_forward_under_the_default_loss_skips_its_steps_and_the_run_finishes(pair_folder, tmp_path):
+    out, result = _default_preset_run(pair_folder, tmp_path, nan_first=3, nan_last=4)
     output = result.stdout + result.stderr
     assert result.returncode == 0, output[-3000:]
     assert "Traceback" not in result.stderr, result.stderr
@@ -293,8 +293,8 @@ def test_a_nan_forward_under_the_default_loss_skips_its_steps_and_the_run_finish
 
 
 @pytest.mark.slow
-def test_a_forward_that_is_always_nan_under_the_default_loss_stops_with_one_line(tmp_path):
-    out, result = _default_preset_run(tmp_path, nan_first=1, nan_last=10**9)
+def test_a_forward_that_is_always_nan_under_the_default_loss_stops_with_one_line(pair_folder, tmp_path):
+    out, result = _default_preset_run(pair_folder, tmp_path, nan_first=1, nan_last=10**9)
     assert_one_line_error(result, "3 optimizer steps in a row", "--max-bad-steps 3")
     assert not (out / "best.safetensors").exists()  # no epoch finished, so nothing trained on NaNs was saved
 

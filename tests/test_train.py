@@ -3,6 +3,7 @@
 import itertools
 import json
 import math
+import shutil
 from pathlib import Path
 
 import cv2
@@ -12,6 +13,7 @@ import torch
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from conftest import (
+    NO_WORKERS,
     TINY,
     accelerate_launch,
     assert_one_line_error,
@@ -194,7 +196,16 @@ def test_config_file_fills_what_the_command_line_leaves(pair_folder, tmp_path):
     config.write_text("epochs: 1\nmax-steps: 2\nbatch_size: 2\nlr: 0.001\n")
     out = tmp_path / "out"
     result = run_cli(
-        "insanesr-dist", "train", "--config", str(config), "--data", str(pair_folder), "--output-dir", str(out), *TINY
+        "insanesr-dist",
+        "train",
+        "--config",
+        str(config),
+        "--data",
+        str(pair_folder),
+        "--output-dir",
+        str(out),
+        *TINY,
+        *NO_WORKERS,
     )
     assert result.returncode == 0, result.stderr[-3000:]
     saved = json.loads((out / "config.json").read_text())
@@ -232,7 +243,7 @@ def test_bad_input_is_one_line_and_a_nonzero_exit(tmp_path, setup, args, needles
         (tmp_path / "d" / "train" / "LR" / "img_002.png").write_bytes(b"\x89PNG truncated")
     (tmp_path / "bad.yaml").write_text("epoch_count: 3\n")
     args = [a.replace("{tmp}", str(tmp_path)) for a in args]
-    result = run_cli("insanesr-dist", "train", "--output-dir", str(tmp_path / "out"), *TINY, *args)
+    result = run_cli("insanesr-dist", "train", "--output-dir", str(tmp_path / "out"), *TINY, *NO_WORKERS, *args)
     assert_one_line_error(result, *needles)
     assert not (tmp_path / "out" / "metrics.jsonl").exists()
 
@@ -241,19 +252,14 @@ def test_bad_input_is_one_line_and_a_nonzero_exit(tmp_path, setup, args, needles
 def test_a_finished_run_is_never_overwritten(finished_run, pair_folder):
     out, _ = finished_run
     before = {p: p.read_bytes() for p in out.glob("*.safetensors")}
+    command = ("insanesr-dist", "train", "--data", str(pair_folder), "--output-dir", str(out), *TINY, *NO_WORKERS)
     # The same budget (a larger one trains the finished run further, see below)
-    again = run_cli(
-        "insanesr-dist", "train", "--data", str(pair_folder), "--output-dir", str(out), "--epochs", "2", *TINY
-    )
+    again = run_cli(*command, "--epochs", "2")
     assert again.returncode == 0 and "already finished" in again.stdout, again.stderr
-    fresh = run_cli(
-        "insanesr-dist", "train", "--data", str(pair_folder), "--output-dir", str(out), *TINY, "--resume", "none"
-    )
+    fresh = run_cli(*command, "--resume", "none")
     assert_one_line_error(fresh, "already holds a run")
     # The checkpoint holds an EMA state (the default recipe): continuing without one is refused, not a traceback.
-    no_ema = run_cli(
-        "insanesr-dist", "train", "--data", str(pair_folder), "--output-dir", str(out), *TINY, "--ema-decay", "0"
-    )
+    no_ema = run_cli(*command, "--ema-decay", "0")
     assert_one_line_error(no_ema, "cannot resume with --ema-decay 0", "--ema-decay 0.999")
     assert {p: p.read_bytes() for p in out.glob("*.safetensors")} == before
 
@@ -299,6 +305,7 @@ def test_val_every_submit_every_and_val_max_images_through_the_cli(pair_folder, 
         "--output-dir",
         str(out),
         *TINY,
+        *NO_WORKERS,
         timeout=300,
     )
     assert result.returncode == 0, result.stderr[-3000:]
@@ -353,11 +360,12 @@ def test_every_epoch_reaches_the_dataset_also_through_a_sharded_loader(pair_fold
 def test_val_every_steps_and_submit_every_steps_evaluate_mid_epoch_without_changing_training(finished_run, pair_folder):
     """The step forms evaluate mid-epoch (TensorBoard, best/latest weights, step CSVs, a console line), leave
     the epoch's last step to the epoch end, keep metrics.jsonl a line per epoch, and change nothing of the
-    training: the same command as finished_run's, plus the step flags, ends with its losses and weights."""
+    training: the same command as finished_run's, plus the step flags and without its DataLoader worker (a
+    setting that changes no result), ends with its losses and weights."""
     reference, _ = finished_run
     out = reference.parent / "steps"
     steps = ("--val-every-steps", "2", "--submit-every-steps", "3")
-    result = run_cli(*finished_run_command(pair_folder, out, *steps), timeout=300)
+    result = run_cli(*finished_run_command(pair_folder, out, *steps, *NO_WORKERS), timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
     records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     expected = [json.loads(line) for line in (reference / "metrics.jsonl").read_text().splitlines()]
@@ -394,7 +402,7 @@ def test_epoch_samples_set_the_epoch_and_epoch_ends_save_only_when_a_checkpoint_
     saves at steps 7, 14, 21, 28 mid-epoch; the epoch ends at steps 10 and 20 come 3 and 6 steps after a save,
     so they do not save; the last one always does, as finished."""
     out = tmp_path / "out"
-    args = ("--data", str(pair_folder), "--epochs", "3", "--output-dir", str(out), *TINY)
+    args = ("--data", str(pair_folder), "--epochs", "3", "--output-dir", str(out), *TINY, *NO_WORKERS)
     cadence = ("--epoch-samples", "40", "--checkpoint-every", "7", "--keep-checkpoints", "10")
     result = run_cli(*accelerate_launch(1, *args, *cadence), timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
@@ -443,6 +451,7 @@ def test_init_from_a_run_directory_and_an_exported_folder_starts_from_their_weig
             "--output-dir",
             str(out),
             *TINY,
+            *NO_WORKERS,
             timeout=300,
         )
         assert result.returncode == 0, result.stderr[-3000:]
@@ -496,6 +505,7 @@ def test_early_stopping_ends_the_run_as_finished_at_the_expected_validation(pair
         str(out),
         *extra,
         *TINY,
+        *NO_WORKERS,
     ]
     result = run_cli(*args, timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
@@ -512,10 +522,11 @@ def test_early_stopping_ends_the_run_as_finished_at_the_expected_validation(pair
 
 
 @pytest.mark.slow
-def test_a_finished_run_given_a_larger_budget_continues_from_its_final_state(pair_folder, tmp_path):
-    """A finished 1-epoch run rerun with --epochs 2 continues (step count, Adam moments, EMA and RNG carried
-    over): under --schedule constant it ends exactly as a 2-epoch run; under cosine its learning rate follows the
-    new total's schedule from the step it stopped at; the same budget again does nothing."""
+def test_a_finished_run_given_a_larger_budget_continues_from_its_final_state(finished_run, pair_folder, tmp_path):
+    """A finished run rerun with more epochs continues (step count, Adam moments, EMA and RNG carried over): a
+    1-epoch run extended to 2 under --schedule constant ends exactly as a 2-epoch run; under cosine (a copy of
+    finished_run's 2 epochs, extended to 3) its learning rate follows the new total's schedule from the step it
+    stopped at; the same budget again does nothing."""
 
     def train(out: Path, *args: str) -> str:
         result = run_cli(
@@ -529,6 +540,7 @@ def test_a_finished_run_given_a_larger_budget_continues_from_its_final_state(pai
             "1",
             *args,
             *TINY,
+            *NO_WORKERS,
             timeout=300,
         )
         assert result.returncode == 0, result.stderr[-3000:]
@@ -549,15 +561,19 @@ def test_a_finished_run_given_a_larger_budget_continues_from_its_final_state(pai
     assert all(torch.equal(mine[k], theirs[k]) for k in theirs)
     assert "already finished" in train(tmp_path / "extended", "--epochs", "2", "--schedule", "constant")
 
-    train(tmp_path / "cosine", "--epochs", "1")
-    train(tmp_path / "cosine", "--epochs", "2")
-    events = EventAccumulator(str(tmp_path / "cosine" / "logs"), size_guidance={"scalars": 0})
+    # finished_run's settings are train()'s with the default (cosine) schedule; the copy leaves it unchanged.
+    cosine = tmp_path / "cosine"
+    shutil.copytree(finished_run[0], cosine)
+    said = train(cosine, "--epochs", "3")
+    assert f"the run had finished: its budget grows from {2 * steps} to {3 * steps} steps" in said
+    events = EventAccumulator(str(cosine / "logs"), size_guidance={"scalars": 0})
     events.Reload()
     lrs = {e.step: e.value for e in events.Scalars("train/lr")}
-    config = json.loads((tmp_path / "cosine" / "config.json").read_text())
-    for step in (steps + 1, 2 * steps):  # the lr set for a step is the schedule's at the steps taken before it
-        expected = lr_at(step - 1, peak=config["lr"], warmup=config["warmup_steps"], total=2 * steps, schedule="cosine")
+    config = json.loads((cosine / "config.json").read_text())
+    for step in (2 * steps + 1, 3 * steps):  # the lr set for a step is the schedule's at the steps taken before it
+        expected = lr_at(step - 1, peak=config["lr"], warmup=config["warmup_steps"], total=3 * steps, schedule="cosine")
         assert lrs[step] == pytest.approx(expected, rel=1e-6)
-    assert lrs[steps] == pytest.approx(
-        lr_at(steps - 1, peak=config["lr"], warmup=config["warmup_steps"], total=steps, schedule="cosine"), rel=1e-6
+    assert lrs[2 * steps] == pytest.approx(
+        lr_at(2 * steps - 1, peak=config["lr"], warmup=config["warmup_steps"], total=2 * steps, schedule="cosine"),
+        rel=1e-6,
     )

@@ -20,6 +20,10 @@ from insanesr_dist.data.pairs import cell_name
 from insanesr_dist.data.sources import Columns, load_folders, load_table, probe_lr
 from insanesr_dist.errors import UserError
 
+# The store's decoding processes start from the DataLoader workers' fork server, an interpreter that imports
+# torch first (seconds of CPU): a set of fewer pairs than this is decoded sooner by this process alone.
+FEW_PAIRS = 32
+
 
 @dataclass
 class Splits:
@@ -105,7 +109,8 @@ def load_splits(
     Bad files or pairs (the rules of pairs.py, the same ones `check-data` applies) stop the run with
     one line naming the first, or with `on_bad_sample="skip"` are left out and each logged once through
     `say` (so are, then, pairs too small for a `patch_size` crop). `store_dir`, `store_gb`: the decoded store's
-    folder and budget; `store_workers`: processes that build it (default: one per usable core).
+    folder and budget; `store_workers`: processes that build it (default: one per usable core; this process
+    alone for fewer than FEW_PAIRS pairs).
     """
     source = os.fspath(data) if data is not None else None
     bad: list[pairs.Finding] = []
@@ -131,7 +136,7 @@ def load_splits(
             scale=scale,
             store_dir=store_dir,
             budget_gb=store_gb,
-            workers=store_workers or len(os.sched_getaffinity(0)),
+            workers=store_workers or (1 if len(train) < FEW_PAIRS else len(os.sched_getaffinity(0))),
             say=say,
         )
         pixels = decoded if decoded.pixels else None

@@ -303,6 +303,7 @@ def test_the_command_prints_the_table_and_exits_by_the_rows(fake_children, monke
 # The children, for real, on the CPU
 
 
+@pytest.mark.slow
 def test_the_training_nan_and_jm_checks_run_end_to_end_on_the_cpu(pair_folder, tmp_path):
     # The run the GPU gets up to the bench rows, on tiny settings: both sync runs (fp16 trains in bf16 on a CPU),
     # the NaN step and the JM of the bf16 run's weights, each in its own process, with the real limits.
@@ -323,6 +324,7 @@ def test_the_training_nan_and_jm_checks_run_end_to_end_on_the_cpu(pair_folder, t
     assert "delta +0.0000" in rows[4].result and "max /SR difference/ 0.00e+00" in markdown_table(rows)  # TF32: GPU
 
 
+@pytest.mark.slow
 def test_a_bench_row_is_one_process_and_its_json_is_read_past_the_training_lines(pair_folder):
     from gpu_checks import _rows_bench, bench_command
 

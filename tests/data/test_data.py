@@ -8,7 +8,7 @@ import pytest
 import torch
 from torch.utils.data import DataLoader
 
-from conftest import TINY, assert_one_line_error, make_pair_folder, read_rgb, run_cli, run_tree, write_png
+from conftest import NO_WORKERS, TINY, assert_one_line_error, make_pair_folder, read_rgb, run_cli, run_tree, write_png
 from insanesr_dist.data import crops as C
 from insanesr_dist.data import loaders, pairs
 from insanesr_dist.data.splits import check_patch_size, load_splits
@@ -416,6 +416,7 @@ def test_train_and_check_data_on_a_hub_folder_through_the_cli(tmp_path):
         "--max-steps",
         "1",
         *TINY,
+        *NO_WORKERS,
         "--output-dir",
         str(out),
     )

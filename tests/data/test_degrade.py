@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from conftest import TINY, make_pair_folder, run_cli, write_png
+from conftest import NO_WORKERS, TINY, make_pair_folder, run_cli, write_png
 from insanesr_dist.data.degrade import lr_from_hr, mod_crop
 from insanesr_dist.data.loaders import EvalImages
 from insanesr_dist.data.splits import load_splits
@@ -92,7 +92,17 @@ def test_hr_only_training_equals_training_on_the_lr_files_the_kernel_made(tmp_pa
     for name, extra in (("files", [str(pairs)]), ("hr-only", [str(hr_only), "--lr-from-hr", "bicubic"])):
         out = tmp_path / f"run-{name}"
         result = run_cli(
-            "insanesr-dist", "train", "--data", *extra, "--epochs", "2", "--output-dir", str(out), *TINY, timeout=300
+            "insanesr-dist",
+            "train",
+            "--data",
+            *extra,
+            "--epochs",
+            "2",
+            "--output-dir",
+            str(out),
+            *TINY,
+            *NO_WORKERS,
+            timeout=300,
         )
         assert result.returncode == 0, result.stderr[-3000:]
         records[name] = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]

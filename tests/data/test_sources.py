@@ -9,7 +9,7 @@ import cv2
 import numpy as np
 import pytest
 
-from conftest import TINY, assert_one_line_error, read_rgb, run_cli, write_png
+from conftest import NO_WORKERS, TINY, assert_one_line_error, read_rgb, run_cli, write_png
 from insanesr_dist.data import pairs as samples
 from insanesr_dist.data.loaders import EvalImages
 from insanesr_dist.data.splits import load_splits
@@ -191,6 +191,7 @@ def test_each_layout_trains_one_step_and_passes_check_data_through_the_cli(tmp_p
             "--output-dir",
             str(out),
             *TINY,
+            *NO_WORKERS,
             timeout=300,
         )
         assert result.returncode == 0, result.stderr[-3000:]

@@ -127,7 +127,8 @@ from insanesr_dist.errors import UserError
 if sys.argv[3] == "limit":
     resource.setrlimit(resource.RLIMIT_FSIZE, (40_000, 40_000))  # as a full disk: the OS refuses the write
 try:
-    D.load_splits(sys.argv[1], val_fraction=0.25, seed=0, store_dir=sys.argv[2])
+    # Two decoding processes, as a larger set gets: the write the OS refuses is theirs
+    D.load_splits(sys.argv[1], val_fraction=0.25, seed=0, store_dir=sys.argv[2], store_workers=2)
 except UserError as e:
     sys.exit(f"Error: {e.message}")
 """

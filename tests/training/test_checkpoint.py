@@ -13,7 +13,7 @@ import torch
 from safetensors.torch import load_file
 from tensorboard.backend.event_processing.event_file_loader import LegacyEventFileLoader
 
-from conftest import TINY, accelerate_launch, kill_tree, run_cli, run_tree
+from conftest import NO_WORKERS, TINY, accelerate_launch, kill_tree, run_cli, run_tree
 from insanesr_dist.errors import UserError
 from insanesr_dist.training import checkpoint, preemption
 from insanesr_dist.training.state import TrainState
@@ -147,9 +147,12 @@ def newest_complete(out: Path) -> Path | None:
 @pytest.mark.slow
 @pytest.mark.parametrize("processes", [1, 2])
 def test_kill_9_and_rerun_equals_an_uninterrupted_run(pair_folder, tmp_path, processes):
-    args = ["--data", str(pair_folder), *TINY, *RUN]
+    # One process: the killed run and its rerun cut their batches in a DataLoader worker, the reference in the
+    # training process; a worker count must not change a result (a resume may change it), so they still agree.
+    # Two: no workers at all, the sharding over ranks is what this case adds.
+    args = ["--data", str(pair_folder), *TINY, *RUN, *(NO_WORKERS if processes == 2 else [])]
     reference = tmp_path / "reference"
-    done = run_tree(accelerate_launch(processes, *args, "--output-dir", str(reference)), timeout=600)
+    done = run_tree(accelerate_launch(processes, *args, *NO_WORKERS, "--output-dir", str(reference)), timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
 
     out = tmp_path / "killed"
@@ -181,7 +184,7 @@ def test_kill_9_and_rerun_equals_an_uninterrupted_run(pair_folder, tmp_path, pro
     epochs = [json.loads(line)["epoch"] for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert epochs == [1, 2, 3]  # records of epochs redone after the checkpoint are not duplicated
     # A third run of the same command has nothing left to do.
-    again = run_cli(*accelerate_launch(1, *args, "--output-dir", str(out)))
+    again = run_cli(*accelerate_launch(1, *args, *NO_WORKERS, "--output-dir", str(out)))
     assert again.returncode == 0 and "already finished" in again.stdout
 
 
@@ -323,7 +326,7 @@ def killed_after_a_checkpoint(command: list[str], out: Path) -> Path:
 @pytest.mark.slow
 @pytest.mark.parametrize("before, after", [(2, 1), (1, 2)])
 def test_resuming_with_another_process_count_says_so_and_finishes(pair_folder, tmp_path, before, after):
-    args = ["--data", str(pair_folder), *TINY, "--batch-size", "2", "--checkpoint-every", "2"]
+    args = ["--data", str(pair_folder), *TINY, *NO_WORKERS, "--batch-size", "2", "--checkpoint-every", "2"]
     out = tmp_path / "out"
     saved = killed_after_a_checkpoint(accelerate_launch(before, *args, "--epochs", "30", "--output-dir", str(out)), out)
     state = checkpoint.read_state(saved)

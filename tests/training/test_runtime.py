@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import TINY, accelerate_launch, assert_one_line_error, run_cli, train_script
+from conftest import NO_WORKERS, TINY, accelerate_launch, assert_one_line_error, run_cli, train_script
 from insanesr_dist.training import precision, runtime
 
 CONFIGS = Path(__file__).resolve().parents[2] / "accelerate_configs"
@@ -86,7 +86,7 @@ class Custom(Trainer):
     def load_data(self):
         with self.accelerator.main_process_first():
             if self.accelerator.is_main_process:
-                time.sleep(10)  # a first run preparing a large dataset, while rank 1 waits in a barrier
+                time.sleep(6)  # a first run preparing a large dataset, while rank 1 waits in a barrier
         return super().load_data()
 """
 
@@ -109,13 +109,14 @@ def test_a_long_rank_0_preparation_needs_a_long_enough_dist_timeout(pair_folder,
             "--dist-timeout",
             str(timeout_s),
             *TINY,
+            *NO_WORKERS,
             timeout=300,
         )
 
-    short = launch(5, "short")
+    short = launch(2, "short")  # 4 s less than rank 0's wait: room for the ranks' uneven starts
     assert short.returncode != 0
     lines = [line for line in short.stderr.splitlines() if line.startswith("Error:") and "--dist-timeout" in line]
-    assert lines and "rank 1: waited longer than --dist-timeout 5 s" in lines[0], short.stderr[-3000:]
+    assert lines and "rank 1: waited longer than --dist-timeout 2 s" in lines[0], short.stderr[-3000:]
     # (torchrun then prints its own ChildFailedError traceback; none comes from the toolkit's code)
     assert not [
         line for line in short.stderr.splitlines() if line.lstrip().startswith('File "') and "insanesr_dist" in line

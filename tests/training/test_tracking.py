@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from conftest import TINY, assert_one_line_error, free_port, read_rgb, run_cli, upscale
+from conftest import NO_WORKERS, TINY, assert_one_line_error, free_port, read_rgb, run_cli, upscale
 from insanesr_dist.model.weights import load_model
 
 RUN = "logs"  # the run name TensorBoard gives OUT/logs when started with --logdir OUT
@@ -179,6 +179,7 @@ def test_epochs_shorter_than_log_every_still_log_their_training_loss(pair_folder
         "--output-dir",
         str(out),
         *TINY[:-2],
+        *NO_WORKERS,
         timeout=600,
     )
     assert result.returncode == 0, result.stderr[-3000:]
@@ -218,6 +219,7 @@ def test_report_to_mlflow_receives_the_same_scalars_and_settings(pair_folder, tm
         "--output-dir",
         str(out),
         *TINY,
+        *NO_WORKERS,
         timeout=300,
     )
     assert result.returncode == 0, result.stderr[-3000:]
@@ -245,6 +247,7 @@ def test_an_unknown_or_missing_tracker_is_one_line(pair_folder, tmp_path):
         "--output-dir",
         str(tmp_path / "out"),
         *TINY,
+        *NO_WORKERS,
         timeout=120,
     )
     assert_one_line_error(result, "--report-to tensorbored: no tracker 'tensorbored'", "mlflow")
