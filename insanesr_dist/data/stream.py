@@ -341,23 +341,21 @@ class Lane:
         keys = np.zeros((max(capacity, len(restored)), 3), np.int64)  # (k, row, next crop) of each pooled pair
         keys[: len(restored)] = np.array([key for key, _ in restored], np.int64).reshape(-1, 3)
         pool = [crops for _, crops in restored]  # each pair's crops left, last first
-        cut = [key[2] + len(crops) for key, crops in restored]  # each pair's crops in all
-        total, out, fresh = sum(cut), [], self._pairs(going_on)
+        total = sum(key[2] + len(crops) for key, crops in restored)  # the pooled pairs' crops in all
+        out, fresh = [], self._pairs(going_on)
         while True:
             while total < capacity:
                 (k, r), crops = next(fresh)
                 keys[len(pool)] = (k, r, 0)
                 pool.append(crops)
-                cut.append(len(crops))
                 total += len(crops)
             slot = crop_draws(s.seed, (1 << 40) + self.index, self.emitted)[0] % len(pool)
             out.append(pool[slot].pop())
             keys[slot, 2] += 1
-            if not pool[slot]:  # the pair is used up: the pool's last pair takes its slot
-                total -= cut[slot]
-                pool[slot], cut[slot], keys[slot] = pool[-1], cut[-1], keys[len(pool) - 1]
+            if not pool[slot]:  # used up: its next crop is its count; the pool's last pair takes its slot
+                total -= int(keys[slot, 2])
+                pool[slot], keys[slot] = pool[-1], keys[len(pool) - 1]
                 pool.pop()
-                cut.pop()
             self.emitted += 1
             if len(out) == s.batch_size:
                 self.batches_made += 1

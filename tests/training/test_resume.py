@@ -8,7 +8,7 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 import torch
 
-from conftest import TINY, run_cli
+from conftest import NO_WORKERS, TINY, run_cli
 from insanesr_dist.model.weights import load_model
 
 
@@ -21,7 +21,7 @@ def test_a_max_steps_cut_inside_an_epoch_goes_on_from_there_given_more_steps(pai
     def train(out: str, steps: int) -> str:
         result = run_cli(
             *("insanesr-dist", "train", "--data", str(pair_folder), "--output-dir", str(tmp_path / out)),
-            *("--epochs", "1", "--max-steps", str(steps), "--schedule", "constant", "--num-workers", "0"),
+            *("--epochs", "1", "--max-steps", str(steps), "--schedule", "constant", *NO_WORKERS),
             *TINY,
             timeout=300,
         )
