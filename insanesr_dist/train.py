@@ -27,9 +27,10 @@ def train(cfg: TrainConfig, trainer_class: type[Trainer] = Trainer) -> Path:
     """Train with `cfg` (a `trainer_class` trainer: a subclass for tools and tests), continuing from the newest
     complete checkpoint when there is one; returns the run directory."""
     # The DataLoader workers' fork server first: starting it (and multiprocessing's resource tracker with it)
-    # unblocks SIGTERM in this process, so the preemption flag's signal block must come after it.
+    # unblocks SIGTERM in this process, so the preemption flag's signal block must come after it. The server
+    # itself keeps the stop signals blocked (see data/workers.py).
     if cfg.num_workers:
-        start_worker_server()
+        start_worker_server(blocking=PreemptionFlag.SIGNALS)
     # Then, before any thread exists: threads inherit the signal block (and so do workers, see data/workers.py).
     preemption = PreemptionFlag()
     try:

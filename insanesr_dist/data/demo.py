@@ -24,6 +24,8 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from insanesr_dist.data.workers import unblock_signals
+
 DEMO_VERSION = 1  # bump whenever the frames change: it names the cache folder
 DEFAULT_NUM_TRAIN, DEFAULT_NUM_TEST, DEFAULT_HR_SIZE = 200, 20, 256
 
@@ -316,6 +318,7 @@ def _write_pair(tmp: Path, index: int, *, num_train: int, hr_hw: tuple[int, int]
 
 
 def _init_worker() -> None:
+    unblock_signals()  # see data/workers.py: else the pool's exit would wait for this process forever
     cv2.setNumThreads(1)  # the pool is the parallelism: OpenCV's own threads would oversubscribe the cores
 
 

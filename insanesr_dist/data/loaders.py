@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import dataclasses
 import multiprocessing.context
+import signal
+from collections.abc import Collection
 from typing import Any
 
 import datasets
@@ -140,9 +142,9 @@ def worker_context() -> multiprocessing.context.BaseContext:
     return workers.worker_context(__name__)
 
 
-def start_worker_server() -> None:
+def start_worker_server(blocking: Collection[signal.Signals] = ()) -> None:
     """Start the DataLoader workers' fork server now (workers.start_worker_server): before blocking signals."""
-    workers.start_worker_server(__name__)
+    workers.start_worker_server(__name__, blocking=blocking)
 
 
 def loader_kwargs(num_workers: int, persistent: bool = True, timeout: float = 0) -> dict[str, Any]:

@@ -36,7 +36,7 @@ import numpy as np
 
 from insanesr_dist.atomic import write_text_atomic
 from insanesr_dist.data import degrade, images, pairs
-from insanesr_dist.data.workers import worker_context
+from insanesr_dist.data.workers import unblock_signals, worker_context
 from insanesr_dist.errors import UserError
 
 STORE_FORMAT = 1
@@ -293,6 +293,7 @@ def _start_builder(table, scale: int, folder: str, pixels: bool, local: bool, on
     if one_thread:  # one of several decoding processes: OpenCV's own threads would only compete with the others
         import cv2
 
+        unblock_signals()
         cv2.setNumThreads(1)
     _builder.update(table=table, scale=scale, folder=Path(folder), pixels=pixels, local=local, part=None)
 

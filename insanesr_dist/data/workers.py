@@ -18,7 +18,7 @@ import multiprocessing.context
 import signal
 import sys
 import types
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 
 
 def worker_context(*preload: str) -> multiprocessing.context.BaseContext:
@@ -60,14 +60,33 @@ def _importable(name: str) -> bool:
     return spec is not None and spec.name == name
 
 
-def start_worker_server(*preload: str) -> None:
+def start_worker_server(*preload: str, blocking: Collection[signal.Signals] = ()) -> None:
     """Start the fork server now (`preload` as for worker_context): its one-time import (seconds) then overlaps
     the run's set-up instead of delaying the first batch. Call it before blocking signals: starting it starts
-    multiprocessing's resource tracker, which unblocks SIGINT and SIGTERM in the process that starts it."""
+    multiprocessing's resource tracker, which unblocks SIGINT and SIGTERM in the process that starts it.
+
+    `blocking`: signals the server keeps blocked, and so every process it forks (until it changes its mask). A
+    training run's stop signals: torchrun and SLURM send them to every process of a rank, and a server they
+    killed would take the rank's DataLoader workers with it (torch's workers exit once their parent is gone),
+    so the next evaluation would wait forever for them instead of the run saving and stopping.
+    """
     import multiprocessing.forkserver
+    import multiprocessing.resource_tracker
 
     worker_context(*preload)
-    multiprocessing.forkserver.ensure_running()
+    multiprocessing.resource_tracker.ensure_running()  # first: see above
+    previous = signal.pthread_sigmask(signal.SIG_BLOCK, blocking)
+    try:
+        multiprocessing.forkserver.ensure_running()  # fork + exec: the server inherits this mask
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, previous)
+
+
+def unblock_signals() -> None:
+    """For a pool's worker processes, first thing: one forked by a server that keeps signals blocked (see
+    start_worker_server) would ignore the SIGTERM by which its pool ends it (`Pool.terminate`, a broken
+    `ProcessPoolExecutor`), and the pool would wait for it forever."""
+    signal.pthread_sigmask(signal.SIG_SETMASK, ())
 
 
 def _set_signal_mask(mask: set[signal.Signals], worker_id: int) -> None:

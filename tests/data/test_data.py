@@ -241,27 +241,42 @@ def test_persistent_workers_follow_the_epoch(pair_folder):
 
 
 WORKER_PROBE = """
-import json, os, signal, threading, torch
-from insanesr_dist.data import loaders
+import json, multiprocessing.forkserver, os, signal, threading, time, torch
+from pathlib import Path
+from insanesr_dist.data import demo, loaders
 from insanesr_dist.training.preemption import PreemptionFlag
+
+def blocked():
+    return sorted(int(s) for s in signal.pthread_sigmask(signal.SIG_BLOCK, []))
 
 class Probe(torch.utils.data.Dataset):
     def __len__(self):
         return 2
 
     def __getitem__(self, index):
-        blocked = sorted(int(s) for s in signal.pthread_sigmask(signal.SIG_BLOCK, []))
-        return torch.tensor([os.getppid(), *blocked])
+        return torch.tensor([os.getppid(), *blocked()])
+
+def write_one(folder, index):  # a pool worker's task
+    (folder / "files" / str(index)).write_text(json.dumps(blocked()))
 
 if __name__ == "__main__":
-    loaders.start_worker_server()  # as train() does: first the server, then the block
+    loaders.start_worker_server(PreemptionFlag.SIGNALS)  # as train() does: first the server, then the block
     flag = PreemptionFlag()
     threading.Thread(target=lambda: None).start()  # a threaded process, as a training process is
     loader = torch.utils.data.DataLoader(Probe(), batch_size=1,
                                          **loaders.loader_kwargs(1, persistent=False, timeout=60))
     rows = [batch[0].tolist() for batch in loader]
-    blocked = sorted(int(s) for s in signal.pthread_sigmask(signal.SIG_BLOCK, []))
-    print(json.dumps({"pid": os.getpid(), "workers": rows, "blocked": blocked}))
+    # torchrun and SLURM signal every process of the rank: the server must live on (its workers end with it)
+    server = multiprocessing.forkserver._forkserver._forkserver_pid
+    for stop in PreemptionFlag.SIGNALS:
+        os.kill(server, stop)
+    time.sleep(0.5)
+    server_state = Path(f"/proc/{server}/status").read_text().split("State:")[1].split()[0]  # Z: it died
+    # A pool from the same server (the demo data's) must not keep them blocked: it ends its workers by SIGTERM
+    demo.write_atomically(Path("pool-output"), ["files"], write_one, 4, workers=2)
+    pool = [json.loads(p.read_text()) for p in Path("pool-output/files").iterdir()]
+    print(json.dumps({"pid": os.getpid(), "workers": rows, "blocked": blocked(), "server_state": server_state,
+                      "pool": pool}))
 """
 
 
@@ -271,8 +286,10 @@ def test_workers_start_from_a_fork_server_and_keep_the_signal_block(tmp_path, la
     """Forking a threaded training process can hang a worker inside os.fork() (data/workers.py): workers come
     from the fork server instead. They, and the training process, must keep SIGTERM/SIGUSR1 blocked
     (training/preemption.PreemptionFlag), although starting the server's resource tracker unblocks SIGTERM.
-    Run as `python -m` (as accelerate launch -m runs training), its workers run the main module again without
-    runpy's warning that it was already imported."""
+    The server must outlive those signals, or the workers it forked would go with it and the next evaluation
+    would wait for them (a hang or an error when SIGTERM reached a 2-process run at an epoch end); a process
+    pool's workers from it must not block them. Run as `python -m` (as accelerate launch -m runs training), its
+    workers run the main module again without runpy's warning that it was already imported."""
     import json
     import signal
     import sys
@@ -282,15 +299,17 @@ def test_workers_start_from_a_fork_server_and_keep_the_signal_block(tmp_path, la
     (script.parent / "__init__.py").write_text("")
     script.write_text(WORKER_PROBE)
     command = [str(script)] if launch == "script" else ["-m", "probes.probe"]
-    result = run_tree([sys.executable, *command], timeout=300, cwd=tmp_path)
+    result = run_tree([sys.executable, *command], timeout=120, cwd=tmp_path)
     assert result.returncode == 0, result.stderr[-3000:]
     assert "Warning" not in result.stderr, result.stderr
     seen = json.loads(result.stdout.splitlines()[-1])
     stop_signals = {int(signal.SIGTERM), int(signal.SIGUSR1)}
     assert stop_signals <= set(seen["blocked"])
+    assert len(seen["workers"]) == 2 and seen["server_state"] in ("S", "R")  # alive after SIGTERM and SIGUSR1
     for parent, *blocked in seen["workers"]:
         assert parent != seen["pid"]  # forked by the server, not by the training process
         assert stop_signals <= set(blocked)
+    assert len(seen["pool"]) == 4 and not any(stop_signals & set(blocked) for blocked in seen["pool"])
 
 
 def test_without_a_store_each_decoded_pair_gives_several_crops(pair_folder, monkeypatch):
