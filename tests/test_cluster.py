@@ -30,7 +30,7 @@ VENV_BIN = Path(sys.executable).parent
 SMALL_RUN = [*TINY, "--cpu-threads", "1"]
 # The test cluster's KillWait (seconds from SIGTERM to SIGKILL, 30 by default): a cancelled or requeued job's
 # steps linger that long at most, and the slow requeue below need only outlast this much.
-KILL_WAIT = 5
+KILL_WAIT = 3
 
 
 @pytest.fixture
@@ -193,32 +193,11 @@ def knobs(data: Path, out: Path, epochs: int, *extra: str) -> dict[str, str]:
     }
 
 
-def test_sbatch_multi_node_trains_on_two_nodes(slurm, data, tmp_path):
-    out, log = tmp_path / "run", tmp_path / "slurm.out"
-    job = submit("slurm_multi_node.sbatch", log, **knobs(data, out, 2, "--max-steps", "6"))
-    info = wait_for(job, log, timeout=150)
-    text = read_log(log)
-    assert (info["JobState"], info["ExitCode"]) == ("COMPLETED", "0:0"), text[-4000:]
-    assert f"job {job} (restart 0): 2 nodes [n[1-2]] x 1 process(es), head n1:" in text
-    assert "2 process(es) on cpu" in text  # one training process per node, gloo DDP
-    records = assert_complete_run(out, data, epochs=2)
-    assert [r["step"] for r in records] == [2, 4]
-
-
-def test_sbatch_single_node_on_a_cpu_node(slurm, data, tmp_path):
-    out, log = tmp_path / "run", tmp_path / "slurm.out"
-    job = submit("slurm_single_node.sbatch", log, CPU_PROCESSES="2", **knobs(data, out, 1, "--max-steps", "2"))
-    info = wait_for(job, log, timeout=150)
-    text = read_log(log)
-    assert (info["JobState"], info["ExitCode"]) == ("COMPLETED", "0:0"), text[-4000:]
-    assert "2 process(es), 0 GPU(s)" in text and "2 process(es) on cpu" in text
-    assert_complete_run(out, data, epochs=1)
-
-
-def test_sbatch_trains_by_steps_when_no_epochs_are_given(slurm, data, tmp_path):
-    """The scripts' default: MAX_STEPS with validation, submission and checkpoint every EVAL_EVERY_STEPS, whatever
-    the epochs are (here 5 steps each, from --epoch-samples 40 over 2 processes of batch 4): steps 2 and 4
-    mid-epoch, the end of epoch 1 (step 5) neither validates nor saves, the last step does both."""
+def test_sbatch_single_node_trains_by_steps_when_no_epochs_are_given(slurm, data, tmp_path):
+    """CPU_PROCESSES training processes on a CPU node, and the scripts' default: MAX_STEPS with validation,
+    submission and checkpoint every EVAL_EVERY_STEPS, whatever the epochs are (here 5 steps each, from
+    --epoch-samples 40 over 2 processes of batch 4): steps 2 and 4 mid-epoch, the end of epoch 1 (step 5) neither
+    validates nor saves, the last step does both."""
     out, log = tmp_path / "run", tmp_path / "slurm.out"
     knobs = {"DATA": str(data), "OUTPUT_DIR": str(out), "GPUS_PER_NODE": "0", "CPU_PROCESSES": "2"}
     steps = {"MAX_STEPS": "6", "EVAL_EVERY_STEPS": "2", "TRAIN_ARGS": " ".join(["--epoch-samples", "40", *SMALL_RUN])}
@@ -226,6 +205,7 @@ def test_sbatch_trains_by_steps_when_no_epochs_are_given(slurm, data, tmp_path):
     info = wait_for(job, log, timeout=150)
     text = read_log(log)
     assert (info["JobState"], info["ExitCode"]) == ("COMPLETED", "0:0"), text[-4000:]
+    assert "2 process(es), 0 GPU(s)" in text and "2 process(es) on cpu" in text  # CPU_PROCESSES on a CPU node
     assert "2 epoch(s), 6 steps" in text
     records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert [(r["step"], "jm" in r) for r in records] == [(5, False), (6, True)]
@@ -252,9 +232,10 @@ def test_sbatch_job_that_sees_no_gpu_refuses_to_train(slurm, data, tmp_path, scr
     assert "insanesr-dist:" not in text and not out.exists()  # the training never started
 
 
-def test_sbatch_from_another_directory_with_arguments_after_the_script(slurm, data, tmp_path):
-    """`cd elsewhere && sbatch /path/to/launch/slurm_multi_node.sbatch --epochs 1 --data D ...`: the configs are
-    found (the job runs a spool copy of the script), the arguments reach the training and beat the knobs."""
+def test_sbatch_multi_node_from_another_directory_with_arguments_after_the_script(slurm, data, tmp_path):
+    """`cd elsewhere && sbatch /path/to/launch/slurm_multi_node.sbatch --epochs 1 --data D ...`: one training
+    process on each of the two nodes, the configs found (the job runs a spool copy of the script), the arguments
+    reaching the training and beating the knobs."""
     elsewhere, log = tmp_path / "elsewhere", tmp_path / "slurm.out"
     elsewhere.mkdir()
     job = submit(
@@ -274,6 +255,8 @@ def test_sbatch_from_another_directory_with_arguments_after_the_script(slurm, da
     info = wait_for(job, log, timeout=150)
     text = read_log(log)
     assert (info["JobState"], info["ExitCode"]) == ("COMPLETED", "0:0"), text[-4000:]
+    assert f"job {job} (restart 0): 2 nodes [n[1-2]] x 1 process(es), head n1:" in text
+    assert "2 process(es) on cpu" in text  # one training process per node, gloo DDP
     out = elsewhere / "runs" / f"slurm-{job}"  # the default OUTPUT_DIR, relative to the submit directory
     config = json.loads((out / "config.json").read_text())
     assert (config["epochs"], config["data"], config["max_steps"]) == (1, str(data), 2)
@@ -282,34 +265,14 @@ def test_sbatch_from_another_directory_with_arguments_after_the_script(slurm, da
     assert [r["step"] for r in records] == [2]
 
 
-def start_training_job(data: Path, out: Path, log: Path, epochs: int) -> str:
-    """Submit the multi-node sbatch script and return its job id once it is training (an epoch recorded)."""
-    job = submit("slurm_multi_node.sbatch", log, **knobs(data, out, epochs))
+def start_training_job(data: Path, out: Path, log: Path, epochs: int, **more: str) -> str:
+    """Submit the multi-node sbatch script (`more`: knobs added) and return its job id once it is training (an
+    epoch recorded)."""
+    job = submit("slurm_multi_node.sbatch", log, **knobs(data, out, epochs), **more)
     metrics = out / "metrics.jsonl"
     info = wait_for(job, log, timeout=120, until=lambda: metrics.is_file() and metrics.read_text().strip())
     assert info["JobState"] == "RUNNING", read_log(log)[-4000:]
     return job
-
-
-def test_sbatch_preempted_job_requeues_resumes_and_finishes(slurm, data, tmp_path):
-    """What `#SBATCH --signal=USR1@120` does before the time limit, now: SIGUSR1 to the job steps."""
-    out, log = tmp_path / "run", tmp_path / "slurm.out"
-    # 24 steps: still training when the signal lands (a second or two after epoch 1's record), 11 epochs on
-    epochs = 12
-    job = start_training_job(data, out, log, epochs)
-    # Without --full/--batch, scancel signals the job steps only, not the batch shell: as --signal=USR1@120.
-    subprocess.run(["scancel", "--signal=USR1", job], check=True, timeout=30)
-
-    info = wait_for(job, log, timeout=180)
-    text = read_log(log)
-    assert (info["JobState"], info["ExitCode"], info["Restarts"]) == ("COMPLETED", "0:0", "1"), text[-6000:]
-    first, _, second = text.partition(f"job {job} (restart 1)")
-    assert f"job {job} (restart 0)" in first and second, text[-6000:]
-    assert "preempted" in first  # the training saved a checkpoint and requeued the job
-    assert "resuming from" in second  # the requeued job continued from it, not from scratch
-    records = assert_complete_run(out, data, epochs=epochs)
-    assert records[-1]["step"] == 2 * epochs
-    assert list((out / "checkpoints").glob("step_*"))
 
 
 SLOW_REQUEUE = """#!/bin/bash
@@ -321,8 +284,11 @@ exec {scontrol} "$@"
 """
 
 
-def test_sbatch_multi_node_preemption_requeues_even_when_the_requeue_is_slow(slurm, data, tmp_path):
-    """Every rank waits for rank 0's `scontrol requeue` before it exits. A rank that left first would end its node's
+def test_sbatch_preempted_job_requeues_resumes_and_finishes_even_when_the_requeue_is_slow(slurm, data, tmp_path):
+    """What `#SBATCH --signal=USR1@120` does before the time limit, now: SIGUSR1 to the job steps. The training
+    saves a checkpoint, rank 0 requeues the job, and the requeued job resumes from it and finishes.
+
+    Every rank waits for rank 0's `scontrol requeue` before it exits. A rank that left first would end its node's
     launcher with an error, and `srun --kill-on-bad-exit=1` would end the step, rank 0 and its unfinished requeue
     included: the job would fail instead of coming back. A requeue slower than the step's grace period before
     SIGKILL makes that race likely: with the old order (a 15 s requeue, KillWait 5 s) this job ended FAILED,
@@ -335,20 +301,24 @@ def test_sbatch_multi_node_preemption_requeues_even_when_the_requeue_is_slow(slu
     real = subprocess.run(["which", "scontrol"], capture_output=True, text=True, check=True).stdout.strip()
     (bin_dir / "scontrol").write_text(SLOW_REQUEUE.format(scontrol=real, seconds=3 * KILL_WAIT))
     (bin_dir / "scontrol").chmod(0o755)
-    epochs = 12  # as in the test above
+    # 24 steps: still training when the signal lands (a second or two after epoch 1's record), 11 epochs on
+    epochs = 12
     path = f"{bin_dir}{os.pathsep}{VENV_BIN}{os.pathsep}{os.environ['PATH']}"
-    job = submit("slurm_multi_node.sbatch", log, PATH=path, **knobs(data, out, epochs))
-    metrics = out / "metrics.jsonl"
-    info = wait_for(job, log, timeout=120, until=lambda: metrics.is_file() and metrics.read_text().strip())
-    assert info["JobState"] == "RUNNING", read_log(log)[-4000:]
+    job = start_training_job(data, out, log, epochs, PATH=path)
+    # Without --full/--batch, scancel signals the job steps only, not the batch shell: as --signal=USR1@120.
     subprocess.run(["scancel", "--signal=USR1", job], check=True, timeout=30)
 
     info = wait_for(job, log, timeout=180)
     text = read_log(log)
     assert (bin_dir / "asked").exists(), text[-6000:]  # the slow requeue ran
     assert (info["JobState"], info["ExitCode"], info["Restarts"]) == ("COMPLETED", "0:0", "1"), text[-6000:]
-    assert "resuming from" in text.partition(f"job {job} (restart 1)")[2], text[-6000:]
-    assert_complete_run(out, data, epochs=epochs)
+    first, _, second = text.partition(f"job {job} (restart 1)")
+    assert f"job {job} (restart 0)" in first and second, text[-6000:]
+    assert "preempted" in first  # the training saved a checkpoint and requeued the job
+    assert "resuming from" in second  # the requeued job continued from it, not from scratch
+    records = assert_complete_run(out, data, epochs=epochs)
+    assert records[-1]["step"] == 2 * epochs
+    assert list((out / "checkpoints").glob("step_*"))
 
 
 def test_scancel_cancels_a_running_job_for_good(slurm, data, tmp_path):
