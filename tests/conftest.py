@@ -39,6 +39,26 @@ TINY = [
 NO_WORKERS = ["--num-workers", "0"]
 
 
+MAX_WORKERS = 4  # each worker holds its own shared runs and caches (finished_run, the decoded store)
+
+
+def pytest_xdist_auto_num_workers(config) -> int:
+    """`-n auto`: a worker per core this process may use, whether or not the cores are hyperthreads (a 2-vCPU
+    machine may report one physical core), at most MAX_WORKERS."""
+    return min(MAX_WORKERS, len(os.sched_getaffinity(0)))
+
+
+def pytest_configure(config) -> None:
+    """A pytest-xdist worker takes its share of the cores, and so does every process its tests start: their
+    torch threads then never wait on each other's (the toolkit sizes its thread pools by the cores a process
+    may use)."""
+    worker = os.environ.get("PYTEST_XDIST_WORKER")  # gw0, gw1, ...
+    if worker:
+        cores = sorted(os.sched_getaffinity(0))
+        workers = int(os.environ["PYTEST_XDIST_WORKER_COUNT"])
+        os.sched_setaffinity(0, cores[int(worker.removeprefix("gw")) :: workers] or cores)
+
+
 @pytest.fixture(autouse=True, scope="session")
 def isolated_caches(tmp_path_factory):
     """Keep Hugging Face and demo-data caches out of the user's home, for this process and children."""

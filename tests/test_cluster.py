@@ -21,7 +21,8 @@ import pytest
 from conftest import TINY, free_port, kill_tree
 from insanesr_dist.scoring.submission import read_submission
 
-pytestmark = pytest.mark.slow
+# One test cluster for the session: its tests all run in one pytest-xdist worker.
+pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("cluster")]
 
 REPO = Path(__file__).resolve().parents[1]
 LOCAL_SLURM = REPO / "launch" / "local_slurm.sh"
