@@ -316,6 +316,20 @@ def _half_then_fail(real):
     return write
 
 
+def test_a_broken_connection_is_not_called_a_full_disk():
+    import errno
+
+    from insanesr_dist.training.faults import io_failure
+
+    full = io_failure(OSError(errno.ENOSPC, "No space left on device", "/run/latest.safetensors"))
+    assert full.startswith("/run/latest.safetensors: No space left on device") and "make room" in full
+    wrapped = RuntimeError("a batch failed")
+    wrapped.__cause__ = ConnectionResetError(errno.ECONNRESET, "Connection reset by peer")
+    broken = io_failure(wrapped)
+    assert "broke (Connection reset by peer)" in broken and "make room" not in broken
+    assert "rerun the same command" in broken
+
+
 def test_a_failed_write_leaves_the_previous_files_readable(tmp_path, monkeypatch):
     import insanesr_dist.model.files as model_module  # save_weights writes with its save_file
 

@@ -98,11 +98,17 @@ class BadSteps:
 
 def io_failure(error: BaseException) -> str | None:
     """One line for an exception that is an I/O failure (a full disk, a quota, a read-only or vanished
-    directory, a file-size limit), else None. safetensors and torch.save report these in their own
+    directory, a file-size limit, a broken connection), else None. safetensors and torch.save report these in their own
     exception types, so their messages are recognised too."""
     seen = []
     while error is not None and error not in seen:  # libraries wrap it (datasets: DatasetGenerationError)
         seen.append(error)
+        if isinstance(error, ConnectionError):  # a socket, not a file: there is no room to make
+            return (
+                "a connection between this run's processes, or to a data server, broke "
+                f"({error.strerror or error}); every file written before is intact (writes are atomic): rerun the "
+                "same command to resume from the last complete checkpoint"
+            )
         if isinstance(error, OSError) and error.errno is not None:
             where, what = error.filename or "a file", error.strerror or str(error)
             break

@@ -305,7 +305,7 @@ def test_workers_start_from_a_fork_server_and_keep_the_signal_block(tmp_path, la
     seen = json.loads(result.stdout.splitlines()[-1])
     stop_signals = {int(signal.SIGTERM), int(signal.SIGUSR1)}
     assert stop_signals <= set(seen["blocked"])
-    assert len(seen["workers"]) == 2 and seen["server_state"] in ("S", "R")  # alive after SIGTERM and SIGUSR1
+    assert len(seen["workers"]) == 2 and seen["server_state"] != "Z"  # alive after SIGTERM and SIGUSR1
     for parent, *blocked in seen["workers"]:
         assert parent != seen["pid"]  # forked by the server, not by the training process
         assert stop_signals <= set(blocked)
