@@ -154,8 +154,12 @@ def run_cli(*args: str, cwd: Path | None = None, timeout: float = 600, **run_opt
 def accelerate_launch(processes: int, *args: str, target: tuple[str, ...] = ("-m", "insanesr_dist.train")) -> list[str]:
     """The `accelerate launch` command line the tests run: `target` (a module after -m, or a script) with
     `args` in `processes` CPU processes. Two need --multi_gpu (gloo DDP): `--cpu --num_processes 2` silently
-    runs one. Precision and dynamo are said, so that no accelerate config on the machine changes a test."""
-    count = {1: ["--num_processes", "1"], 2: ["--multi_gpu", "--num_processes", "2"]}[processes]
+    runs one. Precision and dynamo are said, so that no accelerate config on the machine changes a test. Two
+    rendezvous on a free port: on accelerate's default (29500) two such runs of parallel tests would collide."""
+    count = {
+        1: ["--num_processes", "1"],
+        2: ["--multi_gpu", "--num_processes", "2", "--main_process_port", str(free_port())],
+    }[processes]
     return [
         str(Path(sys.executable).parent / "accelerate"),
         "launch",
