@@ -16,6 +16,7 @@ from accelerate.utils import broadcast_object_list
 
 from insanesr_dist import run_files
 from insanesr_dist.config import TrainConfig, saved_settings
+from insanesr_dist.data.loaders import AUTO_CROPS_PER_DECODE
 from insanesr_dist.errors import UserError
 from insanesr_dist.training import checkpoint
 from insanesr_dist.training.state import TrainState
@@ -97,13 +98,27 @@ def _choose_checkpoint(cfg: TrainConfig, out_dir: Path) -> Path | None:
             f"{out_dir}: cannot resume with --ema-decay {cfg.ema_decay}: the checkpoint was written "
             f"with --ema-decay {saved['ema_decay']}; use that, or another --output-dir"
         )
-    changed = sorted(k for k, v in cfg.to_dict().items() if k in saved and saved[k] != v and k not in RESUMABLE)
+    changed = changed_settings(saved, cfg.to_dict())
     if changed:
         print(
             f"warning: resuming with changed settings ({', '.join(changed)}): the result will differ "
             "from an uninterrupted run"
         )
     return resume_from
+
+
+def changed_settings(saved: dict, now: dict) -> list[str]:
+    """The settings that alter the result and differ between a run's saved config and this command's, compared
+    as the run uses them: a map-style run's --crops-per-decode 0 is AUTO_CROPS_PER_DECODE, which runs written
+    before 0 existed saved as that number."""
+
+    def used(values: dict) -> dict:
+        if values.get("crops_per_decode") == 0 and not values.get("streaming"):
+            return {**values, "crops_per_decode": AUTO_CROPS_PER_DECODE}
+        return values
+
+    saved, now = used(saved), used(now)
+    return sorted(k for k, v in now.items() if k in saved and saved[k] != v and k not in RESUMABLE)
 
 
 def budget_grew(cfg: TrainConfig, state: TrainState) -> bool:

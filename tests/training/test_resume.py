@@ -9,7 +9,10 @@ import pytest
 import torch
 
 from conftest import NO_WORKERS, TINY, run_cli
+from insanesr_dist.config import TrainConfig
+from insanesr_dist.data.loaders import AUTO_CROPS_PER_DECODE
 from insanesr_dist.model.weights import load_model
+from insanesr_dist.training.resume import changed_settings
 
 
 @pytest.mark.slow
@@ -41,3 +44,16 @@ def test_a_max_steps_cut_inside_an_epoch_goes_on_from_there_given_more_steps(pai
         assert extended[0][key] == straight[0][key], key
     mine, theirs = (load_model(tmp_path / run / "latest.safetensors").state_dict() for run in ("extended", "straight"))
     assert all(torch.equal(mine[k], theirs[k]) for k in theirs)
+
+
+def test_only_settings_that_alter_the_result_count_as_changed_and_as_the_run_uses_them():
+    saved = TrainConfig(data="d", lr=1e-4, crops_per_decode=AUTO_CROPS_PER_DECODE, num_workers=2).to_dict()
+    # An older run saved map-style's automatic crop count as its number; 0 now means the same crops.
+    assert changed_settings(saved, TrainConfig(data="d", lr=1e-4, crops_per_decode=0).to_dict()) == []
+    assert changed_settings(saved, TrainConfig(data="d", lr=2e-4, crops_per_decode=1).to_dict()) == [
+        "crops_per_decode",
+        "lr",
+    ]
+    streamed = {**saved, "streaming": True}  # streaming's 0 crops by each pair's size: another setting
+    assert changed_settings(streamed, {**streamed, "crops_per_decode": 0}) == ["crops_per_decode"]
+    assert changed_settings({"lr": 1e-4}, {"lr": 1e-4, "shuffle_crops": 64}) == []  # saved before it existed
