@@ -289,12 +289,12 @@ def _changed_rows(table, index: dict) -> list[int]:
 _builder: dict[str, Any] = {}  # in each decoding process: the table, the scale, the output folder, its part file
 
 
-def _start_builder(table, scale: int, folder: str, pixels: bool, local: bool, one_thread: bool = False) -> None:
-    if one_thread:  # one of several decoding processes: OpenCV's own threads would only compete with the others
+def _start_builder(table, scale: int, folder: str, pixels: bool, local: bool, pool_worker: bool = False) -> None:
+    if pool_worker:  # one of several decoding processes
         import cv2
 
-        unblock_signals()
-        cv2.setNumThreads(1)
+        unblock_signals()  # see data/workers.py: else the pool could not end this process
+        cv2.setNumThreads(1)  # OpenCV's own threads would only compete with the other processes
     _builder.update(table=table, scale=scale, folder=Path(folder), pixels=pixels, local=local, part=None)
 
 
